@@ -1,0 +1,61 @@
+"""`hotstandby` command line: configuration errors become one line and exit status 2."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+
+from daemon import __version__
+from daemon.config import Config, ConfigError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="hotstandby", description="Hot-standby replication for Dify plugin storage."
+    )
+    parser.add_argument("--version", action="version", version=f"hotstandby {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="run the daemon (configured from the environment)")
+    show = commands.add_parser("manifest", help="print the manifest of a directory as JSON lines")
+    show.add_argument("path")
+    args = parser.parse_args(argv)
+    if args.command == "manifest":
+        return _print_manifest(args.path)
+    try:
+        config = Config.from_env()
+    except ConfigError as exc:
+        print(f"hotstandby: configuration error: {exc}", file=sys.stderr)
+        return 2
+    return _serve(config)
+
+
+def _serve(config: Config) -> int:
+    from daemon import logs
+    from daemon.server import Server
+
+    logs.configure(config)
+
+    async def run() -> int:
+        return await Server(config).serve()
+
+    try:
+        return asyncio.run(run())
+    except OSError as exc:
+        print(f"hotstandby: cannot start: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _print_manifest(path: str) -> int:
+    from replication import manifest
+
+    for entry in manifest.walk(path):
+        print(json.dumps(entry.to_json()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""The process lifecycle: startup, serve until a signal, bounded shutdown.
+
+Signal handlers only set flags; `serve` notices them. A second SIGINT or
+SIGTERM skips the graceful part and exits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Coroutine
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from daemon.api import build_app
+from daemon.config import Config
+from daemon.node import Node
+from replication.errors import PeerError
+
+log = structlog.get_logger("daemon.server")
+
+
+class Server:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.node = Node(config)
+        self.should_exit = asyncio.Event()
+        self.force_exit = False
+        self._runner: web.AppRunner | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def serve(self) -> int:
+        self._install_signal_handlers()
+        await self.startup()
+        try:
+            await self._main_loop()
+        finally:
+            await self.shutdown()
+        return 0
+
+    async def startup(self) -> None:
+        log.info("starting", config=repr(self.config))
+        self.node.prepare_storage()
+        self._runner = web.AppRunner(
+            build_app(self.node),
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=min(self.config.shutdown_timeout, 5.0),
+        )
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.server_host, self.config.server_port, reuse_address=True)
+        await site.start()
+        self.node.start_watching()
+        if self.node.sender is not None:
+            self._spawn(self.node.sender.run(), "sender")
+        log.info(
+            "started",
+            role=self.config.role,
+            host=self.config.server_host,
+            port=self.config.server_port,
+            storage_path=self.config.storage_path,
+            node_id=self.node.identity.node_id,
+        )
+
+    async def _main_loop(self) -> None:
+        while not self.should_exit.is_set():
+            for task in [t for t in self._tasks if t.done()]:
+                self._reap(task)
+            try:
+                await asyncio.wait_for(self.should_exit.wait(), 0.5)
+            except TimeoutError:
+                continue
+
+    async def shutdown(self) -> None:
+        started = time.monotonic()
+        log.info("stopping")
+        self.node.stop_watching()
+        if self.node.sender is not None and self.node.journal is not None and not self.force_exit:
+            await self._drain(deadline=started + self.config.shutdown_timeout / 2)
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=max(0.1, self.config.shutdown_timeout / 4))
+        if self._runner is not None:
+            await self._runner.cleanup()
+        log.info("stopped", seconds=round(time.monotonic() - started, 3))
+
+    async def _drain(self, deadline: float) -> None:
+        """Give the link a bounded chance to ship what the watcher already recorded."""
+        assert self.node.sender is not None and self.node.journal is not None
+        journal, sender = self.node.journal, self.node.sender
+        while journal.pending and sender.connected and not self.force_exit:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                await sender.wait_acked(journal.head, min(remaining, 0.2))
+            except PeerError:
+                continue
+        if journal.pending:
+            log.warning("stopped_with_pending_changes", pending=journal.pending)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+
+    def _reap(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("background_task_failed", task=task.get_name(), error=f"{type(exc).__name__}: {exc}")
+
+    def _install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._handle_exit, sig)
+
+    def _handle_exit(self, sig: signal.Signals) -> None:
+        if self.should_exit.is_set():
+            self.force_exit = True
+            log.warning("forced_exit", signal=sig.name)
+            raise SystemExit(1)
+        log.info("signal_received", signal=sig.name)
+        self.should_exit.set()

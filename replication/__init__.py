@@ -1,0 +1,1 @@
+"""hotstandby replication engine: watcher, journal, wire protocol, sender, receiver."""

@@ -1,0 +1,251 @@
+"""Apply operations to STORAGE_PATH so that a reader never sees a partial file.
+
+Content goes to a temp file in the target's own directory, is hashed as it
+arrives, fsynced, given its mode and mtime, and only then renamed over the
+target. Directories touched by a batch are fsynced once before the batch is
+acknowledged (`flush`). All access goes through StorageRoot's no-follow
+directory fds (containment).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import hashlib
+import os
+import secrets
+import shutil
+import stat
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from replication.errors import ContainmentError, IntegrityError, ProtocolError, StorageFullError
+from replication.paths import TEMP_PREFIX, StorageRoot, split_parent
+from replication.protocol import FLAG_DISCARD, TRAILER_BYTES, Operation, decode_trailer
+
+CHUNK = 1024 * 1024
+FSYNC_IN_THREAD_ABOVE = 4 * 1024 * 1024
+
+ReadExactly = Callable[[int], Awaitable[bytes]]
+
+
+@dataclass
+class ApplyOutcome:
+    """What applying one operation did, for the acknowledgement and the metrics."""
+
+    applied: bool = True
+    bytes_written: int = 0
+    resend: str | None = None
+    """A path the sender should send again in full (e.g. a rename whose source is missing here)."""
+    discarded: str | None = None
+
+
+@dataclass
+class Applier:
+    root: StorageRoot
+    _dirty_dirs: set[str] = field(default_factory=set)
+
+    async def apply(self, op: Operation, read: ReadExactly) -> ApplyOutcome:
+        """Apply `op`; for a put, consume exactly its content and trailer from `read`."""
+        try:
+            if op.op == "put":
+                return await self._put(op, read)
+            return self._apply_meta(op)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StorageFullError(errno.ENOSPC, f"no space left applying {op.path!r}") from exc
+            raise
+
+    def flush(self) -> None:
+        """fsync every directory changed since the last flush (before acknowledging)."""
+        dirs, self._dirty_dirs = self._dirty_dirs, set()
+        for rel_dir in sorted(dirs):
+            with (
+                contextlib.suppress(FileNotFoundError, ContainmentError),
+                self.root.open_dir(rel_dir, create=False) as fd,
+            ):
+                os.fsync(fd)
+
+    def _apply_meta(self, op: Operation) -> ApplyOutcome:
+        if op.op == "mkdir":
+            self._mkdir(op)
+        elif op.op == "symlink":
+            self._symlink(op)
+        elif op.op == "delete":
+            self._delete(op.path)
+        elif op.op == "rename":
+            return self._rename(op)
+        elif op.op == "attr":
+            return self._attr(op)
+        else:
+            raise ProtocolError(f"operation {op.op!r} cannot be applied")
+        return ApplyOutcome()
+
+    async def _put(self, op: Operation, read: ReadExactly) -> ApplyOutcome:
+        assert op.size is not None and op.mode is not None and op.mtime_ns is not None
+        parent, name = split_parent(op.path)
+        digest = hashlib.sha256()
+        with self.root.open_dir(parent, create=True) as dir_fd:
+            temp = _temp_name(name)
+            fd = os.open(
+                temp,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o600,
+                dir_fd=dir_fd,
+            )
+            renamed = False
+            try:
+                remaining = op.size
+                while remaining:
+                    chunk = await read(min(CHUNK, remaining))
+                    digest.update(chunk)
+                    _write_all(fd, chunk)
+                    remaining -= len(chunk)
+                flag, expected = decode_trailer(await read(TRAILER_BYTES))
+                if flag == FLAG_DISCARD:
+                    return ApplyOutcome(applied=False, discarded=op.path)
+                if digest.digest() != expected:
+                    raise IntegrityError(f"content of {op.path!r} does not match its SHA-256")
+                os.fchmod(fd, stat.S_IMODE(op.mode))
+                if op.size > FSYNC_IN_THREAD_ABOVE:
+                    await asyncio.to_thread(os.fsync, fd)
+                else:
+                    os.fsync(fd)
+                os.utime(fd, ns=(op.mtime_ns, op.mtime_ns))
+                _clear_directory_in_the_way(dir_fd, name)
+                os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                renamed = True
+            finally:
+                os.close(fd)
+                if not renamed:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(temp, dir_fd=dir_fd)
+        self._dirty_dirs.add(parent)
+        return ApplyOutcome(bytes_written=op.size)
+
+    def _mkdir(self, op: Operation) -> None:
+        assert op.mode is not None and op.mtime_ns is not None
+        parent, name = split_parent(op.path)
+        with self.root.open_dir(parent, create=True) as dir_fd:
+            st = _lstat(name, dir_fd)
+            if st is not None and not stat.S_ISDIR(st.st_mode):
+                os.unlink(name, dir_fd=dir_fd)
+                st = None
+            if st is None:
+                os.mkdir(name, 0o700, dir_fd=dir_fd)
+                self._dirty_dirs.add(parent)
+            os.chmod(name, stat.S_IMODE(op.mode), dir_fd=dir_fd, follow_symlinks=False)
+            os.utime(name, ns=(op.mtime_ns, op.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
+
+    def _symlink(self, op: Operation) -> None:
+        assert op.target is not None and op.mtime_ns is not None
+        parent, name = split_parent(op.path)
+        with self.root.open_dir(parent, create=True) as dir_fd:
+            st = _lstat(name, dir_fd)
+            if st is not None and stat.S_ISLNK(st.st_mode) and os.readlink(name, dir_fd=dir_fd) == op.target:
+                pass
+            else:
+                temp = _temp_name(name)
+                os.symlink(op.target, temp, dir_fd=dir_fd)
+                try:
+                    _clear_directory_in_the_way(dir_fd, name)
+                    os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                except BaseException:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(temp, dir_fd=dir_fd)
+                    raise
+                self._dirty_dirs.add(parent)
+            os.utime(name, ns=(op.mtime_ns, op.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
+
+    def _delete(self, path: str) -> None:
+        parent, name = split_parent(path)
+        try:
+            with self.root.open_dir(parent, create=False) as dir_fd:
+                _remove(dir_fd, name)
+        except FileNotFoundError:
+            return
+        self._dirty_dirs.add(parent)
+
+    def _rename(self, op: Operation) -> ApplyOutcome:
+        assert op.dest is not None
+        src_parent, src_name = split_parent(op.path)
+        dst_parent, dst_name = split_parent(op.dest)
+        with contextlib.ExitStack() as stack:
+            try:
+                src_fd = stack.enter_context(self.root.open_dir(src_parent, create=False))
+            except FileNotFoundError:
+                return ApplyOutcome(applied=False, resend=op.dest)
+            src_st = _lstat(src_name, src_fd)
+            if src_st is None:
+                return ApplyOutcome(applied=False, resend=op.dest)
+            dst_fd = stack.enter_context(self.root.open_dir(dst_parent, create=True))
+            if stat.S_ISDIR(src_st.st_mode):
+                with contextlib.suppress(FileNotFoundError):
+                    _remove(dst_fd, dst_name)
+            else:
+                _clear_directory_in_the_way(dst_fd, dst_name)
+            os.rename(src_name, dst_name, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
+        self._dirty_dirs.update((src_parent, dst_parent))
+        return ApplyOutcome()
+
+    def _attr(self, op: Operation) -> ApplyOutcome:
+        assert op.mode is not None and op.mtime_ns is not None
+        parent, name = split_parent(op.path)
+        try:
+            with self.root.open_dir(parent, create=False) as dir_fd:
+                st = _lstat(name, dir_fd)
+                if st is None:
+                    return ApplyOutcome(applied=False, resend=op.path)
+                if not stat.S_ISLNK(st.st_mode):
+                    os.chmod(name, stat.S_IMODE(op.mode), dir_fd=dir_fd, follow_symlinks=False)
+                os.utime(name, ns=(op.mtime_ns, op.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return ApplyOutcome(applied=False, resend=op.path)
+        return ApplyOutcome()
+
+
+def sweep_temp_files(root: str) -> int:
+    """Remove temp files a killed receiver left behind; returns how many."""
+    removed = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+            if name.startswith(TEMP_PREFIX):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(dirpath, name))
+                    removed += 1
+    return removed
+
+
+def _temp_name(name: str) -> str:
+    stem = name[:200]
+    return f"{TEMP_PREFIX}{stem}.{secrets.token_hex(4)}"
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _lstat(name: str, dir_fd: int) -> os.stat_result | None:
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def _remove(dir_fd: int, name: str) -> None:
+    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    if stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(name, dir_fd=dir_fd)
+    else:
+        os.unlink(name, dir_fd=dir_fd)
+
+
+def _clear_directory_in_the_way(dir_fd: int, name: str) -> None:
+    """rename(2) cannot replace a directory with a file: the sender's type wins."""
+    st = _lstat(name, dir_fd)
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(name, dir_fd=dir_fd)

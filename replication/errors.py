@@ -1,0 +1,42 @@
+"""Named failures of the replication engine.
+
+The daemon maps each class to an HTTP problem response in one place
+(`daemon/problems.py`); the engine itself knows nothing about HTTP.
+"""
+
+from __future__ import annotations
+
+
+class ReplicationError(Exception):
+    """Base class: a replication step failed and nothing was half-applied."""
+
+    applied_seq: int | None = None
+    """Set by the receiver: how far the batch got before this error, for the sender to resume."""
+
+
+class ContainmentError(ReplicationError, ValueError):
+    """A path would read, write or follow something outside STORAGE_PATH."""
+
+
+class ProtocolError(ReplicationError, ValueError):
+    """A peer sent bytes that are not a well-formed operation stream."""
+
+
+class IntegrityError(ReplicationError):
+    """Received content does not match its declared size or hash."""
+
+
+class FencedError(ReplicationError):
+    """The peer has seen a higher epoch: the sender must stop writing."""
+
+    def __init__(self, message: str, *, peer_epoch: int) -> None:
+        super().__init__(message)
+        self.peer_epoch = peer_epoch
+
+
+class PeerError(ReplicationError, ConnectionError):
+    """The peer is unreachable or answered with an error."""
+
+
+class StorageFullError(ReplicationError, OSError):
+    """The receiving disk has no room: the change stays queued on the sender."""

@@ -1,0 +1,207 @@
+"""The master's journal: changes waiting for the replica's acknowledgement.
+
+Changes describe *which* path to look at, not the bytes: content is read
+when a change is sent, so repeated writes to one path coalesce into one
+pending change. Every change gets a sequence number; the replica
+acknowledges the highest one it applied durably, and a reconnecting replica
+resumes from there.
+
+Ordering rules kept here, at record time:
+- a rename carries every not-yet-sent change below its source along to the
+  destination, placed after the rename;
+- a ready marker (READY_MARKERS) is moved behind every later change under
+  its plugin directory, so the replica never sees a venv marked ready
+  before its files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from replication.exclude import ReadyMarkers
+from replication.paths import is_within, rebase
+
+ChangeKind = Literal["sync", "delete", "rename"]
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    seq: int
+    kind: ChangeKind
+    path: str
+    dest: str | None = None
+    attr_hint: tuple[int, int] | None = None
+    """(size, mtime_ns) seen when a manifest found equal content: send attributes only if still so."""
+    enqueued_at: float = 0.0
+
+
+class Journal:
+    """Sequenced, coalescing, in-memory; all methods run on the event loop thread."""
+
+    def __init__(
+        self,
+        journal_id: str,
+        markers: ReadyMarkers,
+        max_entries: int = 200_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.journal_id = journal_id
+        self._markers = markers
+        self._max_entries = max_entries
+        self._clock = clock
+        self._entries: dict[int, Change] = {}
+        self._unsent_sync: dict[str, int] = {}
+        self._unsent_markers: dict[str, int] = {}
+        self._next_seq = 1
+        self.sent_upto = 0
+        self.acked = 0
+        self.overflowed = False
+        self.changed = asyncio.Event()
+
+    # -- recording -------------------------------------------------------------
+    def record_sync(self, path: str, attr_hint: tuple[int, int] | None = None) -> None:
+        seq = self._unsent_sync.get(path)
+        if seq is not None:
+            if self._entries[seq].attr_hint is not None and attr_hint is None:
+                self._entries[seq] = replace(self._entries[seq], attr_hint=None)
+            return
+        self._append(Change(0, "sync", path, attr_hint=attr_hint))
+
+    def record_delete(self, path: str, *, is_dir: bool) -> None:
+        self._forget_unsent(path, subtree=is_dir)
+        self._append(Change(0, "delete", path))
+
+    def record_rename(self, src: str, dest: str) -> None:
+        carried = [self._entries[seq] for p, seq in list(self._unsent_sync.items()) if is_within(p, src)]
+        for change in carried:
+            self._drop(change.seq)
+        self._append(Change(0, "rename", src, dest=dest))
+        for change in sorted(carried, key=lambda c: c.seq):
+            self.record_sync(rebase(change.path, src, dest), change.attr_hint)
+
+    # -- sending ---------------------------------------------------------------
+    def take_batch(self, max_ops: int, max_bytes: int, size_of: Callable[[Change], int]) -> list[Change]:
+        """The next unsent changes in order, within the limits (at least one)."""
+        batch: list[Change] = []
+        total = 0
+        for seq in self._entries:
+            if seq <= self.sent_upto:
+                continue
+            change = self._entries[seq]
+            size = size_of(change)
+            if batch and (len(batch) >= max_ops or total + size > max_bytes):
+                break
+            batch.append(change)
+            total += size
+        for change in batch:
+            self._mark_sent(change)
+        if batch:
+            self.sent_upto = batch[-1].seq
+        return batch
+
+    def acknowledge(self, seq: int) -> None:
+        """The replica applied everything up to `seq` durably."""
+        if seq <= self.acked:
+            return
+        self.acked = min(seq, self.head)
+        for done in [s for s in self._entries if s <= self.acked]:
+            del self._entries[done]
+
+    def rewind(self, seq: int) -> None:
+        """Send again everything after `seq` (the replica's acknowledged position)."""
+        self.acknowledge(seq)
+        self.sent_upto = max(self.acked, min(seq, self.sent_upto))
+        self._unsent_sync.clear()
+        self._unsent_markers.clear()
+        for change in self._entries.values():
+            if change.seq > self.sent_upto and change.kind == "sync":
+                self._unsent_sync[change.path] = change.seq
+                plugin_dir = self._markers.plugin_dir(change.path)
+                if plugin_dir is not None:
+                    self._unsent_markers[plugin_dir] = change.seq
+        self.changed.set()
+
+    def can_resume_from(self, seq: int) -> bool:
+        """True when every change after `seq` is still held here."""
+        return not self.overflowed and self.acked <= seq <= self.head
+
+    def reset(self) -> None:
+        """Forget everything pending; the caller reconciles by manifest instead."""
+        self._entries.clear()
+        self._unsent_sync.clear()
+        self._unsent_markers.clear()
+        self.acked = self.sent_upto = self.head
+        self.overflowed = False
+
+    # -- observation -----------------------------------------------------------
+    @property
+    def head(self) -> int:
+        """The highest sequence number issued so far."""
+        return self._next_seq - 1
+
+    @property
+    def pending(self) -> int:
+        return len(self._entries)
+
+    @property
+    def has_unsent(self) -> bool:
+        return bool(self._entries) and next(reversed(self._entries)) > self.sent_upto
+
+    def oldest_unacked_age(self) -> float:
+        for change in self._entries.values():
+            return max(0.0, self._clock() - change.enqueued_at)
+        return 0.0
+
+    # -- internals -------------------------------------------------------------
+    def _append(self, change: Change) -> None:
+        seq = self._next_seq
+        self._next_seq += 1
+        change = replace(change, seq=seq, enqueued_at=change.enqueued_at or self._clock())
+        self._entries[seq] = change
+        if change.kind == "sync":
+            self._unsent_sync[change.path] = seq
+            plugin_dir = self._markers.plugin_dir(change.path)
+            if plugin_dir is not None:
+                self._unsent_markers[plugin_dir] = seq
+        self._keep_markers_last(change)
+        if len(self._entries) > self._max_entries:
+            self.overflowed = True
+        self.changed.set()
+
+    def _keep_markers_last(self, change: Change) -> None:
+        for plugin_dir, marker_seq in list(self._unsent_markers.items()):
+            if marker_seq == change.seq:
+                continue
+            if any(is_within(p, plugin_dir) if plugin_dir else True for p in (change.path, change.dest) if p):
+                marker = self._entries[marker_seq]
+                self._drop(marker_seq)
+                self._append(replace(marker, seq=0))
+
+    def _forget_unsent(self, path: str, *, subtree: bool) -> None:
+        if not subtree:
+            seq = self._unsent_sync.get(path)
+            if seq is not None:
+                self._drop(seq)
+            return
+        for p, seq in list(self._unsent_sync.items()):
+            if is_within(p, path):
+                self._drop(seq)
+
+    def _drop(self, seq: int) -> None:
+        change = self._entries.pop(seq)
+        if self._unsent_sync.get(change.path) == seq:
+            del self._unsent_sync[change.path]
+        plugin_dir = self._markers.plugin_dir(change.path)
+        if plugin_dir is not None and self._unsent_markers.get(plugin_dir) == seq:
+            del self._unsent_markers[plugin_dir]
+
+    def _mark_sent(self, change: Change) -> None:
+        if self._unsent_sync.get(change.path) == change.seq:
+            del self._unsent_sync[change.path]
+        plugin_dir = self._markers.plugin_dir(change.path)
+        if plugin_dir is not None and self._unsent_markers.get(plugin_dir) == change.seq:
+            del self._unsent_markers[plugin_dir]

@@ -1,0 +1,71 @@
+"""The replication metrics, registered on a registry the daemon owns (no global state)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+
+class ReplicationMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.bytes = Counter(
+            "plugin_sync_bytes",
+            "Content bytes moved over the replication link.",
+            ["direction"],
+            registry=registry,
+        )
+        self.operations = Counter(
+            "plugin_sync_operations",
+            "Replicated operations applied (slave) or sent (master).",
+            ["op"],
+            registry=registry,
+        )
+        self.full_rescans = Counter(
+            "plugin_sync_full_rescans",
+            "Manifest reconciliations, by what triggered them.",
+            ["reason"],
+            registry=registry,
+        )
+        self.refused = Counter(
+            "plugin_sync_refused_requests",
+            "Replication requests refused, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.lag = Gauge(
+            "plugin_sync_lag_seconds",
+            "Master: age of the oldest change the slave has not acknowledged. "
+            "Slave: seconds since the last change or heartbeat from the master.",
+            registry=registry,
+        )
+        self.pending = Gauge(
+            "plugin_sync_pending_changes",
+            "Changes recorded but not yet acknowledged by the slave.",
+            registry=registry,
+        )
+        self.peer_connected = Gauge(
+            "plugin_sync_peer_connected", "1 while the replication link to the peer is up.", registry=registry
+        )
+        self.last_sequence = Gauge(
+            "plugin_sync_sequence", "Last sequence produced (master) or applied (slave).", registry=registry
+        )
+        self.acked_sequence = Gauge(
+            "plugin_sync_acknowledged_sequence", "Last sequence the slave acknowledged.", registry=registry
+        )
+
+    def track(
+        self,
+        *,
+        lag: Callable[[], float],
+        pending: Callable[[], float],
+        connected: Callable[[], float],
+        sequence: Callable[[], float],
+        acked: Callable[[], float],
+    ) -> None:
+        """Compute the gauges at scrape time from the live objects."""
+        self.lag.set_function(lag)
+        self.pending.set_function(pending)
+        self.peer_connected.set_function(connected)
+        self.last_sequence.set_function(sequence)
+        self.acked_sequence.set_function(acked)

@@ -1,0 +1,127 @@
+"""The replication wire format: a batch is a stream of framed operations.
+
+    frame    := u32be(len(header)) header
+    header   := UTF-8 JSON object, at most MAX_HEADER_BYTES
+    put      := frame(op=put, size=N) N content bytes, then a 33-byte trailer:
+                1 flag byte (0 = complete, 1 = the source changed while it was
+                read: discard) and the SHA-256 of the N bytes
+    end      := frame(op=end, seq=S): the sender considered everything up to S
+
+Operations are idempotent and describe the sender's current state of a path
+(not the writes that produced it), so a batch can be resent after any
+disconnect. Decoding is strict: anything unexpected is a ProtocolError or a
+ContainmentError, never another exception.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, get_args
+
+from replication.errors import ProtocolError
+from replication.paths import validate_relpath
+
+OpKind = Literal["put", "mkdir", "symlink", "delete", "rename", "attr", "end"]
+OP_KINDS: frozenset[str] = frozenset(get_args(OpKind))
+MAX_HEADER_BYTES = 64 * 1024
+MAX_FILE_BYTES = 1 << 44
+MAX_MTIME_NS = 1 << 62
+TRAILER_BYTES = 33
+FLAG_COMPLETE = 0
+FLAG_DISCARD = 1
+_LEN = struct.Struct(">I")
+
+_REQUIRED: dict[str, tuple[str, ...]] = {
+    "put": ("path", "mode", "mtime_ns", "size"),
+    "mkdir": ("path", "mode", "mtime_ns"),
+    "symlink": ("path", "target", "mtime_ns"),
+    "delete": ("path",),
+    "rename": ("path", "dest"),
+    "attr": ("path", "mode", "mtime_ns"),
+    "end": (),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """One replicated change; `seq` is the journal sequence that produced it."""
+
+    seq: int
+    op: OpKind
+    path: str = ""
+    dest: str | None = None
+    mode: int | None = None
+    mtime_ns: int | None = None
+    size: int | None = None
+    target: str | None = None
+
+    def header(self) -> bytes:
+        fields = {k: v for k, v in asdict(self).items() if v is not None and v != ""}
+        raw = json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode()
+        return _LEN.pack(len(raw)) + raw
+
+
+def encode_trailer(flag: int, digest: bytes) -> bytes:
+    return bytes([flag]) + digest
+
+
+def decode_trailer(raw: bytes) -> tuple[int, bytes]:
+    if len(raw) != TRAILER_BYTES or raw[0] not in (FLAG_COMPLETE, FLAG_DISCARD):
+        raise ProtocolError("malformed content trailer")
+    return raw[0], raw[1:]
+
+
+def decode_length(raw: bytes) -> int:
+    (length,) = _LEN.unpack(raw)
+    if not 2 <= length <= MAX_HEADER_BYTES:
+        raise ProtocolError(f"header length {length} out of range")
+    return int(length)
+
+
+def decode_header(raw: bytes) -> Operation:
+    """Parse and validate one header; paths are checked for containment here."""
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ProtocolError("header is not UTF-8 JSON") from exc
+    if not isinstance(data, dict):
+        raise ProtocolError("header is not a JSON object")
+    op = data.get("op")
+    if not isinstance(op, str) or op not in OP_KINDS:
+        raise ProtocolError(f"unknown operation {op!r}")
+    missing = [name for name in _REQUIRED[op] if name not in data]
+    if missing:
+        raise ProtocolError(f"{op} lacks {', '.join(missing)}")
+    return Operation(
+        seq=_int(data, "seq", 0, 1 << 62, required=True) or 0,
+        op=op,  # type: ignore[arg-type]
+        path=validate_relpath(data["path"]) if "path" in data else "",
+        dest=validate_relpath(data["dest"]) if "dest" in data else None,
+        mode=_int(data, "mode", 0, 0o7777),
+        mtime_ns=_int(data, "mtime_ns", -MAX_MTIME_NS, MAX_MTIME_NS),
+        size=_int(data, "size", 0, MAX_FILE_BYTES),
+        target=_target(data),
+    )
+
+
+def _int(data: dict[str, Any], name: str, low: int, high: int, *, required: bool = False) -> int | None:
+    value = data.get(name)
+    if value is None:
+        if required:
+            raise ProtocolError(f"{name} is required")
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ProtocolError(f"{name} must be an integer in [{low}, {high}]")
+    return value
+
+
+def _target(data: dict[str, Any]) -> str | None:
+    """A symlink target is data, never followed by us: any non-empty string without NUL."""
+    target = data.get("target")
+    if target is None:
+        return None
+    if not isinstance(target, str) or not target or "\x00" in target or len(target) > 4096:
+        raise ProtocolError("symlink target must be a non-empty string without NUL")
+    return target

@@ -1,0 +1,197 @@
+"""The slave's side of the link: apply batches in order and remember how far it got.
+
+The applied sequence and the master's journal id are persisted in
+STATE_PATH after every batch (and after every rename, which is the one
+operation that is not idempotent when replayed), and only then
+acknowledged: an acknowledged change survives a crash of the slave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from replication import manifest, statefile
+from replication.applier import Applier, ReadExactly, sweep_temp_files
+from replication.errors import ContainmentError, FencedError, ProtocolError, ReplicationError
+from replication.metrics import ReplicationMetrics
+from replication.paths import StorageRoot, validate_relpath
+from replication.protocol import TRAILER_BYTES, Operation, decode_header, decode_length
+
+log = structlog.get_logger("replication.receiver")
+
+
+@dataclass
+class BatchResult:
+    applied_seq: int
+    operations: int = 0
+    bytes: int = 0
+    resend: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "applied_seq": self.applied_seq,
+            "operations": self.operations,
+            "bytes": self.bytes,
+            "resend": self.resend,
+        }
+
+
+class Receiver:
+    def __init__(
+        self,
+        storage_path: str,
+        state_path: str,
+        metrics: ReplicationMetrics,
+        skip: Callable[[str], bool],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.storage_path = storage_path
+        self._state_file = os.path.join(state_path, "receiver.json")
+        self._applier = Applier(StorageRoot(storage_path))
+        self._metrics = metrics
+        self._skip = skip
+        self._clock = clock
+        self._lock = asyncio.Lock()
+        state = statefile.load(self._state_file)
+        self.journal_id: str = str(state.get("journal_id", ""))
+        self.applied_seq: int = int(state.get("applied_seq", 0))
+        self.epoch: int = int(state.get("epoch", 0))
+        self.master_node: str = str(state.get("master_node", ""))
+        self.last_contact: float | None = None
+        self.started_at = clock()
+        self.last_error: str | None = None
+
+    def sweep(self) -> int:
+        """Remove temp files left by a killed predecessor; run once before serving."""
+        removed = sweep_temp_files(self.storage_path)
+        if removed:
+            log.warning("stale_temp_files_removed", count=removed)
+        return removed
+
+    # -- link handshake ----------------------------------------------------------
+    def hello(self, *, journal_id: str, epoch: int, node_id: str) -> dict[str, Any]:
+        self._check_epoch(epoch)
+        self.last_contact = self._clock()
+        if node_id != self.master_node or epoch != self.epoch:
+            self.master_node, self.epoch = node_id, epoch
+            self._persist()
+        log.info(
+            "replication_hello",
+            master_node=node_id,
+            epoch=epoch,
+            journal_id=journal_id,
+            resume_journal=self.journal_id,
+            applied_seq=self.applied_seq,
+        )
+        return {"journal_id": self.journal_id, "applied_seq": self.applied_seq, "epoch": self.epoch}
+
+    def lag_seconds(self) -> float:
+        since = self.last_contact if self.last_contact is not None else self.started_at
+        return max(0.0, self._clock() - since)
+
+    def connected(self, heartbeat_interval: float) -> bool:
+        return self.last_contact is not None and self.lag_seconds() < max(3 * heartbeat_interval, 3.0)
+
+    # -- batches -----------------------------------------------------------------
+    async def apply_batch(self, *, journal_id: str, epoch: int, read: ReadExactly) -> BatchResult:
+        async with self._lock:
+            self._check_epoch(epoch)
+            if journal_id != self.journal_id:
+                log.info("new_master_journal", old=self.journal_id, new=journal_id)
+                self.journal_id, self.applied_seq = journal_id, 0
+                self._persist()
+            result = BatchResult(applied_seq=self.applied_seq)
+            try:
+                await self._apply_stream(read, result)
+            except ReplicationError as exc:
+                exc.applied_seq = result.applied_seq
+                self._metrics.refused.labels(reason=type(exc).__name__).inc()
+                self.last_error = str(exc)
+                raise
+            finally:
+                self._applier.flush()
+                if result.applied_seq != self.applied_seq:
+                    self.applied_seq = result.applied_seq
+                    self._persist()
+                self.last_contact = self._clock()
+            return result
+
+    async def _apply_stream(self, read: ReadExactly, result: BatchResult) -> None:
+        while True:
+            op = decode_header(await _read(read, decode_length(await _read(read, 4))))
+            if op.op == "end":
+                result.applied_seq = max(result.applied_seq, op.seq)
+                return
+            if op.seq <= result.applied_seq:
+                await self._skip_content(op, read)
+                continue
+            outcome = await self._applier.apply(op, lambda n: _read(read, n))
+            if outcome.resend:
+                result.resend.append(outcome.resend)
+            if outcome.discarded:
+                result.resend.append(outcome.discarded)
+            result.operations += 1
+            result.bytes += outcome.bytes_written
+            self._metrics.operations.labels(op=op.op).inc()
+            if op.op == "put":
+                self._metrics.bytes.labels(direction="received").inc(op.size or 0)
+            result.applied_seq = op.seq
+            if op.op == "rename":
+                self._applier.flush()
+                self.applied_seq = result.applied_seq
+                self._persist()
+
+    async def _skip_content(self, op: Operation, read: ReadExactly) -> None:
+        if op.op != "put" or op.size is None:
+            return
+        remaining = op.size + TRAILER_BYTES
+        while remaining:
+            remaining -= len(await _read(read, min(remaining, 1 << 20)))
+
+    # -- manifests ---------------------------------------------------------------
+    def manifest(self) -> list[list[Any]]:
+        return [e.to_json() for e in manifest.walk(self.storage_path, "", self._skip)]
+
+    def hashes(self, paths: list[str]) -> dict[str, str | None]:
+        """SHA-256 of each path, read through no-follow fds; None where there is no regular file."""
+        return {p: self._hash(validate_relpath(p)) for p in paths}
+
+    def _hash(self, path: str) -> str | None:
+        try:
+            fd = self._applier.root.open_for_reading(path)
+        except (FileNotFoundError, NotADirectoryError, ContainmentError, OSError):
+            return None
+        return manifest.fd_sha256(fd)
+
+    # -- internals ---------------------------------------------------------------
+    def _check_epoch(self, epoch: int) -> None:
+        if epoch < self.epoch:
+            self._metrics.refused.labels(reason="fenced").inc()
+            raise FencedError(
+                f"epoch {epoch} is older than the epoch {self.epoch} this node follows", peer_epoch=self.epoch
+            )
+
+    def _persist(self) -> None:
+        statefile.save(
+            self._state_file,
+            {
+                "journal_id": self.journal_id,
+                "applied_seq": self.applied_seq,
+                "epoch": self.epoch,
+                "master_node": self.master_node,
+            },
+        )
+
+
+async def _read(read: ReadExactly, n: int) -> bytes:
+    try:
+        return await read(n)
+    except asyncio.IncompleteReadError as exc:
+        raise ProtocolError("the batch ended in the middle of an operation") from exc

@@ -1,0 +1,364 @@
+"""The master's side of the link: one long-lived HTTP connection to SYNC_TARGET.
+
+Each cycle takes the next changes from the journal, reads their current
+state from disk, streams them as one batch (see protocol.py) and waits for
+the slave's acknowledgement. When idle it sends a heartbeat batch. After a
+disconnect it says hello again: the slave's acknowledged sequence decides
+between resuming from the journal and a manifest reconciliation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import random
+import stat
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import structlog
+
+from replication import manifest
+from replication.errors import FencedError, PeerError
+from replication.journal import Change, Journal
+from replication.metrics import ReplicationMetrics
+from replication.protocol import FLAG_COMPLETE, FLAG_DISCARD, Operation, encode_trailer
+
+log = structlog.get_logger("replication.sender")
+
+CHUNK = 1024 * 1024
+LINK_PATH = "/internal/replication"
+
+
+@dataclass(frozen=True)
+class LinkSettings:
+    target: str
+    server_key: str
+    node_id: str
+    heartbeat_interval: float = 1.0
+    batch_max_ops: int = 1000
+    batch_max_bytes: int = 16 * 1024 * 1024
+    connect_timeout: float = 5.0
+    read_timeout: float = 60.0
+    max_backoff: float = 5.0
+
+
+@dataclass
+class SyncSummary:
+    reason: str
+    compared: int = 0
+    sent: int = 0
+    attributes: int = 0
+    deleted: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    up_to_seq: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "reason": self.reason,
+            "files_compared": self.compared,
+            "sent": self.sent,
+            "attributes_only": self.attributes,
+            "deleted": self.deleted,
+            "bytes": self.bytes,
+            "seconds": round(self.seconds, 3),
+            "up_to_seq": self.up_to_seq,
+        }
+
+
+class Sender:
+    def __init__(
+        self,
+        settings: LinkSettings,
+        root: str,
+        journal: Journal,
+        metrics: ReplicationMetrics,
+        skip: Callable[[str], bool],
+        epoch: Callable[[], int],
+        record_tree: Callable[[str], int],
+    ) -> None:
+        self.settings = settings
+        self.root = root
+        self.journal = journal
+        self.metrics = metrics
+        self._skip = skip
+        self._epoch = epoch
+        self._record_tree = record_tree
+        self._session: aiohttp.ClientSession | None = None
+        self._reconcile_lock = asyncio.Lock()
+        self._acked = asyncio.Condition()
+        self.connected = False
+        self.last_error: str | None = None
+        self.last_ack_at: float | None = None
+        self.bytes_sent = 0
+
+    # -- lifecycle ---------------------------------------------------------------
+    async def run(self) -> None:
+        """Replicate until cancelled; reconnect with capped, jittered backoff."""
+        timeout = aiohttp.ClientTimeout(
+            total=None, connect=self.settings.connect_timeout, sock_read=self.settings.read_timeout
+        )
+        connector = aiohttp.TCPConnector(limit=4, force_close=False)
+        backoff = 0.1
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+            self._session = session
+            try:
+                while True:
+                    try:
+                        await self._link_up()
+                        backoff = 0.1
+                        await self._stream()
+                    except FencedError as exc:
+                        self._down(str(exc))
+                        log.error("replication_fenced", peer_epoch=exc.peer_epoch, epoch=self._epoch())
+                        raise
+                    except (TimeoutError, PeerError, aiohttp.ClientError, OSError) as exc:
+                        self._down(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+                        log.warning(
+                            "replication_link_down",
+                            target=self.settings.target,
+                            error=self.last_error,
+                            retry_in=round(backoff, 2),
+                        )
+                    await asyncio.sleep(backoff * (0.5 + random.random()))
+                    backoff = min(backoff * 2, self.settings.max_backoff)
+            finally:
+                self._down(self.last_error)
+                self._session = None
+
+    def _down(self, error: str | None) -> None:
+        self.connected = False
+        self.last_error = error
+
+    # -- the link ----------------------------------------------------------------
+    async def _link_up(self) -> None:
+        answer = await self._call(
+            "POST",
+            "/hello",
+            json={
+                "journal_id": self.journal.journal_id,
+                "epoch": self._epoch(),
+                "node_id": self.settings.node_id,
+                "head_seq": self.journal.head,
+            },
+        )
+        applied = int(answer.get("applied_seq", 0))
+        self.connected = True
+        self.last_error = None
+        if answer.get("journal_id") == self.journal.journal_id and self.journal.can_resume_from(applied):
+            self.journal.rewind(applied)
+            log.info(
+                "replication_resumed",
+                applied_seq=applied,
+                head_seq=self.journal.head,
+                pending=self.journal.pending,
+            )
+            return
+        reason = (
+            "journal_overflow"
+            if self.journal.overflowed
+            else ("initial" if answer.get("journal_id") != self.journal.journal_id else "resume_gap")
+        )
+        if self.journal.overflowed:
+            self.journal.reset()
+        else:
+            self.journal.rewind(self.journal.acked)
+        await self.reconcile(reason)
+
+    async def _stream(self) -> None:
+        while True:
+            if self.journal.overflowed:
+                self.journal.reset()
+                await self.reconcile("journal_overflow")
+            self.journal.changed.clear()
+            batch = self.journal.take_batch(
+                self.settings.batch_max_ops, self.settings.batch_max_bytes, self._size_of
+            )
+            if not batch:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self.journal.changed.wait(), self.settings.heartbeat_interval)
+                    continue
+            await self._send(batch)
+
+    async def _send(self, batch: list[Change]) -> None:
+        resend: list[str] = []
+        end_seq = batch[-1].seq if batch else self.journal.sent_upto
+        answer = await self._call(
+            "POST",
+            "/batch",
+            data=self._frames(batch, end_seq, resend),
+            headers={
+                "Content-Type": "application/octet-stream",
+                "X-Hotstandby-Journal": self.journal.journal_id,
+                "X-Hotstandby-Epoch": str(self._epoch()),
+            },
+        )
+        applied = int(answer["applied_seq"])
+        self.journal.acknowledge(applied)
+        self.last_ack_at = time.monotonic()
+        for path in [*resend, *answer.get("resend", [])]:
+            if not self._record_tree(path):
+                self.journal.record_sync(path)
+        async with self._acked:
+            self._acked.notify_all()
+
+    async def _frames(self, batch: list[Change], end_seq: int, resend: list[str]) -> AsyncIterator[bytes]:
+        for change in batch:
+            if change.kind == "delete":
+                yield self._counted(Operation(change.seq, "delete", change.path)).header()
+            elif change.kind == "rename":
+                yield self._counted(Operation(change.seq, "rename", change.path, dest=change.dest)).header()
+            else:
+                async for chunk in self._sync_frames(change, resend):
+                    yield chunk
+        yield Operation(end_seq, "end").header()
+
+    async def _sync_frames(self, change: Change, resend: list[str]) -> AsyncIterator[bytes]:
+        full = os.path.join(self.root, change.path)
+        try:
+            st = os.lstat(full)
+        except (FileNotFoundError, NotADirectoryError):
+            return  # gone since: the delete or rename that follows in the journal covers it
+        mode = stat.S_IMODE(st.st_mode)
+        if stat.S_ISDIR(st.st_mode):
+            yield self._counted(
+                Operation(change.seq, "mkdir", change.path, mode=mode, mtime_ns=st.st_mtime_ns)
+            ).header()
+        elif stat.S_ISLNK(st.st_mode):
+            target = os.readlink(full)
+            yield self._counted(
+                Operation(change.seq, "symlink", change.path, target=target, mtime_ns=st.st_mtime_ns)
+            ).header()
+        elif stat.S_ISREG(st.st_mode):
+            if change.attr_hint == (st.st_size, st.st_mtime_ns):
+                yield self._counted(
+                    Operation(change.seq, "attr", change.path, mode=mode, mtime_ns=st.st_mtime_ns)
+                ).header()
+                return
+            async for chunk in self._put_frames(change, full, resend):
+                yield chunk
+
+    async def _put_frames(self, change: Change, full: str, resend: list[str]) -> AsyncIterator[bytes]:
+        try:
+            fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return
+        with os.fdopen(fd, "rb", buffering=0) as fh:
+            before = os.fstat(fd)
+            if not stat.S_ISREG(before.st_mode):
+                return
+            size = before.st_size
+            yield self._counted(
+                Operation(
+                    change.seq,
+                    "put",
+                    change.path,
+                    mode=stat.S_IMODE(before.st_mode),
+                    mtime_ns=before.st_mtime_ns,
+                    size=size,
+                )
+            ).header()
+            digest = hashlib.sha256()
+            remaining = size
+            while remaining:
+                chunk = fh.read(min(CHUNK, remaining)) or b""
+                if not chunk:
+                    chunk = b"\0" * min(CHUNK, remaining)  # file shrank: pad, then discard
+                digest.update(chunk)
+                remaining -= len(chunk)
+                self.bytes_sent += len(chunk)
+                self.metrics.bytes.labels(direction="sent").inc(len(chunk))
+                yield chunk
+            after = os.fstat(fd)
+        torn = (after.st_size, after.st_mtime_ns) != (size, before.st_mtime_ns)
+        if torn:
+            resend.append(change.path)
+        yield encode_trailer(FLAG_DISCARD if torn else FLAG_COMPLETE, digest.digest())
+
+    def _counted(self, op: Operation) -> Operation:
+        self.metrics.operations.labels(op=op.op).inc()
+        return op
+
+    def _size_of(self, change: Change) -> int:
+        if change.kind != "sync":
+            return 0
+        try:
+            return os.lstat(os.path.join(self.root, change.path)).st_size
+        except OSError:
+            return 0
+
+    # -- reconciliation ----------------------------------------------------------
+    async def reconcile(self, reason: str) -> SyncSummary:
+        """Compare manifests and queue exactly what differs; returns at once with the plan's size."""
+        async with self._reconcile_lock:
+            started = time.monotonic()
+            self.metrics.full_rescans.labels(reason=reason).inc()
+            remote_raw = await self._call("GET", "/manifest")
+            remote = {e.path: e for e in (manifest.Entry.from_json(r) for r in remote_raw["entries"])}
+            local = await asyncio.to_thread(manifest.scan, self.root, self._skip)
+            plan = manifest.compare(local, remote)
+            if plan.to_hash:
+                theirs = (await self._call("POST", "/hashes", json={"paths": plan.to_hash}))["hashes"]
+                mine = await asyncio.to_thread(
+                    lambda: {p: manifest.file_sha256(os.path.join(self.root, p)) for p in plan.to_hash}
+                )
+                manifest.resolve_hashes(plan, local, mine, theirs)
+            for path in plan.delete:
+                if not _exists(os.path.join(self.root, path)):
+                    self.journal.record_delete(path, is_dir=remote[path].type == "dir")
+            for entry in sorted(plan.send, key=lambda e: e.path.split("/")):
+                self.journal.record_sync(entry.path)
+            for entry in plan.attrs_only:
+                self.journal.record_sync(entry.path, attr_hint=(entry.size, entry.mtime_ns))
+            summary = SyncSummary(
+                reason=reason,
+                compared=plan.compared,
+                sent=len(plan.send),
+                attributes=len(plan.attrs_only),
+                deleted=len(plan.delete),
+                seconds=time.monotonic() - started,
+                up_to_seq=self.journal.head,
+            )
+            log.info("reconciliation_planned", **summary.to_json())
+            return summary
+
+    async def wait_acked(self, seq: int, timeout: float) -> None:
+        """Wait until the slave acknowledged `seq` (PeerError on timeout)."""
+        async with self._acked:
+            try:
+                await asyncio.wait_for(self._acked.wait_for(lambda: self.journal.acked >= seq), timeout)
+            except TimeoutError:
+                raise PeerError(f"the slave did not acknowledge sequence {seq} within {timeout:g}s") from None
+
+    # -- HTTP ----------------------------------------------------------------------
+    async def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        if self._session is None:
+            raise PeerError("the replication link is not running")
+        headers = dict(kwargs.pop("headers", {}))
+        if self.settings.server_key:
+            headers["Authorization"] = f"Bearer {self.settings.server_key}"
+        url = f"{self.settings.target}{LINK_PATH}{path}"
+        async with self._session.request(method, url, headers=headers, **kwargs) as resp:
+            try:
+                body = await resp.json(content_type=None)
+            except ValueError:
+                body = {}
+            if resp.status == 409 and isinstance(body, dict) and "peer_epoch" in body:
+                raise FencedError(
+                    str(body.get("detail", "fenced by the peer")), peer_epoch=int(body["peer_epoch"])
+                )
+            if resp.status >= 400 or not isinstance(body, dict):
+                detail = body.get("detail") if isinstance(body, dict) else None
+                raise PeerError(f"{method} {path} answered {resp.status}: {detail or resp.reason}")
+            return body
+
+
+def _exists(path: str) -> bool:
+    """lexists, checked just before recording a delete: a path re-created since the scan stays."""
+    return os.path.lexists(path)

@@ -1,0 +1,192 @@
+"""Turn inotify events (via watchdog) into journal changes on the event loop.
+
+watchdog calls us on its observer thread; events are buffered under a lock
+and drained on the loop in one callback per burst, so a storm of events
+costs one wake-up, not one per event.
+
+A file is shipped when its writer closes it (close_write). Writes that are
+never followed by a close (a file moved in from outside, a writer that keeps
+its file open) are shipped after a quiet period, or at the latest after
+MAX_DIRTY_SECONDS so a long-running writer still replicates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from collections.abc import Callable
+
+import structlog
+from watchdog.events import (
+    DirAttribEvent,
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileAttribEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+
+from replication import manifest
+from replication.journal import Journal
+from replication.paths import is_temp_name
+
+log = structlog.get_logger("replication.watcher")
+
+QUIET_SECONDS = 0.2
+MAX_DIRTY_SECONDS = 5.0
+EVENT_FILTER = [
+    FileCreatedEvent,
+    DirCreatedEvent,
+    FileModifiedEvent,
+    FileAttribEvent,
+    DirAttribEvent,
+    FileClosedEvent,
+    FileDeletedEvent,
+    DirDeletedEvent,
+    FileMovedEvent,
+    DirMovedEvent,
+]
+
+
+class _Handoff(FileSystemEventHandler):
+    """Runs on watchdog's thread: buffer, and wake the loop once per burst."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, drain: Callable[[list[FileSystemEvent]], None]
+    ) -> None:
+        self._loop = loop
+        self._drain = drain
+        self._lock = threading.Lock()
+        self._buffer: list[FileSystemEvent] = []
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        with self._lock:
+            wake = not self._buffer
+            self._buffer.append(event)
+        if wake and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._flush)
+
+    def _flush(self) -> None:
+        with self._lock:
+            events, self._buffer = self._buffer, []
+        self._drain(events)
+
+
+class Watcher:
+    """Watches STORAGE_PATH and records every change in the journal."""
+
+    def __init__(self, root: str, journal: Journal, skip: Callable[[str], bool]) -> None:
+        self.root = os.path.abspath(root)
+        self.journal = journal
+        self._skip = skip
+        self._observer: BaseObserver | None = None
+        self._dirty: dict[str, tuple[float, asyncio.TimerHandle]] = {}
+        self.events_seen = 0
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        observer = Observer()
+        observer.schedule(
+            _Handoff(loop, self._on_events), self.root, recursive=True, event_filter=EVENT_FILTER
+        )
+        observer.daemon = True
+        observer.start()
+        self._observer = observer
+        log.info("watcher_started", root=self.root)
+
+    def stop(self) -> None:
+        for _first, handle in self._dirty.values():
+            handle.cancel()
+        self._dirty.clear()
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=5)
+            self._observer = None
+            log.info("watcher_stopped")
+
+    def record_tree(self, rel: str) -> int:
+        """Record `rel` and everything below it (a new or moved-in directory)."""
+        count = 0
+        for entry in manifest.walk(self.root, rel, self._skip):
+            self.journal.record_sync(entry.path)
+            count += 1
+        return count
+
+    # -- event handling, on the loop ---------------------------------------------
+    def _relative(self, path: str | bytes) -> str | None:
+        text = os.fsdecode(path)
+        if not text or not text.startswith(self.root + "/"):
+            return None
+        rel = text[len(self.root) + 1 :]
+        if is_temp_name(rel) or self._skip(rel):
+            return None
+        return rel
+
+    def _on_events(self, events: list[FileSystemEvent]) -> None:
+        for event in events:
+            self.events_seen += 1
+            try:
+                self._handle(event)
+            except Exception:  # a bad event must never stop the watcher
+                log.exception("watcher_event_failed", event=repr(event))
+
+    def _handle(self, event: FileSystemEvent) -> None:
+        if isinstance(event, (FileMovedEvent, DirMovedEvent)):
+            if not event.is_synthetic:
+                self._moved(event)
+            return
+        rel = self._relative(event.src_path)
+        if rel is None:
+            return
+        if isinstance(event, (FileClosedEvent, FileAttribEvent, DirAttribEvent)):
+            self._settle(rel)
+            self.journal.record_sync(rel)
+        elif isinstance(event, DirCreatedEvent):
+            self.record_tree(rel)
+        elif isinstance(event, FileCreatedEvent) and os.path.islink(os.path.join(self.root, rel)):
+            self.journal.record_sync(rel)  # a symlink is complete when it appears
+        elif isinstance(event, (FileCreatedEvent, FileModifiedEvent)):
+            self._mark_dirty(rel)
+        elif isinstance(event, (FileDeletedEvent, DirDeletedEvent)):
+            self._settle(rel)
+            self.journal.record_delete(rel, is_dir=event.is_directory)
+
+    def _moved(self, event: FileSystemEvent) -> None:
+        src = self._relative(event.src_path)
+        dest = self._relative(event.dest_path)
+        if src is not None:
+            self._settle(src)
+        if src is not None and dest is not None:
+            self.journal.record_rename(src, dest)
+        elif src is not None:
+            self.journal.record_delete(src, is_dir=event.is_directory)
+        elif dest is not None:
+            self.record_tree(dest)
+
+    def _mark_dirty(self, rel: str) -> None:
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        first = now
+        if rel in self._dirty:
+            first, handle = self._dirty[rel]
+            handle.cancel()
+        delay = QUIET_SECONDS if now - first < MAX_DIRTY_SECONDS else 0.0
+        self._dirty[rel] = (first, loop.call_later(delay, self._settled, rel))
+
+    def _settled(self, rel: str) -> None:
+        self._dirty.pop(rel, None)
+        self.journal.record_sync(rel)
+
+    def _settle(self, rel: str) -> None:
+        entry = self._dirty.pop(rel, None)
+        if entry is not None:
+            entry[1].cancel()

@@ -1,0 +1,401 @@
+"""Wire framing: headers round trip, and decoding anything else fails only with the documented errors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from replication.errors import ContainmentError, ProtocolError
+from replication.paths import MAX_NAME_BYTES, validate_relpath
+from replication.protocol import (
+    FLAG_COMPLETE,
+    FLAG_DISCARD,
+    MAX_FILE_BYTES,
+    MAX_HEADER_BYTES,
+    MAX_MTIME_NS,
+    OP_KINDS,
+    TRAILER_BYTES,
+    Operation,
+    decode_header,
+    decode_length,
+    decode_trailer,
+    encode_trailer,
+)
+
+FUZZ = settings(
+    max_examples=300,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+DIFY_PLUGIN = "langgenius/openai:0.0.1@" + "0123456789abcdef" * 4
+
+SAMPLE_OPS = {
+    "put": Operation(
+        seq=7, op="put", path=f"{DIFY_PLUGIN}/main.py", mode=0o644, mtime_ns=1_700_000_000_123_456, size=42
+    ),
+    "mkdir": Operation(seq=1, op="mkdir", path="a/b", mode=0o755, mtime_ns=0),
+    "symlink": Operation(seq=2, op="symlink", path="a/link", target="../elsewhere/x", mtime_ns=-5),
+    "delete": Operation(seq=3, op="delete", path="a/gone.txt"),
+    "rename": Operation(seq=4, op="rename", path="a/old", dest="b/new"),
+    "attr": Operation(seq=5, op="attr", path="a/b", mode=0o7777, mtime_ns=MAX_MTIME_NS),
+    "end": Operation(seq=1 << 62, op="end"),
+}
+
+
+def _round_trip(op: Operation) -> Operation:
+    framed = op.header()
+    length = decode_length(framed[:4])
+    assert length == len(framed) - 4
+    return decode_header(framed[4 : 4 + length])
+
+
+# --- round trip ------------------------------------------------------------------
+
+
+def test_every_op_kind_has_a_sample():
+    assert set(SAMPLE_OPS) == OP_KINDS
+
+
+@pytest.mark.parametrize("kind", sorted(OP_KINDS))
+def test_header_round_trips_for_every_op_kind(kind):
+    assert _round_trip(SAMPLE_OPS[kind]) == SAMPLE_OPS[kind]
+
+
+def test_header_omits_absent_fields():
+    framed = Operation(seq=9, op="end").header()
+    assert json.loads(framed[4:]) == {"seq": 9, "op": "end"}
+
+
+def test_header_keeps_zero_values():
+    op = Operation(seq=0, op="mkdir", path="d", mode=0, mtime_ns=0)
+    assert json.loads(op.header()[4:]) == {"seq": 0, "op": "mkdir", "path": "d", "mode": 0, "mtime_ns": 0}
+    assert _round_trip(op) == op
+
+
+def test_header_with_non_ascii_path_round_trips():
+    op = Operation(seq=1, op="delete", path="ünïcödé/日本語/ファイル.txt")
+    assert _round_trip(op) == op
+
+
+def test_header_of_a_non_utf8_file_name_round_trips():
+    # On Linux a file named b"caf\xe9" is seen by Python as "caf\udce9"; validate_relpath accepts it,
+    # so the sender must be able to frame it and the receiver must get the same name back.
+    path = os.fsdecode(b"dir/caf\xe9")
+    assert validate_relpath(path) == path
+    op = Operation(seq=1, op="delete", path=path)
+    assert _round_trip(op) == op
+
+
+_name_chars = st.characters(exclude_characters="/\x00", codec="utf-8")
+_component = st.text(_name_chars, min_size=1, max_size=12).filter(lambda s: s not in (".", ".."))
+valid_relpaths = st.lists(_component, min_size=1, max_size=5).map("/".join)
+u62 = st.integers(0, 1 << 62)
+
+
+@st.composite
+def valid_operations(draw):
+    kind = draw(st.sampled_from(sorted(OP_KINDS)))
+    seq = draw(u62)
+    mode = draw(st.integers(0, 0o7777))
+    mtime = draw(st.integers(-MAX_MTIME_NS, MAX_MTIME_NS))
+    path = draw(valid_relpaths)
+    if kind == "put":
+        size = draw(st.integers(0, MAX_FILE_BYTES))
+        return Operation(seq, "put", path, mode=mode, mtime_ns=mtime, size=size)
+    if kind in ("mkdir", "attr"):
+        return Operation(seq, kind, path, mode=mode, mtime_ns=mtime)
+    if kind == "symlink":
+        target = draw(st.text(st.characters(exclude_characters="\x00", codec="utf-8"), min_size=1))
+        return Operation(seq, "symlink", path, target=target, mtime_ns=mtime)
+    if kind == "rename":
+        return Operation(seq, "rename", path, dest=draw(valid_relpaths))
+    if kind == "delete":
+        return Operation(seq, "delete", path)
+    return Operation(seq, "end")
+
+
+@FUZZ
+@given(valid_operations())
+def test_any_valid_operation_round_trips(op):
+    assert _round_trip(op) == op
+
+
+# --- decode_length ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("length", [0, 1, MAX_HEADER_BYTES + 1, 1 << 20, 2**32 - 1])
+def test_decode_length_refuses_out_of_range_lengths(length):
+    with pytest.raises(ProtocolError):
+        decode_length(struct.pack(">I", length))
+
+
+@pytest.mark.parametrize("length", [2, 100, MAX_HEADER_BYTES])
+def test_decode_length_accepts_lengths_in_range(length):
+    assert decode_length(struct.pack(">I", length)) == length
+
+
+def test_max_header_is_64_kib():
+    assert MAX_HEADER_BYTES == 64 * 1024
+
+
+@pytest.mark.parametrize("raw", [b"", b"\x00\x00\x10", b"\x00\x00\x00\x10\x00"])
+def test_decode_length_refuses_a_prefix_that_is_not_four_bytes(raw):
+    # protocol.py: "Decoding is strict: anything unexpected is a ProtocolError ..., never another exception."
+    with pytest.raises(ProtocolError):
+        decode_length(raw)
+
+
+# --- decode_trailer --------------------------------------------------------------------
+
+DIGEST = hashlib.sha256(b"content").digest()
+
+
+@pytest.mark.parametrize("flag", [FLAG_COMPLETE, FLAG_DISCARD])
+def test_decode_trailer_returns_flag_and_digest(flag):
+    assert decode_trailer(encode_trailer(flag, DIGEST)) == (flag, DIGEST)
+
+
+@pytest.mark.parametrize("size", [0, 1, TRAILER_BYTES - 1, TRAILER_BYTES + 1, 64])
+def test_decode_trailer_refuses_wrong_length(size):
+    with pytest.raises(ProtocolError):
+        decode_trailer(bytes(size))
+
+
+@pytest.mark.parametrize("flag", [2, 3, 0x7F, 0xFF])
+def test_decode_trailer_refuses_unknown_flags(flag):
+    with pytest.raises(ProtocolError):
+        decode_trailer(bytes([flag]) + DIGEST)
+
+
+@FUZZ
+@given(st.binary(max_size=80))
+def test_decode_trailer_on_arbitrary_bytes_returns_a_known_flag_or_refuses(raw):
+    try:
+        flag, digest = decode_trailer(raw)
+    except ProtocolError:
+        return
+    assert flag in (FLAG_COMPLETE, FLAG_DISCARD)
+    assert len(digest) == 32
+
+
+# --- decode_header: explicit refusals --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"\xff\xfe",
+        b"not json",
+        b"[]",
+        b'"put"',
+        b"null",
+        b"{}",
+        b'{"op": "nuke", "seq": 1}',
+        b'{"op": ["put"], "seq": 1}',
+        b'{"op": {"k": 1}, "seq": 1}',
+        b'{"op": "end"}',
+        b'{"op": "end", "seq": true}',
+        b'{"op": "end", "seq": -1}',
+        b'{"op": "end", "seq": 1.0}',
+        b'{"op": "end", "seq": "1"}',
+        b'{"op": "end", "seq": 4611686018427387905}',
+        b'{"op": "end", "seq": 1e400}',
+        b'{"op": "end", "seq": NaN}',
+        b'{"op": "delete", "seq": 1}',
+        b'{"op": "rename", "seq": 1, "path": "a"}',
+        b'{"op": "put", "seq": 1, "path": "a", "mode": 420, "mtime_ns": 0}',
+        b'{"op": "put", "seq": 1, "path": "a", "mode": 4096, "mtime_ns": 0, "size": 1}',
+        b'{"op": "put", "seq": 1, "path": "a", "mode": 420, "mtime_ns": 0, "size": -1}',
+        b'{"op": "put", "seq": 1, "path": "a", "mode": 420, "mtime_ns": 0, "size": 17592186044417}',
+        b'{"op": "mkdir", "seq": 1, "path": "a", "mode": 493, "mtime_ns": 4611686018427387905}',
+        b'{"op": "symlink", "seq": 1, "path": "a", "mtime_ns": 0, "target": ""}',
+        b'{"op": "symlink", "seq": 1, "path": "a", "mtime_ns": 0, "target": "x\\u0000y"}',
+        b'{"op": "symlink", "seq": 1, "path": "a", "mtime_ns": 0, "target": 5}',
+        b'{"op": "end", "seq": 1' + b"0" * 5000 + b"}",
+        b"[" * MAX_HEADER_BYTES,
+        b'{"a":' * 30000 + b"1" + b"}" * 30000,
+    ],
+)
+def test_decode_header_refuses_malformed_headers_with_protocol_error(raw):
+    with pytest.raises(ProtocolError):
+        decode_header(raw)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"path": "../etc/passwd"},
+        {"path": "/etc/passwd"},
+        {"path": "a/../../b"},
+        {"path": ""},
+        {"path": 5},
+        {"path": None},
+        {"path": ["a"]},
+        {"path": "a\x00b"},
+        {"path": "\ud800"},
+        {"path": "x" * (MAX_NAME_BYTES + 1)},
+        {"path": "a", "dest": "../b"},
+        {"path": "a", "dest": "/b"},
+        {"path": "a", "dest": None},
+    ],
+)
+def test_decode_header_refuses_escaping_paths_with_containment_error(fields):
+    header = {"op": "rename", "seq": 1, "path": "a", "dest": "b", **fields}
+    with pytest.raises(ContainmentError):
+        decode_header(json.dumps(header).encode())
+
+
+def test_decode_header_validates_dest_even_on_other_ops():
+    raw = json.dumps({"op": "delete", "seq": 1, "path": "a", "dest": "../x"}).encode()
+    with pytest.raises(ContainmentError):
+        decode_header(raw)
+
+
+def test_decode_header_ignores_unknown_keys():
+    raw = json.dumps({"op": "delete", "seq": 3, "path": "a", "future": {"x": [1, 2]}}).encode()
+    assert decode_header(raw) == Operation(seq=3, op="delete", path="a")
+
+
+def test_decode_header_accepts_a_symlink_target_that_leaves_the_root():
+    # A target is data, never followed by the receiver.
+    header = {"op": "symlink", "seq": 1, "path": "l", "mtime_ns": 0, "target": "/etc/passwd"}
+    raw = json.dumps(header).encode()
+    assert decode_header(raw).target == "/etc/passwd"
+
+
+# --- decode_header: fuzz ---------------------------------------------------------------
+
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(-(2**80), 2**80)
+    | st.floats()
+    | st.text(st.characters(exclude_categories=()), max_size=20)
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+_bad_paths = st.sampled_from(
+    ["", ".", "..", "/", "/abs", "a/../b", "./a", "a//b", "a/", "a\x00b", "\ud800", "x" * 300, "a/" * 3000]
+)
+_paths = valid_relpaths | _bad_paths | st.text(max_size=30) | json_values
+_ints = (
+    st.integers(-5, 0o10000)
+    | st.integers(-(2**70), 2**70)
+    | st.sampled_from([0, 1 << 62, (1 << 62) + 1, MAX_FILE_BYTES, MAX_FILE_BYTES + 1, -MAX_MTIME_NS - 1])
+    | st.booleans()
+    | st.floats()
+    | json_values
+)
+_ops = st.sampled_from(sorted(OP_KINDS)) | st.sampled_from(["PUT", "", "nuke", "end "]) | json_values
+_targets = st.text(max_size=20) | st.sampled_from(["", "x\x00", "y" * 5000]) | json_values
+
+_plausible_fields = {
+    "op": _ops,
+    "seq": _ints,
+    "path": _paths,
+    "dest": _paths,
+    "mode": _ints,
+    "mtime_ns": _ints,
+    "size": _ints,
+    "target": _targets,
+}
+plausible_dicts = st.fixed_dictionaries({}, optional=_plausible_fields)
+complete_dicts = st.fixed_dictionaries(
+    {"op": st.sampled_from(sorted(OP_KINDS)), "seq": u62, "path": _paths},
+    optional={k: v for k, v in _plausible_fields.items() if k not in ("op", "seq", "path")},
+)
+mostly_valid_dicts = st.builds(
+    lambda op, extra: {**json.loads(op.header()[4:]), **extra},
+    valid_operations(),
+    st.fixed_dictionaries({}, optional=_plausible_fields),
+)
+
+
+def _encode(value: object, ensure_ascii: bool) -> bytes:
+    return json.dumps(value, ensure_ascii=ensure_ascii).encode("utf-8", errors="surrogatepass")
+
+
+def _assert_decodes_safely(raw: bytes) -> None:
+    """decode_header returns a well-formed Operation or raises ProtocolError/ContainmentError."""
+    try:
+        op = decode_header(raw)
+    except (ProtocolError, ContainmentError):
+        return
+    assert isinstance(op, Operation)
+    assert op.op in OP_KINDS
+    assert isinstance(op.seq, int) and 0 <= op.seq <= 1 << 62
+    if op.path:
+        assert validate_relpath(op.path) == op.path
+    else:
+        assert op.op == "end"
+    if op.dest is not None:
+        assert validate_relpath(op.dest) == op.dest
+    if op.op == "rename":
+        assert op.dest is not None
+    if op.op in ("put", "mkdir", "attr"):
+        assert op.mode is not None and op.mtime_ns is not None
+    if op.op == "put":
+        assert op.size is not None
+    if op.op == "symlink":
+        assert op.target is not None
+    if op.mode is not None:
+        assert 0 <= op.mode <= 0o7777 and not isinstance(op.mode, bool)
+    if op.size is not None:
+        assert 0 <= op.size <= MAX_FILE_BYTES and not isinstance(op.size, bool)
+    if op.mtime_ns is not None:
+        assert -MAX_MTIME_NS <= op.mtime_ns <= MAX_MTIME_NS and not isinstance(op.mtime_ns, bool)
+    if op.target is not None:
+        assert isinstance(op.target, str) and op.target and "\x00" not in op.target
+
+
+@FUZZ
+@given(st.binary(max_size=512))
+def test_decode_header_on_arbitrary_bytes_never_raises_anything_else(raw):
+    _assert_decodes_safely(raw)
+
+
+@FUZZ
+@given(json_values, st.booleans())
+def test_decode_header_on_arbitrary_json_never_raises_anything_else(value, ensure_ascii):
+    _assert_decodes_safely(_encode(value, ensure_ascii))
+
+
+@FUZZ
+@given(st.dictionaries(st.text(max_size=10), json_values, max_size=8), st.booleans())
+def test_decode_header_on_arbitrary_json_objects_never_raises_anything_else(value, ensure_ascii):
+    _assert_decodes_safely(_encode(value, ensure_ascii))
+
+
+@FUZZ
+@given(plausible_dicts | complete_dicts, st.booleans())
+def test_decode_header_on_plausible_headers_never_raises_anything_else(value, ensure_ascii):
+    _assert_decodes_safely(_encode(value, ensure_ascii))
+
+
+@FUZZ
+@given(mostly_valid_dicts, st.booleans())
+def test_decode_header_on_perturbed_valid_headers_never_raises_anything_else(value, ensure_ascii):
+    _assert_decodes_safely(_encode(value, ensure_ascii))
+
+
+@FUZZ
+@given(valid_operations(), st.binary(min_size=1, max_size=4), st.integers(0, 200))
+def test_decode_header_on_corrupted_valid_headers_never_raises_anything_else(op, junk, where):
+    raw = op.header()[4:]
+    where = min(where, len(raw))
+    _assert_decodes_safely(raw[:where] + junk + raw[where + len(junk) :])
