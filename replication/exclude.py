@@ -65,10 +65,10 @@ class ReadyMarkers:
     """
 
     def __init__(self, patterns: Iterable[str]) -> None:
+        cleaned = (q.strip().strip("/") for q in patterns)
+        anchored = [p if "/" in p else f"**/{p}" for p in cleaned if p]
         self._rules = tuple(
-            (glob_to_regex(p), len(p.split("/")) - (1 if p.startswith("**/") else 0))
-            for p in (q.strip().strip("/") for q in patterns)
-            if p
+            (glob_to_regex(p), len(p.split("/")) - (1 if p.startswith("**/") else 0)) for p in anchored
         )
 
     def plugin_dir(self, path: str) -> str | None:

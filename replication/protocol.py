@@ -59,7 +59,8 @@ class Operation:
 
     def header(self) -> bytes:
         fields = {k: v for k, v in asdict(self).items() if v is not None and v != ""}
-        raw = json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode()
+        # ASCII escapes keep non-UTF-8 file names (surrogate escapes) intact.
+        raw = json.dumps(fields, separators=(",", ":")).encode()
         return _LEN.pack(len(raw)) + raw
 
 
@@ -74,6 +75,8 @@ def decode_trailer(raw: bytes) -> tuple[int, bytes]:
 
 
 def decode_length(raw: bytes) -> int:
+    if len(raw) != _LEN.size:
+        raise ProtocolError("a frame length is 4 bytes")
     (length,) = _LEN.unpack(raw)
     if not 2 <= length <= MAX_HEADER_BYTES:
         raise ProtocolError(f"header length {length} out of range")
@@ -91,7 +94,7 @@ def decode_header(raw: bytes) -> Operation:
     op = data.get("op")
     if not isinstance(op, str) or op not in OP_KINDS:
         raise ProtocolError(f"unknown operation {op!r}")
-    missing = [name for name in _REQUIRED[op] if name not in data]
+    missing = [name for name in _REQUIRED[op] if data.get(name) is None]
     if missing:
         raise ProtocolError(f"{op} lacks {', '.join(missing)}")
     return Operation(

@@ -237,19 +237,42 @@ def test_decode_header_refuses_malformed_headers_with_protocol_error(raw):
         {"path": "a/../../b"},
         {"path": ""},
         {"path": 5},
-        {"path": None},
         {"path": ["a"]},
         {"path": "a\x00b"},
         {"path": "\ud800"},
         {"path": "x" * (MAX_NAME_BYTES + 1)},
         {"path": "a", "dest": "../b"},
         {"path": "a", "dest": "/b"},
-        {"path": "a", "dest": None},
     ],
 )
 def test_decode_header_refuses_escaping_paths_with_containment_error(fields):
     header = {"op": "rename", "seq": 1, "path": "a", "dest": "b", **fields}
     with pytest.raises(ContainmentError):
+        decode_header(json.dumps(header).encode())
+
+
+@pytest.mark.parametrize("fields", [{"path": None}, {"dest": None}])
+def test_decode_header_refuses_a_null_path_of_a_rename(fields):
+    header = {"op": "rename", "seq": 1, "path": "a", "dest": "b", **fields}
+    with pytest.raises(ProtocolError):
+        decode_header(json.dumps(header).encode())
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        {"op": "put", "seq": 1, "path": "a", "mode": 420, "mtime_ns": 0, "size": None},
+        {"op": "put", "seq": 1, "path": "a", "mode": None, "mtime_ns": 0, "size": 1},
+        {"op": "put", "seq": 1, "path": "a", "mode": 420, "mtime_ns": None, "size": 1},
+        {"op": "mkdir", "seq": 1, "path": "a", "mode": None, "mtime_ns": 0},
+        {"op": "attr", "seq": 1, "path": "a", "mode": 420, "mtime_ns": None},
+        {"op": "symlink", "seq": 1, "path": "a", "mtime_ns": 0, "target": None},
+        {"op": "symlink", "seq": 1, "path": "a", "mtime_ns": None, "target": "t"},
+    ],
+)
+def test_decode_header_refuses_null_for_a_required_field(header):
+    # "put lacks size" for a missing key; a JSON null must not slip through as "present".
+    with pytest.raises(ProtocolError):
         decode_header(json.dumps(header).encode())
 
 
@@ -292,9 +315,10 @@ json_values = st.recursive(
 _bad_paths = st.sampled_from(
     ["", ".", "..", "/", "/abs", "a/../b", "./a", "a//b", "a/", "a\x00b", "\ud800", "x" * 300, "a/" * 3000]
 )
-_paths = valid_relpaths | _bad_paths | st.text(max_size=30) | json_values
+_paths = st.none() | valid_relpaths | _bad_paths | st.text(max_size=30) | json_values
 _ints = (
-    st.integers(-5, 0o10000)
+    st.none()
+    | st.integers(-5, 0o10000)
     | st.integers(-(2**70), 2**70)
     | st.sampled_from([0, 1 << 62, (1 << 62) + 1, MAX_FILE_BYTES, MAX_FILE_BYTES + 1, -MAX_MTIME_NS - 1])
     | st.booleans()
@@ -302,7 +326,7 @@ _ints = (
     | json_values
 )
 _ops = st.sampled_from(sorted(OP_KINDS)) | st.sampled_from(["PUT", "", "nuke", "end "]) | json_values
-_targets = st.text(max_size=20) | st.sampled_from(["", "x\x00", "y" * 5000]) | json_values
+_targets = st.none() | st.text(max_size=20) | st.sampled_from(["", "x\x00", "y" * 5000]) | json_values
 
 _plausible_fields = {
     "op": _ops,
