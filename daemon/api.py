@@ -113,9 +113,13 @@ async def replication_hello(request: web.Request) -> web.Response:
 async def replication_batch(request: web.Request) -> web.Response:
     receiver = _receiver(request)
     journal_id = request.headers.get("X-Hotstandby-Journal", "")
-    if not journal_id:
-        raise HTTPProblem(400, "bad request", "X-Hotstandby-Journal header is required")
-    epoch = _int_field(request.headers, "X-Hotstandby-Epoch")
+    try:
+        if not journal_id:
+            raise HTTPProblem(400, "bad request", "X-Hotstandby-Journal header is required")
+        epoch = _int_field(request.headers, "X-Hotstandby-Epoch")
+    except HTTPProblem:
+        request.app[NODE].metrics.refused.labels(reason="bad_headers").inc()
+        raise
     result = await receiver.apply_batch(journal_id=journal_id, epoch=epoch, read=request.content.readexactly)
     return web.json_response(result.to_json())
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import errno
 import os
 import time
 import uuid
@@ -132,12 +133,7 @@ class Node:
         return float(self.journal.acked) if self.journal is not None else 0.0
 
     def health(self) -> tuple[bool, str]:
-        path = self.config.storage_path
-        if not os.path.isdir(path):
-            return False, f"STORAGE_PATH {path} does not exist"
-        if not os.access(path, os.W_OK | os.X_OK):
-            return False, f"STORAGE_PATH {path} is not writable"
-        return True, ""
+        return storage_writable(self.config.storage_path)
 
     def health_report(self) -> dict[str, Any]:
         ok, reason = self.health()
@@ -191,3 +187,17 @@ class Node:
         summary.bytes = self.sender.bytes_sent - bytes_before
         summary.seconds = time.monotonic() - started
         return summary
+
+
+def storage_writable(path: str) -> tuple[bool, str]:
+    """Probe with an unnamed O_TMPFILE: a real write check that leaves no name and no inotify event."""
+    if not os.path.isdir(path):
+        return False, f"STORAGE_PATH {path} is missing or not a directory"
+    try:
+        os.close(os.open(path, os.O_TMPFILE | os.O_WRONLY, 0o600))
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR):
+            return False, f"STORAGE_PATH {path} is not writable: {exc.strerror}"
+        if not os.access(path, os.W_OK | os.X_OK):
+            return False, f"STORAGE_PATH {path} is not writable"
+    return True, ""

@@ -83,17 +83,25 @@ class Applier:
         return ApplyOutcome()
 
     async def _put(self, op: Operation, read: ReadExactly) -> ApplyOutcome:
+        """Receive into a temp file, verify, then rename; a refused put leaves no trace, not even folders."""
+        created: list[str] = []
+        try:
+            outcome = await self._receive_file(op, read, created)
+        except BaseException:
+            self.root.remove_created(created)
+            raise
+        if not outcome.applied:
+            self.root.remove_created(created)
+        return outcome
+
+    async def _receive_file(self, op: Operation, read: ReadExactly, created: list[str]) -> ApplyOutcome:
         assert op.size is not None and op.mode is not None and op.mtime_ns is not None
         parent, name = split_parent(op.path)
         digest = hashlib.sha256()
-        with self.root.open_dir(parent, create=True) as dir_fd:
+        with self.root.open_dir(parent, create=True, created=created) as dir_fd:
             temp = _temp_name(name)
-            fd = os.open(
-                temp,
-                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                0o600,
-                dir_fd=dir_fd,
-            )
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            fd = os.open(temp, flags, 0o600, dir_fd=dir_fd)
             renamed = False
             try:
                 remaining = op.size
@@ -122,6 +130,7 @@ class Applier:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(temp, dir_fd=dir_fd)
         self._dirty_dirs.add(parent)
+        self._dirty_dirs.update(created)
         return ApplyOutcome(bytes_written=op.size)
 
     def _mkdir(self, op: Operation) -> None:

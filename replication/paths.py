@@ -78,23 +78,34 @@ class StorageRoot:
         self.root = os.path.abspath(root)
 
     @contextlib.contextmanager
-    def open_dir(self, rel_dir: str, *, create: bool) -> Iterator[int]:
+    def open_dir(self, rel_dir: str, *, create: bool, created: list[str] | None = None) -> Iterator[int]:
         """Yield an fd for the directory `rel_dir` ('' is the root).
 
-        Missing directories are created when `create` is set; a symlink on the
-        way is refused; a non-directory on the way is replaced (the sender's
-        tree is authoritative).
+        Missing directories are created when `create` is set (and listed in
+        `created`, parents first, so a refused write can take them back); a
+        symlink on the way is refused; a non-directory on the way is replaced
+        (the sender's tree is authoritative).
         """
         fd = os.open(self.root, _DIR_FLAGS)
         try:
             if rel_dir:
-                for part in validate_relpath(rel_dir).split("/"):
-                    child = self._open_child_dir(fd, part, create=create, rel_dir=rel_dir)
+                parts = validate_relpath(rel_dir).split("/")
+                for depth, part in enumerate(parts, start=1):
+                    child, made = self._open_child_dir(fd, part, create=create, rel_dir=rel_dir)
+                    if made and created is not None:
+                        created.append("/".join(parts[:depth]))
                     os.close(fd)
                     fd = child
             yield fd
         finally:
             os.close(fd)
+
+    def remove_created(self, created: list[str]) -> None:
+        """Take back directories that `open_dir` created, deepest first, if still empty."""
+        for rel_dir in reversed(created):
+            parent, name = split_parent(rel_dir)
+            with contextlib.suppress(OSError), self.open_dir(parent, create=False) as fd:
+                os.rmdir(name, dir_fd=fd)
 
     def open_for_reading(self, rel: str) -> int:
         """An fd on `rel` itself (never a symlink's target), reached without following links."""
@@ -102,15 +113,19 @@ class StorageRoot:
         with self.open_dir(parent, create=False) as dir_fd:
             return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
 
-    def _open_child_dir(self, parent_fd: int, name: str, *, create: bool, rel_dir: str) -> int:
+    def _open_child_dir(self, parent_fd: int, name: str, *, create: bool, rel_dir: str) -> tuple[int, bool]:
+        made = False
         for _attempt in range(3):
             try:
-                return os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+                return os.open(name, _DIR_FLAGS, dir_fd=parent_fd), made
             except FileNotFoundError:
                 if not create:
                     raise
-                with contextlib.suppress(FileExistsError):
+                try:
                     os.mkdir(name, 0o755, dir_fd=parent_fd)
+                    made = True
+                except FileExistsError:
+                    pass
             except OSError as exc:
                 if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
                     raise

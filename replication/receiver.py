@@ -103,6 +103,9 @@ class Receiver:
     async def apply_batch(self, *, journal_id: str, epoch: int, read: ReadExactly) -> BatchResult:
         async with self._lock:
             self._check_epoch(epoch)
+            if epoch > self.epoch:
+                self.epoch = epoch
+                self._persist()
             if journal_id != self.journal_id:
                 log.info("new_master_journal", old=self.journal_id, new=journal_id)
                 self.journal_id, self.applied_seq = journal_id, 0

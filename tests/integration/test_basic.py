@@ -63,3 +63,29 @@ def test_sigterm_stops_both_nodes_within_bounds(pair: Pair) -> None:
     assert pair.master.stop(signal.SIGTERM, timeout=10) == 0
     assert pair.slave.stop(signal.SIGTERM, timeout=10) == 0
     assert time.monotonic() - started < 10
+
+
+def test_health_is_503_when_storage_is_gone(pair: Pair) -> None:
+    import shutil
+
+    shutil.rmtree(pair.slave.storage)
+    code, body = pair.slave.call("GET", "/health", auth=False)
+    assert code == 503
+    assert body["status"] == "unhealthy" and "STORAGE_PATH" in body["reason"]
+    assert pair.slave.metric("plugin_daemon_healthy") == 0
+    pair.slave.storage.mkdir()
+    assert pair.slave.call("GET", "/health", auth=False)[0] == 200
+
+
+def test_logs_are_json_events_without_secrets(pair: Pair) -> None:
+    import json
+
+    from tests.support.cluster import SERVER_KEY
+
+    (pair.master.storage / "f").write_text("x")
+    pair.wait_converged(10)
+    pair.master.stop()
+    lines = pair.master.log_path.read_text().splitlines()
+    events = [json.loads(line) for line in lines]
+    assert {"starting", "started", "stopping", "stopped"} <= {e["event"] for e in events}
+    assert SERVER_KEY not in pair.master.log_path.read_text()

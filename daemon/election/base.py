@@ -1,0 +1,49 @@
+"""The lease interface every election backend implements.
+
+Timing rule (why leases are safe here): the caller notes `time.monotonic()`
+*before* sending an acquire or renew request, and treats the lease as valid
+only until that instant + ttl - safety margin. The backend's own expiry can
+only come later than that, so a leader that stops renewing stops acting as
+leader before anyone else can acquire.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class ElectionError(Exception):
+    """The election service could not be reached or answered unexpectedly."""
+
+
+@dataclass(frozen=True)
+class LeaseHolder:
+    """What the backend says about the current lease."""
+
+    node_id: str
+    term: int
+    ttl_left: float
+    """Seconds until the backend expires it, as the backend sees it."""
+
+
+class LeaseBackend(Protocol):
+    name: str
+
+    async def try_acquire(self, node_id: str, ttl: float) -> int | None:
+        """Take the lease if nobody holds it; return the new term (fencing token), else None."""
+        ...
+
+    async def renew(self, node_id: str, term: int, ttl: float) -> bool:
+        """Extend our lease to `ttl` from now; False if it is no longer ours (expired or taken)."""
+        ...
+
+    async def release(self, node_id: str, term: int) -> None:
+        """Give the lease up at once if we still hold it (planned switchover, shutdown)."""
+        ...
+
+    async def holder(self) -> LeaseHolder | None:
+        """The current holder, or None when the lease is free."""
+        ...
+
+    async def close(self) -> None: ...
