@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from replication.errors import ContainmentError, IntegrityError, ProtocolError, StorageFullError
-from replication.paths import TEMP_PREFIX, StorageRoot, split_parent
+from replication.paths import TEMP_PREFIX, StorageRoot, is_temp_name, is_within, split_parent
 from replication.protocol import FLAG_DISCARD, TRAILER_BYTES, Operation, decode_trailer
 
 CHUNK = 1024 * 1024
@@ -48,6 +48,8 @@ class Applier:
 
     async def apply(self, op: Operation, read: ReadExactly) -> ApplyOutcome:
         """Apply `op`; for a put, consume exactly its content and trailer from `read`."""
+        if is_temp_name(op.path) or (op.dest is not None and is_temp_name(op.dest)):
+            raise ProtocolError(f"names starting with {TEMP_PREFIX!r} are reserved for in-flight files")
         try:
             if op.op == "put":
                 return await self._put(op, read)
@@ -178,6 +180,10 @@ class Applier:
 
     def _rename(self, op: Operation) -> ApplyOutcome:
         assert op.dest is not None
+        if op.dest == op.path:
+            return ApplyOutcome()
+        if is_within(op.dest, op.path):
+            raise ProtocolError(f"cannot rename {op.path!r} into itself ({op.dest!r})")
         src_parent, src_name = split_parent(op.path)
         dst_parent, dst_name = split_parent(op.dest)
         with contextlib.ExitStack() as stack:
@@ -227,7 +233,8 @@ def sweep_temp_files(root: str) -> int:
 
 
 def _temp_name(name: str) -> str:
-    stem = name[:200]
+    """A sibling name for the in-flight copy, within NAME_MAX whatever the encoding of `name`."""
+    stem = os.fsdecode(os.fsencode(name)[:200])
     return f"{TEMP_PREFIX}{stem}.{secrets.token_hex(4)}"
 
 

@@ -76,6 +76,7 @@ class Journal:
         self._append(Change(0, "delete", path))
 
     def record_rename(self, src: str, dest: str) -> None:
+        self._forget_unsent(dest, subtree=True)  # whatever was at dest is replaced by src
         carried = [self._entries[seq] for p, seq in list(self._unsent_sync.items()) if is_within(p, src)]
         for change in carried:
             self._drop(change.seq)
@@ -152,9 +153,11 @@ class Journal:
         return bool(self._entries) and next(reversed(self._entries)) > self.sent_upto
 
     def oldest_unacked_age(self) -> float:
-        for change in self._entries.values():
-            return max(0.0, self._clock() - change.enqueued_at)
-        return 0.0
+        """Seconds since the oldest pending change was recorded (markers may sit behind newer ones)."""
+        if not self._entries:
+            return 0.0
+        oldest = min(change.enqueued_at for change in self._entries.values())
+        return max(0.0, self._clock() - oldest)
 
     # -- internals -------------------------------------------------------------
     def _append(self, change: Change) -> None:

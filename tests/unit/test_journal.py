@@ -1,0 +1,593 @@
+"""The master's journal: sequencing, coalescing, ordering rules, acknowledgement and resume (no I/O)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from replication.exclude import ReadyMarkers
+from replication.journal import Change, Journal
+from replication.paths import is_within
+
+MARKERS = ReadyMarkers(["**/.venv/dify/plugin.json"])
+PLUGIN = "cwd/langgenius/openai-0.0.1@" + "ab" * 32
+MARKER = f"{PLUGIN}/.venv/dify/plugin.json"
+UNLIMITED = 10**9
+
+
+class FakeClock:
+    """An injected monotonic clock (starts well above 0: 0.0 is falsy to the journal)."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_journal(*, clock: Callable[[], float] | None = None, max_entries: int = 200_000) -> Journal:
+    return Journal("journal-1", MARKERS, max_entries=max_entries, clock=clock or FakeClock())
+
+
+def take_all(journal: Journal) -> list[Change]:
+    return journal.take_batch(UNLIMITED, UNLIMITED, lambda change: 0)
+
+
+def drain(journal: Journal, max_ops: int = 1) -> list[Change]:
+    """Everything unsent, in the order successive small batches hand it out."""
+    out: list[Change] = []
+    while batch := journal.take_batch(max_ops, UNLIMITED, lambda change: 0):
+        out.extend(batch)
+    return out
+
+
+def summary(changes: list[Change]) -> list[tuple[str, str, str | None]]:
+    return [(c.kind, c.path, c.dest) for c in changes]
+
+
+def touches(change: Change, directory: str) -> bool:
+    return any(p is not None and is_within(p, directory) for p in (change.path, change.dest))
+
+
+def assert_marker_last(changes: list[Change], marker: str = MARKER, plugin_dir: str = PLUGIN) -> None:
+    paths = [c.path for c in changes]
+    assert marker in paths
+    marker_index = max(i for i, c in enumerate(changes) if c.path == marker)
+    later = [c for c in changes[marker_index + 1 :] if touches(c, plugin_dir)]
+    assert later == [], f"changes under {plugin_dir} after its ready marker: {summary(later)}"
+
+
+# --- sequencing and coalescing -------------------------------------------------------
+
+
+def test_sequence_numbers_increase_with_every_recorded_change():
+    journal = make_journal()
+    assert journal.head == 0
+    journal.record_sync("a")
+    journal.record_sync("b")
+    journal.record_delete("c", is_dir=False)
+    journal.record_rename("d", "e")
+    batch = take_all(journal)
+    seqs = [c.seq for c in batch]
+    assert seqs == sorted(seqs)
+    assert len(set(seqs)) == len(seqs) == 4
+    assert seqs[0] >= 1
+    assert journal.head == seqs[-1]
+    assert summary(batch) == [
+        ("sync", "a", None),
+        ("sync", "b", None),
+        ("delete", "c", None),
+        ("rename", "d", "e"),
+    ]
+
+
+def test_sequence_numbers_keep_increasing_after_acknowledge():
+    journal = make_journal()
+    journal.record_sync("a")
+    first = take_all(journal)
+    journal.acknowledge(first[-1].seq)
+    journal.record_sync("a")
+    (second,) = take_all(journal)
+    assert second.seq > first[-1].seq
+
+
+def test_repeated_sync_of_one_unsent_path_coalesces_into_one_change():
+    journal = make_journal()
+    for _ in range(5):
+        journal.record_sync("persistence/key")
+    assert journal.pending == 1
+    assert journal.head == 1
+    assert summary(take_all(journal)) == [("sync", "persistence/key", None)]
+
+
+def test_coalesced_sync_keeps_its_original_position():
+    journal = make_journal()
+    journal.record_sync("a")
+    journal.record_sync("b")
+    journal.record_sync("a")
+    assert [c.path for c in take_all(journal)] == ["a", "b"]
+
+
+def test_coalescing_a_full_sync_into_an_attribute_hint_drops_the_hint():
+    journal = make_journal()
+    journal.record_sync("f", attr_hint=(10, 123))
+    journal.record_sync("f")
+    (change,) = take_all(journal)
+    assert change.attr_hint is None
+
+
+def test_coalescing_an_attribute_hint_into_a_full_sync_keeps_the_full_sync():
+    journal = make_journal()
+    journal.record_sync("f")
+    journal.record_sync("f", attr_hint=(10, 123))
+    (change,) = take_all(journal)
+    assert change.attr_hint is None
+
+
+def test_sync_already_taken_is_not_coalesced_a_new_change_is_appended():
+    journal = make_journal()
+    journal.record_sync("a")
+    (sent,) = take_all(journal)
+    journal.record_sync("a")
+    assert journal.pending == 2
+    assert journal.has_unsent
+    (again,) = take_all(journal)
+    assert again.path == "a"
+    assert again.seq > sent.seq
+    assert not journal.has_unsent
+
+
+# --- deletes ---------------------------------------------------------------------------
+
+
+def test_delete_of_a_directory_drops_unsent_syncs_below_it():
+    journal = make_journal()
+    journal.record_sync("d/x")
+    journal.record_sync("d/y/z")
+    journal.record_sync("dx")  # a sibling sharing the prefix, not below d
+    journal.record_sync("d")
+    journal.record_sync("other")
+    journal.record_delete("d", is_dir=True)
+    assert summary(take_all(journal)) == [
+        ("sync", "dx", None),
+        ("sync", "other", None),
+        ("delete", "d", None),
+    ]
+
+
+def test_delete_of_a_file_drops_only_its_own_unsent_sync():
+    journal = make_journal()
+    journal.record_sync("f")
+    journal.record_sync("f2")
+    journal.record_delete("f", is_dir=False)
+    assert summary(take_all(journal)) == [("sync", "f2", None), ("delete", "f", None)]
+
+
+def test_delete_does_not_drop_syncs_already_sent():
+    journal = make_journal()
+    journal.record_sync("d/x")
+    take_all(journal)
+    journal.record_delete("d", is_dir=True)
+    assert journal.pending == 2
+    assert summary(take_all(journal)) == [("delete", "d", None)]
+
+
+# --- renames ---------------------------------------------------------------------------
+
+
+def test_rename_of_a_file_carries_its_unsent_sync_after_the_rename():
+    journal = make_journal()
+    journal.record_sync("f", attr_hint=(3, 4))
+    journal.record_rename("f", "g")
+    batch = take_all(journal)
+    assert summary(batch) == [("rename", "f", "g"), ("sync", "g", None)]
+    assert batch[1].attr_hint == (3, 4)
+
+
+def test_rename_of_a_directory_carries_unsent_syncs_below_it_in_order():
+    journal = make_journal()
+    journal.record_sync("a/x")
+    journal.record_sync("b")
+    journal.record_sync("a/y/z")
+    journal.record_sync("ab/q")  # shares the prefix, not below a
+    journal.record_rename("a", "c")
+    assert summary(take_all(journal)) == [
+        ("sync", "b", None),
+        ("sync", "ab/q", None),
+        ("rename", "a", "c"),
+        ("sync", "c/x", None),
+        ("sync", "c/y/z", None),
+    ]
+
+
+def test_rename_does_not_carry_syncs_already_sent():
+    journal = make_journal()
+    journal.record_sync("a/x")
+    take_all(journal)
+    journal.record_rename("a", "c")
+    assert summary(take_all(journal)) == [("rename", "a", "c")]
+
+
+def test_rename_over_a_path_with_an_unsent_sync_still_syncs_the_destination_after_the_rename():
+    # write b, write a, `mv a b`: the replica's a is stale (its last write was never sent), so the
+    # replica needs b's content *after* the rename, or the rename leaves stale bytes at b.
+    journal = make_journal()
+    journal.record_sync("b")
+    journal.record_sync("a")
+    journal.record_rename("a", "b")
+    batch = summary(take_all(journal))
+    rename_at = batch.index(("rename", "a", "b"))
+    assert ("sync", "b", None) in batch[rename_at + 1 :], batch
+
+
+# --- ready markers ---------------------------------------------------------------------
+
+
+def test_marker_directory_is_the_part_the_leading_glob_matched():
+    assert MARKERS.plugin_dir(MARKER) == PLUGIN
+    assert MARKERS.plugin_dir(f"{PLUGIN}/.venv/dify/other.json") is None
+
+
+def test_ready_marker_goes_after_files_recorded_later_under_its_plugin_directory():
+    journal = make_journal()
+    journal.record_sync(f"{PLUGIN}/main.py")
+    journal.record_sync(MARKER)
+    journal.record_sync(f"{PLUGIN}/.venv/lib/python3.12/site-packages/x.py")
+    journal.record_sync(f"{PLUGIN}/.venv/bin/python")
+    batch = take_all(journal)
+    assert batch[-1].path == MARKER
+    assert_marker_last(batch)
+
+
+def test_ready_marker_goes_after_later_deletes_and_renames_under_its_plugin_directory():
+    journal = make_journal()
+    journal.record_sync(MARKER)
+    journal.record_sync("cwd/unrelated")
+    journal.record_delete(f"{PLUGIN}/old.py", is_dir=False)
+    journal.record_delete(f"{PLUGIN}/build", is_dir=True)
+    journal.record_rename(f"{PLUGIN}/a.tmp", f"{PLUGIN}/a")
+    journal.record_rename("cwd/staging/lib", f"{PLUGIN}/lib")  # renamed into the plugin directory
+    journal.record_sync("cwd/after")
+    batch = take_all(journal)
+    assert_marker_last(batch)
+    # changes outside the plugin directory are not reordered
+    paths = [c.path for c in batch]
+    assert paths.index("cwd/unrelated") < paths.index(MARKER) < paths.index("cwd/after")
+
+
+def test_ready_marker_goes_after_files_carried_into_its_directory_by_a_rename():
+    journal = make_journal()
+    journal.record_sync(MARKER)
+    journal.record_sync("cwd/staging/lib/mod.py")
+    journal.record_rename("cwd/staging/lib", f"{PLUGIN}/lib")
+    batch = take_all(journal)
+    assert_marker_last(batch)
+    assert ("sync", f"{PLUGIN}/lib/mod.py", None) in summary(batch)
+
+
+def test_ready_marker_stays_last_when_its_plugin_directory_is_renamed():
+    journal = make_journal()
+    journal.record_sync(f"{PLUGIN}/a.py")
+    journal.record_sync(MARKER)
+    journal.record_sync(f"{PLUGIN}/b.py")
+    journal.record_rename(PLUGIN, "cwd/moved")
+    batch = take_all(journal)
+    assert_marker_last(batch, "cwd/moved/.venv/dify/plugin.json", "cwd/moved")
+    assert summary(batch)[0] == ("rename", PLUGIN, "cwd/moved")
+
+
+def test_ready_marker_is_last_across_several_small_batches():
+    journal = make_journal()
+    journal.record_sync(f"{PLUGIN}/a")
+    journal.record_sync(MARKER)
+    journal.record_sync(f"{PLUGIN}/b")
+    first = journal.take_batch(1, UNLIMITED, lambda c: 0)
+    assert [c.path for c in first] == [f"{PLUGIN}/a"]
+    journal.record_sync(f"{PLUGIN}/a")  # already sent: a new change, which must still precede the marker
+    journal.record_sync(f"{PLUGIN}/c")
+    rest = drain(journal)
+    assert_marker_last(first + rest)
+    assert [c.path for c in rest][-1] == MARKER
+
+
+def test_ready_markers_of_two_plugins_are_ordered_independently():
+    other = "cwd/langgenius/other-1.0.0@" + "cd" * 32
+    other_marker = f"{other}/.venv/dify/plugin.json"
+    journal = make_journal()
+    journal.record_sync(MARKER)
+    journal.record_sync(other_marker)
+    journal.record_sync(f"{PLUGIN}/x")
+    batch = take_all(journal)
+    assert_marker_last(batch)
+    assert_marker_last(batch, other_marker, other)
+    paths = [c.path for c in batch]
+    assert paths.index(other_marker) < paths.index(f"{PLUGIN}/x")
+
+
+_NAMES = st.sampled_from(
+    [
+        f"{PLUGIN}/a",
+        f"{PLUGIN}/.venv/bin/python",
+        f"{PLUGIN}/.venv/lib",
+        f"{PLUGIN}/.venv/lib/x.py",
+        f"{PLUGIN}/.venv",
+        MARKER,
+        PLUGIN,
+        "cwd/other",
+        "cwd/other/y",
+    ]
+)
+_STEPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("sync"), _NAMES),
+        st.tuples(st.just("delete"), _NAMES, st.booleans()),
+        st.tuples(st.just("rename"), _NAMES, _NAMES),
+        st.tuples(st.just("take"), st.integers(1, 3)),
+    ),
+    max_size=25,
+)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(_STEPS)
+def test_an_unsent_ready_marker_is_never_followed_by_a_change_under_its_directory(steps):
+    journal = make_journal()
+    sent: list[Change] = []
+    for step in steps:
+        if step[0] == "sync":
+            journal.record_sync(step[1])
+        elif step[0] == "delete":
+            journal.record_delete(step[1], is_dir=step[2])
+        elif step[0] == "rename":
+            if is_within(step[2], step[1]):
+                continue  # the kernel refuses to move a directory into itself
+            journal.record_rename(step[1], step[2])
+        else:
+            sent.extend(journal.take_batch(step[1], UNLIMITED, lambda c: 0))
+    unsent = take_all(journal)
+    for i, change in enumerate(unsent):
+        plugin_dir = MARKERS.plugin_dir(change.path)
+        if change.kind == "sync" and plugin_dir is not None:
+            later = [c for c in unsent[i + 1 :] if touches(c, plugin_dir)]
+            assert later == [], (summary(unsent), i)
+    seqs = [c.seq for c in sent + unsent]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+
+
+# --- acknowledgement and observation ------------------------------------------------------
+
+
+def test_acknowledge_drops_entries_up_to_the_acknowledged_sequence():
+    journal = make_journal()
+    for path in ("a", "b", "c"):
+        journal.record_sync(path)
+    take_all(journal)
+    assert journal.pending == 3
+    journal.acknowledge(2)
+    assert journal.acked == 2
+    assert journal.pending == 1
+    journal.acknowledge(1)  # going backwards is ignored
+    assert journal.acked == 2
+    assert journal.pending == 1
+    journal.acknowledge(99)  # never beyond what was issued
+    assert journal.acked == journal.head == 3
+    assert journal.pending == 0
+    assert not journal.has_unsent
+
+
+def test_oldest_unacked_age_follows_the_injected_clock():
+    clock = FakeClock(100.0)
+    journal = make_journal(clock=clock)
+    assert journal.oldest_unacked_age() == 0.0
+    journal.record_sync("a")
+    clock.now = 105.0
+    journal.record_sync("b")
+    clock.now = 110.0
+    assert journal.oldest_unacked_age() == pytest.approx(10.0)
+    take_all(journal)
+    assert journal.oldest_unacked_age() == pytest.approx(10.0)  # sent is not acknowledged
+    journal.acknowledge(1)
+    assert journal.oldest_unacked_age() == pytest.approx(5.0)
+    journal.acknowledge(2)
+    assert journal.oldest_unacked_age() == 0.0
+    assert journal.pending == 0
+
+
+def test_oldest_unacked_age_never_negative():
+    clock = FakeClock(100.0)
+    journal = make_journal(clock=clock)
+    journal.record_sync("a")
+    clock.now = 50.0
+    assert journal.oldest_unacked_age() == 0.0
+
+
+def test_oldest_unacked_age_counts_a_ready_marker_moved_behind_later_changes():
+    # The marker was recorded first and is still unacknowledged: it is the oldest change waiting,
+    # even though it now sits behind a younger change in send order.
+    clock = FakeClock(100.0)
+    journal = make_journal(clock=clock)
+    journal.record_sync(MARKER)
+    clock.now = 110.0
+    journal.record_sync(f"{PLUGIN}/main.py")
+    clock.now = 120.0
+    assert journal.pending == 2
+    assert journal.oldest_unacked_age() == pytest.approx(20.0)
+
+
+# --- resume ------------------------------------------------------------------------------
+
+
+def test_rewind_makes_changes_after_seq_sendable_again_in_order():
+    journal = make_journal()
+    for path in ("a", "b", "c", "d"):
+        journal.record_sync(path)
+    assert [c.path for c in take_all(journal)] == ["a", "b", "c", "d"]
+    assert take_all(journal) == []
+    journal.rewind(1)
+    assert journal.acked == 1
+    assert journal.pending == 3
+    assert journal.has_unsent
+    assert [(c.seq, c.path) for c in take_all(journal)] == [(2, "b"), (3, "c"), (4, "d")]
+
+
+def test_rewound_syncs_coalesce_again():
+    journal = make_journal()
+    journal.record_sync("a")
+    journal.record_sync("b")
+    take_all(journal)
+    journal.rewind(0)
+    journal.record_sync("b")
+    assert journal.pending == 2
+    assert [c.path for c in take_all(journal)] == ["a", "b"]
+
+
+def test_rewind_within_the_unsent_part_changes_nothing_sendable():
+    journal = make_journal()
+    for path in ("a", "b", "c"):
+        journal.record_sync(path)
+    journal.take_batch(1, UNLIMITED, lambda c: 0)
+    journal.rewind(1)
+    assert [c.path for c in take_all(journal)] == ["b", "c"]
+
+
+def test_rewind_sets_the_changed_event():
+    journal = make_journal()
+    journal.record_sync("a")
+    take_all(journal)
+    journal.changed.clear()
+    journal.rewind(0)
+    assert journal.changed.is_set()
+
+
+def test_can_resume_from_requires_every_later_change_to_be_held():
+    journal = make_journal()
+    assert journal.can_resume_from(0)
+    assert not journal.can_resume_from(1)  # beyond the head: from another journal's numbering
+    for path in ("a", "b", "c"):
+        journal.record_sync(path)
+    take_all(journal)
+    assert all(journal.can_resume_from(s) for s in (0, 1, 2, 3))
+    assert not journal.can_resume_from(4)
+    journal.acknowledge(2)
+    assert not journal.can_resume_from(0)
+    assert not journal.can_resume_from(1)
+    assert journal.can_resume_from(2)
+    assert journal.can_resume_from(3)
+
+
+def test_can_resume_from_is_false_after_overflow():
+    journal = make_journal(max_entries=2)
+    for path in ("a", "b", "c"):
+        journal.record_sync(path)
+    assert journal.overflowed
+    assert not journal.can_resume_from(0)
+    assert not journal.can_resume_from(journal.head)
+
+
+# --- overflow and reset --------------------------------------------------------------------
+
+
+def test_overflow_is_set_when_more_than_max_entries_are_pending():
+    journal = make_journal(max_entries=3)
+    for path in ("a", "b", "c"):
+        journal.record_sync(path)
+    assert not journal.overflowed
+    journal.record_sync("a")  # coalesced: still three
+    assert not journal.overflowed
+    journal.record_sync("d")
+    assert journal.overflowed
+
+
+def test_overflow_counts_sent_but_unacknowledged_entries():
+    journal = make_journal(max_entries=2)
+    journal.record_sync("a")
+    journal.record_sync("b")
+    take_all(journal)
+    journal.record_sync("c")
+    assert journal.overflowed
+
+
+def test_acknowledged_entries_do_not_count_towards_overflow():
+    journal = make_journal(max_entries=2)
+    journal.record_sync("a")
+    journal.record_sync("b")
+    journal.acknowledge(take_all(journal)[-1].seq)
+    journal.record_sync("c")
+    journal.record_sync("d")
+    assert not journal.overflowed
+
+
+def test_reset_forgets_everything_and_clears_overflow():
+    journal = make_journal(max_entries=1)
+    journal.record_sync("a")
+    journal.record_sync("b")
+    assert journal.overflowed
+    head = journal.head
+    journal.reset()
+    assert not journal.overflowed
+    assert journal.pending == 0
+    assert not journal.has_unsent
+    assert journal.acked == journal.sent_upto == journal.head == head
+    assert take_all(journal) == []
+    assert journal.can_resume_from(head)
+    assert not journal.can_resume_from(head - 1)
+    journal.record_sync("a")  # not coalesced into a forgotten entry
+    (change,) = take_all(journal)
+    assert change.path == "a"
+    assert change.seq == head + 1
+
+
+# --- batching -------------------------------------------------------------------------------
+
+
+def test_take_batch_respects_max_ops():
+    journal = make_journal()
+    for path in "abcde":
+        journal.record_sync(path)
+    assert [c.path for c in journal.take_batch(2, UNLIMITED, lambda c: 0)] == ["a", "b"]
+    assert [c.path for c in journal.take_batch(2, UNLIMITED, lambda c: 0)] == ["c", "d"]
+    assert [c.path for c in journal.take_batch(2, UNLIMITED, lambda c: 0)] == ["e"]
+    assert journal.take_batch(2, UNLIMITED, lambda c: 0) == []
+
+
+def test_take_batch_respects_max_bytes():
+    sizes = {"a": 60, "b": 50, "c": 10, "d": 40}
+    journal = make_journal()
+    for path in sizes:
+        journal.record_sync(path)
+
+    def size_of(change: Change) -> int:
+        return sizes[change.path]
+
+    assert [c.path for c in journal.take_batch(100, 100, size_of)] == ["a"]
+    assert [c.path for c in journal.take_batch(100, 100, size_of)] == ["b", "c", "d"]
+
+
+def test_take_batch_returns_at_least_one_change_even_over_the_limits():
+    journal = make_journal()
+    journal.record_sync("huge")
+    journal.record_sync("small")
+    assert [c.path for c in journal.take_batch(1, 10, lambda c: 10**9)] == ["huge"]
+    assert [c.path for c in journal.take_batch(0, 0, lambda c: 1)] == ["small"]
+
+
+def test_take_batch_advances_sent_upto():
+    journal = make_journal()
+    journal.record_sync("a")
+    journal.record_sync("b")
+    (first,) = journal.take_batch(1, UNLIMITED, lambda c: 0)
+    assert journal.sent_upto == first.seq
+    assert journal.has_unsent
+    take_all(journal)
+    assert journal.sent_upto == journal.head
+    assert not journal.has_unsent
+
+
+def test_recording_sets_the_changed_event():
+    journal = make_journal()
+    assert not journal.changed.is_set()
+    journal.record_sync("a")
+    assert journal.changed.is_set()
