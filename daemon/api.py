@@ -1,9 +1,16 @@
-"""The HTTP API: health and metrics for everyone, /internal for holders of SERVER_KEY."""
+"""The HTTP API: health and role checks for everyone, /internal for holders of SERVER_KEY.
+
+Role checks answer the load balancer's question with a status code, from
+state the control loop already holds: they never wait on Redis, PostgreSQL
+or the peer.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,25 +18,47 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from daemon.control import ControlLoop
 from daemon.node import Node
+from daemon.peers import Poller
 from daemon.problems import HTTPProblem, problem, problem_middleware
+from daemon.roles import Request
+from replication.paths import validate_relpath
 from replication.receiver import Receiver
 
 NODE = web.AppKey("node", Node)
+CONTROL = web.AppKey("control", ControlLoop)
+PLUGIN_DAEMON = web.AppKey("plugin_daemon", Poller)
 JSON_BODY_LIMIT = 32 * 1024 * 1024
 
 
-def build_app(node: Node) -> web.Application:
+def build_app(node: Node, control: ControlLoop, plugin_daemon: Poller | None = None) -> web.Application:
     app = web.Application(middlewares=[problem_middleware, auth_middleware], client_max_size=JSON_BODY_LIMIT)
     app[NODE] = node
-    app.router.add_get("/health", health)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/internal/status", status)
-    app.router.add_post("/internal/sync", full_sync)
-    app.router.add_post("/internal/replication/hello", replication_hello)
-    app.router.add_post("/internal/replication/batch", replication_batch)
-    app.router.add_get("/internal/replication/manifest", replication_manifest)
-    app.router.add_post("/internal/replication/hashes", replication_hashes)
+    app[CONTROL] = control
+    if plugin_daemon is not None:
+        app[PLUGIN_DAEMON] = plugin_daemon
+    router = app.router
+    router.add_get("/health", health)
+    router.add_get("/liveness", liveness)
+    for path in ("/primary", "/read-write"):
+        router.add_get(path, primary)
+        router.add_route("OPTIONS", path, primary)
+    router.add_get("/replica", replica)
+    router.add_route("OPTIONS", "/replica", replica)
+    router.add_get("/metrics", metrics)
+    router.add_get("/internal/status", status)
+    router.add_post("/internal/sync", full_sync)
+    router.add_post("/internal/promote", role_request("promote"))
+    router.add_post("/internal/demote", role_request("demote"))
+    router.add_post("/internal/drain", role_request("drain"))
+    router.add_post("/internal/undrain", role_request("undrain"))
+    router.add_get("/internal/conflicts", conflicts)
+    router.add_put("/internal/files/{path:.+}", put_file)
+    router.add_post("/internal/replication/hello", replication_hello)
+    router.add_post("/internal/replication/batch", replication_batch)
+    router.add_get("/internal/replication/manifest", replication_manifest)
+    router.add_post("/internal/replication/hashes", replication_hashes)
     return app
 
 
@@ -50,9 +79,65 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     return await handler(request)
 
 
+def _check(request: web.Request, ok: bool, body: dict[str, Any]) -> web.Response:
+    """200 or 503; OPTIONS gets the bare status (HEAD drops the body by itself)."""
+    status = 200 if ok else 503
+    if request.method == "OPTIONS":
+        return web.Response(status=status)
+    return web.json_response(body, status=status)
+
+
+# -- health and role checks ----------------------------------------------------------------
 async def health(request: web.Request) -> web.Response:
     report = request.app[NODE].health_report()
     return web.json_response(report, status=200 if report["status"] == "healthy" else 503)
+
+
+async def liveness(request: web.Request) -> web.Response:
+    control = request.app[CONTROL]
+    since = time.monotonic() - control.last_tick
+    bound = request.app[NODE].config.liveness_bound
+    return web.json_response(
+        {"control_loop_seconds_since_tick": round(since, 3), "bound": bound},
+        status=200 if since <= bound else 503,
+    )
+
+
+async def primary(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    writable = node.accepts_writes()
+    gate = request.app.get(PLUGIN_DAEMON)
+    plugin_ok = gate is None or gate.fresh_ok(max_age=5.0)
+    body = {
+        "role": node.role,
+        "epoch": node.epoch,
+        "writable": writable,
+        "lease_seconds_left": node.lease_time_left(),
+        "plugin_daemon_ok": None if gate is None else plugin_ok,
+    }
+    return _check(request, writable and plugin_ok, body)
+
+
+async def replica(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    max_lag = node.config.replica_max_lag
+    if "lag" in request.query:
+        try:
+            max_lag = float(request.query["lag"])
+        except ValueError:
+            raise HTTPProblem(400, "bad request", "lag must be a number of seconds") from None
+    connected = node.receiver.connected(node.config.heartbeat_interval)
+    lag = node.lag_seconds()
+    ok = node.role_state.role == "replica" and connected and lag <= max_lag
+    body = {
+        "role": node.role,
+        "epoch": node.epoch,
+        "connected": connected,
+        "lag_seconds": round(lag, 3),
+        "max_lag_seconds": max_lag,
+        "synced": node.receiver.synced,
+    }
+    return _check(request, ok, body)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -60,8 +145,11 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+# -- operator endpoints ----------------------------------------------------------------------
 async def status(request: web.Request) -> web.Response:
-    return web.json_response(request.app[NODE].status())
+    body = request.app[NODE].status()
+    body["ha"] = request.app[CONTROL].last_reason
+    return web.json_response(body)
 
 
 async def full_sync(request: web.Request) -> web.Response:
@@ -69,14 +157,90 @@ async def full_sync(request: web.Request) -> web.Response:
     return web.json_response(summary.to_json())
 
 
-# -- the replication link (slave side) ------------------------------------------------
-def _receiver(request: web.Request) -> Receiver:
-    receiver = request.app[NODE].receiver
-    if receiver is None:
+_GOALS: dict[str, tuple[str, bool | None]] = {
+    "promote": ("leader", None),
+    "demote": ("replica", None),
+    "drain": ("leader", True),
+    "undrain": ("leader", False),
+}
+
+
+def role_request(kind: Request) -> Handler:
+    async def handler(request: web.Request) -> web.Response:
+        force = request.query.get("force", "").lower() in ("1", "true", "yes")
+        decision = await request.app[CONTROL].request(kind, force=force)
+        role, draining = _GOALS[kind]
+        state = decision.state
+        reached = state.role == role and (draining is None or state.draining == draining)
+        body = {
+            "request": kind,
+            "role": request.app[NODE].role,
+            "epoch": state.epoch,
+            "reason": decision.reason,
+        }
+        if not reached:
+            raise HTTPProblem(409, f"{kind} refused", decision.reason, **body)
+        return web.json_response(body)
+
+    return handler
+
+
+async def conflicts(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    items = await asyncio.to_thread(node.tracker.list)
+    return web.json_response({"conflicts": items, "root": node.tracker.conflicts_root})
+
+
+async def put_file(request: web.Request) -> web.Response:
+    """Write one file atomically on the leader; with SYNC_MODE=sync, answer once the replica has it."""
+    node = request.app[NODE]
+    path = validate_relpath(request.match_info["path"])
+    if node.excluded.matches(path):
+        raise HTTPProblem(400, "path excluded", f"{path!r} matches EXCLUDE and would not be replicated")
+    if not node.accepts_writes():
+        raise HTTPProblem(503, "not the primary", f"this node is {node.role} at epoch {node.epoch}")
+    config = node.config
+    wait = config.sync_mode == "sync" and node.peer_connected()
+    if config.sync_mode == "sync" and not wait and config.sync_mode_fallback != "async":
         raise HTTPProblem(
-            409, "not a replica", f"this node is {request.app[NODE].role}; it does not accept replication"
+            503,
+            "no replica connected",
+            "SYNC_MODE=sync needs a connected replica (or SYNC_MODE_FALLBACK=async)",
         )
-    return receiver
+    body = await request.read()
+    seq = await node.write_file(path, body)
+    sender = node.sender
+    if wait and sender is not None:
+        try:
+            await sender.wait_acked(seq, config.sync_write_timeout)
+        except Exception as exc:
+            raise HTTPProblem(
+                504,
+                "not confirmed by the replica",
+                f"{path!r} is written on the primary but the replica did not confirm it: {exc}",
+                seq=seq,
+            ) from None
+    return web.json_response(
+        {
+            "path": path,
+            "size": len(body),
+            "sha256": hashlib.sha256(body).hexdigest(),
+            "seq": seq,
+            "replicated": wait,
+            "epoch": node.epoch,
+        }
+    )
+
+
+# -- the replication link (replica side) ---------------------------------------------------
+def _receiver(request: web.Request, incoming_epoch: int) -> Receiver:
+    node = request.app[NODE]
+    if not node.receiver.accepting:
+        node.note_peer_epoch(incoming_epoch)
+        raise HTTPProblem(
+            409, "not a replica", f"this node is {node.role} at epoch {node.epoch}", peer_epoch=node.epoch
+        )
+    return node.receiver
 
 
 async def _json_object(request: web.Request) -> dict[str, Any]:
@@ -100,37 +264,41 @@ def _int_field(data: Mapping[str, Any], name: str) -> int:
 
 
 async def replication_hello(request: web.Request) -> web.Response:
-    receiver = _receiver(request)
     data = await _json_object(request)
+    epoch = _int_field(data, "epoch")
+    receiver = _receiver(request, epoch)
     answer = receiver.hello(
-        journal_id=str(data.get("journal_id", "")),
-        epoch=_int_field(data, "epoch"),
-        node_id=str(data.get("node_id", "")),
+        journal_id=str(data.get("journal_id", "")), epoch=epoch, node_id=str(data.get("node_id", ""))
     )
     return web.json_response(answer)
 
 
 async def replication_batch(request: web.Request) -> web.Response:
-    receiver = _receiver(request)
     journal_id = request.headers.get("X-Hotstandby-Journal", "")
     try:
         if not journal_id:
             raise HTTPProblem(400, "bad request", "X-Hotstandby-Journal header is required")
         epoch = _int_field(request.headers, "X-Hotstandby-Epoch")
-    except HTTPProblem:
+        baseline = int(request.headers.get("X-Hotstandby-Baseline", "-1"))
+    except (HTTPProblem, ValueError):
         request.app[NODE].metrics.refused.labels(reason="bad_headers").inc()
-        raise
-    result = await receiver.apply_batch(journal_id=journal_id, epoch=epoch, read=request.content.readexactly)
+        raise HTTPProblem(
+            400, "bad request", "X-Hotstandby-Journal, -Epoch and -Baseline must be valid"
+        ) from None
+    receiver = _receiver(request, epoch)
+    result = await receiver.apply_batch(
+        journal_id=journal_id, epoch=epoch, read=request.content.readexactly, baseline=baseline
+    )
     return web.json_response(result.to_json())
 
 
 async def replication_manifest(request: web.Request) -> web.Response:
-    receiver = _receiver(request)
+    receiver = _receiver(request, 0)
     return web.json_response({"entries": await asyncio.to_thread(receiver.manifest)})
 
 
 async def replication_hashes(request: web.Request) -> web.Response:
-    receiver = _receiver(request)
+    receiver = _receiver(request, 0)
     paths = (await _json_object(request)).get("paths")
     if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
         raise HTTPProblem(400, "bad request", "paths must be a list of strings")

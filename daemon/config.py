@@ -15,6 +15,7 @@ from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
 Role = Literal["master", "slave"]
+Election = Literal["static", "redis", "postgres"]
 LogFormat = Literal["json", "console"]
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DEFAULT_STORAGE_PATH = "/app/storage/cwd"
@@ -52,6 +53,28 @@ class Config:
     batch_max_ops: int = 1000
     batch_max_bytes: int = 16 * 1024 * 1024
     journal_max_entries: int = 200_000
+    election: Election = "static"
+    redis_url: str = field(default="", repr=False)
+    database_url: str = field(default="", repr=False)
+    cluster_name: str = "hotstandby"
+    lease_ttl: float = 6.0
+    lease_renew_interval: float = 2.0
+    lease_safety_margin: float = 1.0
+    election_timeout: float = 1.0
+    failover: Literal["manual", "auto"] = "manual"
+    failover_timeout: float = 6.0
+    replica_max_lag: float = 10.0
+    plugin_daemon_url: str = ""
+    sync_mode: Literal["async", "sync"] = "async"
+    sync_mode_fallback: Literal["none", "async"] = "none"
+    sync_write_timeout: float = 10.0
+    control_interval: float = 0.25
+    liveness_bound: float = 5.0
+
+    @property
+    def peer_url(self) -> str:
+        """The other node: where a leader sends, and whom a replica watches."""
+        return self.sync_target or self.sync_source
 
     def __repr__(self) -> str:
         shown = []
@@ -59,7 +82,7 @@ class Config:
             value = getattr(self, f.name)
             if f.name == "server_key":
                 value = "***" if value else ""
-            elif f.name in ("sync_target", "sync_source"):
+            elif f.name in ("sync_target", "sync_source", "redis_url", "database_url", "plugin_daemon_url"):
                 value = _hide_password(value)
             shown.append(f"{f.name}={value!r}")
         return f"Config({', '.join(shown)})"
@@ -106,13 +129,15 @@ class _Reader:
             raise ConfigError(f"{name}={number} is out of range: expected {low}..{high} seconds")
         return number
 
-    def url(self, name: str) -> str:
+    def url(self, name: str, schemes: tuple[str, ...] = ("http", "https")) -> str:
         value = self.raw(name).rstrip("/")
         if not value:
             return ""
         parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError(f"{name}={_hide_password(value)!r} is invalid: expected http://host:port")
+        if parts.scheme not in schemes or not parts.hostname:
+            raise ConfigError(
+                f"{name}={_hide_password(value)!r} is invalid: expected {schemes[0]}://host:port"
+            )
         try:
             parts.port  # noqa: B018 - validates the port
         except ValueError:
@@ -140,6 +165,7 @@ class _Reader:
                 f"STATE_PATH={state_path!r} is inside STORAGE_PATH: "
                 "hotstandby's own files must live outside it"
             )
+        lease_ttl = self.seconds("LEASE_TTL", 6.0, 0.5, 3600)
         config = Config(
             role=role,  # type: ignore[arg-type]
             storage_path=storage_path,
@@ -158,7 +184,27 @@ class _Reader:
             batch_max_ops=self.integer("BATCH_MAX_OPS", 1000, 1, 100_000),
             batch_max_bytes=self.integer("BATCH_MAX_BYTES", 16 * 1024 * 1024, 1024, 1 << 34),
             journal_max_entries=self.integer("JOURNAL_MAX_ENTRIES", 200_000, 100, 100_000_000),
+            election=self.choice("ELECTION", "static", ("static", "redis", "postgres")),  # type: ignore[arg-type]
+            redis_url=self.url("REDIS_URL", ("redis", "rediss", "unix")),
+            database_url=self.url("DATABASE_URL", ("postgresql", "postgres")),
+            cluster_name=self.raw("CLUSTER_NAME", "hotstandby") or "hotstandby",
+            lease_ttl=lease_ttl,
+            lease_renew_interval=self.seconds("LEASE_RENEW_INTERVAL", lease_ttl / 3, 0.05, 3600),
+            lease_safety_margin=self.seconds("LEASE_SAFETY_MARGIN", min(1.0, lease_ttl / 6), 0.0, 3600),
+            election_timeout=self.seconds("ELECTION_TIMEOUT", min(1.0, lease_ttl / 6), 0.05, 60),
+            failover=self.choice("FAILOVER", "manual", ("manual", "auto")),  # type: ignore[arg-type]
+            failover_timeout=self.seconds("FAILOVER_TIMEOUT", 6.0, 0.5, 3600),
+            replica_max_lag=self.seconds("REPLICA_MAX_LAG", 10.0, 0.1, 86400),
+            plugin_daemon_url=self.url("PLUGIN_DAEMON_URL"),
+            sync_mode=self.choice("SYNC_MODE", "async", ("async", "sync")),  # type: ignore[arg-type]
+            sync_mode_fallback=self.choice(  # type: ignore[arg-type]
+                "SYNC_MODE_FALLBACK", "none", ("none", "async")
+            ),
+            sync_write_timeout=self.seconds("SYNC_WRITE_TIMEOUT", 10.0, 0.1, 3600),
+            control_interval=self.seconds("CONTROL_INTERVAL", 0.25, 0.01, 10),
+            liveness_bound=self.seconds("LIVENESS_BOUND", 5.0, 0.5, 600),
         )
+        self._check_election(config)
         if config.role == "master" and config.sync_source:
             raise ConfigError("SYNC_SOURCE is for ROLE=slave; a master replicates to SYNC_TARGET")
         if config.role == "slave" and config.sync_target:
@@ -166,6 +212,26 @@ class _Reader:
         if "\n" in config.server_key or (config.server_key and len(config.server_key) < 8):
             raise ConfigError("SERVER_KEY must be at least 8 characters on one line")
         return config
+
+    @staticmethod
+    def _check_election(config: Config) -> None:
+        if config.election == "redis" and not config.redis_url:
+            raise ConfigError("ELECTION=redis needs REDIS_URL (e.g. redis://redis:6379/0)")
+        if config.election == "postgres" and not config.database_url:
+            raise ConfigError("ELECTION=postgres needs DATABASE_URL (e.g. postgresql://user@db/hotstandby)")
+        if config.election != "static":
+            budget = config.lease_renew_interval + config.election_timeout + config.lease_safety_margin
+            if budget >= config.lease_ttl:
+                raise ConfigError(
+                    f"LEASE_RENEW_INTERVAL ({config.lease_renew_interval:g}s) + ELECTION_TIMEOUT "
+                    f"({config.election_timeout:g}s) + LEASE_SAFETY_MARGIN ({config.lease_safety_margin:g}s) "
+                    f"must be shorter than LEASE_TTL ({config.lease_ttl:g}s), "
+                    "or a healthy leader could lose its lease"
+                )
+        if config.failover == "auto" and config.election != "static":
+            raise ConfigError(
+                "FAILOVER=auto applies to ELECTION=static; with a lease backend failover is automatic"
+            )
 
 
 def _is_within(path: str, root: str) -> bool:

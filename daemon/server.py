@@ -17,7 +17,10 @@ from aiohttp import web
 
 from daemon.api import build_app
 from daemon.config import Config
+from daemon.control import ControlLoop
+from daemon.election.factory import make_backend
 from daemon.node import Node
+from daemon.peers import Poller
 from replication.errors import PeerError
 
 log = structlog.get_logger("daemon.server")
@@ -27,6 +30,17 @@ class Server:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.node = Node(config)
+        backend = make_backend(
+            config.election,
+            redis_url=config.redis_url,
+            database_url=config.database_url,
+            cluster=config.cluster_name,
+            request_timeout=config.election_timeout,
+        )
+        self.control = ControlLoop(self.node, backend)
+        self.plugin_daemon: Poller | None = None
+        if config.plugin_daemon_url:
+            self.plugin_daemon = Poller(f"{config.plugin_daemon_url}/health/check", interval=1.0, timeout=2.0)
         self.should_exit = asyncio.Event()
         self.force_exit = False
         self._runner: web.AppRunner | None = None
@@ -44,8 +58,10 @@ class Server:
     async def startup(self) -> None:
         log.info("starting", config=repr(self.config))
         self.node.prepare_storage()
+        await self.control.start()
+        app = build_app(self.node, self.control, self.plugin_daemon)
         self._runner = web.AppRunner(
-            build_app(self.node),
+            app,
             access_log=None,
             handle_signals=False,
             shutdown_timeout=min(self.config.shutdown_timeout, 5.0),
@@ -53,9 +69,11 @@ class Server:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.server_host, self.config.server_port, reuse_address=True)
         await site.start()
-        self.node.start_watching()
-        if self.node.sender is not None:
-            self._spawn(self.node.sender.run(), "sender")
+        if self.control.peer is not None:
+            self._spawn(self.control.peer.run(), "peer-poller")
+        if self.plugin_daemon is not None:
+            self._spawn(self.plugin_daemon.run(), "plugin-daemon-poller")
+        self._spawn(self.control.run(), "control-loop")
         log.info(
             "started",
             role=self.config.role,
@@ -77,21 +95,31 @@ class Server:
     async def shutdown(self) -> None:
         started = time.monotonic()
         log.info("stopping")
-        self.node.stop_watching()
-        if self.node.sender is not None and self.node.journal is not None and not self.force_exit:
-            await self._drain(deadline=started + self.config.shutdown_timeout / 2)
+        control_task = [t for t in self._tasks if t.get_name() == "control-loop"]
+        for task in control_task:
+            task.cancel()
+        if self.node.leader is not None:
+            self.node.leader.watcher.stop()
+            if not self.force_exit:
+                await self._drain(deadline=started + self.config.shutdown_timeout / 2)
+        await self.node.stop_leading()
+        self.node.tracker.flush()
+        await self.control.stop()
         for task in self._tasks:
             task.cancel()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=max(0.1, self.config.shutdown_timeout / 4))
         if self._runner is not None:
             await self._runner.cleanup()
+        if self.control.backend is not None:
+            await self.control.backend.close()
         log.info("stopped", seconds=round(time.monotonic() - started, 3))
 
     async def _drain(self, deadline: float) -> None:
         """Give the link a bounded chance to ship what the watcher already recorded."""
-        assert self.node.sender is not None and self.node.journal is not None
         journal, sender = self.node.journal, self.node.sender
+        if journal is None or sender is None:
+            return
         while journal.pending and sender.connected and not self.force_exit:
             remaining = deadline - time.monotonic()
             if remaining <= 0:

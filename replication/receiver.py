@@ -64,6 +64,10 @@ class Receiver:
         self.applied_seq: int = int(state.get("applied_seq", 0))
         self.epoch: int = int(state.get("epoch", 0))
         self.master_node: str = str(state.get("master_node", ""))
+        self.synced: bool = bool(state.get("synced", False))
+        """A full copy of the current journal's baseline was applied: promotable."""
+        self.accepting = True
+        """False while this node leads: a leader never applies another node's changes."""
         self.last_contact: float | None = None
         self.started_at = clock()
         self.last_error: str | None = None
@@ -100,7 +104,10 @@ class Receiver:
         return self.last_contact is not None and self.lag_seconds() < max(3 * heartbeat_interval, 3.0)
 
     # -- batches -----------------------------------------------------------------
-    async def apply_batch(self, *, journal_id: str, epoch: int, read: ReadExactly) -> BatchResult:
+    async def apply_batch(
+        self, *, journal_id: str, epoch: int, read: ReadExactly, baseline: int = -1
+    ) -> BatchResult:
+        """Apply one batch; `baseline` is the sequence after which this replica is a full copy."""
         async with self._lock:
             self._check_epoch(epoch)
             if epoch > self.epoch:
@@ -108,7 +115,7 @@ class Receiver:
                 self._persist()
             if journal_id != self.journal_id:
                 log.info("new_master_journal", old=self.journal_id, new=journal_id)
-                self.journal_id, self.applied_seq = journal_id, 0
+                self.journal_id, self.applied_seq, self.synced = journal_id, 0, False
                 self._persist()
             result = BatchResult(applied_seq=self.applied_seq)
             try:
@@ -120,8 +127,9 @@ class Receiver:
                 raise
             finally:
                 self._applier.flush()
-                if result.applied_seq != self.applied_seq:
-                    self.applied_seq = result.applied_seq
+                synced = self.synced or (baseline >= 0 and result.applied_seq >= baseline)
+                if result.applied_seq != self.applied_seq or synced != self.synced:
+                    self.applied_seq, self.synced = result.applied_seq, synced
                     self._persist()
                 self.last_contact = self._clock()
             return result
@@ -181,6 +189,12 @@ class Receiver:
                 f"epoch {epoch} is older than the epoch {self.epoch} this node follows", peer_epoch=self.epoch
             )
 
+    def raise_epoch(self, epoch: int) -> None:
+        """Follow a higher epoch learnt elsewhere (own promotion, the peer's status)."""
+        if epoch > self.epoch:
+            self.epoch = epoch
+            self._persist()
+
     def _persist(self) -> None:
         statefile.save(
             self._state_file,
@@ -189,6 +203,7 @@ class Receiver:
                 "applied_seq": self.applied_seq,
                 "epoch": self.epoch,
                 "master_node": self.master_node,
+                "synced": self.synced,
             },
         )
 

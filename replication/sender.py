@@ -97,6 +97,11 @@ class Sender:
         self.last_error: str | None = None
         self.last_ack_at: float | None = None
         self.bytes_sent = 0
+        self.fenced_by: int | None = None
+        """Set when the peer answered with a higher epoch: this node must stop leading."""
+        self.baseline_seq: int | None = None
+        """The replica is a full copy once it has applied this sequence (set by each reconciliation)."""
+        self.on_ack: Callable[[], None] = lambda: None
 
     # -- lifecycle ---------------------------------------------------------------
     async def run(self) -> None:
@@ -116,8 +121,9 @@ class Sender:
                         await self._stream()
                     except FencedError as exc:
                         self._down(str(exc))
+                        self.fenced_by = exc.peer_epoch
                         log.error("replication_fenced", peer_epoch=exc.peer_epoch, epoch=self._epoch())
-                        raise
+                        return
                     except (TimeoutError, PeerError, aiohttp.ClientError, OSError) as exc:
                         self._down(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
                         log.warning(
@@ -151,7 +157,8 @@ class Sender:
         applied = int(answer.get("applied_seq", 0))
         self.connected = True
         self.last_error = None
-        if answer.get("journal_id") == self.journal.journal_id and self.journal.can_resume_from(applied):
+        same_journal = answer.get("journal_id") == self.journal.journal_id and self.baseline_seq is not None
+        if same_journal and self.journal.can_resume_from(applied):
             self.journal.rewind(applied)
             log.info(
                 "replication_resumed",
@@ -197,11 +204,13 @@ class Sender:
                 "Content-Type": "application/octet-stream",
                 "X-Hotstandby-Journal": self.journal.journal_id,
                 "X-Hotstandby-Epoch": str(self._epoch()),
+                "X-Hotstandby-Baseline": str(-1 if self.baseline_seq is None else self.baseline_seq),
             },
         )
         applied = int(answer["applied_seq"])
         self.journal.acknowledge(applied)
         self.last_ack_at = time.monotonic()
+        self.on_ack()
         for path in [*resend, *answer.get("resend", [])]:
             if not self._record_tree(path):
                 self.journal.record_sync(path)
@@ -316,6 +325,7 @@ class Sender:
                 self.journal.record_sync(entry.path)
             for entry in plan.attrs_only:
                 self.journal.record_sync(entry.path, attr_hint=(entry.size, entry.mtime_ns))
+            self.baseline_seq = self.journal.head
             summary = SyncSummary(
                 reason=reason,
                 compared=plan.compared,
@@ -349,10 +359,10 @@ class Sender:
                 body = await resp.json(content_type=None)
             except ValueError:
                 body = {}
-            if resp.status == 409 and isinstance(body, dict) and "peer_epoch" in body:
-                raise FencedError(
-                    str(body.get("detail", "fenced by the peer")), peer_epoch=int(body["peer_epoch"])
-                )
+            if resp.status == 409 and isinstance(body, dict) and isinstance(body.get("peer_epoch"), int):
+                peer_epoch = int(body["peer_epoch"])
+                if peer_epoch > self._epoch():
+                    raise FencedError(str(body.get("detail", "fenced by the peer")), peer_epoch=peer_epoch)
             if resp.status >= 400 or not isinstance(body, dict):
                 detail = body.get("detail") if isinstance(body, dict) else None
                 raise PeerError(f"{method} {path} answered {resp.status}: {detail or resp.reason}")

@@ -71,8 +71,12 @@ _case = itertools.count()
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(ops=st.lists(OPS, min_size=1, max_size=25))
 def test_random_operation_sequences_converge(shared_pair: Pair, ops: list[tuple[str, str, object]]) -> None:
-    base = shared_pair.master.storage / f"case{next(_case)}"
+    case = f"case{next(_case)}"
+    base = shared_pair.master.storage / case
     base.mkdir()
     for op in ops:
         apply(base, op)
-    shared_pair.wait_converged(timeout=20)
+    try:
+        shared_pair.wait_converged(timeout=20, subdir=case)
+    except AssertionError as exc:
+        raise AssertionError(f"{case} did not converge after {ops}: {exc}") from None

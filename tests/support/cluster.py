@@ -176,12 +176,13 @@ class Pair:
                 node.stop()
             node.kill()
 
-    def wait_converged(self, timeout: float = 30.0) -> None:
+    def wait_converged(self, timeout: float = 30.0, subdir: str = "") -> None:
+        """Wait until the slave's tree (or one subdirectory of it) equals the master's."""
         last: list[str] = []
 
         def same() -> bool:
             nonlocal last
-            last = tree_diff(self.master.storage, self.slave.storage)
+            last = tree_diff(self.master.storage / subdir, self.slave.storage / subdir)
             return not last
 
         try:

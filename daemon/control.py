@@ -1,0 +1,217 @@
+"""The HA control loop: gather observations, call the pure state machine, act.
+
+Each tick: take at most one operator request, talk to the lease backend when
+a renewal or an attempt is due (bounded by ELECTION_TIMEOUT), read the
+pollers' cached answers, call `roles.decide`, carry out its actions, and log
+the reason when it changes. /primary and /replica never wait for any of this:
+they read `node.role_state` and the clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import structlog
+
+from daemon.config import Config
+from daemon.election.base import ElectionError, LeaseBackend
+from daemon.node import Node
+from daemon.peers import Poller
+from daemon.roles import (
+    Decision,
+    LeaseOutcome,
+    Observations,
+    Policy,
+    Request,
+    Role,
+    decide,
+    initial_state,
+    may_compete,
+)
+
+log = structlog.get_logger("daemon.control")
+
+
+@dataclass
+class _Pending:
+    request: Request
+    force: bool
+    done: asyncio.Future[Decision] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class ControlLoop:
+    def __init__(
+        self, node: Node, backend: LeaseBackend | None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.node = node
+        self.config: Config = node.config
+        self.backend = backend
+        self.clock = clock
+        self.policy = Policy(
+            election=self.config.election,
+            failover_auto=self.config.failover == "auto",
+            failover_timeout=self.config.failover_timeout,
+            lease_ttl=self.config.lease_ttl,
+            safety_margin=self.config.lease_safety_margin,
+        )
+        self.peer: Poller | None = None
+        if self.config.peer_url:
+            headers = {"Authorization": f"Bearer {self.config.server_key}"} if self.config.server_key else {}
+            self.peer = Poller(
+                f"{self.config.peer_url}/internal/status",
+                interval=max(0.2, self.config.control_interval),
+                timeout=1.0,
+                headers=headers,
+                clock=clock,
+            )
+        self.last_tick = clock()
+        self.last_reason = ""
+        self._requests: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._lease_term = 0
+        self._next_lease_call = 0.0
+
+    # -- lifecycle ---------------------------------------------------------------------
+    async def start(self) -> None:
+        """Enter the initial role before serving: a replica accepts its leader's changes at once."""
+        role: Role = "leader" if self.config.role == "master" else "replica"
+        epoch = self.node.identity.epoch
+        if role == "leader" and self.config.election == "static":
+            epoch = max(epoch, 1)
+        state = initial_state(role, epoch, self.policy)
+        self.node.role_state = state
+        if state.role == "replica":
+            await self.node.become_replica(state.epoch)
+        log.info(
+            "control_started",
+            role=state.role,
+            epoch=state.epoch,
+            election=self.config.election,
+            confirmed=state.confirmed,
+        )
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except Exception:  # the loop must survive any single bad tick
+                log.exception("control_tick_failed")
+            await asyncio.sleep(self.config.control_interval)
+
+    async def stop(self) -> None:
+        if self.node.role_state.role == "leader" and self.backend is not None and self._lease_term:
+            await self._release()
+
+    async def request(self, kind: Request, force: bool = False, timeout: float = 10.0) -> Decision:
+        """Queue an operator request for the next tick and wait for its decision."""
+        pending = _Pending(kind, force)
+        await self._requests.put(pending)
+        return await asyncio.wait_for(pending.done, timeout)
+
+    # -- one tick ----------------------------------------------------------------------
+    async def tick(self) -> Decision:
+        pending = None if self._requests.empty() else self._requests.get_nowait()
+        self.node.check_sender()
+        state = self.node.role_state
+        synced = self.node.receiver.synced or self._may_bootstrap()
+        base = Observations(now=self.clock(), synced=synced)
+        lease = await self._lease_call(may_compete(state, base, self.policy))
+        view = self.peer.peer_view(max_age=max(2.0, 4 * self.config.control_interval)) if self.peer else None
+        fenced_by = self.node.sender.fenced_by if self.node.sender else None
+        peer_epochs = [
+            e
+            for e in (
+                view.epoch if view else None,
+                fenced_by,
+                self.node.peer_epoch_seen,
+                self.node.receiver.epoch if state.role == "replica" else None,
+            )
+            if e
+        ]
+        obs = Observations(
+            now=self.clock(),
+            peer_epoch=max(peer_epochs) if peer_epochs else None,
+            peer_is_leader=view.writable if view and view.answered_at is not None else None,
+            link_up=self.node.receiver.connected(self.config.heartbeat_interval),
+            synced=synced,
+            lease=lease,
+            request=pending.request if pending else None,
+            force=pending.force if pending else False,
+        )
+        decision = decide(state, obs, self.policy)
+        await self._carry_out(decision, lease)
+        if decision.reason != self.last_reason:
+            log.info(
+                "ha_decision", reason=decision.reason, role=decision.state.role, epoch=decision.state.epoch
+            )
+            self.last_reason = decision.reason
+        if pending is not None and not pending.done.done():
+            pending.done.set_result(decision)
+        self.last_tick = self.clock()
+        return decision
+
+    def _may_bootstrap(self) -> bool:
+        """A brand-new ROLE=master node may start a new pair before anyone synchronised it."""
+        return (
+            self.config.role == "master"
+            and not self.node.identity.has_led
+            and not self.node.receiver.journal_id
+        )
+
+    async def _carry_out(self, decision: Decision, lease: LeaseOutcome | None) -> None:
+        new = decision.state
+        if "become_replica" in decision.actions:
+            self.node.role_state = new
+            if "release_lease" in decision.actions:
+                await self._release()
+            await self.node.become_replica(new.epoch)
+        elif "become_leader" in decision.actions:
+            if lease is not None and lease.kind == "acquired":
+                self._lease_term = lease.term
+                self._next_lease_call = lease.sent_at + self.config.lease_renew_interval
+            self.node.role_state = new
+            await self.node.become_leader(new.epoch)
+        else:
+            self.node.role_state = new
+            if new.role == "replica" and new.epoch != self.node.identity.epoch:
+                self.node._set_epoch(new.epoch)
+
+    # -- the lease ---------------------------------------------------------------------
+    async def _lease_call(self, compete: bool) -> LeaseOutcome | None:
+        if self.backend is None or self.clock() < self._next_lease_call:
+            return None
+        state = self.node.role_state
+        node_id = self.node.identity.node_id
+        sent = self.clock()
+        timeout = self.config.election_timeout
+        try:
+            if state.role == "leader":
+                self._next_lease_call = sent + self.config.lease_renew_interval
+                ok = await asyncio.wait_for(
+                    self.backend.renew(node_id, self._lease_term, self.config.lease_ttl), timeout
+                )
+                return LeaseOutcome("renewed" if ok else "lost", term=self._lease_term, sent_at=sent)
+            if not compete:
+                return None
+            self._next_lease_call = sent + max(self.config.control_interval, 0.1)
+            term = await asyncio.wait_for(self.backend.try_acquire(node_id, self.config.lease_ttl), timeout)
+        except (ElectionError, TimeoutError) as exc:
+            self.node.last_error = f"election: {exc}" if str(exc) else "election: timed out"
+            return LeaseOutcome("error", sent_at=sent)
+        if term is None:
+            return LeaseOutcome("held_by_other", sent_at=sent)
+        return LeaseOutcome("acquired", term=term, sent_at=sent)
+
+    async def _release(self) -> None:
+        if self.backend is None or not self._lease_term:
+            return
+        try:
+            await asyncio.wait_for(
+                self.backend.release(self.node.identity.node_id, self._lease_term),
+                self.config.election_timeout,
+            )
+        except (ElectionError, TimeoutError) as exc:
+            log.warning("lease_release_failed", error=str(exc))
+        self._lease_term = 0

@@ -1,0 +1,139 @@
+"""Divergent writes of a demoted leader: found, preserved, reported, never silently deleted.
+
+While leading, the node keeps a mark in STATE_PATH: the wall-clock time up to
+which everything it wrote is known to be on the replica (the enqueue time of
+the oldest unacknowledged change, or now when nothing is pending). When it
+becomes a replica, every file changed after that mark (mtime or ctime) may
+exist only here; it is copied to STATE_PATH/conflicts/<epoch>/ with a JSON
+report before the new leader's reconciliation overwrites it. The mark is
+conservative: it is persisted at most every second, so a crash can only
+make it older, which preserves more, never less.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from replication import manifest, statefile
+
+PERSIST_EVERY = 1.0
+MARGIN = 1.0
+"""Seconds subtracted from the mark: timestamps of the filesystem and the mark come from different calls."""
+
+
+@dataclass(frozen=True)
+class Conflict:
+    path: str
+    type: str
+    size: int
+    sha256: str | None
+    mtime: float
+    preserved_as: str
+
+
+class DivergenceTracker:
+    def __init__(self, state_path: str, clock: Callable[[], float] = time.time) -> None:
+        self._file = os.path.join(state_path, "divergence.json")
+        self.conflicts_root = os.path.join(state_path, "conflicts")
+        self._clock = clock
+        data = statefile.load(self._file)
+        self.replicated_until: float | None = data.get("replicated_until")
+        self._persisted_at = 0.0
+
+    def leading_from(self, now: float | None = None) -> None:
+        """Becoming leader: what is on disk now is what the replica has (or will get by reconciliation)."""
+        self._set(self._clock() if now is None else now, force=True)
+
+    def acknowledged(self, oldest_pending_age: float, pending: int) -> None:
+        now = self._clock()
+        self._set(now if pending == 0 else now - oldest_pending_age, force=False)
+
+    def flush(self) -> None:
+        if self.replicated_until is not None:
+            self._set(self.replicated_until, force=True)
+
+    def preserve(self, root: str, epoch: int, skip: Callable[[str], bool]) -> list[Conflict]:
+        """Copy files changed after the mark to conflicts/<epoch>/ and report them; then forget the mark."""
+        if self.replicated_until is None:
+            return []
+        since = self.replicated_until - MARGIN
+        target = os.path.join(self.conflicts_root, str(epoch))
+        found: list[Conflict] = []
+        for entry in manifest.walk(root, "", skip):
+            if entry.type == "dir":
+                continue
+            full = os.path.join(root, entry.path)
+            try:
+                st = os.lstat(full)
+            except FileNotFoundError:
+                continue
+            if max(st.st_mtime, st.st_ctime) <= since:
+                continue
+            found.append(self._copy(full, entry.path, st, target))
+        if found:
+            report = os.path.join(target, "report.json")
+            existing = _load_report(report)
+            existing.extend(asdict(c) for c in found)
+            statefile.save(
+                report, {"epoch": epoch, "replicated_until": self.replicated_until, "conflicts": existing}
+            )
+        self.replicated_until = None
+        statefile.save(self._file, {})
+        return found
+
+    def list(self) -> list[dict[str, Any]]:
+        results: list[dict[str, Any]] = []
+        if not os.path.isdir(self.conflicts_root):
+            return results
+        for epoch in sorted(os.listdir(self.conflicts_root)):
+            report = _load_report(os.path.join(self.conflicts_root, epoch, "report.json"))
+            results.extend({"epoch": epoch, **item} for item in report)
+        return results
+
+    def _set(self, value: float, *, force: bool) -> None:
+        self.replicated_until = value
+        now = time.monotonic()
+        if force or now - self._persisted_at >= PERSIST_EVERY:
+            statefile.save(self._file, {"replicated_until": value})
+            self._persisted_at = now
+
+    def _copy(self, full: str, rel: str, st: os.stat_result, target: str) -> Conflict:
+        dest = os.path.join(target, "files", rel)
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        digest: str | None = None
+        if stat.S_ISLNK(st.st_mode):
+            if os.path.lexists(dest):
+                os.unlink(dest)
+            os.symlink(os.readlink(full), dest)
+            kind = "symlink"
+        else:
+            shutil.copy2(full, dest, follow_symlinks=False)
+            with open(dest, "rb") as fh:
+                digest = hashlib.file_digest(fh, "sha256").hexdigest()
+            kind = "file"
+        return Conflict(
+            path=rel,
+            type=kind,
+            size=st.st_size,
+            sha256=digest,
+            mtime=st.st_mtime,
+            preserved_as=os.path.relpath(dest, self.conflicts_root),
+        )
+
+
+def _load_report(path: str) -> list[dict[str, Any]]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (FileNotFoundError, ValueError):
+        return []
+    items = data.get("conflicts", []) if isinstance(data, dict) else []
+    return [i for i in items if isinstance(i, dict)]

@@ -1,0 +1,140 @@
+"""The leader lease as a Redis key with a TTL, and the term as an INCR counter.
+
+`hotstandby:{cluster}:leader` holds `"{node_id}:{term}"` and expires on its
+own; `hotstandby:{cluster}:term` only ever grows. Acquisition, renewal and
+release are each one Lua script, so Redis runs the check and the write as one
+step and two nodes can never both see the key free.
+
+Terms survive only as long as Redis keeps its data: run it with persistence
+(appendonly) in production, or a restarted Redis starts counting from 1 again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from daemon.election.base import ElectionError, LeaseHolder
+
+T = TypeVar("T")
+
+# Only if nobody holds the lease: a new term, and the lease stamped with it.
+_ACQUIRE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return false
+end
+local term = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], ARGV[1] .. ':' .. term, 'PX', ARGV[2])
+return term
+"""
+
+# Compare-and-extend: an expired or re-acquired lease is someone else's.
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+def _where(url: str) -> str:
+    """Where REDIS_URL points, for error messages: host and port, never the password."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return f"unix:{parts.path}"
+    return f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
+
+
+def _millis(ttl: float) -> int:
+    if ttl <= 0:
+        raise ValueError(f"lease ttl must be positive, got {ttl}")
+    return max(1, round(ttl * 1000))
+
+
+class RedisLease:
+    """LeaseBackend on one Redis server (REDIS_URL)."""
+
+    name = "redis"
+
+    def __init__(self, url: str, cluster: str = "hotstandby", request_timeout: float = 1.0) -> None:
+        self._where = _where(url)
+        self._password = urlsplit(url).password
+        self._timeout = request_timeout
+        self._leader_key = f"hotstandby:{cluster}:leader"
+        self._term_key = f"hotstandby:{cluster}:term"
+        # One quick retry replaces a pooled connection that died with a restarted server;
+        # wait_for in _call still bounds the whole request.
+        self._client = aioredis.Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_timeout=request_timeout,
+            socket_connect_timeout=request_timeout,
+            retry=Retry(NoBackoff(), 1),
+        )
+        self._acquire = self._client.register_script(_ACQUIRE)
+        self._renew = self._client.register_script(_RENEW)
+        self._release = self._client.register_script(_RELEASE)
+
+    async def try_acquire(self, node_id: str, ttl: float) -> int | None:
+        keys = [self._leader_key, self._term_key]
+        term = await self._call("acquire", self._acquire(keys=keys, args=[node_id, _millis(ttl)]))
+        return None if term is None else int(term)
+
+    async def renew(self, node_id: str, term: int, ttl: float) -> bool:
+        args: list[str | int] = [f"{node_id}:{term}", _millis(ttl)]
+        return bool(await self._call("renew", self._renew(keys=[self._leader_key], args=args)))
+
+    async def release(self, node_id: str, term: int) -> None:
+        await self._call("release", self._release(keys=[self._leader_key], args=[f"{node_id}:{term}"]))
+
+    async def holder(self) -> LeaseHolder | None:
+        value, pttl = await self._call("holder", self._get_with_ttl())
+        if value is None or pttl == -2:
+            return None
+        node_id, _, term = str(value).rpartition(":")
+        if not node_id or not term.isdigit():
+            raise ElectionError(f"redis at {self._where}: {self._leader_key} holds {value!r}, not node:term")
+        ttl_left = float("inf") if pttl == -1 else pttl / 1000
+        return LeaseHolder(node_id=node_id, term=int(term), ttl_left=ttl_left)
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    async def _get_with_ttl(self) -> list[Any]:
+        """GET and PTTL in one MULTI, so the ttl belongs to the value we read."""
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.get(self._leader_key)
+            pipe.pttl(self._leader_key)
+            result: list[Any] = await pipe.execute()
+            return result
+
+    async def _call(self, what: str, request: Awaitable[T]) -> T:
+        """Run one request within request_timeout; every failure becomes an ElectionError."""
+        try:
+            return await asyncio.wait_for(request, self._timeout)
+        except TimeoutError:
+            raise ElectionError(
+                f"redis at {self._where} (REDIS_URL) did not answer {what} within {self._timeout}s"
+            ) from None
+        except (RedisError, OSError) as exc:
+            raise ElectionError(
+                f"redis at {self._where} (REDIS_URL) failed {what}: {self._safe(exc)}"
+            ) from None
+
+    def _safe(self, exc: BaseException) -> str:
+        text = f"{type(exc).__name__}: {exc}"
+        return text.replace(self._password, "***") if self._password else text

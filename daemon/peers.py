@@ -1,0 +1,88 @@
+"""Background pollers whose last answers the control loop and /primary read without waiting.
+
+The peer's /internal/status tells its role and epoch (how a restarted old
+leader learns it was replaced); the co-located plugin daemon's
+/health/check gates /primary when PLUGIN_DAEMON_URL is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import structlog
+
+log = structlog.get_logger("daemon.peers")
+
+
+@dataclass
+class PeerView:
+    epoch: int | None = None
+    writable: bool | None = None
+    role: str | None = None
+    answered_at: float | None = None
+    error: str | None = None
+
+    def fresh(self, now: float, max_age: float) -> bool:
+        return self.answered_at is not None and now - self.answered_at <= max_age
+
+
+class Poller:
+    """Polls one URL every `interval`; keeps the last answer and when it came."""
+
+    def __init__(
+        self,
+        url: str,
+        interval: float,
+        timeout: float,
+        headers: dict[str, str] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.url = url
+        self.interval = interval
+        self.timeout = timeout
+        self.headers = headers or {}
+        self.clock = clock
+        self.ok: bool | None = None
+        self.body: dict[str, Any] | None = None
+        self.answered_at: float | None = None
+        self.error: str | None = None
+
+    async def run(self) -> None:
+        timeout = aiohttp.ClientTimeout(total=self.timeout)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            while True:
+                started = self.clock()
+                await self._poll(session)
+                await asyncio.sleep(max(0.0, self.interval - (self.clock() - started)))
+
+    async def _poll(self, session: aiohttp.ClientSession) -> None:
+        try:
+            async with session.get(self.url, headers=self.headers) as resp:
+                body = await resp.json(content_type=None) if resp.status == 200 else None
+                self.ok = resp.status == 200
+                self.body = body if isinstance(body, dict) else None
+                self.answered_at = self.clock()
+                self.error = None if self.ok else f"HTTP {resp.status}"
+        except (aiohttp.ClientError, TimeoutError, ValueError, OSError) as exc:
+            self.ok = False
+            self.body = None
+            self.error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+    def fresh_ok(self, max_age: float) -> bool:
+        return bool(self.ok) and self.answered_at is not None and self.clock() - self.answered_at <= max_age
+
+    def peer_view(self, max_age: float) -> PeerView:
+        if not self.fresh_ok(max_age) or self.body is None:
+            return PeerView(error=self.error)
+        epoch = self.body.get("epoch")
+        return PeerView(
+            epoch=epoch if isinstance(epoch, int) else None,
+            writable=bool(self.body.get("writable")),
+            role=str(self.body.get("role")),
+            answered_at=self.answered_at,
+        )

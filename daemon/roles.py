@@ -1,0 +1,258 @@
+"""The role/epoch state machine: a pure function, no I/O, no clock of its own.
+
+`decide(state, observations, policy)` returns the next state, the actions the
+control loop must carry out, and one sentence saying why, which is logged
+and asserted on in tests. Everything the decision needs is in the
+observations; the control loop gathers them (lease calls, the peer's
+status, operator requests) before calling it.
+
+Roles: a *leader* accepts writes and replicates them; a *replica* applies
+what its leader sends. The epoch is the fencing term: a promotion always
+moves to a higher one, and a node that sees a higher epoch than its own
+stops acting as leader at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+Role = Literal["leader", "replica"]
+Election = Literal["static", "redis", "postgres"]
+Request = Literal["promote", "demote", "drain", "undrain"]
+Action = Literal["become_leader", "become_replica", "persist_epoch", "release_lease"]
+
+
+@dataclass(frozen=True)
+class RoleState:
+    role: Role
+    epoch: int
+    confirmed: bool = True
+    """A restarted ROLE=master leader answers 503 on /primary until it has checked its peer."""
+    draining: bool = False
+    """Switchover in progress: the leader refuses new writes so the replica can catch up."""
+    lease_valid_until: float | None = None
+    """Monotonic instant until which a lease-holding leader may act (None without a lease)."""
+    leader_lost_since: float | None = None
+    """Replica with FAILOVER=auto: when the leader was first seen unreachable."""
+    hold_off_until: float = 0.0
+    """After a planned demotion, do not compete for the lease before this instant."""
+
+    def accepts_writes(self, now: float) -> bool:
+        if self.role != "leader" or not self.confirmed or self.draining:
+            return False
+        return self.lease_valid_until is None or now < self.lease_valid_until
+
+
+@dataclass(frozen=True)
+class LeaseOutcome:
+    """What this tick's lease call returned (lease backends only)."""
+
+    kind: Literal["acquired", "renewed", "lost", "held_by_other", "free", "error"]
+    term: int = 0
+    sent_at: float = 0.0
+    """Monotonic instant the request was sent: validity counts from here, not from the answer."""
+    holder: str = ""
+
+
+@dataclass(frozen=True)
+class Observations:
+    now: float
+    peer_epoch: int | None = None
+    """Highest epoch seen from the peer (its status, its hello, or a 409 it answered)."""
+    peer_is_leader: bool | None = None
+    """The peer says it is a writable leader; None when it could not be asked."""
+    link_up: bool = False
+    """Replica: the leader's batches or heartbeats arrive within bound."""
+    synced: bool = False
+    """Replica: it completed a full synchronisation with a leader and may be promoted."""
+    lease: LeaseOutcome | None = None
+    request: Request | None = None
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class Policy:
+    election: Election = "static"
+    failover_auto: bool = False
+    failover_timeout: float = 6.0
+    lease_ttl: float = 6.0
+    safety_margin: float = 1.0
+    initial_leader: bool = False
+    """ROLE=master: may take the lease before it was ever synchronised (bootstrapping a new pair)."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    state: RoleState
+    actions: tuple[Action, ...]
+    reason: str
+
+
+def initial_state(role: Role, epoch: int, policy: Policy) -> RoleState:
+    """A static master starts unconfirmed; with a lease backend everyone starts as a replica."""
+    if policy.election != "static":
+        return RoleState(role="replica", epoch=epoch)
+    return RoleState(role=role, epoch=epoch, confirmed=role != "leader")
+
+
+def decide(state: RoleState, obs: Observations, policy: Policy) -> Decision:
+    if state.role == "leader":
+        return _as_leader(state, obs, policy)
+    return _as_replica(state, obs, policy)
+
+
+def _as_leader(state: RoleState, obs: Observations, policy: Policy) -> Decision:
+    if obs.peer_epoch is not None and obs.peer_epoch > state.epoch:
+        return _demote(
+            state,
+            obs,
+            f"demoted: the peer has epoch {obs.peer_epoch}, higher than ours ({state.epoch})",
+            epoch=obs.peer_epoch,
+        )
+    if obs.request == "demote":
+        return _demote(state, obs, "demoted on request", hold_off=policy.lease_ttl * 2)
+    if obs.request in ("drain", "undrain"):
+        draining = obs.request == "drain"
+        return Decision(
+            replace(state, draining=draining),
+            (),
+            "draining: refusing writes until the replica caught up" if draining else "writes accepted again",
+        )
+    if policy.election != "static":
+        return _leader_lease(state, obs, policy)
+    if not state.confirmed:
+        if obs.peer_is_leader and (obs.peer_epoch or 0) >= state.epoch:
+            return _demote(
+                state,
+                obs,
+                f"rejoining as replica: the peer leads with epoch {obs.peer_epoch}",
+                epoch=obs.peer_epoch or state.epoch,
+            )
+        return Decision(
+            replace(state, confirmed=True),
+            ("become_leader",),
+            "confirmed as leader: no peer leads with an equal or higher epoch",
+        )
+    if obs.request == "promote":
+        return Decision(state, (), "already the leader")
+    return Decision(state, (), f"leading with epoch {state.epoch}")
+
+
+def _leader_lease(state: RoleState, obs: Observations, policy: Policy) -> Decision:
+    lease = obs.lease
+    if lease is not None and lease.kind == "renewed":
+        until = lease.sent_at + policy.lease_ttl - policy.safety_margin
+        return Decision(
+            replace(state, lease_valid_until=until), (), f"renewed the lease for epoch {state.epoch}"
+        )
+    if lease is not None and lease.kind in ("lost", "held_by_other", "free"):
+        return _demote(state, obs, "demoted: the lease is no longer ours", epoch=max(state.epoch, lease.term))
+    if state.lease_valid_until is not None and obs.now >= state.lease_valid_until:
+        return _demote(state, obs, "demoted self: could not renew the lease before it ended")
+    if lease is not None and lease.kind == "error":
+        return Decision(state, (), "lease renewal failed; still within the lease, retrying")
+    return Decision(state, (), f"leading with epoch {state.epoch}")
+
+
+def _demote(
+    state: RoleState, obs: Observations, reason: str, *, epoch: int | None = None, hold_off: float = 0.0
+) -> Decision:
+    actions: list[Action] = ["become_replica"]
+    if state.lease_valid_until is not None:
+        actions.append("release_lease")
+    new_epoch = max(state.epoch, epoch or 0)
+    if new_epoch != state.epoch:
+        actions.append("persist_epoch")
+    new_state = RoleState(role="replica", epoch=new_epoch, hold_off_until=obs.now + hold_off)
+    return Decision(new_state, tuple(actions), reason)
+
+
+def _as_replica(state: RoleState, obs: Observations, policy: Policy) -> Decision:
+    followed = max(state.epoch, obs.peer_epoch or 0)
+    if followed != state.epoch:
+        state = replace(state, epoch=followed)
+        persist: tuple[Action, ...] = ("persist_epoch",)
+    else:
+        persist = ()
+    if policy.election != "static":
+        return _replica_lease(state, obs, policy, persist)
+    if obs.request == "promote":
+        if not obs.synced and not obs.force:
+            return Decision(
+                state,
+                persist,
+                "promotion refused: this replica never completed a full sync (use force to promote anyway)",
+            )
+        return _promote(state, obs, state.epoch + 1, "promoted on request", lease_until=None)
+    if obs.request == "demote":
+        return Decision(state, persist, "already a replica")
+    if not policy.failover_auto:
+        return Decision(state, persist, _following(state, obs))
+    leader_gone = not obs.link_up and obs.peer_is_leader is not True
+    if not leader_gone:
+        return Decision(replace(state, leader_lost_since=None), persist, _following(state, obs))
+    if state.leader_lost_since is None:
+        return Decision(
+            replace(state, leader_lost_since=obs.now),
+            persist,
+            "the leader is unreachable; failing over if it stays so",
+        )
+    waited = obs.now - state.leader_lost_since
+    if waited < policy.failover_timeout:
+        return Decision(state, persist, f"the leader has been unreachable for {waited:.1f}s")
+    if not obs.synced:
+        return Decision(
+            state,
+            persist,
+            "the leader is unreachable but this replica never completed a full sync: not promoting",
+        )
+    return _promote(
+        state,
+        obs,
+        state.epoch + 1,
+        f"promoted: the leader was unreachable for {waited:.1f}s (FAILOVER=auto)",
+        lease_until=None,
+    )
+
+
+def _replica_lease(
+    state: RoleState, obs: Observations, policy: Policy, persist: tuple[Action, ...]
+) -> Decision:
+    lease = obs.lease
+    if lease is not None and lease.kind == "acquired":
+        until = lease.sent_at + policy.lease_ttl - policy.safety_margin
+        return _promote(
+            state,
+            obs,
+            max(lease.term, state.epoch + 1) if lease.term <= state.epoch else lease.term,
+            f"acquired the lease with term {lease.term}",
+            lease_until=until,
+        )
+    if obs.request == "promote":
+        return Decision(
+            state, persist, f"promotion refused: with ELECTION={policy.election} the lease decides"
+        )
+    if lease is not None and lease.kind == "error":
+        return Decision(state, persist, "the election service is unreachable; staying a replica")
+    return Decision(state, persist, _following(state, obs))
+
+
+def may_compete(state: RoleState, obs: Observations, policy: Policy) -> bool:
+    """Whether the control loop should try to acquire a free lease on this tick."""
+    return (
+        state.role == "replica" and obs.now >= state.hold_off_until and (obs.synced or policy.initial_leader)
+    )
+
+
+def _promote(
+    state: RoleState, obs: Observations, epoch: int, reason: str, *, lease_until: float | None
+) -> Decision:
+    new_state = RoleState(role="leader", epoch=epoch, lease_valid_until=lease_until)
+    return Decision(new_state, ("become_leader", "persist_epoch"), reason)
+
+
+def _following(state: RoleState, obs: Observations) -> str:
+    if obs.link_up:
+        return f"following the leader at epoch {state.epoch}"
+    return f"waiting for a leader (epoch {state.epoch})"
