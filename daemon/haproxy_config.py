@@ -265,6 +265,7 @@ _BINARY = _Option(
     "--haproxy", "HAPROXY_BINARY", "text", "", "HAProxy executable for --check and init-state auto"
 )
 _ALWAYS_SHOWN = {"mode", "master_addr", "standby_addr"}
+ENV_VARS = tuple(option.env for option in (*_OPTIONS, _INIT_STATE, _BINARY))
 
 
 def _label(field: str) -> str:
@@ -347,23 +348,22 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] = os.envi
         text = _given(args, option, environ)
         if text is not None:
             values.update(_parse(option, text))
-    init_state = (_given(args, _INIT_STATE, environ) or "auto").strip().lower()
-    if init_state not in INIT_STATE_CHOICES:
-        raise SettingsError(
-            "init_state", f"must be one of {', '.join(INIT_STATE_CHOICES)}, not {init_state!r}"
-        )
+    init_state = _init_state_choice(args, environ)
     settings = HAProxySettings(**values)  # validates everything else
-    if init_state != "auto":
-        return replace(settings, init_state=init_state == "on")
-    binary = _given(args, _BINARY, environ) or "haproxy"
-    if supports_init_state(binary):
-        return replace(settings, init_state=True)
-    print(
-        f"hotstandby haproxy-config: note: {binary} does not support init-state (HAProxy < 3.1);"
-        " rendered without it",
-        file=sys.stderr,
-    )
-    return settings
+    if init_state == "auto":
+        return replace(settings, init_state=supports_init_state(_binary(args, environ)))
+    return replace(settings, init_state=init_state == "on")
+
+
+def _init_state_choice(args: argparse.Namespace, environ: Mapping[str, str]) -> str:
+    choice = (_given(args, _INIT_STATE, environ) or "auto").strip().lower()
+    if choice not in INIT_STATE_CHOICES:
+        raise SettingsError("init_state", f"must be one of {', '.join(INIT_STATE_CHOICES)}, not {choice!r}")
+    return choice
+
+
+def _binary(args: argparse.Namespace, environ: Mapping[str, str]) -> str:
+    return _given(args, _BINARY, environ) or "haproxy"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -378,13 +378,25 @@ def run(args: argparse.Namespace) -> int:
         return 1
     output: str | None = args.output
     if output:
-        Path(output).write_text(text, encoding="utf-8")
+        try:
+            Path(output).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            print(
+                f"hotstandby haproxy-config: --output: cannot write {output}: {exc.strerror}", file=sys.stderr
+            )
+            return 2
     if args.check:
-        status = _check_text(text, output, _given(args, _BINARY, os.environ) or "haproxy")
+        status = _check_text(text, output, _binary(args, os.environ))
         if status != 0:
             return status
     if not output:
         sys.stdout.write(text)
+    if _init_state_choice(args, os.environ) == "auto" and not settings.init_state:
+        print(
+            f"hotstandby haproxy-config: note: {_binary(args, os.environ)} does not support init-state"
+            " (HAProxy < 3.1); rendered without it",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -121,6 +121,7 @@ class Node:
                 record_tree=watcher.record_tree,
             )
             sender.on_ack = lambda: self.tracker.acknowledged(journal.oldest_unacked_age(), journal.pending)
+            watcher.on_vanished = sender.note_vanished
             task = asyncio.create_task(sender.run(), name="sender")
         self.leader = LeaderParts(journal, watcher, sender, task)
         log.info("leading", epoch=epoch, target=self.config.peer_url or None)

@@ -144,6 +144,7 @@ class Receiver:
                 await self._skip_content(op, read)
                 continue
             outcome = await self._applier.apply(op, lambda n: _read(read, n))
+            log.debug("applied", op=op.op, path=op.path, dest=op.dest, seq=op.seq, resend=outcome.resend)
             if outcome.resend:
                 result.resend.append(outcome.resend)
             if outcome.discarded:

@@ -16,6 +16,7 @@ import os
 import random
 import stat
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,11 +28,13 @@ from replication import manifest
 from replication.errors import FencedError, PeerError
 from replication.journal import Change, Journal
 from replication.metrics import ReplicationMetrics
+from replication.paths import is_within, rebase
 from replication.protocol import FLAG_COMPLETE, FLAG_DISCARD, Operation, encode_trailer
 
 log = structlog.get_logger("replication.sender")
 
 CHUNK = 1024 * 1024
+SENT_INODES_KEPT = 100_000
 LINK_PATH = "/internal/replication"
 
 
@@ -102,6 +105,8 @@ class Sender:
         self.baseline_seq: int | None = None
         """The replica is a full copy once it has applied this sequence (set by each reconciliation)."""
         self.on_ack: Callable[[], None] = lambda: None
+        self._sent_inodes: OrderedDict[str, int] = OrderedDict()
+        self._vanished: OrderedDict[str, None] = OrderedDict()
 
     # -- lifecycle ---------------------------------------------------------------
     async def run(self) -> None:
@@ -220,8 +225,14 @@ class Sender:
     async def _frames(self, batch: list[Change], end_seq: int, resend: list[str]) -> AsyncIterator[bytes]:
         for change in batch:
             if change.kind == "delete":
+                self._vanished.pop(change.path, None)
                 yield self._counted(Operation(change.seq, "delete", change.path)).header()
             elif change.kind == "rename":
+                assert change.dest is not None
+                if self._rename_is_stale(change.path, change.dest):
+                    resend.append(change.dest)
+                    continue
+                resend.extend(self._vanished_below(change.path, change.dest))
                 yield self._counted(Operation(change.seq, "rename", change.path, dest=change.dest)).header()
             else:
                 async for chunk in self._sync_frames(change, resend):
@@ -233,7 +244,11 @@ class Sender:
         try:
             st = os.lstat(full)
         except (FileNotFoundError, NotADirectoryError):
-            return  # gone since: the delete or rename that follows in the journal covers it
+            # Gone since: a delete that follows covers it, and a rename that follows
+            # re-sends it under its new name (see _vanished_below).
+            self.note_vanished(change.path)
+            return
+        self._remember(change.path, st.st_ino)
         mode = stat.S_IMODE(st.st_mode)
         if stat.S_ISDIR(st.st_mode):
             yield self._counted(
@@ -289,6 +304,48 @@ class Sender:
         if torn:
             resend.append(change.path)
         yield encode_trailer(FLAG_DISCARD if torn else FLAG_COMPLETE, digest.digest())
+
+    def _remember(self, path: str, inode: int) -> None:
+        """Which object we last sent for `path` (recent sends only, bounded)."""
+        self._sent_inodes[path] = inode
+        self._sent_inodes.move_to_end(path)
+        while len(self._sent_inodes) > SENT_INODES_KEPT:
+            self._sent_inodes.popitem(last=False)
+
+    def _rename_is_stale(self, src: str, dest: str) -> bool:
+        """True when the replica's `src` is not the object that was renamed.
+
+        Content is read when it is sent, so a path re-created right after a
+        rename can be sent under the old name before the rename event is
+        recorded; replaying the rename would then move the new object. We
+        compare the inode we sent for `src` with the one now at `dest`, and
+        send `dest` in full instead when they differ.
+        """
+        sent = self._sent_inodes.pop(src, None)
+        try:
+            now = os.lstat(os.path.join(self.root, dest)).st_ino
+        except OSError:
+            return False
+        if sent is not None and sent != now:
+            log.info("rename_replaced_by_send", src=src, dest=dest)
+            return True
+        if sent is not None:
+            self._remember(dest, sent)
+        return False
+
+    def note_vanished(self, path: str) -> None:
+        """`path` disappeared before its content could be read or sent."""
+        self._vanished[path] = None
+        self._vanished.move_to_end(path)
+        while len(self._vanished) > SENT_INODES_KEPT:
+            self._vanished.popitem(last=False)
+
+    def _vanished_below(self, src: str, dest: str) -> list[str]:
+        """Paths below `src` skipped earlier because they had moved: send them at their new place."""
+        moved = [p for p in self._vanished if is_within(p, src)]
+        for path in moved:
+            del self._vanished[path]
+        return [rebase(p, src, dest) for p in moved]
 
     def _counted(self, op: Operation) -> Operation:
         self.metrics.operations.labels(op=op.op).inc()

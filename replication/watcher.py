@@ -91,6 +91,7 @@ class Watcher:
         self._skip = skip
         self._observer: BaseObserver | None = None
         self._dirty: dict[str, tuple[float, asyncio.TimerHandle]] = {}
+        self.on_vanished: Callable[[str], None] = lambda _path: None
         self.events_seen = 0
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -114,11 +115,18 @@ class Watcher:
             log.info("watcher_stopped")
 
     def record_tree(self, rel: str) -> int:
-        """Record `rel` and everything below it (a new or moved-in directory)."""
+        """Record `rel` and everything below it (a new or moved-in directory).
+
+        A directory that is already gone again may have been renamed before
+        we could look inside: `on_vanished` lets the sender resend it under
+        its new name when that rename goes out.
+        """
         count = 0
         for entry in manifest.walk(self.root, rel, self._skip):
             self.journal.record_sync(entry.path)
             count += 1
+        if count == 0:
+            self.on_vanished(rel)
         return count
 
     # -- event handling, on the loop ---------------------------------------------

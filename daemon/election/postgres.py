@@ -136,7 +136,7 @@ class PostgresLease:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout
         try:
-            reused = self._conn is not None
+            reused = self._conn is not None and not self._conn.closed
             try:
                 return await self._attempt(sql, params, deadline)
             except psycopg.OperationalError:
@@ -187,11 +187,17 @@ class PostgresLease:
             return conn
 
     async def _prepare(self, conn: psycopg.AsyncConnection[Row]) -> None:
-        """Server-side limits as a second guard, and the table if this database lacks it."""
+        """Session settings that make the lease safe whatever the server's defaults, and the table.
+
+        synchronous_commit is forced on: with it off, a database crash can lose
+        the last committed term and hand the same term to the next leader.
+        The timeouts are a server-side second guard behind _bounded.
+        """
         millis = str(max(1, round(self._timeout * 1000)))
         await conn.execute(
-            "SELECT set_config('statement_timeout', %s, false), set_config('lock_timeout', %s, false)",
-            (millis, millis),
+            "SELECT set_config('synchronous_commit', 'on', false), "
+            "set_config('statement_timeout', %(ms)s, false), set_config('lock_timeout', %(ms)s, false)",
+            {"ms": millis},
         )
         # IF NOT EXISTS does not cover two nodes creating the table at the same moment.
         with contextlib.suppress(pgerrors.UniqueViolation, pgerrors.DuplicateTable):

@@ -6,15 +6,18 @@ release are each one Lua script, so Redis runs the check and the write as one
 step and two nodes can never both see the key free.
 
 Terms survive only as long as Redis keeps its data: run it with persistence
-(appendonly) in production, or a restarted Redis starts counting from 1 again.
+(appendonly) and an eviction policy that spares keys without a TTL
+(noeviction or volatile-*), or a restarted Redis starts counting from 1 again
+and terms stop being fencing tokens.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -59,6 +62,12 @@ def _where(url: str) -> str:
     return f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
 
 
+def _password(url: str) -> str | None:
+    """The password in REDIS_URL, wherever it is written, so messages can blank it out."""
+    parts = urlsplit(url)
+    return parts.password or next(iter(parse_qs(parts.query).get("password", [])), None)
+
+
 def _millis(ttl: float) -> int:
     if ttl <= 0:
         raise ValueError(f"lease ttl must be positive, got {ttl}")
@@ -72,7 +81,7 @@ class RedisLease:
 
     def __init__(self, url: str, cluster: str = "hotstandby", request_timeout: float = 1.0) -> None:
         self._where = _where(url)
-        self._password = urlsplit(url).password
+        self._password = _password(url)
         self._timeout = request_timeout
         self._leader_key = f"hotstandby:{cluster}:leader"
         self._term_key = f"hotstandby:{cluster}:term"
@@ -112,7 +121,9 @@ class RedisLease:
         return LeaseHolder(node_id=node_id, term=int(term), ttl_left=ttl_left)
 
     async def close(self) -> None:
-        await self._client.aclose()
+        """Best effort and bounded: shutdown must not hang on a server that stopped answering."""
+        with contextlib.suppress(TimeoutError, RedisError, OSError):
+            await asyncio.wait_for(self._client.aclose(), self._timeout)
 
     async def _get_with_ttl(self) -> list[Any]:
         """GET and PTTL in one MULTI, so the ttl belongs to the value we read."""
