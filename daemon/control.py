@@ -134,6 +134,7 @@ class ControlLoop:
             now=self.clock(),
             peer_epoch=max(peer_epochs) if peer_epochs else None,
             peer_is_leader=view.writable if view and view.answered_at is not None else None,
+            peer_checked=self.peer is None or self.peer.attempts > 0,
             link_up=self.node.receiver.connected(self.config.heartbeat_interval),
             synced=synced,
             lease=lease,

@@ -51,6 +51,7 @@ class Poller:
         self.body: dict[str, Any] | None = None
         self.answered_at: float | None = None
         self.error: str | None = None
+        self.attempts = 0
 
     async def run(self) -> None:
         timeout = aiohttp.ClientTimeout(total=self.timeout)
@@ -61,6 +62,12 @@ class Poller:
                 await asyncio.sleep(max(0.0, self.interval - (self.clock() - started)))
 
     async def _poll(self, session: aiohttp.ClientSession) -> None:
+        try:
+            await self._ask(session)
+        finally:
+            self.attempts += 1
+
+    async def _ask(self, session: aiohttp.ClientSession) -> None:
         try:
             async with session.get(self.url, headers=self.headers) as resp:
                 body = await resp.json(content_type=None) if resp.status == 200 else None

@@ -62,6 +62,8 @@ class Observations:
     """Highest epoch seen from the peer (its status, its hello, or a 409 it answered)."""
     peer_is_leader: bool | None = None
     """The peer says it is a writable leader; None when it could not be asked."""
+    peer_checked: bool = True
+    """At least one attempt to ask the peer has finished (answered or failed)."""
     link_up: bool = False
     """Replica: the leader's batches or heartbeats arrive within bound."""
     synced: bool = False
@@ -122,6 +124,8 @@ def _as_leader(state: RoleState, obs: Observations, policy: Policy) -> Decision:
     if policy.election != "static":
         return _leader_lease(state, obs, policy)
     if not state.confirmed:
+        if not obs.peer_checked:
+            return Decision(state, (), "checking the peer before accepting writes")
         if obs.peer_is_leader and (obs.peer_epoch or 0) >= state.epoch:
             return _demote(
                 state,
@@ -178,6 +182,9 @@ def _as_replica(state: RoleState, obs: Observations, policy: Policy) -> Decision
     if policy.election != "static":
         return _replica_lease(state, obs, policy, persist)
     if obs.request == "promote":
+        if obs.peer_is_leader and not obs.force:
+            return Decision(state, persist, "promotion refused: the leader still accepts writes "
+                                            "(drain it first, i.e. switchover, or use force)")
         if not obs.synced and not obs.force:
             return Decision(
                 state,
