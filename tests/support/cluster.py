@@ -34,8 +34,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def http(method: str, url: str, *, body: bytes | None = None, headers: dict[str, str] | None = None,
-         timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
+def http(
+    method: str,
+    url: str,
+    *,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 10.0,
+) -> tuple[int, dict[str, str], bytes]:
     request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as resp:
@@ -44,8 +50,9 @@ def http(method: str, url: str, *, body: bytes | None = None, headers: dict[str,
         return exc.code, dict(exc.headers), exc.read()
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05,
-               message: str = "condition") -> None:
+def wait_until(
+    predicate: Callable[[], bool], timeout: float, interval: float = 0.05, message: str = "condition"
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -61,6 +68,7 @@ class Node:
     base: Path
     port: int = field(default_factory=free_port)
     extra_env: dict[str, str] = field(default_factory=dict)
+    host: str = "127.0.0.1"
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -73,7 +81,7 @@ class Node:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def log_path(self) -> Path:
@@ -81,19 +89,28 @@ class Node:
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in ("SYNC_TARGET", "SYNC_SOURCE", "ROLE")}
-        env.update({
-            "ROLE": self.role, "STORAGE_PATH": str(self.storage), "STATE_PATH": str(self.state),
-            "SERVER_HOST": "127.0.0.1", "SERVER_PORT": str(self.port), "SERVER_KEY": SERVER_KEY,
-            "LOG_LEVEL": "INFO", "HEARTBEAT_INTERVAL": "0.5", "SHUTDOWN_TIMEOUT": "5",
-        })
+        env.update(
+            {
+                "ROLE": self.role,
+                "STORAGE_PATH": str(self.storage),
+                "STATE_PATH": str(self.state),
+                "SERVER_HOST": self.host,
+                "SERVER_PORT": str(self.port),
+                "SERVER_KEY": SERVER_KEY,
+                "LOG_LEVEL": "INFO",
+                "HEARTBEAT_INTERVAL": "0.5",
+                "SHUTDOWN_TIMEOUT": "5",
+            }
+        )
         env.update(self.extra_env)
         return env
 
     def start(self, wait: bool = True) -> None:
         self.storage.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
-        self.proc = subprocess.Popen([sys.executable, "-m", "daemon", "serve"], env=self.env(),
-                                     stdout=log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "daemon", "serve"], env=self.env(), stdout=log, stderr=subprocess.STDOUT
+        )
         log.close()
         if wait:
             wait_until(self.is_up, 15, message=f"{self.name} to answer /health")
@@ -128,8 +145,9 @@ class Node:
         except FileNotFoundError:
             return ""
 
-    def call(self, method: str, path: str, payload: Any = None, *, auth: bool = True,
-             timeout: float = 30.0) -> tuple[int, Any]:
+    def call(
+        self, method: str, path: str, payload: Any = None, *, auth: bool = True, timeout: float = 30.0
+    ) -> tuple[int, Any]:
         headers = {"Authorization": f"Bearer {SERVER_KEY}"} if auth else {}
         body = None
         if payload is not None:
@@ -190,13 +208,23 @@ class Pair:
         except AssertionError:
             raise AssertionError(
                 f"trees differ after {timeout}s: {last[:20]}\n--- master log\n{self.master.log_tail()}"
-                f"\n--- slave log\n{self.slave.log_tail()}") from None
+                f"\n--- slave log\n{self.slave.log_tail()}"
+            ) from None
 
 
-def make_pair(tmp_path: Path, master_env: dict[str, str] | None = None,
-              slave_env: dict[str, str] | None = None) -> Pair:
-    slave = Node("slave", "slave", tmp_path / "slave", extra_env=dict(slave_env or {}))
-    master = Node("master", "master", tmp_path / "master", extra_env=dict(master_env or {}))
+def make_pair(
+    tmp_path: Path,
+    master_env: dict[str, str] | None = None,
+    slave_env: dict[str, str] | None = None,
+    hosts: tuple[str, str] | None = None,
+    port: int | None = None,
+) -> Pair:
+    """Two nodes; with `hosts` (and `port`) they listen on distinct loopback addresses, one port."""
+    master_host, slave_host = hosts or ("127.0.0.1", "127.0.0.1")
+    slave = Node("slave", "slave", tmp_path / "slave", extra_env=dict(slave_env or {}), host=slave_host)
+    master = Node("master", "master", tmp_path / "master", extra_env=dict(master_env or {}), host=master_host)
+    if port is not None:
+        slave.port = master.port = port
     master.extra_env.setdefault("SYNC_TARGET", slave.url)
     slave.extra_env.setdefault("SYNC_SOURCE", master.url)
     return Pair(master, slave)
