@@ -141,5 +141,5 @@ def test_writes_resume_through_haproxy_after_master_death_without_losing_acknowl
     assert sampler.both == [], "both nodes answered 200 on /primary at the same moment"
     assert all(s.get("master") != "UP" for s in states), states
     assert primary(pair.slave) and not primary(pair.master)
-    status, _h, body = http("GET", f"{haproxy.url}/primary")
+    status, _h, _body = http("GET", f"{haproxy.url}/primary")
     assert status == 200
