@@ -7,7 +7,7 @@ import asyncio
 import json
 import sys
 
-from daemon import __version__
+from daemon import __version__, ctl, haproxy_config
 from daemon.config import Config, ConfigError
 
 
@@ -20,15 +20,34 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("serve", help="run the daemon (configured from the environment)")
     show = commands.add_parser("manifest", help="print the manifest of a directory as JSON lines")
     show.add_argument("path")
+    ctl.add_arguments(commands)
+    haproxy = commands.add_parser(
+        "haproxy-config", help="render the HAProxy configuration", description=haproxy_config.DESCRIPTION
+    )
+    haproxy_config.add_arguments(haproxy)
     args = parser.parse_args(argv)
     if args.command == "manifest":
         return _print_manifest(args.path)
+    if args.command == "haproxy-config":
+        return haproxy_config.run(args)
+    if args.command in ctl.COMMANDS:
+        return _operator_command(args)
     try:
         config = Config.from_env()
     except ConfigError as exc:
         print(f"hotstandby: configuration error: {exc}", file=sys.stderr)
         return 2
     return _serve(config)
+
+
+def _operator_command(args: argparse.Namespace) -> int:
+    try:
+        return ctl.run(args)
+    except ConfigError as exc:
+        print(f"hotstandby {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
 
 
 def _serve(config: Config) -> int:

@@ -125,10 +125,10 @@ class ControlLoop:
             for e in (
                 view.epoch if view else None,
                 fenced_by,
-                self.node.peer_epoch_seen,
+                self.node.peer_epoch_seen or None,
                 self.node.receiver.epoch if state.role == "replica" else None,
             )
-            if e
+            if e is not None
         ]
         obs = Observations(
             now=self.clock(),

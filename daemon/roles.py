@@ -114,33 +114,45 @@ def _as_leader(state: RoleState, obs: Observations, policy: Policy) -> Decision:
         )
     if obs.request == "demote":
         return _demote(state, obs, "demoted on request", hold_off=policy.lease_ttl * 2)
-    if obs.request in ("drain", "undrain"):
-        draining = obs.request == "drain"
-        return Decision(
-            replace(state, draining=draining),
-            (),
-            "draining: refusing writes until the replica caught up" if draining else "writes accepted again",
-        )
     if policy.election != "static":
-        return _leader_lease(state, obs, policy)
+        # The lease outcome of this tick is never skipped, whatever else was asked.
+        decision = _leader_lease(state, obs, policy)
+        if decision.state.role != "leader":
+            return decision
+        return _drain_request(decision.state, obs) or decision
     if not state.confirmed:
-        if not obs.peer_checked:
-            return Decision(state, (), "checking the peer before accepting writes")
-        if obs.peer_is_leader and (obs.peer_epoch or 0) >= state.epoch:
-            return _demote(
-                state,
-                obs,
-                f"rejoining as replica: the peer leads with epoch {obs.peer_epoch}",
-                epoch=obs.peer_epoch or state.epoch,
-            )
-        return Decision(
-            replace(state, confirmed=True),
-            ("become_leader",),
-            "confirmed as leader: no peer leads with an equal or higher epoch",
-        )
+        return _confirm(state, obs)
     if obs.request == "promote":
         return Decision(state, (), "already the leader")
-    return Decision(state, (), f"leading with epoch {state.epoch}")
+    return _drain_request(state, obs) or Decision(state, (), f"leading with epoch {state.epoch}")
+
+
+def _drain_request(state: RoleState, obs: Observations) -> Decision | None:
+    if obs.request not in ("drain", "undrain"):
+        return None
+    draining = obs.request == "drain"
+    reason = "draining: refusing writes until the replica caught up" if draining else "writes accepted again"
+    return Decision(replace(state, draining=draining), (), reason)
+
+
+def _confirm(state: RoleState, obs: Observations) -> Decision:
+    """A restarted static leader: lead only once the peer is known not to lead at our epoch or above."""
+    if not obs.peer_checked:
+        return Decision(state, (), "checking the peer before accepting writes")
+    if obs.peer_is_leader and obs.peer_epoch is None:
+        return Decision(state, (), "the peer says it leads but gave no epoch; waiting")
+    if obs.peer_is_leader and obs.peer_epoch is not None and obs.peer_epoch >= state.epoch:
+        return _demote(
+            state,
+            obs,
+            f"rejoining as replica: the peer leads with epoch {obs.peer_epoch}",
+            epoch=obs.peer_epoch,
+        )
+    return Decision(
+        replace(state, confirmed=True),
+        ("become_leader",),
+        "confirmed as leader: no peer leads with an equal or higher epoch",
+    )
 
 
 def _leader_lease(state: RoleState, obs: Observations, policy: Policy) -> Decision:
@@ -183,8 +195,12 @@ def _as_replica(state: RoleState, obs: Observations, policy: Policy) -> Decision
         return _replica_lease(state, obs, policy, persist)
     if obs.request == "promote":
         if obs.peer_is_leader and not obs.force:
-            return Decision(state, persist, "promotion refused: the leader still accepts writes "
-                                            "(drain it first, i.e. switchover, or use force)")
+            return Decision(
+                state,
+                persist,
+                "promotion refused: the leader still accepts writes "
+                "(drain it first, i.e. switchover, or use force)",
+            )
         if not obs.synced and not obs.force:
             return Decision(
                 state,

@@ -54,7 +54,7 @@ class Journal:
         self._max_entries = max_entries
         self._clock = clock
         self._entries: dict[int, Change] = {}
-        self._unsent_sync: dict[str, int] = {}
+        self._unsent_sync = _UnsentIndex()
         self._unsent_markers: dict[str, int] = {}
         self._next_seq = 1
         self.sent_upto = 0
@@ -71,18 +71,18 @@ class Journal:
             return
         self._append(Change(0, "sync", path, attr_hint=attr_hint))
 
-    def record_delete(self, path: str, *, is_dir: bool) -> None:
-        self._forget_unsent(path, subtree=is_dir)
+    def record_delete(self, path: str) -> None:
+        # Unsent syncs at or below `path` may describe a newer object (a scan can run
+        # ahead of the events): they go after the delete and read what exists then.
+        behind = self._take_unsent(path)
         self._append(Change(0, "delete", path))
+        self._record_again(behind)
 
     def record_rename(self, src: str, dest: str) -> None:
-        self._forget_unsent(dest, subtree=True)  # whatever was at dest is replaced by src
-        carried = [self._entries[seq] for p, seq in list(self._unsent_sync.items()) if is_within(p, src)]
-        for change in carried:
-            self._drop(change.seq)
+        carried = [replace(c, path=rebase(c.path, src, dest)) for c in self._take_unsent(src)]
+        displaced = self._take_unsent(dest)
         self._append(Change(0, "rename", src, dest=dest))
-        for change in sorted(carried, key=lambda c: c.seq):
-            self.record_sync(rebase(change.path, src, dest), change.attr_hint)
+        self._record_again(carried + displaced)
 
     # -- sending ---------------------------------------------------------------
     def take_batch(self, max_ops: int, max_bytes: int, size_of: Callable[[Change], int]) -> list[Change]:
@@ -120,7 +120,7 @@ class Journal:
         self._unsent_markers.clear()
         for change in self._entries.values():
             if change.seq > self.sent_upto and change.kind == "sync":
-                self._unsent_sync[change.path] = change.seq
+                self._unsent_sync.add(change.path, change.seq)
                 plugin_dir = self._markers.plugin_dir(change.path)
                 if plugin_dir is not None:
                     self._unsent_markers[plugin_dir] = change.seq
@@ -166,7 +166,7 @@ class Journal:
         change = replace(change, seq=seq, enqueued_at=change.enqueued_at or self._clock())
         self._entries[seq] = change
         if change.kind == "sync":
-            self._unsent_sync[change.path] = seq
+            self._unsent_sync.add(change.path, seq)
             plugin_dir = self._markers.plugin_dir(change.path)
             if plugin_dir is not None:
                 self._unsent_markers[plugin_dir] = seq
@@ -184,27 +184,75 @@ class Journal:
                 self._drop(marker_seq)
                 self._append(replace(marker, seq=0))
 
-    def _forget_unsent(self, path: str, *, subtree: bool) -> None:
-        if not subtree:
-            seq = self._unsent_sync.get(path)
-            if seq is not None:
-                self._drop(seq)
-            return
-        for p, seq in list(self._unsent_sync.items()):
-            if is_within(p, path):
-                self._drop(seq)
+    def _take_unsent(self, path: str) -> list[Change]:
+        """Remove and return the unsent syncs at or below `path`."""
+        taken = [self._entries[seq] for seq in self._unsent_sync.under(path)]
+        for change in taken:
+            self._drop(change.seq)
+        return taken
+
+    def _record_again(self, changes: list[Change]) -> None:
+        for change in sorted(changes, key=lambda c: c.seq):
+            self.record_sync(change.path, change.attr_hint)
 
     def _drop(self, seq: int) -> None:
         change = self._entries.pop(seq)
-        if self._unsent_sync.get(change.path) == seq:
-            del self._unsent_sync[change.path]
+        self._unsent_sync.discard(change.path, seq)
         plugin_dir = self._markers.plugin_dir(change.path)
         if plugin_dir is not None and self._unsent_markers.get(plugin_dir) == seq:
             del self._unsent_markers[plugin_dir]
 
     def _mark_sent(self, change: Change) -> None:
-        if self._unsent_sync.get(change.path) == change.seq:
-            del self._unsent_sync[change.path]
+        self._unsent_sync.discard(change.path, change.seq)
         plugin_dir = self._markers.plugin_dir(change.path)
         if plugin_dir is not None and self._unsent_markers.get(plugin_dir) == change.seq:
             del self._unsent_markers[plugin_dir]
+
+
+class _UnsentIndex:
+    """Unsent sync changes by path, counting those below each folder so subtree lookups stay cheap.
+
+    Deleting a file in a big pending tree must not scan every pending change:
+    the count says at once whether anything is recorded below a path.
+    """
+
+    def __init__(self) -> None:
+        self._by_path: dict[str, int] = {}
+        self._below: dict[str, int] = {}
+
+    def get(self, path: str) -> int | None:
+        return self._by_path.get(path)
+
+    def add(self, path: str, seq: int) -> None:
+        if path not in self._by_path:
+            for ancestor in _ancestors(path):
+                self._below[ancestor] = self._below.get(ancestor, 0) + 1
+        self._by_path[path] = seq
+
+    def discard(self, path: str, seq: int) -> None:
+        if self._by_path.get(path) != seq:
+            return
+        del self._by_path[path]
+        for ancestor in _ancestors(path):
+            left = self._below[ancestor] - 1
+            if left:
+                self._below[ancestor] = left
+            else:
+                del self._below[ancestor]
+
+    def under(self, path: str) -> list[int]:
+        """Sequences of unsent syncs at `path` or below it."""
+        found = [self._by_path[path]] if path in self._by_path else []
+        if self._below.get(path):
+            prefix = path + "/"
+            found.extend(seq for p, seq in self._by_path.items() if p.startswith(prefix))
+        return found
+
+    def clear(self) -> None:
+        self._by_path.clear()
+        self._below.clear()
+
+
+def _ancestors(path: str) -> list[str]:
+    parts = path.split("/")
+    return ["/".join(parts[:n]) for n in range(1, len(parts))]

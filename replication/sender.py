@@ -377,7 +377,7 @@ class Sender:
                 manifest.resolve_hashes(plan, local, mine, theirs)
             for path in plan.delete:
                 if not _exists(os.path.join(self.root, path)):
-                    self.journal.record_delete(path, is_dir=remote[path].type == "dir")
+                    self.journal.record_delete(path)
             for entry in sorted(plan.send, key=lambda e: e.path.split("/")):
                 self.journal.record_sync(entry.path)
             for entry in plan.attrs_only:

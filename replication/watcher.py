@@ -166,7 +166,7 @@ class Watcher:
             self._mark_dirty(rel)
         elif isinstance(event, (FileDeletedEvent, DirDeletedEvent)):
             self._settle(rel)
-            self.journal.record_delete(rel, is_dir=event.is_directory)
+            self.journal.record_delete(rel)
 
     def _moved(self, event: FileSystemEvent) -> None:
         src = self._relative(event.src_path)
@@ -176,7 +176,7 @@ class Watcher:
         if src is not None and dest is not None:
             self.journal.record_rename(src, dest)
         elif src is not None:
-            self.journal.record_delete(src, is_dir=event.is_directory)
+            self.journal.record_delete(src)
         elif dest is not None:
             self.record_tree(dest)
 

@@ -68,7 +68,7 @@ def test_sequence_numbers_increase_with_every_recorded_change():
     assert journal.head == 0
     journal.record_sync("a")
     journal.record_sync("b")
-    journal.record_delete("c", is_dir=False)
+    journal.record_delete("c")
     journal.record_rename("d", "e")
     batch = take_all(journal)
     seqs = [c.seq for c in batch]
@@ -143,34 +143,48 @@ def test_sync_already_taken_is_not_coalesced_a_new_change_is_appended():
 # --- deletes ---------------------------------------------------------------------------
 
 
-def test_delete_of_a_directory_drops_unsent_syncs_below_it():
+def test_unsent_syncs_below_a_deleted_directory_move_behind_the_delete():
+    # A scan can record a re-created tree before the delete event arrives: those syncs
+    # must follow the delete (they read the disk when sent and are skipped if gone).
     journal = make_journal()
     journal.record_sync("d/x")
     journal.record_sync("d/y/z")
     journal.record_sync("dx")  # a sibling sharing the prefix, not below d
     journal.record_sync("d")
     journal.record_sync("other")
-    journal.record_delete("d", is_dir=True)
+    journal.record_delete("d")
     assert summary(take_all(journal)) == [
         ("sync", "dx", None),
         ("sync", "other", None),
         ("delete", "d", None),
+        ("sync", "d/x", None),
+        ("sync", "d/y/z", None),
+        ("sync", "d", None),
     ]
 
 
-def test_delete_of_a_file_drops_only_its_own_unsent_sync():
+def test_delete_of_a_file_moves_its_own_unsent_sync_behind_it():
     journal = make_journal()
     journal.record_sync("f")
     journal.record_sync("f2")
-    journal.record_delete("f", is_dir=False)
-    assert summary(take_all(journal)) == [("sync", "f2", None), ("delete", "f", None)]
+    journal.record_delete("f")
+    assert summary(take_all(journal)) == [("sync", "f2", None), ("delete", "f", None), ("sync", "f", None)]
+
+
+def test_a_file_deleted_where_a_folder_was_already_scanned_keeps_the_folder_after_the_delete():
+    # symlink b; scan sees b as a new folder b/c; then the event 'b deleted' arrives.
+    journal = make_journal()
+    journal.record_sync("b")
+    journal.record_sync("b/c")
+    journal.record_delete("b")
+    assert summary(take_all(journal)) == [("delete", "b", None), ("sync", "b", None), ("sync", "b/c", None)]
 
 
 def test_delete_does_not_drop_syncs_already_sent():
     journal = make_journal()
     journal.record_sync("d/x")
     take_all(journal)
-    journal.record_delete("d", is_dir=True)
+    journal.record_delete("d")
     assert journal.pending == 2
     assert summary(take_all(journal)) == [("delete", "d", None)]
 
@@ -246,8 +260,8 @@ def test_ready_marker_goes_after_later_deletes_and_renames_under_its_plugin_dire
     journal = make_journal()
     journal.record_sync(MARKER)
     journal.record_sync("cwd/unrelated")
-    journal.record_delete(f"{PLUGIN}/old.py", is_dir=False)
-    journal.record_delete(f"{PLUGIN}/build", is_dir=True)
+    journal.record_delete(f"{PLUGIN}/old.py")
+    journal.record_delete(f"{PLUGIN}/build")
     journal.record_rename(f"{PLUGIN}/a.tmp", f"{PLUGIN}/a")
     journal.record_rename("cwd/staging/lib", f"{PLUGIN}/lib")  # renamed into the plugin directory
     journal.record_sync("cwd/after")
@@ -340,7 +354,7 @@ def test_an_unsent_ready_marker_is_never_followed_by_a_change_under_its_director
         if step[0] == "sync":
             journal.record_sync(step[1])
         elif step[0] == "delete":
-            journal.record_delete(step[1], is_dir=step[2])
+            journal.record_delete(step[1])
         elif step[0] == "rename":
             if is_within(step[2], step[1]):
                 continue  # the kernel refuses to move a directory into itself

@@ -1,0 +1,490 @@
+"""Operator commands against running nodes: `status`, `promote`, `demote` and `switchover`.
+
+Each command asks the nodes' /internal API (with SERVER_KEY) and prints what it saw or did; nothing
+is kept between runs. Exit status: 0 done or healthy, 1 refused, unhealthy or aborted, 2 usage errors
+(raised here as UsageError, a ConfigError, and printed as one line by the CLI).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from daemon.config import ConfigError
+
+REQUEST_TIMEOUT = 3.0
+ROLE_REQUEST_TIMEOUT = 15.0  # the daemon waits up to 10 s for its control loop to take a request
+POLL_INTERVAL = 0.1
+SETTLE_SECONDS = 0.5
+"""Switchover: how long the replica must stay caught up, with no new change, before promotion (a write
+that passed the leader's check just before the drain, or a late watcher event, lands within this)."""
+DEFAULT_MAX_LAG = 10.0
+
+
+class UsageError(ConfigError):
+    """Bad nodes, key or flags: one line and exit status 2."""
+
+
+class Unreachable(Exception):
+    """The node did not answer usefully: connection refused, timed out, or not JSON."""
+
+
+# -- talking to one node -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Client:
+    key: str
+    timeout: float = REQUEST_TIMEOUT
+
+    def call(
+        self, method: str, url: str, path: str, timeout: float | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        """One request to the node's API: (status, JSON body); 401 is a UsageError (wrong key)."""
+        headers = {"Authorization": f"Bearer {self.key}"} if self.key else {}
+        data = b"" if method == "POST" else None
+        request = urllib.request.Request(url + path, data=data, method=method, headers=headers)
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # cluster traffic is direct
+        try:
+            with opener.open(request, timeout=timeout or self.timeout) as resp:
+                status, raw = resp.status, resp.read()
+        except urllib.error.HTTPError as exc:
+            status, raw = exc.code, _read_error_body(exc)
+        except (OSError, http.client.HTTPException) as exc:
+            raise Unreachable(_describe(exc)) from None
+        if status == 401:
+            raise UsageError(f"{url} refused the key (HTTP 401): set SERVER_KEY or --key-file")
+        try:
+            body = json.loads(raw) if raw else {}
+        except ValueError:
+            raise Unreachable(f"answered HTTP {status} without JSON") from None
+        return status, body if isinstance(body, dict) else {"value": body}
+
+
+def _read_error_body(exc: urllib.error.HTTPError) -> bytes:
+    try:
+        return exc.read()
+    except (OSError, http.client.HTTPException):
+        return b""
+
+
+def _describe(exc: BaseException) -> str:
+    reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+    if isinstance(reason, TimeoutError):
+        return "timed out"
+    if isinstance(reason, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(reason, OSError) and reason.strerror:
+        return reason.strerror.lower()
+    return str(reason) or type(reason).__name__
+
+
+def _remaining(deadline: float) -> float:
+    return min(REQUEST_TIMEOUT, max(0.2, deadline - time.monotonic()))
+
+
+# -- status ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class NodeStatus:
+    url: str
+    body: Mapping[str, Any] | None = None
+    error: str | None = None
+
+    @property
+    def reachable(self) -> bool:
+        return self.body is not None
+
+    def get(self, name: str) -> Any:
+        return None if self.body is None else self.body.get(name)
+
+    @property
+    def role(self) -> str | None:
+        return str(self.get("role")) if self.reachable else None
+
+    @property
+    def writable(self) -> bool:
+        return bool(self.get("writable"))
+
+    @property
+    def epoch(self) -> int:
+        return int(self.get("epoch") or 0)
+
+    @property
+    def lag(self) -> float:
+        return float(self.get("lag_seconds") or 0.0)
+
+
+def fetch_status(client: Client, url: str, timeout: float | None = None) -> NodeStatus:
+    try:
+        status, body = client.call("GET", url, "/internal/status", timeout)
+    except Unreachable as exc:
+        return NodeStatus(url, error=str(exc))
+    if status != 200:
+        return NodeStatus(url, error=f"HTTP {status}: {body.get('detail') or body.get('title') or body}")
+    return NodeStatus(url, body)
+
+
+def fetch_all(client: Client, urls: Sequence[str], timeout: float | None = None) -> list[NodeStatus]:
+    """Every node's status, asked in parallel so one hung node costs one timeout, not one each."""
+    with ThreadPoolExecutor(max_workers=len(urls)) as pool:
+        return list(pool.map(lambda url: fetch_status(client, url, timeout), urls))
+
+
+def assess(statuses: Sequence[NodeStatus], max_lag: float) -> str | None:
+    """None when exactly one node leads and accepts writes and every other one follows it closely;
+    otherwise one sentence saying what is wrong."""
+    for node in statuses:
+        if not node.reachable:
+            return f"{node.url} unreachable: {node.error}"
+    leaders = [s for s in statuses if s.role == "master"]
+    writable = [s for s in leaders if s.writable]
+    if len(leaders) > 1:
+        return f"two leaders: {' and '.join(s.url for s in leaders)} both report role master"
+    if not writable:
+        if leaders:
+            return f"no leader: {leaders[0].url} is master but does not accept writes (draining?)"
+        return "no leader: every node is a replica"
+    for node in statuses:
+        if node is writable[0]:
+            continue
+        if node.role != "slave":
+            return f"{node.url} reports role {node.role!r}, not slave"
+        if not node.get("peer_connected"):
+            return f"replica {node.url} disconnected from the leader"
+        if node.lag >= max_lag:
+            return f"replica {node.url} lagging: {node.lag:.1f}s behind (REPLICA_MAX_LAG is {max_lag:g}s)"
+    return None
+
+
+COLUMNS = ("NODE", "ROLE", "EPOCH", "WRITABLE", "LEASE LEFT", "LAG", "PENDING", "PEER", "LAST ERROR")
+
+
+def _row(node: NodeStatus) -> tuple[str, ...]:
+    if not node.reachable:
+        return (node.url, "unreachable", "-", "-", "-", "-", "-", "-", node.error or "")
+    lease = node.get("lease_seconds_left")
+    return (
+        node.url,
+        node.role or "?",
+        str(node.epoch),
+        "yes" if node.writable else "no",
+        "-" if lease is None else f"{float(lease):.1f}s",
+        f"{node.lag:.1f}s",
+        str(node.get("pending_changes") or 0),
+        "connected" if node.get("peer_connected") else "disconnected",
+        str(node.get("last_error") or "-"),
+    )
+
+
+def format_table(statuses: Sequence[NodeStatus]) -> str:
+    rows = [COLUMNS, *(_row(s) for s in statuses)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    lines = ("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) for row in rows)
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def status(client: Client, urls: Sequence[str], max_lag: float, as_json: bool) -> int:
+    statuses = fetch_all(client, urls)
+    problem = assess(statuses, max_lag)
+    if as_json:
+        nodes = [{"url": s.url, "error": s.error, "status": s.body} for s in statuses]
+        print(json.dumps({"healthy": problem is None, "reason": problem, "nodes": nodes}, indent=2))
+        return 0 if problem is None else 1
+    print(format_table(statuses))
+    if problem is not None:
+        print(f"unhealthy: {problem}", file=sys.stderr)
+        return 1
+    leader = next(s for s in statuses if s.writable)
+    print(f"healthy: {leader.url} leads at epoch {leader.epoch}, {len(statuses) - 1} replica(s) in step")
+    return 0
+
+
+# -- promote and demote ---------------------------------------------------------------------------
+def role_request(client: Client, url: str, kind: str, force: bool = False) -> int:
+    path = f"/internal/{kind}" + ("?force=true" if force else "")
+    try:
+        code, body = client.call("POST", url, path, ROLE_REQUEST_TIMEOUT)
+    except Unreachable as exc:
+        print(f"hotstandby {kind}: {url} unreachable: {exc}", file=sys.stderr)
+        return 1
+    if code == 200:
+        print(f"{url}: {body.get('reason')} (now {body.get('role')} at epoch {body.get('epoch')})")
+        return 0
+    detail = body.get("detail") or body.get("title") or f"HTTP {code}"
+    print(f"hotstandby {kind}: {url} refused: {detail}", file=sys.stderr)
+    return 1
+
+
+# -- switchover -----------------------------------------------------------------------------------
+class _Steps:
+    """Prints each step with the time it took since the previous one."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.number = 0
+        self.began = self.mark = time.monotonic()
+
+    def done(self, text: str) -> None:
+        now = time.monotonic()
+        self.number += 1
+        print(f"[{self.number}/{self.total}] {text} ({now - self.mark:.2f}s)", flush=True)
+        self.mark = now
+
+
+def _fail(text: str) -> int:
+    print(f"hotstandby switchover: {text}", file=sys.stderr, flush=True)
+    return 1
+
+
+def switchover(client: Client, urls: Sequence[str], timeout: float, max_lag: float) -> int:
+    """Drain the leader, wait until the replica has everything, promote it, wait for the old leader to
+    follow. Until the promotion nothing is lost by giving up: the leader is undrained and keeps leading."""
+    if len(urls) != 2:
+        return _fail(f"refused: a switchover needs exactly two nodes, got {len(urls)}")
+    steps = _Steps(5)
+    statuses = fetch_all(client, urls)
+    problem = assess(statuses, max_lag)
+    if problem is not None:
+        return _fail(f"refused: the pair is not healthy: {problem}")
+    leader = next(s for s in statuses if s.writable)
+    replica = next(s for s in statuses if s is not leader)
+    if not replica.get("synced"):
+        return _fail(f"refused: replica {replica.url} never completed a full sync")
+    steps.done(f"checked the pair: {leader.url} leads at epoch {leader.epoch}, {replica.url} follows")
+    return _Switch(client, leader, replica, timeout, steps).run()
+
+
+@dataclass
+class _Switch:
+    client: Client
+    leader: NodeStatus
+    replica: NodeStatus
+    timeout: float
+    steps: _Steps
+
+    def run(self) -> int:
+        old, new = self.leader.url, self.replica.url
+        try:
+            code, body = self.client.call("POST", old, "/internal/drain", ROLE_REQUEST_TIMEOUT)
+        except Unreachable as exc:
+            return self.abort(f"draining {old} failed: {exc}")
+        if code != 200:
+            return _fail(f"refused: {old} would not drain: {body.get('detail')}")
+        drained_at = time.monotonic()
+        self.steps.done(f"drained {old}: it refuses writes and answers 503 on /primary")
+        head, why = self.wait_caught_up()
+        if head is None:
+            return self.abort(f"replica {new} did not catch up within {self.timeout:g}s ({why})")
+        self.steps.done(f"{new} acknowledged every change (sequence {head})")
+        epoch, why = self.promote()
+        if epoch is None:
+            return self.abort(f"promoting {new} failed: {why}")
+        promoted_at = time.monotonic()
+        self.steps.done(f"promoted {new} to epoch {epoch}")
+        stuck = self.wait_swapped(epoch)
+        if stuck is not None:
+            return _fail(f"incomplete: {new} leads at epoch {epoch}, but {stuck}")
+        self.steps.done(f"{old} follows at epoch {epoch}; {new} accepts writes")
+        print(
+            f"switchover complete in {time.monotonic() - self.steps.began:.2f}s: {new} leads at epoch"
+            f" {epoch} (was {old} at epoch {self.leader.epoch}); writes were refused for"
+            f" {promoted_at - drained_at:.2f}s"
+        )
+        return 0
+
+    def abort(self, why: str) -> int:
+        old = self.leader.url
+        try:
+            code, body = self.client.call("POST", old, "/internal/undrain", ROLE_REQUEST_TIMEOUT)
+        except Unreachable as exc:
+            code, body = 0, {"detail": str(exc)}
+        if code == 200:
+            return _fail(f"aborted: {why}; leader {old} restored (accepting writes again)")
+        return _fail(
+            f"aborted: {why}; could NOT restore leader {old} ({body.get('detail')}):"
+            f" POST {old}/internal/undrain by hand"
+        )
+
+    def wait_caught_up(self) -> tuple[int | None, str]:
+        """The leader's produced sequence once the replica has acknowledged it all and nothing new came
+        for SETTLE_SECONDS; (None, why) at the deadline."""
+        deadline = time.monotonic() + self.timeout
+        steady_since, steady_head = 0.0, -1
+        while True:
+            head, why = self.lag_check(deadline)
+            now = time.monotonic()
+            if head is None:
+                steady_head = -1
+            elif head != steady_head:
+                steady_since, steady_head = now, head
+            elif now - steady_since >= SETTLE_SECONDS:
+                return head, ""
+            if now >= deadline:
+                return None, why or "still settling"
+            time.sleep(POLL_INTERVAL)
+
+    def lag_check(self, deadline: float) -> tuple[int | None, str]:
+        leader, replica = fetch_all(self.client, [self.leader.url, self.replica.url], _remaining(deadline))
+        if not leader.reachable:
+            return None, f"leader unreachable: {leader.error}"
+        if not replica.reachable:
+            return None, f"replica unreachable: {replica.error}"
+        if replica.role != "slave" or not replica.get("peer_connected"):
+            return None, "replica disconnected"
+        produced = int(leader.get("produced_sequence") or 0)
+        acked = int(leader.get("acknowledged_sequence") or 0)
+        pending = int(leader.get("pending_changes") or 0)
+        if leader.role != "master" or acked != produced or pending:
+            return None, f"{pending} change(s) pending, acknowledged {acked} of {produced}"
+        return produced, ""
+
+    def promote(self) -> tuple[int | None, str]:
+        """The new epoch, or (None, why). A replica that polled the leader just before the drain still
+        believes it writable for one poll: that refusal is retried until the deadline."""
+        deadline = time.monotonic() + self.timeout
+        url = self.replica.url
+        while True:
+            try:
+                code, body = self.client.call("POST", url, "/internal/promote", ROLE_REQUEST_TIMEOUT)
+            except Unreachable as exc:
+                after = fetch_status(self.client, url)  # the answer may be lost while the promotion held
+                if after.role == "master" and after.epoch > self.leader.epoch:
+                    return after.epoch, ""
+                return None, str(exc)
+            if code == 200:
+                return int(body.get("epoch") or 0), ""
+            detail = str(body.get("detail") or f"HTTP {code}")
+            if "still accepts writes" not in detail or time.monotonic() >= deadline:
+                return None, detail
+            time.sleep(POLL_INTERVAL)
+
+    def wait_swapped(self, epoch: int) -> str | None:
+        deadline = time.monotonic() + self.timeout
+        while True:
+            old, new = fetch_all(self.client, [self.leader.url, self.replica.url], _remaining(deadline))
+            if old.role == "slave" and old.epoch == epoch and new.writable and new.epoch == epoch:
+                return None
+            if time.monotonic() >= deadline:
+                shown = old.error or f"role {old.role} at epoch {old.epoch}"
+                writes = "accepts" if new.writable else "refuses"
+                return f"after {self.timeout:g}s {old.url} reports {shown} and {new.url} {writes} writes"
+            time.sleep(POLL_INTERVAL)
+
+
+# -- command line ---------------------------------------------------------------------------------
+def add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--key-file", metavar="FILE", help="read SERVER_KEY from this file (default: env)")
+
+
+def add_nodes(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--nodes",
+        metavar="URL,URL",
+        help="the pair's API URLs (default: env HOTSTANDBY_NODES, else this node and its SYNC_TARGET"
+        " or SYNC_SOURCE)",
+    )
+    parser.add_argument(
+        "--max-lag", type=float, metavar="SECONDS", help="replica lag still healthy (env REPLICA_MAX_LAG, 10)"
+    )
+
+
+def add_arguments(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The operator subcommands, on the `hotstandby` subparsers object."""
+    show = commands.add_parser("status", help="show both nodes; exit 0 only when the pair is healthy")
+    add_nodes(show)
+    show.add_argument("--json", action="store_true", help="print the nodes' status as JSON")
+    add_common(show)
+    promote = commands.add_parser("promote", help="promote the replica at URL")
+    promote.add_argument("url", metavar="URL")
+    promote.add_argument("--force", action="store_true", help="promote even if unsynced or a leader is live")
+    add_common(promote)
+    demote = commands.add_parser("demote", help="demote the leader at URL")
+    demote.add_argument("url", metavar="URL")
+    add_common(demote)
+    switch = commands.add_parser("switchover", help="planned, zero-loss swap of leader and replica")
+    add_nodes(switch)
+    switch.add_argument(
+        "--timeout", type=float, default=30.0, metavar="SECONDS", help="per wait (catch-up, roles); 30"
+    )
+    add_common(switch)
+
+
+COMMANDS = ("status", "promote", "demote", "switchover")
+
+
+def run(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> int:
+    client = Client(_server_key(args.key_file, environ))
+    if args.command in ("promote", "demote"):
+        return role_request(client, _url(args.url, "URL"), args.command, getattr(args, "force", False))
+    urls = node_urls(args.nodes, environ)
+    max_lag = _max_lag(args.max_lag, environ)
+    if args.command == "status":
+        return status(client, urls, max_lag, args.json)
+    if args.timeout <= 0:
+        raise UsageError("--timeout must be a positive number of seconds")
+    return switchover(client, urls, args.timeout, max_lag)
+
+
+def _server_key(key_file: str | None, environ: Mapping[str, str]) -> str:
+    if not key_file:
+        return environ.get("SERVER_KEY", "")
+    try:
+        with open(key_file, encoding="utf-8") as fh:
+            return fh.read().strip()
+    except OSError as exc:
+        raise UsageError(f"--key-file: cannot read {key_file}: {exc.strerror}") from None
+
+
+def node_urls(given: str | None, environ: Mapping[str, str]) -> list[str]:
+    """--nodes, else HOTSTANDBY_NODES, else this node (SERVER_PORT) and its peer; at least two."""
+    source = "--nodes" if given is not None else "HOTSTANDBY_NODES"
+    text = given if given is not None else environ.get("HOTSTANDBY_NODES", "")
+    if not text.strip() and given is None:
+        source = "SYNC_TARGET/SYNC_SOURCE"
+        local = f"http://127.0.0.1:{environ.get('SERVER_PORT', '').strip() or 5002}"
+        text = ",".join([local, environ.get("SYNC_TARGET", "") or environ.get("SYNC_SOURCE", "")])
+    urls: list[str] = []
+    for part in text.split(","):
+        if part.strip() and (url := _url(part, source)) not in urls:
+            urls.append(url)
+    if len(urls) < 2:
+        found = ", ".join(urls) or "none"
+        raise UsageError(
+            f"need the pair's two URLs, {source} gave {found}: use --nodes URL,URL or HOTSTANDBY_NODES"
+        )
+    return urls
+
+
+def _url(text: str, source: str) -> str:
+    url = text.strip().rstrip("/")
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - validates the port
+    except ValueError:
+        raise UsageError(f"{source}: {url!r} has an invalid port") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path or parts.query:
+        raise UsageError(f"{source}: {url!r} is not a node URL like http://host:port")
+    return url
+
+
+def _max_lag(given: float | None, environ: Mapping[str, str]) -> float:
+    if given is not None:
+        value, source = given, "--max-lag"
+    else:
+        text, source = environ.get("REPLICA_MAX_LAG", "").strip(), "REPLICA_MAX_LAG"
+        try:
+            value = float(text) if text else DEFAULT_MAX_LAG
+        except ValueError:
+            raise UsageError(f"REPLICA_MAX_LAG={text!r} is invalid: expected a number of seconds") from None
+    if value <= 0:
+        raise UsageError(f"{source} must be a positive number of seconds")
+    return value
