@@ -168,7 +168,10 @@ _GOALS: dict[str, tuple[str, bool | None]] = {
 def role_request(kind: Request) -> Handler:
     async def handler(request: web.Request) -> web.Response:
         force = request.query.get("force", "").lower() in ("1", "true", "yes")
+        node = request.app[NODE]
         decision = await request.app[CONTROL].request(kind, force=force)
+        if kind == "drain":
+            await node.writes_settled(node.config.sync_write_timeout)  # writes admitted before the drain
         role, draining = _GOALS[kind]
         state = decision.state
         reached = state.role == role and (draining is None or state.draining == draining)
@@ -208,6 +211,8 @@ async def put_file(request: web.Request) -> web.Response:
             "SYNC_MODE=sync needs a connected replica (or SYNC_MODE_FALLBACK=async)",
         )
     body = await request.read()
+    if not node.accepts_writes():  # drained or demoted while the body was arriving
+        raise HTTPProblem(503, "not the primary", f"this node stopped accepting writes (epoch {node.epoch})")
     seq = await node.write_file(path, body)
     sender = node.sender
     if wait and sender is not None:

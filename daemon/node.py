@@ -79,6 +79,8 @@ class Node:
         self.peer_epoch_seen = 0
         """Highest epoch a peer announced to us (its hello or batch while we lead)."""
         self.last_error: str | None = None
+        self._writes_in_flight = 0
+        self._writes_idle = asyncio.Condition()
         self.metrics.track(
             lag=self.lag_seconds,
             pending=lambda: self.journal.pending if self.journal else 0,
@@ -274,7 +276,24 @@ class Node:
             status["synced"] = self.receiver.synced
         return status
 
+    async def writes_settled(self, timeout: float) -> None:
+        """Wait (bounded) until API writes admitted earlier are recorded in the journal."""
+        async with self._writes_idle:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._writes_idle.wait_for(lambda: self._writes_in_flight == 0), timeout
+                )
+
     async def write_file(self, path: str, content: bytes, mode: int = 0o644) -> int:
+        self._writes_in_flight += 1
+        try:
+            return await self._write_file(path, content, mode)
+        finally:
+            self._writes_in_flight -= 1
+            async with self._writes_idle:
+                self._writes_idle.notify_all()
+
+    async def _write_file(self, path: str, content: bytes, mode: int) -> int:
         """Write `path` atomically (temp, fsync, rename); returns the journal sequence to await."""
         journal = self.journal
         if journal is None:
