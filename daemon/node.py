@@ -14,6 +14,7 @@ import datetime as dt
 import errno
 import hashlib
 import os
+import random
 import time
 import uuid
 from dataclasses import dataclass
@@ -43,12 +44,17 @@ log = structlog.get_logger("daemon.node")
 ROLE_NAMES = {"leader": "master", "replica": "slave"}
 
 
+WATCHER_FAILED_RESCAN_INTERVAL = 30.0
+"""While the watcher cannot be trusted, anti-entropy runs at least this often."""
+
+
 @dataclass
 class LeaderParts:
     journal: Journal
     watcher: Watcher
     sender: Sender | None
     sender_task: asyncio.Task[None] | None
+    anti_entropy_task: asyncio.Task[None] | None = None
 
 
 class Node:
@@ -64,6 +70,11 @@ class Node:
         )
         self.is_leader_gauge = Gauge(
             "plugin_sync_is_leader", "1 while this node accepts writes.", registry=self.registry
+        )
+        self.watcher_gauge = Gauge(
+            "plugin_sync_watcher_healthy",
+            "0 while the inotify watcher cannot be trusted (rescans cover it).",
+            registry=self.registry,
         )
         self.epoch_gauge = Gauge(
             "plugin_sync_epoch", "The fencing epoch this node acts under.", registry=self.registry
@@ -91,6 +102,7 @@ class Node:
         self.healthy_gauge.set_function(lambda: float(self.health()[0]))
         self.is_leader_gauge.set_function(lambda: float(self.accepts_writes()))
         self.epoch_gauge.set_function(lambda: float(self.epoch))
+        self.watcher_gauge.set_function(lambda: float(self.watcher_failure() is None))
 
     # -- lifecycle -------------------------------------------------------------------
     def prepare_storage(self) -> None:
@@ -110,6 +122,7 @@ class Node:
             uuid.uuid4().hex, ReadyMarkers(self.config.ready_markers), self.config.journal_max_entries
         )
         watcher = Watcher(self.config.storage_path, journal, self.excluded.matches)
+        watcher.on_loss = journal.request_rescan
         watcher.start(asyncio.get_running_loop())
         sender, task = None, None
         if self.config.peer_url:
@@ -126,6 +139,10 @@ class Node:
             watcher.on_vanished = sender.note_vanished
             task = asyncio.create_task(sender.run(), name="sender")
         self.leader = LeaderParts(journal, watcher, sender, task)
+        if sender is not None:
+            self.leader.anti_entropy_task = asyncio.create_task(
+                self._anti_entropy(journal, watcher), name="anti-entropy"
+            )
         log.info("leading", epoch=epoch, target=self.config.peer_url or None)
 
     async def become_replica(self, epoch: int) -> None:
@@ -153,10 +170,11 @@ class Node:
         if parts is None:
             return
         parts.watcher.stop()
-        if parts.sender_task is not None:
-            parts.sender_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await parts.sender_task
+        for task in (parts.sender_task, parts.anti_entropy_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
 
     def _set_epoch(self, epoch: int) -> None:
         if epoch != self.identity.epoch:
@@ -174,12 +192,26 @@ class Node:
             batch_max_bytes=self.config.batch_max_bytes,
         )
 
+    async def _anti_entropy(self, journal: Journal, watcher: Watcher) -> None:
+        """Every ANTI_ENTROPY_INTERVAL (jittered by +-10%), compare manifests and repair any drift."""
+        await asyncio.sleep(1.0)
+        await watcher.verify_coverage()
+        while True:
+            interval = self.config.anti_entropy_interval
+            if watcher.failure is not None:
+                interval = min(interval, WATCHER_FAILED_RESCAN_INTERVAL)
+            await asyncio.sleep(interval * random.uniform(0.9, 1.1))
+            await watcher.verify_coverage()
+            journal.request_rescan("anti_entropy" if watcher.failure is None else "watcher_failed")
+
     def note_peer_epoch(self, epoch: int) -> None:
         self.peer_epoch_seen = max(self.peer_epoch_seen, epoch)
 
     def check_sender(self) -> None:
-        """Surface a sender task that died instead of letting it vanish."""
+        """Surface a sender task or watcher thread that died instead of letting it vanish."""
         parts = self.leader
+        if parts is not None:
+            parts.watcher.check()
         if parts is None or parts.sender_task is None or not parts.sender_task.done():
             return
         if not parts.sender_task.cancelled() and parts.sender_task.exception() is not None:
@@ -235,16 +267,20 @@ class Node:
     def health(self) -> tuple[bool, str]:
         return storage_writable(self.config.storage_path)
 
+    def watcher_failure(self) -> str | None:
+        return self.leader.watcher.failure if self.leader is not None else None
+
     def health_report(self) -> dict[str, Any]:
         ok, reason = self.health()
+        degraded = self.watcher_failure()
         report: dict[str, Any] = {
-            "status": "healthy" if ok else "unhealthy",
+            "status": ("degraded" if degraded else "healthy") if ok else "unhealthy",
             "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "version": __version__,
             "role": self.role,
         }
-        if reason:
-            report["reason"] = reason
+        if reason or degraded:
+            report["reason"] = reason or degraded
         return report
 
     def status(self) -> dict[str, Any]:

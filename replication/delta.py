@@ -447,7 +447,7 @@ def compute_delta(
     full = index.full
     tail_len = sig.file_size - full * n
     count = sig.block_count
-    order: list[int] = index.order.tolist()
+    order = index.order
     strong = sig.strong
     emit = _Emitter()
 
@@ -531,7 +531,7 @@ def compute_delta(
                     matched(expected, q, n)
                     found = True
                     break
-                for i in order[cand_lo[ci - 1] : cand_hi[ci - 1]]:
+                for i in order[cand_lo[ci - 1] : cand_hi[ci - 1]].tolist():
                     if digest == block_digest(i):
                         matched(i, q, n)
                         found = True

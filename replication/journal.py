@@ -60,6 +60,8 @@ class Journal:
         self.sent_upto = 0
         self.acked = 0
         self.overflowed = False
+        self.rescan_reason: str | None = None
+        """Set when events may have been missed: the sender reconciles by manifest, then clears it."""
         self.changed = asyncio.Event()
 
     # -- recording -------------------------------------------------------------
@@ -83,6 +85,12 @@ class Journal:
         displaced = self._take_unsent(dest)
         self._append(Change(0, "rename", src, dest=dest))
         self._record_again(carried + displaced)
+
+    def request_rescan(self, reason: str) -> None:
+        """Ask for a manifest reconciliation (watcher overflow, watcher failure, anti-entropy)."""
+        if self.rescan_reason is None:
+            self.rescan_reason = reason
+        self.changed.set()
 
     # -- sending ---------------------------------------------------------------
     def take_batch(self, max_ops: int, max_bytes: int, size_of: Callable[[Change], int]) -> list[Change]:

@@ -188,6 +188,9 @@ class Sender:
             if self.journal.overflowed:
                 self.journal.reset()
                 await self.reconcile("journal_overflow")
+            if self.journal.rescan_reason is not None:
+                reason, self.journal.rescan_reason = self.journal.rescan_reason, None
+                await self.reconcile(reason)
             self.journal.changed.clear()
             batch = self.journal.take_batch(
                 self.settings.batch_max_ops, self.settings.batch_max_bytes, self._size_of

@@ -38,6 +38,7 @@ from watchdog.observers.api import BaseObserver
 
 from replication import manifest
 from replication.journal import Journal
+from replication.losses import WatchdogAlarm, watch_shortfall
 from replication.paths import is_temp_name
 
 log = structlog.get_logger("replication.watcher")
@@ -92,19 +93,61 @@ class Watcher:
         self._observer: BaseObserver | None = None
         self._dirty: dict[str, tuple[float, asyncio.TimerHandle]] = {}
         self.on_vanished: Callable[[str], None] = lambda _path: None
+        self.on_loss: Callable[[str], None] = lambda _reason: None
+        """Called on the loop when events may have been lost; the owner rescans."""
+        self.failure: str | None = None
+        """Why the watcher cannot be trusted right now (None while healthy)."""
         self.events_seen = 0
+        self._alarm: WatchdogAlarm | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._alarm = WatchdogAlarm(loop, self._lost)
+        self._alarm.install()
         observer = Observer()
-        observer.schedule(
-            _Handoff(loop, self._on_events), self.root, recursive=True, event_filter=EVENT_FILTER
-        )
-        observer.daemon = True
-        observer.start()
+        try:
+            observer.schedule(
+                _Handoff(loop, self._on_events), self.root, recursive=True, event_filter=EVENT_FILTER
+            )
+            observer.daemon = True
+            observer.start()
+        except OSError as exc:
+            self._fail(f"cannot watch {self.root}: {exc}")
+            return
         self._observer = observer
         log.info("watcher_started", root=self.root)
 
+    def check(self) -> None:
+        """Called periodically: a dead observer or emitter thread means events are being missed."""
+        observer = self._observer
+        if observer is None or self.failure is not None:
+            return
+        dead = not observer.is_alive() or any(not e.is_alive() for e in observer.emitters)
+        if dead:
+            self._fail("the inotify watcher thread stopped (see the log; inotify watches may have run out)")
+
+    async def verify_coverage(self) -> None:
+        """Compare directories with the kernel's count of our watches; a shortfall is a failure."""
+        if self._observer is None or self.failure is not None:
+            return
+        shortfall = await asyncio.to_thread(watch_shortfall, self.root)
+        if shortfall is not None:
+            self._fail(shortfall)
+
+    def _fail(self, reason: str) -> None:
+        self.failure = reason
+        log.error("watcher_failed", reason=reason, root=self.root)
+        self.on_loss("watcher_failed")
+
+    def _lost(self, reason: str) -> None:
+        log.warning("watcher_events_lost", reason=reason, root=self.root)
+        if reason == "inotify_watch_limit":
+            self.failure = "inotify watches ran out (ENOSPC): raise fs.inotify.max_user_watches"
+        self.on_loss(reason)
+
     def stop(self) -> None:
+        if self._alarm is not None:
+            self._alarm.uninstall()
+            self._alarm = None
         for _first, handle in self._dirty.values():
             handle.cancel()
         self._dirty.clear()
