@@ -63,6 +63,11 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
                 extra: dict[str, Any] = {}
                 if isinstance(exc, FencedError):
                     extra["peer_epoch"] = exc.peer_epoch
+                if isinstance(exc, ContainmentError) and exc.symlink_at is not None:
+                    extra["symlink_at"] = exc.symlink_at
+                failed = getattr(exc, "failed_seq", None)
+                if failed is not None:
+                    extra["failed_seq"] = failed
                 applied = getattr(exc, "applied_seq", None)
                 if applied is not None:
                     extra["applied_seq"] = applied

@@ -47,6 +47,7 @@ from replication.errors import ProtocolError
 
 __all__ = [
     "DIGEST_BYTES",
+    "FAILED_MATCH_LIMIT",
     "MAX_BLOCKS",
     "MAX_BLOCK_SIZE",
     "MAX_LITERAL",
@@ -66,10 +67,13 @@ __all__ = [
     "weak_checksum",
 ]
 
-MIN_BLOCK_SIZE = 2 * 1024
-"""Smallest block: below this the 20 bytes of signature per block cost more than they save."""
+MIN_BLOCK_SIZE = 1024
+"""Smallest block a signature may use (block_size_for stays >= 2 KiB - 1: below that the 20 bytes of
+signature per block cost more than they save)."""
 MAX_BLOCK_SIZE = 128 * 1024
 """Largest block (rsync's limit too): a 1-byte change never costs more than this in literals."""
+FAILED_MATCH_LIMIT = 32
+"""Strong-hash mismatches one weak sum may cause before its candidates are rate-limited (compute_delta)."""
 MAX_BLOCKS = 1 << 24
 """Blocks in one signature (320 MiB of signature, 2 TiB of file at MAX_BLOCK_SIZE); larger files go whole."""
 DIGEST_BYTES = 16
@@ -102,16 +106,22 @@ ReadExactly = Callable[[int], bytes]
 
 
 def block_size_for(size: int) -> int:
-    """Block size for a file of `size` bytes: about sqrt(size), a multiple of 8, clamped.
+    """Block size for a file of `size` bytes: about sqrt(size), clamped to [2 KiB, 128 KiB], minus one.
 
     sqrt balances the two costs of a delta: the signature grows as size / block and the
     literal sent for a small change grows as block, so their sum is smallest near
     sqrt(size) (rsync's rule). Both sides agree because the size travels in the signature.
+
+    The size is odd on purpose. A run of n equal bytes v has a = n * v mod 2**16, so with n a
+    multiple of 2**k every v that is a multiple of 2**(16 - k) has the all-zero block's a, and
+    often its b too: at 16 KiB a run of spaces has exactly the weak sum of a run of zeros, at
+    128 KiB a run of any byte does, and every offset inside such a run would cost a strong
+    hash of a whole block. With n odd, runs of different bytes never share a weak sum.
     """
     if size < 0:
         raise ValueError("size must be >= 0")
     rounded = (math.isqrt(size) + 4) // 8 * 8
-    return min(max(rounded, MIN_BLOCK_SIZE), MAX_BLOCK_SIZE)
+    return min(max(rounded, 2 * 1024), MAX_BLOCK_SIZE) - 1
 
 
 def strong_digest(block: bytes | bytearray | memoryview) -> bytes:
@@ -157,9 +167,10 @@ class Signature:
         count = _block_count(self.file_size, self.block_size)
         if count > MAX_BLOCKS:
             raise ValueError(f"{count} blocks exceed the limit of {MAX_BLOCKS}")
-        if self.weak.dtype != np.uint32 or self.weak.shape != (count,):
-            raise ValueError(f"weak sums must be {count} uint32 values")
-        if len(self.strong) != count * DIGEST_BYTES:
+        weak_ok = isinstance(self.weak, np.ndarray) and self.weak.dtype == np.uint32
+        if not weak_ok or self.weak.shape != (count,):
+            raise ValueError(f"weak sums must be an array of {count} uint32 values")
+        if not isinstance(self.strong, bytes) or len(self.strong) != count * DIGEST_BYTES:
             raise ValueError(f"strong digests must be {count * DIGEST_BYTES} bytes")
         # Frozen means frozen: nobody may edit the sums a search index was built from.
         if self.weak.flags.writeable:
@@ -438,6 +449,12 @@ def compute_delta(
     file's short last block is matched where it can still fit: right after the block before
     it (an append) or at the very end of the new file.
 
+    Work stays linear even on data built to defeat the weak sum: once a weak sum has led to
+    FAILED_MATCH_LIMIT strong-hash mismatches, its candidates are hashed at most once per
+    block length. A run of colliding offsets then costs one hash per block instead of one per
+    byte; the price, only in that situation, is that a real match of a block with that weak
+    sum may be skipped (it goes as literal instead: more bytes, never a wrong file).
+
     `tee`, if given, sees every byte of the new file exactly once, in order (a memoryview
     valid only during the call): feed it to a SHA-256 so the whole-file hash the caller
     sends describes exactly the bytes this delta encodes, even if the file is being written.
@@ -465,6 +482,8 @@ def compute_delta(
     cand_lo: list[int] = []
     cand_hi: list[int] = []
     ci = 0
+    failures: dict[int, int] = {}  # strong-hash mismatches per weak sum (keyed by its first slot in order)
+    throttled: dict[int, int] = {}  # weak sum -> next offset at which it is worth a strong hash again
 
     def digest_at(q: int, length: int) -> bytes:
         return strong_digest(view[q - base : q - base + length])
@@ -524,20 +543,26 @@ def compute_delta(
             found = False
             while ci < len(cand_off):
                 q = cand_off[ci]
+                key = cand_lo[ci]  # identifies the weak sum
                 ci += 1
+                if q < throttled.get(key, 0):
+                    continue
                 digest = digest_at(q, n)
                 expected = last + 1
                 if expected < full and digest == block_digest(expected):
                     matched(expected, q, n)
                     found = True
                     break
-                for i in order[cand_lo[ci - 1] : cand_hi[ci - 1]].tolist():
+                for i in order[key : cand_hi[ci - 1]].tolist():
                     if digest == block_digest(i):
                         matched(i, q, n)
                         found = True
                         break
                 if found:
                     break
+                failures[key] = failures.get(key, 0) + 1
+                if failures[key] >= FAILED_MATCH_LIMIT:
+                    throttled[key] = q + n
             if not found:
                 p = cache_hi
         if emit.out:

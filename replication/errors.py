@@ -12,10 +12,17 @@ class ReplicationError(Exception):
 
     applied_seq: int | None = None
     """Set by the receiver: how far the batch got before this error, for the sender to resume."""
+    failed_seq: int | None = None
+    """Set by the receiver: the sequence of the operation that failed."""
 
 
 class ContainmentError(ReplicationError, ValueError):
     """A path would read, write or follow something outside STORAGE_PATH."""
+
+    def __init__(self, message: str, *, symlink_at: str | None = None) -> None:
+        super().__init__(message)
+        self.symlink_at = symlink_at
+        """The folder on the way that is a symlink here, when that was the reason."""
 
 
 class ProtocolError(ReplicationError, ValueError):
@@ -36,6 +43,15 @@ class FencedError(ReplicationError):
 
 class PeerError(ReplicationError, ConnectionError):
     """The peer is unreachable or answered with an error."""
+
+
+class RefusedError(PeerError):
+    """The peer refused a request (4xx); `body` is its problem document."""
+
+    def __init__(self, message: str, *, status: int, body: dict[str, object]) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body
 
 
 class StorageFullError(ReplicationError, OSError):

@@ -86,6 +86,24 @@ class Journal:
         self._append(Change(0, "rename", src, dest=dest))
         self._record_again(carried + displaced)
 
+    def resync_first(self, path: str) -> None:
+        """Send `path` itself again before anything still unsent below it.
+
+        Used when the replica refused a change because a folder on its way is
+        still the symlink it used to be here: the folder must be replaced first.
+        """
+        behind = self._take_unsent(path)
+        self._append(Change(0, "sync", path))
+        self._record_again(behind)
+
+    def discard(self, seq: int) -> Change | None:
+        """Drop one unacknowledged change (the replica refused it for good); the caller decides what next."""
+        if seq not in self._entries:
+            return None
+        change = self._entries[seq]
+        self._drop(seq)
+        return change
+
     def request_rescan(self, reason: str) -> None:
         """Ask for a manifest reconciliation (watcher overflow, watcher failure, anti-entropy)."""
         if self.rescan_reason is None:

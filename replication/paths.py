@@ -91,7 +91,9 @@ class StorageRoot:
             if rel_dir:
                 parts = validate_relpath(rel_dir).split("/")
                 for depth, part in enumerate(parts, start=1):
-                    child, made = self._open_child_dir(fd, part, create=create, rel_dir=rel_dir)
+                    child, made = self._open_child_dir(
+                        fd, part, create=create, rel_dir=rel_dir, at="/".join(parts[:depth])
+                    )
                     if made and created is not None:
                         created.append("/".join(parts[:depth]))
                     os.close(fd)
@@ -113,7 +115,9 @@ class StorageRoot:
         with self.open_dir(parent, create=False) as dir_fd:
             return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
 
-    def _open_child_dir(self, parent_fd: int, name: str, *, create: bool, rel_dir: str) -> tuple[int, bool]:
+    def _open_child_dir(
+        self, parent_fd: int, name: str, *, create: bool, rel_dir: str, at: str
+    ) -> tuple[int, bool]:
         made = False
         for _attempt in range(3):
             try:
@@ -132,7 +136,7 @@ class StorageRoot:
                 st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
                 if stat.S_ISLNK(st.st_mode):
                     raise ContainmentError(
-                        f"refusing to follow symlinked directory {name!r} in {rel_dir!r}"
+                        f"refusing to follow symlinked directory {name!r} in {rel_dir!r}", symlink_at=at
                     ) from exc
                 if not create:
                     raise FileNotFoundError(errno.ENOENT, "not a directory", rel_dir) from exc

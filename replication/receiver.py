@@ -143,7 +143,11 @@ class Receiver:
             if op.seq <= result.applied_seq:
                 await self._skip_content(op, read)
                 continue
-            outcome = await self._applier.apply(op, lambda n: _read(read, n))
+            try:
+                outcome = await self._applier.apply(op, lambda n: _read(read, n))
+            except ReplicationError as exc:
+                exc.failed_seq = op.seq
+                raise
             log.debug("applied", op=op.op, path=op.path, dest=op.dest, seq=op.seq, resend=outcome.resend)
             if outcome.resend:
                 result.resend.append(outcome.resend)

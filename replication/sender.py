@@ -25,7 +25,7 @@ import aiohttp
 import structlog
 
 from replication import manifest
-from replication.errors import FencedError, PeerError
+from replication.errors import FencedError, PeerError, RefusedError
 from replication.journal import Change, Journal
 from replication.metrics import ReplicationMetrics
 from replication.paths import is_within, rebase
@@ -35,6 +35,8 @@ log = structlog.get_logger("replication.sender")
 
 CHUNK = 1024 * 1024
 SENT_INODES_KEPT = 100_000
+MAX_REFUSALS = 3
+"""The same change refused this many times in a row is dropped and repaired by a rescan instead."""
 LINK_PATH = "/internal/replication"
 
 
@@ -107,6 +109,7 @@ class Sender:
         self.on_ack: Callable[[], None] = lambda: None
         self._sent_inodes: OrderedDict[str, int] = OrderedDict()
         self._vanished: OrderedDict[str, None] = OrderedDict()
+        self._refusals = 0
 
     # -- lifecycle ---------------------------------------------------------------
     async def run(self) -> None:
@@ -202,6 +205,47 @@ class Sender:
             await self._send(batch)
 
     async def _send(self, batch: list[Change]) -> None:
+        try:
+            await self._send_once(batch)
+        except RefusedError as exc:
+            if not self._after_refusal(exc):
+                raise
+            return
+        self._refusals = 0
+
+    def _after_refusal(self, exc: RefusedError) -> bool:
+        """Make sure a refused change cannot block replication forever; True when handled at once."""
+        applied = exc.body.get("applied_seq")
+        if isinstance(applied, int):
+            self.journal.rewind(applied)
+        failed = exc.body.get("failed_seq")
+        symlink_at = exc.body.get("symlink_at")
+        if isinstance(symlink_at, str) and symlink_at:
+            if self._is_real_folder(symlink_at):
+                # The replica still has a symlink where we now have a folder: send the folder first.
+                log.info("replica_folder_repaired_first", symlink_at=symlink_at)
+                self.journal.resync_first(symlink_at)
+            elif isinstance(failed, int):
+                # Here too it is no folder: the change concerns a path that cannot exist any more.
+                log.info("change_below_symlink_dropped", change=repr(self.journal.discard(failed)))
+            return True
+        self._refusals += 1
+        if self._refusals >= MAX_REFUSALS and isinstance(failed, int):
+            dropped = self.journal.discard(failed)
+            log.error("change_refused_repeatedly", change=repr(dropped), error=str(exc))
+            self.journal.request_rescan("refused_change")
+            self._refusals = 0
+        return False
+
+    def _is_real_folder(self, path: str) -> bool:
+        try:
+            return self._under_real_folders(path) and stat.S_ISDIR(
+                os.lstat(os.path.join(self.root, path)).st_mode
+            )
+        except OSError:
+            return False
+
+    async def _send_once(self, batch: list[Change]) -> None:
         resend: list[str] = []
         end_seq = batch[-1].seq if batch else self.journal.sent_upto
         answer = await self._call(
@@ -245,6 +289,8 @@ class Sender:
     async def _sync_frames(self, change: Change, resend: list[str]) -> AsyncIterator[bytes]:
         full = os.path.join(self.root, change.path)
         try:
+            if not self._under_real_folders(change.path):
+                raise FileNotFoundError(change.path)  # a folder on the way is a symlink now
             st = os.lstat(full)
         except (FileNotFoundError, NotADirectoryError):
             # Gone since: a delete that follows covers it, and a rename that follows
@@ -307,6 +353,19 @@ class Sender:
         if torn:
             resend.append(change.path)
         yield encode_trailer(FLAG_DISCARD if torn else FLAG_COMPLETE, digest.digest())
+
+    def _under_real_folders(self, path: str) -> bool:
+        """Every folder above `path` is a real directory here (we never read through a symlink)."""
+        parts = path.split("/")[:-1]
+        current = self.root
+        for part in parts:
+            current = os.path.join(current, part)
+            try:
+                if not stat.S_ISDIR(os.lstat(current).st_mode):
+                    return False
+            except OSError:
+                return False
+        return True
 
     def _remember(self, path: str, inode: int) -> None:
         """Which object we last sent for `path` (recent sends only, bounded)."""
@@ -425,7 +484,10 @@ class Sender:
                     raise FencedError(str(body.get("detail", "fenced by the peer")), peer_epoch=peer_epoch)
             if resp.status >= 400 or not isinstance(body, dict):
                 detail = body.get("detail") if isinstance(body, dict) else None
-                raise PeerError(f"{method} {path} answered {resp.status}: {detail or resp.reason}")
+                message = f"{method} {path} answered {resp.status}: {detail or resp.reason}"
+                if 400 <= resp.status < 500 and isinstance(body, dict):
+                    raise RefusedError(message, status=resp.status, body=body)
+                raise PeerError(message)
             return body
 
 

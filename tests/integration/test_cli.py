@@ -21,8 +21,9 @@ import pytest
 )
 def test_bad_configuration_exits_2_naming_the_variable(tmp_path, env: dict[str, str], variable: str) -> None:
     full_env = {**os.environ, "STORAGE_PATH": str(tmp_path / "s"), **env}
-    done = subprocess.run([sys.executable, "-m", "daemon", "serve"], env=full_env, capture_output=True,
-                          text=True, timeout=30)
+    done = subprocess.run(
+        [sys.executable, "-m", "daemon", "serve"], env=full_env, capture_output=True, text=True, timeout=30
+    )
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr

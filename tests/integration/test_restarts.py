@@ -26,8 +26,12 @@ def test_slave_killed_mid_transfer_resumes_without_resending_everything(pair: Pa
     for path in big:
         path.write_bytes(os.urandom(40 * MIB))
     total = 6 * 40 * MIB
-    wait_until(lambda: pair.slave.metric("plugin_sync_bytes_total", {"direction": "received"}) > 90 * MIB,
-               30, interval=0.01, message="part of the big files to arrive")
+    wait_until(
+        lambda: pair.slave.metric("plugin_sync_bytes_total", {"direction": "received"}) > 90 * MIB,
+        30,
+        interval=0.01,
+        message="part of the big files to arrive",
+    )
     pair.slave.stop(signal.SIGKILL)
     pair.slave.start()
     pair.wait_converged(60)
@@ -70,7 +74,9 @@ def test_slave_down_then_back_receives_changes_made_meanwhile(pair: Pair) -> Non
     for i in range(50):
         (root / f"while-down-{i}").write_text(str(i))
     os.unlink(root / "before")
-    wait_until(lambda: not pair.master.status()["peer_connected"], 10, message="the master to see the link down")
+    wait_until(
+        lambda: not pair.master.status()["peer_connected"], 10, message="the master to see the link down"
+    )
     assert pair.master.status()["pending_changes"] > 0
     pair.slave.start()
     pair.wait_converged(20)

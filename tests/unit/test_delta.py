@@ -1,0 +1,567 @@
+"""Delta transfer: every reconstruction is byte-exact, small changes cost small literals,
+and the two wire decoders refuse malformed input with ProtocolError (a ValueError) only."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import os
+import random
+import struct
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from replication import delta
+from replication.delta import (
+    DIGEST_BYTES,
+    MAX_BLOCK_SIZE,
+    MAX_BLOCKS,
+    MAX_LITERAL,
+    MIN_BLOCK_SIZE,
+    Copy,
+    Instruction,
+    Literal,
+    Signature,
+    apply_delta,
+    block_size_for,
+    compute_delta,
+    decode_instructions,
+    encode_instructions,
+    signature_of_fd,
+    signature_of_path,
+    strong_digest,
+    weak_checksum,
+)
+from replication.errors import ProtocolError
+
+MIB = 1 << 20
+FUZZ = settings(
+    max_examples=200,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+
+def rand(n: int, seed: int) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+def fd_with(data: bytes) -> int:
+    """An anonymous temporary file holding `data` (closed by the caller)."""
+    fd, name = tempfile.mkstemp(prefix="delta-test-")
+    os.unlink(name)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+    return fd
+
+
+def delta_of(sig: Signature, new: bytes) -> list[Instruction]:
+    fd = fd_with(new)
+    try:
+        return list(compute_delta(sig, fd))
+    finally:
+        os.close(fd)
+
+
+def rebuild(old_fd: int, instructions: list[Instruction], block_size: int) -> bytes:
+    out_fd = fd_with(b"")
+    try:
+        written = apply_delta(old_fd, instructions, out_fd, block_size)
+        size = os.fstat(out_fd).st_size
+        data = os.pread(out_fd, size, 0)
+    finally:
+        os.close(out_fd)
+    assert written == size == len(data)
+    return data
+
+
+def literal_bytes(instructions: list[Instruction]) -> int:
+    return sum(len(i.data) for i in instructions if isinstance(i, Literal))
+
+
+def roundtrip(old: bytes, new: bytes, block_size: int | None = None) -> list[Instruction]:
+    """Signature of old -> wire -> delta of new -> wire -> apply; asserts the result is new."""
+    old_fd = fd_with(old)
+    try:
+        sig = signature_of_fd(old_fd, block_size)
+        assert Signature.from_bytes(sig.to_bytes()) == sig
+        sig = Signature.from_bytes(sig.to_bytes())
+        instructions = delta_of(sig, new)
+        stream = b"".join(encode_instructions(instructions))
+        decoded = list(decode_instructions(stream, block_count=sig.block_count))
+        assert decoded == instructions
+        assert rebuild(old_fd, decoded, sig.block_size) == new
+        return instructions
+    finally:
+        os.close(old_fd)
+
+
+# --- block size and checksums ---------------------------------------------------------------------------
+
+
+def test_block_size_grows_with_the_file_like_sqrt() -> None:
+    sizes = [0, 1, 1000, 4 * MIB, 16 * MIB, 64 * MIB, 256 * MIB, 1 << 32, 1 << 34, 1 << 40]
+    blocks = [block_size_for(s) for s in sizes]
+    assert blocks == sorted(blocks)
+    assert blocks[0] == 2047 and blocks[-1] == MAX_BLOCK_SIZE - 1
+    assert block_size_for(64 * MIB) > block_size_for(16 * MIB) > block_size_for(4 * MIB)
+    for size, block in zip(sizes, blocks, strict=True):
+        assert block % 2 == 1  # odd: runs of different bytes never share a weak sum
+        assert MIN_BLOCK_SIZE <= block < MAX_BLOCK_SIZE
+        if 2047 < block < MAX_BLOCK_SIZE - 1:
+            assert abs(block - math.sqrt(size)) <= 8
+    with pytest.raises(ValueError):
+        block_size_for(-1)
+
+
+def reference_weak(block: bytes) -> int:
+    a = sum(block) % 65536
+    b = sum((len(block) - j) * x for j, x in enumerate(block)) % 65536
+    return a | b << 16
+
+
+def test_weak_checksum_is_rsyncs_and_the_signature_uses_it() -> None:
+    data = rand(5 * 2048 + 777, seed=1)
+    assert weak_checksum(data[:2048]) == reference_weak(data[:2048])
+    assert weak_checksum(b"\xff" * 70000) == reference_weak(b"\xff" * 70000)
+    sig = roundtrip_signature(data, 2048)
+    assert sig.block_count == 6 and sig.file_size == len(data)
+    for i in range(sig.block_count):
+        block = data[i * 2048 : (i + 1) * 2048]
+        assert int(sig.weak[i]) == reference_weak(block)
+        assert sig.digest(i) == strong_digest(block) == hashlib.sha256(block).digest()[:DIGEST_BYTES]
+
+
+def roundtrip_signature(data: bytes, block_size: int | None = None) -> Signature:
+    fd = fd_with(data)
+    try:
+        os.lseek(fd, 123, os.SEEK_SET)
+        sig = signature_of_fd(fd, block_size)
+        assert os.lseek(fd, 0, os.SEEK_CUR) == 123  # pread: the caller's offset is untouched
+    finally:
+        os.close(fd)
+    assert Signature.from_bytes(sig.to_bytes()) == sig
+    return sig
+
+
+def test_signature_of_path_and_empty_file(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"")
+    sig = signature_of_path(path)
+    assert (sig.block_size, sig.file_size, sig.block_count, sig.strong) == (2047, 0, 0, b"")
+    assert len(sig.to_bytes()) == 20
+    path.write_bytes(rand(3 * MIB + 5, seed=2))
+    assert signature_of_path(path).block_size == block_size_for(3 * MIB + 5)
+
+
+def test_signature_is_immutable_and_validated() -> None:
+    sig = roundtrip_signature(rand(10000, seed=3))
+    with pytest.raises(ValueError):
+        sig.weak[0] = 1
+    with pytest.raises(ValueError):
+        Signature(2048, 10000, np.zeros(4, np.uint32), bytes(5 * DIGEST_BYTES))
+    with pytest.raises(ValueError):
+        Signature(2048, 10000, np.zeros(5, np.uint32), bytes(4 * DIGEST_BYTES))
+    with pytest.raises(ValueError):
+        Signature(100, 0, np.zeros(0, np.uint32), b"")
+    with pytest.raises(ValueError):
+        Signature(2048, 2048 * (MAX_BLOCKS + 1), np.zeros(0, np.uint32), b"")
+    fd = fd_with(b"x")
+    try:
+        with pytest.raises(ValueError):
+            signature_of_fd(fd, MAX_BLOCK_SIZE + 1)
+    finally:
+        os.close(fd)
+
+
+# --- round trips -----------------------------------------------------------------------------------------
+
+BASE = rand(3 * MIB + 1234, seed=10)  # block 2047 (clamped), with a short last block
+BLOCK = block_size_for(len(BASE))
+
+
+def flip(data: bytes, at: int) -> bytes:
+    out = bytearray(data)
+    out[at] ^= 0x5A
+    return bytes(out)
+
+
+CASES: dict[str, tuple[bytes, bytes]] = {
+    "identical": (BASE, BASE),
+    "empty old": (b"", BASE[:100000]),
+    "empty new": (BASE, b""),
+    "both empty": (b"", b""),
+    "new shorter than a block": (BASE, BASE[: BLOCK - 1]),
+    "old shorter than a block": (BASE[:1000], BASE[:1000] + b"more"),
+    "old exactly one block": (BASE[:BLOCK], BASE[:BLOCK] * 3),
+    "one byte changed in the middle": (BASE, flip(BASE, len(BASE) // 2)),
+    "first and last byte changed": (BASE, flip(flip(BASE, 0), len(BASE) - 1)),
+    "1 MiB inserted in the middle": (BASE, BASE[: MIB + 7] + rand(MIB, 11) + BASE[MIB + 7 :]),
+    "inserted at the start": (BASE, b"shifted by seven" + BASE),
+    "deleted at the start": (BASE, BASE[3:]),
+    "appended": (BASE, BASE + b"appended"),
+    "truncated": (BASE, BASE[:-100]),
+    "truncated to whole blocks": (BASE, BASE[: 100 * BLOCK]),
+    "halves swapped": (BASE, BASE[len(BASE) // 2 :] + BASE[: len(BASE) // 2]),
+    "block duplicated": (BASE, BASE[:BLOCK] * 2 + BASE),
+    "unrelated": (BASE, rand(len(BASE), seed=12)),
+    "zeros with a change": (bytes(MIB), bytes(MIB // 2) + b"\x01" + bytes(MIB // 2)),
+    "repetitive text": (b"abc" * 300000, b"abc" * 100000 + b"X" + b"abc" * 200000),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_roundtrip(name: str) -> None:
+    old, new = CASES[name]
+    instructions = roundtrip(old, new)
+    assert literal_bytes(instructions) <= len(new)
+    for ins in instructions:
+        assert not isinstance(ins, Literal) or 1 <= len(ins.data) <= MAX_LITERAL
+
+
+def test_identical_with_short_tail_is_one_copy_run() -> None:
+    instructions = roundtrip(BASE, BASE)
+    assert instructions == [Copy(0, -(-len(BASE) // BLOCK))]
+    assert len(BASE) % BLOCK  # the short last block was matched too
+
+
+@pytest.mark.parametrize(
+    ("name", "most"),
+    [
+        ("one byte changed in the middle", BLOCK),
+        ("first and last byte changed", BLOCK + len(BASE) % BLOCK),
+        ("1 MiB inserted in the middle", MIB + BLOCK),
+        ("inserted at the start", 16),
+        ("deleted at the start", BLOCK),
+        ("appended", 8),
+        ("halves swapped", 2 * BLOCK),
+        ("block duplicated", 0),
+        ("old exactly one block", 0),
+        ("old shorter than a block", 4),
+        ("zeros with a change", BLOCK),
+        ("new shorter than a block", BLOCK - 1),
+        ("empty old", 100000),
+        ("unrelated", len(BASE)),
+    ],
+)
+def test_literal_cost_matches_the_change(name: str, most: int) -> None:
+    old, new = CASES[name]
+    assert literal_bytes(roundtrip(old, new)) <= most
+
+
+def test_shifted_data_is_found_at_shifted_offsets() -> None:
+    old, new = CASES["inserted at the start"]
+    instructions = roundtrip(old, new)
+    assert instructions == [Literal(b"shifted by seven"), Copy(0, -(-len(BASE) // BLOCK))]
+
+
+def test_small_block_size_override_and_many_runs() -> None:
+    old = rand(200 * 2048 + 100, seed=13)
+    new = bytearray(old)
+    for at in range(1000, len(new), 20000):
+        new[at] ^= 1
+    instructions = roundtrip(old, bytes(new), block_size=2048)
+    assert literal_bytes(instructions) <= 21 * 2048
+    assert sum(isinstance(i, Copy) for i in instructions) >= 20
+
+
+@st.composite
+def edited(draw: st.DrawFn) -> tuple[bytes, bytes]:
+    """An old file of up to ~12 blocks of 2 KiB and a new file made of its pieces and new bytes."""
+    seed = draw(st.integers(0, 2**32))
+    low_entropy = draw(st.booleans())
+    size = draw(st.integers(0, 12 * 2048 + 300))
+    old = bytes(random.Random(seed).choice(b"ab") for _ in range(size)) if low_entropy else rand(size, seed)
+    pieces = []
+    for _ in range(draw(st.integers(0, 6))):
+        if draw(st.booleans()) and old:
+            start = draw(st.integers(0, len(old) - 1))
+            pieces.append(old[start : start + draw(st.integers(1, 6000))])
+        else:
+            pieces.append(rand(draw(st.integers(1, 3000)), seed + len(pieces)))
+    return old, b"".join(pieces)
+
+
+@FUZZ
+@given(edited())
+def test_roundtrip_property(case: tuple[bytes, bytes]) -> None:
+    old, new = case
+    roundtrip(old, new, block_size=2048)
+
+
+@pytest.mark.parametrize(("window", "chunk"), [(1000, 700), (8192, 3000), (50000, 10007)])
+@pytest.mark.parametrize(
+    "name", ["one byte changed in the middle", "1 MiB inserted in the middle", "halves swapped"]
+)
+def test_roundtrip_with_tiny_windows(name: str, window: int, chunk: int) -> None:
+    """Matches and literals that straddle window refills and rolling-chunk edges (a window may even be
+    smaller than a block)."""
+    old, new = CASES[name]
+    old, new = old[: 300 * 1024], new[: 300 * 1024]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(delta, "WINDOW_BYTES", window)
+        mp.setattr(delta, "ROLL_CHUNK", chunk)
+        expected = 2048 if name == "one byte changed in the middle" else len(new)
+        assert literal_bytes(roundtrip(old, new, block_size=2048)) <= expected
+
+
+@FUZZ
+@given(edited(), st.integers(500, 9000), st.integers(1, 5000))
+def test_roundtrip_property_tiny_windows(case: tuple[bytes, bytes], window: int, chunk: int) -> None:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(delta, "WINDOW_BYTES", window)
+        mp.setattr(delta, "ROLL_CHUNK", chunk)
+        roundtrip(*case, block_size=2048)
+
+
+def test_weak_sum_collisions_cost_linear_work() -> None:
+    """With an even block size, a run of 0x40 bytes has the all-zero block's weak sum at every
+    offset (2048 * 64 = 0 and 64 * 2048 * 2049 / 2 = 0 mod 2**16): without the rate limit each of
+    those 4 Mi offsets would cost a strong hash of 2 KiB, i.e. minutes."""
+    assert weak_checksum(b"\x40" * 2048) == weak_checksum(bytes(2048)) == 0
+    assert weak_checksum(b"\x40" * 2047) != weak_checksum(bytes(2047))  # what block_size_for's odd sizes buy
+    old = bytes(2048) + rand(20 * 2048, seed=14)
+    new = b"\x40" * (4 * MIB) + bytes(4096) + old
+    start = time.perf_counter()
+    instructions = roundtrip(old, new, block_size=2048)
+    assert time.perf_counter() - start < 5
+    assert literal_bytes(instructions) <= 4 * MIB + 2048
+
+
+def test_tee_sees_every_byte_once() -> None:
+    new = CASES["1 MiB inserted in the middle"][1]
+    old_fd, new_fd = fd_with(BASE), fd_with(new)
+    try:
+        h = hashlib.sha256()
+        for _ in compute_delta(signature_of_fd(old_fd), new_fd, tee=h.update):
+            pass
+    finally:
+        os.close(old_fd)
+        os.close(new_fd)
+    assert h.digest() == hashlib.sha256(new).digest()
+
+
+# --- 64 MiB files ----------------------------------------------------------------------------------------
+
+BIG = 64 * MIB
+
+
+@pytest.fixture(scope="module")
+def big_old(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Signature]]:
+    path = tmp_path_factory.mktemp("delta") / "old"
+    path.write_bytes(rand(BIG, seed=20))
+    sig = signature_of_path(path)
+    yield path, sig
+    path.unlink()
+
+
+def big_roundtrip(old: Path, sig: Signature, new: Path) -> tuple[list[Instruction], int]:
+    fd = os.open(new, os.O_RDONLY)
+    try:
+        instructions = list(compute_delta(sig, fd))
+    finally:
+        os.close(fd)
+    stream = sum(len(chunk) for chunk in encode_instructions(instructions))
+    out = old.with_name("out")
+    old_fd = os.open(old, os.O_RDONLY)
+    out_fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        assert apply_delta(old_fd, instructions, out_fd, sig.block_size) == new.stat().st_size
+    finally:
+        os.close(old_fd)
+        os.close(out_fd)
+    assert hashlib.sha256(out.read_bytes()).digest() == hashlib.sha256(new.read_bytes()).digest()
+    out.unlink()
+    return instructions, stream
+
+
+def test_64mib_one_byte_change_costs_one_block(big_old: tuple[Path, Signature], tmp_path: Path) -> None:
+    old, sig = big_old
+    assert sig.block_size == block_size_for(BIG) == 8191
+    data = bytearray(old.read_bytes())
+    data[BIG // 2 + 4321] ^= 0xFF
+    new = tmp_path / "new"
+    new.write_bytes(data)
+    del data
+    instructions, stream = big_roundtrip(old, sig, new)
+    assert literal_bytes(instructions) < MIB
+    assert literal_bytes(instructions) == sig.block_size
+    assert stream < MIB
+
+
+def test_64mib_identical_is_all_copies(big_old: tuple[Path, Signature]) -> None:
+    old, sig = big_old
+    instructions, stream = big_roundtrip(old, sig, old)
+    assert literal_bytes(instructions) == 0
+    assert instructions == [Copy(0, sig.block_count)]
+    assert stream == 10
+
+
+# --- wire formats ----------------------------------------------------------------------------------------
+
+
+def test_signature_from_bytes_refuses_malformed_headers() -> None:
+    good = roundtrip_signature(rand(10000, seed=30), 2048).to_bytes()
+    header = struct.Struct(">4sBBHIQ")
+    bad = [
+        b"",
+        good[:19],
+        good[:-1],
+        good + b"\0",
+        b"XSig" + good[4:],
+        good[:4] + b"\x02" + good[5:],
+        good[:5] + b"\x20" + good[6:],
+        good[:6] + b"\0\1" + good[8:],
+        header.pack(b"HSig", 1, 16, 0, 1000, 10000) + good[20:],
+        header.pack(b"HSig", 1, 16, 0, MAX_BLOCK_SIZE * 2, 10000) + good[20:],
+        header.pack(b"HSig", 1, 16, 0, 2048, 1 << 63),  # would be 2**52 blocks: refused, not allocated
+        header.pack(b"HSig", 1, 16, 0, 2048, 2048 * MAX_BLOCKS),  # plausible count, blob far too short
+        header.pack(b"HSig", 1, 16, 0, 2048, 5 * 2048 + 1) + good[20:],  # one block more than the blob holds
+    ]
+    for blob in bad:
+        with pytest.raises(ProtocolError):
+            Signature.from_bytes(blob)
+
+
+@FUZZ
+@given(st.binary(max_size=400))
+def test_signature_decoder_fuzz_arbitrary(blob: bytes) -> None:
+    with contextlib.suppress(ValueError):
+        Signature.from_bytes(blob)
+
+
+GOOD_SIG = Signature(2048, 5000, np.array([1, 2, 3], np.uint32), rand(3 * DIGEST_BYTES, seed=31)).to_bytes()
+
+
+@FUZZ
+@given(st.data())
+def test_signature_decoder_fuzz_mutated(data: st.DataObject) -> None:
+    blob = bytearray(GOOD_SIG)
+    for _ in range(data.draw(st.integers(1, 4))):
+        at = data.draw(st.integers(0, len(blob) - 1))
+        blob[at] = data.draw(st.integers(0, 255))
+    blob = blob[: data.draw(st.integers(0, len(blob) + 1))]
+    try:
+        sig = Signature.from_bytes(bytes(blob))
+    except ValueError:
+        return
+    assert sig.to_bytes() == bytes(blob)
+
+
+def test_encode_splits_long_literals_and_batches_copies() -> None:
+    big = rand(2 * MAX_LITERAL + 5, seed=40)
+    instructions: list[Instruction] = [Copy(0, 1), Literal(big), Copy(1, 2), Literal(b""), Literal(b"x")]
+    stream = b"".join(encode_instructions(instructions))
+    decoded = list(decode_instructions(stream, block_count=3))
+    assert decoded == [
+        Copy(0, 1),
+        Literal(big[:MAX_LITERAL]),
+        Literal(big[MAX_LITERAL : 2 * MAX_LITERAL]),
+        Literal(big[2 * MAX_LITERAL :]),
+        Copy(1, 2),
+        Literal(b"x"),
+    ]
+    for bad in (Copy(-1, 1), Copy(0, 0), Copy(2**32 - 1, 2)):
+        with pytest.raises(ValueError):
+            list(encode_instructions([bad]))
+
+
+def test_decode_from_a_read_exactly_callable() -> None:
+    stream = b"".join(encode_instructions([Literal(b"hello"), Copy(3, 4)]))
+    pos = 0
+
+    def read_exactly(n: int) -> bytes:
+        nonlocal pos
+        chunk = stream[pos : pos + n]
+        pos += n
+        return chunk
+
+    assert list(decode_instructions(read_exactly, block_count=7)) == [Literal(b"hello"), Copy(3, 4)]
+    assert pos == len(stream)
+    pos = 0
+    with pytest.raises(ProtocolError):
+        list(decode_instructions(read_exactly, block_count=6))  # copy of block 6 of 6
+    pos = 0
+    truncated = stream[:-1]
+
+    def short_read(n: int) -> bytes:
+        nonlocal pos
+        chunk = truncated[pos : pos + n]
+        pos += n
+        return chunk
+
+    with pytest.raises(ProtocolError):
+        list(decode_instructions(short_read, block_count=7))
+
+
+def test_decode_refuses_malformed_streams() -> None:
+    bad = [
+        b"",
+        b"C",
+        b"C" + struct.pack(">II", 0, 1),  # no end record
+        b"C" + struct.pack(">II", 0, 0) + b"E",
+        b"C" + struct.pack(">II", 9, 2) + b"E",
+        b"C" + struct.pack(">II", 2**32 - 1, 2**32 - 1) + b"E",
+        b"L" + struct.pack(">I", 0) + b"E",
+        b"L" + struct.pack(">I", MAX_LITERAL + 1) + bytes(MAX_LITERAL + 1) + b"E",
+        b"L" + struct.pack(">I", 5) + b"abc",
+        b"L" + struct.pack(">I", 0xFFFFFFFF),
+        b"X",
+        b"EE",
+        b"E" + b"trailing",
+    ]
+    for stream in bad:
+        with pytest.raises(ProtocolError):
+            list(decode_instructions(stream, block_count=10))
+
+
+@FUZZ
+@given(st.binary(max_size=300), st.integers(0, 50))
+def test_instruction_decoder_fuzz_arbitrary(stream: bytes, blocks: int) -> None:
+    with contextlib.suppress(ValueError):
+        for ins in decode_instructions(stream, block_count=blocks):
+            if isinstance(ins, Copy):
+                assert ins.index >= 0 and ins.count >= 1 and ins.index + ins.count <= blocks
+            else:
+                assert 1 <= len(ins.data) <= MAX_LITERAL
+
+
+GOOD_STREAM = b"".join(encode_instructions([Copy(0, 3), Literal(b"abcdefgh"), Copy(5, 2), Literal(b"z")]))
+
+
+@FUZZ
+@given(st.data())
+def test_instruction_decoder_fuzz_mutated(data: st.DataObject) -> None:
+    stream = bytearray(GOOD_STREAM)
+    for _ in range(data.draw(st.integers(1, 3))):
+        at = data.draw(st.integers(0, len(stream) - 1))
+        stream[at] = data.draw(st.integers(0, 255))
+    stream = stream[: data.draw(st.integers(0, len(stream) + 1))]
+    try:
+        decoded = list(decode_instructions(bytes(stream), block_count=8))
+    except ValueError:
+        return
+    assert b"".join(encode_instructions(decoded)) == bytes(stream)
+
+
+def test_apply_refuses_copies_outside_the_old_file() -> None:
+    old_fd = fd_with(rand(5000, seed=50))  # blocks 0, 1 (full) and 2 (904 bytes)
+    try:
+        assert len(rebuild(old_fd, [Copy(1, 2)], 2048)) == 2048 + 904
+        for bad in (Copy(3, 1), Copy(2, 2), Copy(0, 4)):
+            with pytest.raises(ValueError):
+                rebuild(old_fd, [bad], 2048)
+        with pytest.raises(ValueError):
+            rebuild(old_fd, [Copy(0, 1)], 100)
+    finally:
+        os.close(old_fd)
