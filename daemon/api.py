@@ -59,6 +59,7 @@ def build_app(node: Node, control: ControlLoop, plugin_daemon: Poller | None = N
     router.add_post("/internal/replication/batch", replication_batch)
     router.add_get("/internal/replication/manifest", replication_manifest)
     router.add_post("/internal/replication/hashes", replication_hashes)
+    router.add_post("/internal/replication/signatures", replication_signatures)
     return app
 
 
@@ -308,3 +309,11 @@ async def replication_hashes(request: web.Request) -> web.Response:
     if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
         raise HTTPProblem(400, "bad request", "paths must be a list of strings")
     return web.json_response({"hashes": await asyncio.to_thread(receiver.hashes, paths)})
+
+
+async def replication_signatures(request: web.Request) -> web.Response:
+    receiver = _receiver(request, 0)
+    paths = (await _json_object(request)).get("paths")
+    if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths) or len(paths) > 10_000:
+        raise HTTPProblem(400, "bad request", "paths must be a list of at most 10000 strings")
+    return web.json_response({"signatures": await asyncio.to_thread(receiver.signatures, paths)})

@@ -70,6 +70,7 @@ class Config:
     sync_write_timeout: float = 10.0
     control_interval: float = 0.25
     anti_entropy_interval: float = 300.0
+    delta_min_size: int = 1024 * 1024
     liveness_bound: float = 5.0
 
     @property
@@ -203,6 +204,7 @@ class _Reader:
             ),
             sync_write_timeout=self.seconds("SYNC_WRITE_TIMEOUT", 10.0, 0.1, 3600),
             control_interval=self.seconds("CONTROL_INTERVAL", 0.25, 0.01, 10),
+            delta_min_size=self.integer("DELTA_MIN_SIZE", 1024 * 1024, 0, 1 << 40),
             anti_entropy_interval=self.seconds("ANTI_ENTROPY_INTERVAL", 300.0, 1.0, 7 * 86400),
             liveness_bound=self.seconds("LIVENESS_BOUND", 5.0, 0.5, 600),
         )

@@ -190,6 +190,7 @@ class Node:
             heartbeat_interval=self.config.heartbeat_interval,
             batch_max_ops=self.config.batch_max_ops,
             batch_max_bytes=self.config.batch_max_bytes,
+            delta_min_size=self.config.delta_min_size,
         )
 
     async def _anti_entropy(self, journal: Journal, watcher: Watcher) -> None:

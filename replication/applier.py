@@ -17,9 +17,10 @@ import os
 import secrets
 import shutil
 import stat
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
+from replication.delta import Copy, read_instructions
 from replication.errors import ContainmentError, IntegrityError, ProtocolError, StorageFullError
 from replication.paths import TEMP_PREFIX, StorageRoot, is_temp_name, is_within, split_parent
 from replication.protocol import FLAG_DISCARD, TRAILER_BYTES, Operation, decode_trailer
@@ -28,6 +29,8 @@ CHUNK = 1024 * 1024
 FSYNC_IN_THREAD_ABOVE = 4 * 1024 * 1024
 
 ReadExactly = Callable[[int], Awaitable[bytes]]
+Filler = Callable[[int, "hashlib._Hash"], Awaitable[bool]]
+"""Writes the new content to the temp fd, hashing it; False when it cannot be the announced file."""
 
 
 @dataclass
@@ -36,6 +39,8 @@ class ApplyOutcome:
 
     applied: bool = True
     bytes_written: int = 0
+    delta_fallback: bool = False
+    """A delta did not rebuild the announced content; `resend` asks for the whole file."""
     resend: str | None = None
     """A path the sender should send again in full (e.g. a rename whose source is missing here)."""
     discarded: str | None = None
@@ -51,7 +56,7 @@ class Applier:
         if is_temp_name(op.path) or (op.dest is not None and is_temp_name(op.dest)):
             raise ProtocolError(f"names starting with {TEMP_PREFIX!r} are reserved for in-flight files")
         try:
-            if op.op == "put":
+            if op.op in ("put", "delta"):
                 return await self._put(op, read)
             return self._apply_meta(op)
         except OSError as exc:
@@ -87,8 +92,9 @@ class Applier:
     async def _put(self, op: Operation, read: ReadExactly) -> ApplyOutcome:
         """Receive into a temp file, verify, then rename; a refused put leaves no trace, not even folders."""
         created: list[str] = []
+        fill = self._delta_filler(op, read) if op.op == "delta" else _plain_filler(op, read)
         try:
-            outcome = await self._receive_file(op, read, created)
+            outcome = await self._receive_file(op, read, created, fill)
         except BaseException:
             self.root.remove_created(created)
             raise
@@ -96,7 +102,9 @@ class Applier:
             self.root.remove_created(created)
         return outcome
 
-    async def _receive_file(self, op: Operation, read: ReadExactly, created: list[str]) -> ApplyOutcome:
+    async def _receive_file(
+        self, op: Operation, read: ReadExactly, created: list[str], fill: Filler
+    ) -> ApplyOutcome:
         assert op.size is not None and op.mode is not None and op.mtime_ns is not None
         parent, name = split_parent(op.path)
         digest = hashlib.sha256()
@@ -106,16 +114,13 @@ class Applier:
             fd = os.open(temp, flags, 0o600, dir_fd=dir_fd)
             renamed = False
             try:
-                remaining = op.size
-                while remaining:
-                    chunk = await read(min(CHUNK, remaining))
-                    digest.update(chunk)
-                    _write_all(fd, chunk)
-                    remaining -= len(chunk)
+                consistent = await fill(fd, digest)
                 flag, expected = decode_trailer(await read(TRAILER_BYTES))
                 if flag == FLAG_DISCARD:
                     return ApplyOutcome(applied=False, discarded=op.path)
-                if digest.digest() != expected:
+                if not consistent or digest.digest() != expected:
+                    if op.op == "delta":  # our copy was not what the signature said: send it whole
+                        return ApplyOutcome(applied=False, resend=op.path, delta_fallback=True)
                     raise IntegrityError(f"content of {op.path!r} does not match its SHA-256")
                 os.fchmod(fd, stat.S_IMODE(op.mode))
                 if op.size > FSYNC_IN_THREAD_ABOVE:
@@ -134,6 +139,49 @@ class Applier:
         self._dirty_dirs.add(parent)
         self._dirty_dirs.update(created)
         return ApplyOutcome(bytes_written=op.size)
+
+    def _delta_filler(self, op: Operation, read: ReadExactly) -> Filler:
+        """Rebuild the new content from our current copy (the basis) and the sender's instructions."""
+        assert op.size is not None and op.block_size is not None and op.basis_size is not None
+        size, block, basis_size = op.size, op.block_size, op.basis_size
+        block_count = -(-basis_size // block)
+
+        async def fill(fd: int, digest: hashlib._Hash) -> bool:
+            basis = self._open_basis(op.path)
+            written = 0
+
+            def emit(data: bytes) -> None:
+                nonlocal written
+                written += len(data)
+                if written <= size:  # beyond the announced size: keep reading, write nothing
+                    digest.update(data)
+                    _write_all(fd, data)
+
+            try:
+                async for instruction in read_instructions(read, block_count=block_count):
+                    if isinstance(instruction, Copy):
+                        start = instruction.index * block
+                        end = min(start + instruction.count * block, basis_size)
+                        for chunk in _pread_chunks(basis, start, end):
+                            emit(chunk)
+                    else:
+                        emit(instruction.data)
+            finally:
+                if basis is not None:
+                    os.close(basis)
+            return written == size
+
+        return fill
+
+    def _open_basis(self, path: str) -> int | None:
+        try:
+            fd = self.root.open_for_reading(path)
+        except (OSError, ContainmentError):
+            return None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            return None
+        return fd
 
     def _mkdir(self, op: Operation) -> None:
         assert op.mode is not None and op.mtime_ns is not None
@@ -236,6 +284,34 @@ def _temp_name(name: str) -> str:
     """A sibling name for the in-flight copy, within NAME_MAX whatever the encoding of `name`."""
     stem = os.fsdecode(os.fsencode(name)[:200])
     return f"{TEMP_PREFIX}{stem}.{secrets.token_hex(4)}"
+
+
+async def _copy_content(fd: int, digest: hashlib._Hash, read: ReadExactly, size: int) -> bool:
+    remaining = size
+    while remaining:
+        chunk = await read(min(CHUNK, remaining))
+        digest.update(chunk)
+        _write_all(fd, chunk)
+        remaining -= len(chunk)
+    return True
+
+
+def _plain_filler(op: Operation, read: ReadExactly) -> Filler:
+    assert op.size is not None
+    size = op.size
+    return lambda fd, digest: _copy_content(fd, digest, read, size)
+
+
+def _pread_chunks(fd: int | None, start: int, end: int) -> Iterator[bytes]:
+    """The bytes [start, end) of the basis in bounded chunks; fewer if it is shorter or missing
+    (the whole-file hash check then fails and the file is sent whole)."""
+    offset = start
+    while fd is not None and offset < end:
+        chunk = os.pread(fd, min(end - offset, CHUNK), offset)
+        if not chunk:
+            return
+        yield chunk
+        offset += len(chunk)
 
 
 def _write_all(fd: int, data: bytes) -> None:

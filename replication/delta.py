@@ -37,7 +37,7 @@ import hashlib
 import math
 import os
 import struct
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -93,6 +93,7 @@ _LEN = struct.Struct(">I")
 _TAG_COPY = 0x43  # "C"
 _TAG_LITERAL = 0x4C  # "L"
 _TAG_END = 0x45  # "E"
+_TAG_LITERAL_BODY = -1  # parser state: the bytes of a literal whose length was read
 _U32_MAX = 0xFFFFFFFF
 _READ_CHUNK = 8 << 20
 _ENCODE_BATCH = 64 << 10
@@ -626,44 +627,87 @@ class _BytesReader:
         return chunk
 
 
+class InstructionParser:
+    """The instruction stream's grammar without I/O: say how many bytes come next, then feed them.
+
+    `decode_instructions` drives it from bytes or a blocking reader; the replica drives it
+    from the network with `read_instructions`. `block_count` is the number of blocks of the
+    signature the replica sent: a copy outside them is refused. Every malformed input raises
+    ProtocolError; a literal never makes anyone read or allocate more than MAX_LITERAL bytes.
+    """
+
+    def __init__(self, block_count: int) -> None:
+        self.block_count = block_count
+        self.done = False
+        self._want = 1
+        self._tag: int | None = None
+
+    def need(self) -> int:
+        return self._want
+
+    def feed(self, data: bytes) -> Instruction | None:
+        if len(data) != self._want:
+            raise ProtocolError("instruction stream truncated")
+        tag, self._tag = self._tag, None
+        if tag is None:
+            self._read_tag(data[0])
+            return None
+        self._want = 1
+        if tag == _TAG_COPY:
+            index, count = _COPY.unpack(data)
+            if count < 1 or index + count > self.block_count:
+                raise ProtocolError(
+                    f"copy of blocks [{index}, {index + count}) outside [0, {self.block_count})"
+                )
+            return Copy(index, count)
+        if tag == _TAG_LITERAL:
+            (length,) = _LEN.unpack(data)
+            if not 1 <= length <= MAX_LITERAL:
+                raise ProtocolError(f"literal length {length} outside [1, {MAX_LITERAL}]")
+            self._tag, self._want = _TAG_LITERAL_BODY, length
+            return None
+        return Literal(bytes(data))  # _TAG_LITERAL_BODY
+
+    def _read_tag(self, tag: int) -> None:
+        if tag == _TAG_COPY:
+            self._tag, self._want = tag, _COPY.size
+        elif tag == _TAG_LITERAL:
+            self._tag, self._want = tag, _LEN.size
+        elif tag == _TAG_END:
+            self.done, self._want = True, 0
+        else:
+            raise ProtocolError(f"unknown instruction tag {tag:#04x}")
+
+
 def decode_instructions(
     source: bytes | bytearray | memoryview | ReadExactly, *, block_count: int
 ) -> Iterator[Instruction]:
     """Parse an instruction stream, lazily, up to and including its end record.
 
     `source` is the whole stream as bytes (which must then end exactly at the end record) or
-    a `read_exactly(n)` callable. `block_count` is the number of blocks of the signature the
-    replica sent: a copy outside them is refused. Every malformed input raises
-    ProtocolError; a literal never makes us read or allocate more than MAX_LITERAL bytes.
+    a `read_exactly(n)` callable.
     """
     reader: ReadExactly = (
         _BytesReader(source) if isinstance(source, bytes | bytearray | memoryview) else source
     )
+    parser = InstructionParser(block_count)
+    while not parser.done:
+        instruction = parser.feed(reader(parser.need()))
+        if instruction is not None:
+            yield instruction
+    if isinstance(reader, _BytesReader) and reader.pos != len(reader.view):
+        raise ProtocolError("bytes after the end of the instruction stream")
 
-    def read(size: int) -> bytes:
-        chunk = reader(size)
-        if len(chunk) != size:
-            raise ProtocolError("instruction stream truncated")
-        return chunk
 
-    while True:
-        tag = read(1)[0]
-        if tag == _TAG_COPY:
-            index, count = _COPY.unpack(read(_COPY.size))
-            if count < 1 or index + count > block_count:
-                raise ProtocolError(f"copy of blocks [{index}, {index + count}) outside [0, {block_count})")
-            yield Copy(index, count)
-        elif tag == _TAG_LITERAL:
-            (length,) = _LEN.unpack(read(_LEN.size))
-            if not 1 <= length <= MAX_LITERAL:
-                raise ProtocolError(f"literal length {length} outside [1, {MAX_LITERAL}]")
-            yield Literal(read(length))
-        elif tag == _TAG_END:
-            if isinstance(reader, _BytesReader) and reader.pos != len(reader.view):
-                raise ProtocolError("bytes after the end of the instruction stream")
-            return
-        else:
-            raise ProtocolError(f"unknown instruction tag {tag:#04x}")
+async def read_instructions(
+    read: Callable[[int], Awaitable[bytes]], *, block_count: int
+) -> AsyncIterator[Instruction]:
+    """`decode_instructions` for a stream that arrives over the network."""
+    parser = InstructionParser(block_count)
+    while not parser.done:
+        instruction = parser.feed(await read(parser.need()))
+        if instruction is not None:
+            yield instruction
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:

@@ -27,6 +27,11 @@ class ReplicationMetrics:
             ["reason"],
             registry=registry,
         )
+        self.delta_fallbacks = Counter(
+            "plugin_sync_delta_fallbacks",
+            "Deltas whose rebuilt file failed the whole-file hash and were sent whole instead.",
+            registry=registry,
+        )
         self.refused = Counter(
             "plugin_sync_refused_requests",
             "Replication requests refused, by reason.",

@@ -5,6 +5,9 @@
     put      := frame(op=put, size=N) N content bytes, then a 33-byte trailer:
                 1 flag byte (0 = complete, 1 = the source changed while it was
                 read: discard) and the SHA-256 of the N bytes
+    delta    := frame(op=delta, size=N, block_size, basis_size) an instruction
+                stream (see delta.py) against the replica's current copy, then
+                the same trailer, for the N bytes it rebuilds
     end      := frame(op=end, seq=S): the sender considered everything up to S
 
 Operations are idempotent and describe the sender's current state of a path
@@ -23,7 +26,7 @@ from typing import Any, Literal, get_args
 from replication.errors import ProtocolError
 from replication.paths import validate_relpath
 
-OpKind = Literal["put", "mkdir", "symlink", "delete", "rename", "attr", "end"]
+OpKind = Literal["put", "delta", "mkdir", "symlink", "delete", "rename", "attr", "end"]
 OP_KINDS: frozenset[str] = frozenset(get_args(OpKind))
 MAX_HEADER_BYTES = 64 * 1024
 MAX_FILE_BYTES = 1 << 44
@@ -35,6 +38,7 @@ _LEN = struct.Struct(">I")
 
 _REQUIRED: dict[str, tuple[str, ...]] = {
     "put": ("path", "mode", "mtime_ns", "size"),
+    "delta": ("path", "mode", "mtime_ns", "size", "block_size", "basis_size"),
     "mkdir": ("path", "mode", "mtime_ns"),
     "symlink": ("path", "target", "mtime_ns"),
     "delete": ("path",),
@@ -56,6 +60,8 @@ class Operation:
     mtime_ns: int | None = None
     size: int | None = None
     target: str | None = None
+    block_size: int | None = None
+    basis_size: int | None = None
 
     def header(self) -> bytes:
         fields = {k: v for k, v in asdict(self).items() if v is not None and v != ""}
@@ -106,6 +112,8 @@ def decode_header(raw: bytes) -> Operation:
         mtime_ns=_int(data, "mtime_ns", -MAX_MTIME_NS, MAX_MTIME_NS),
         size=_int(data, "size", 0, MAX_FILE_BYTES),
         target=_target(data),
+        block_size=_int(data, "block_size", 1, 1 << 24),
+        basis_size=_int(data, "basis_size", 0, MAX_FILE_BYTES),
     )
 
 

@@ -9,7 +9,9 @@ acknowledged: an acknowledged change survives a crash of the slave.
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +21,7 @@ import structlog
 
 from replication import manifest, statefile
 from replication.applier import Applier, ReadExactly, sweep_temp_files
+from replication.delta import read_instructions, signature_of_fd
 from replication.errors import ContainmentError, FencedError, ProtocolError, ReplicationError
 from replication.metrics import ReplicationMetrics
 from replication.paths import StorageRoot, validate_relpath
@@ -153,6 +156,8 @@ class Receiver:
                 result.resend.append(outcome.resend)
             if outcome.discarded:
                 result.resend.append(outcome.discarded)
+            if outcome.delta_fallback:
+                self._metrics.delta_fallbacks.inc()
             result.operations += 1
             result.bytes += outcome.bytes_written
             self._metrics.operations.labels(op=op.op).inc()
@@ -165,6 +170,13 @@ class Receiver:
                 self._persist()
 
     async def _skip_content(self, op: Operation, read: ReadExactly) -> None:
+        if op.op == "delta" and op.block_size is not None and op.basis_size is not None:
+            async for _ in read_instructions(
+                lambda n: _read(read, n), block_count=-(-op.basis_size // op.block_size)
+            ):
+                pass
+            await _read(read, TRAILER_BYTES)
+            return
         if op.op != "put" or op.size is None:
             return
         remaining = op.size + TRAILER_BYTES
@@ -178,6 +190,22 @@ class Receiver:
     def hashes(self, paths: list[str]) -> dict[str, str | None]:
         """SHA-256 of each path, read through no-follow fds; None where there is no regular file."""
         return {p: self._hash(validate_relpath(p)) for p in paths}
+
+    def signatures(self, paths: list[str]) -> dict[str, str | None]:
+        """Block signatures (base64) of our copies, for the sender's deltas; None where we have no file."""
+        return {p: self._signature(validate_relpath(p)) for p in paths}
+
+    def _signature(self, path: str) -> str | None:
+        try:
+            fd = self._applier.root.open_for_reading(path)
+        except (OSError, ContainmentError):
+            return None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            return base64.b64encode(signature_of_fd(fd).to_bytes()).decode("ascii")
+        finally:
+            os.close(fd)
 
     def _hash(self, path: str) -> str | None:
         try:
