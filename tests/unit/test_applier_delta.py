@@ -6,11 +6,18 @@ import hashlib
 import os
 from pathlib import Path
 
+import pytest
+
 from replication.delta import compute_delta, encode_instructions, signature_of_path
 from replication.protocol import FLAG_COMPLETE, Operation, encode_trailer
-from tests.unit.test_applier import JOURNAL, MTIME, Env, end, env, temp_files, write  # noqa: F401
+from tests.unit.test_applier import MTIME, Env, end, temp_files, write
 
 BLOCK_FILE = 3 * 1024 * 1024
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Env:
+    return Env(tmp_path / "replica")
 
 
 def delta_batch(
