@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.support.cluster import Pair, make_pair, tree_diff  # noqa: E402
+from tests.support.cluster import Pair, make_pair, tree_diff
 
 
 def show_manifest(title: str, root: Path) -> None:
@@ -62,9 +62,11 @@ def run(pair: Pair) -> int:
     differences = tree_diff(pair.master.storage, pair.slave.storage)
     print(f"\ntrees identical: {not differences}")
     print(f"plugin_sync_lag_seconds (master): {pair.master.metric('plugin_sync_lag_seconds')}")
-    print(f"plugin_sync_lag_seconds (slave, since last heartbeat): {pair.slave.metric('plugin_sync_lag_seconds'):.3f}")
+    slave_lag = pair.slave.metric("plugin_sync_lag_seconds")
+    print(f"plugin_sync_lag_seconds (slave, since the last heartbeat): {slave_lag:.3f}")
     status = pair.master.status()
-    print(f"master sequence produced {status['produced_sequence']}, acknowledged {status['acknowledged_sequence']}")
+    produced, acked = status["produced_sequence"], status["acknowledged_sequence"]
+    print(f"master sequence produced {produced}, acknowledged {acked}")
     return 0 if not differences else 1
 
 

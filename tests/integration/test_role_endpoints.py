@@ -50,8 +50,11 @@ def test_replica_check_takes_a_lag_bound_per_call(fast_pair: Pair) -> None:
     assert http("GET", slave.url + "/replica?lag=3600")[0] == 200
     assert http("GET", slave.url + "/replica?lag=soon")[0] == 400
     fast_pair.master.stop()
-    wait_until(lambda: http("GET", slave.url + "/replica")[0] == 503, 10,
-               message="a replica without its leader to fail the check")
+    wait_until(
+        lambda: http("GET", slave.url + "/replica")[0] == 503,
+        10,
+        message="a replica without its leader to fail the check",
+    )
 
 
 def test_liveness_reports_the_control_loop(fast_pair: Pair) -> None:
@@ -95,8 +98,16 @@ def test_primary_requires_the_colocated_plugin_daemon_when_configured(tmp_path: 
 @pytest.mark.parametrize(
     ("env", "variables"),
     [
-        ({"ELECTION": "redis", "REDIS_URL": "redis://127.0.0.1:1", "LEASE_TTL": "3",
-          "LEASE_RENEW_INTERVAL": "2", "ELECTION_TIMEOUT": "1"}, ("LEASE_RENEW_INTERVAL", "LEASE_TTL")),
+        (
+            {
+                "ELECTION": "redis",
+                "REDIS_URL": "redis://127.0.0.1:1",
+                "LEASE_TTL": "3",
+                "LEASE_RENEW_INTERVAL": "2",
+                "ELECTION_TIMEOUT": "1",
+            },
+            ("LEASE_RENEW_INTERVAL", "LEASE_TTL"),
+        ),
         ({"ELECTION": "redis"}, ("REDIS_URL",)),
         ({"ELECTION": "postgres"}, ("DATABASE_URL",)),
         ({"ELECTION": "zookeeper"}, ("ELECTION",)),
@@ -107,8 +118,9 @@ def test_inconsistent_election_settings_exit_2_naming_the_variables(
     tmp_path: Path, env: dict[str, str], variables: tuple[str, ...]
 ) -> None:
     full_env = {**os.environ, "STORAGE_PATH": str(tmp_path / "s"), **env}
-    done = subprocess.run([sys.executable, "-m", "daemon", "serve"], env=full_env, capture_output=True,
-                          text=True, timeout=30)
+    done = subprocess.run(
+        [sys.executable, "-m", "daemon", "serve"], env=full_env, capture_output=True, text=True, timeout=30
+    )
     assert done.returncode == 2, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
     for variable in variables:

@@ -17,6 +17,7 @@ BLOCK_FILE = 3 * 1024 * 1024
 
 @pytest.fixture
 def env(tmp_path: Path) -> Env:
+    (tmp_path / "replica").mkdir()
     return Env(tmp_path / "replica")
 
 
