@@ -30,6 +30,7 @@ from daemon.identity import NodeIdentity
 from daemon.problems import HTTPProblem
 from daemon.roles import RoleState
 from replication.applier import Applier
+from replication.envinit import EnvInitTracker
 from replication.exclude import PathMatcher, ReadyMarkers
 from replication.journal import Journal
 from replication.metrics import ReplicationMetrics
@@ -85,6 +86,11 @@ class Node:
         self.receiver = Receiver(config.storage_path, config.state_path, self.metrics, self.excluded.matches)
         self.receiver.accepting = False
         self.tracker = DivergenceTracker(config.state_path)
+        self.env_init = EnvInitTracker(
+            ReadyMarkers(config.ready_markers),
+            self.metrics.env_init_duration,
+            self.metrics.env_init_in_progress,
+        )
         self.role_state = RoleState(role="replica", epoch=self.identity.epoch, confirmed=False)
         self.leader: LeaderParts | None = None
         self.peer_epoch_seen = 0
@@ -123,6 +129,7 @@ class Node:
         )
         watcher = Watcher(self.config.storage_path, journal, self.excluded.matches)
         watcher.on_loss = journal.request_rescan
+        watcher.env_init = self.env_init
         watcher.start(asyncio.get_running_loop())
         sender, task = None, None
         if self.config.peer_url:

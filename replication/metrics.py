@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from replication.envinit import BUCKETS
 
 
 class ReplicationMetrics:
@@ -36,6 +38,17 @@ class ReplicationMetrics:
             "plugin_sync_refused_requests",
             "Replication requests refused, by reason.",
             ["reason"],
+            registry=registry,
+        )
+        self.env_init_duration = Histogram(
+            "python_env_init_duration_seconds",
+            "From a plugin working directory appearing to its ready marker (.venv/dify/plugin.json).",
+            buckets=BUCKETS,
+            registry=registry,
+        )
+        self.env_init_in_progress = Gauge(
+            "plugin_env_init_in_progress",
+            "Plugin working directories still without their ready marker.",
             registry=registry,
         )
         self.lag = Gauge(

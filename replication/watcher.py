@@ -37,6 +37,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
 from replication import manifest
+from replication.envinit import EnvInitTracker
 from replication.journal import Journal
 from replication.losses import WatchdogAlarm, watch_shortfall
 from replication.paths import is_temp_name
@@ -99,6 +100,7 @@ class Watcher:
         """Why the watcher cannot be trusted right now (None while healthy)."""
         self.events_seen = 0
         self._alarm: WatchdogAlarm | None = None
+        self.env_init: EnvInitTracker | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._alarm = WatchdogAlarm(loop, self._lost)
@@ -198,6 +200,8 @@ class Watcher:
         rel = self._relative(event.src_path)
         if rel is None:
             return
+        if self.env_init is not None:
+            self._track_env_init(event, rel)
         if isinstance(event, (FileClosedEvent, FileAttribEvent, DirAttribEvent)):
             self._settle(rel)
             self.journal.record_sync(rel)
@@ -211,6 +215,15 @@ class Watcher:
             self._settle(rel)
             self.journal.record_delete(rel)
 
+    def _track_env_init(self, event: FileSystemEvent, rel: str) -> None:
+        assert self.env_init is not None
+        if isinstance(event, DirCreatedEvent):
+            self.env_init.directory_appeared(rel)
+        elif isinstance(event, (FileClosedEvent, FileCreatedEvent)):
+            self.env_init.file_written(rel)
+        elif isinstance(event, DirDeletedEvent):
+            self.env_init.removed(rel)
+
     def _moved(self, event: FileSystemEvent) -> None:
         src = self._relative(event.src_path)
         dest = self._relative(event.dest_path)
@@ -222,6 +235,8 @@ class Watcher:
             self.journal.record_delete(src)
         elif dest is not None:
             self.record_tree(dest)
+        if dest is not None and self.env_init is not None:
+            self.env_init.file_written(dest)  # a marker written atomically arrives by rename
 
     def _mark_dirty(self, rel: str) -> None:
         loop = asyncio.get_running_loop()

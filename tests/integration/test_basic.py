@@ -89,3 +89,23 @@ def test_logs_are_json_events_without_secrets(pair: Pair) -> None:
     events = [json.loads(line) for line in lines]
     assert {"starting", "started", "stopping", "stopped"} <= {e["event"] for e in events}
     assert SERVER_KEY not in pair.master.log_path.read_text()
+
+
+def test_a_second_signal_forces_exit_while_draining(pair: Pair) -> None:
+    pair.slave.proc.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]
+    try:
+        for i in range(20):
+            (pair.master.storage / f"pending-{i}").write_bytes(b"x" * 1000)
+        time.sleep(0.5)
+        master = pair.master.proc
+        assert master is not None
+        master.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        assert master.poll() is None, "the first signal drains for a bounded time"
+        forced = time.monotonic()
+        master.send_signal(signal.SIGTERM)
+        code = master.wait(5)
+        assert time.monotonic() - forced < 2
+        assert code != 0
+    finally:
+        pair.slave.proc.send_signal(signal.SIGCONT)  # type: ignore[union-attr]

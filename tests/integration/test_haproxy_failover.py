@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -143,3 +145,55 @@ def test_writes_resume_through_haproxy_after_master_death_without_losing_acknowl
     assert primary(pair.slave) and not primary(pair.master)
     status, _h, _body = http("GET", f"{haproxy.url}/primary")
     assert status == 200
+
+
+@pytest.fixture
+def static_pair_behind_haproxy(tmp_path: Path) -> Iterator[tuple[Pair, RunningHAProxy]]:
+    fast = {"CONTROL_INTERVAL": "0.1", "HEARTBEAT_INTERVAL": "0.3"}
+    port = free_port_on(*HOSTS)
+    pair = make_pair(tmp_path, master_env=dict(fast), slave_env=dict(fast), hosts=HOSTS, port=port)
+    with ExitStack() as stack:
+        stack.callback(pair.stop)
+        pair.start()
+        haproxy = stack.enter_context(running_haproxy(HOSTS[0], HOSTS[1], port))
+        haproxy.wait_for_state({"master": "UP", "standby": "DOWN"}, timeout=10)
+        yield pair, haproxy
+
+
+@pytest.mark.timeout(120)
+def test_planned_switchover_through_haproxy_loses_nothing_and_fails_only_while_draining(
+    static_pair_behind_haproxy: tuple[Pair, RunningHAProxy],
+) -> None:
+    pair, haproxy = static_pair_behind_haproxy
+    wait_until(lambda: pair.slave.status().get("synced", False), 10, message="the slave to be synced")
+    writer = Writer(haproxy.url).start()
+    try:
+        wait_until(lambda: len(writer.acknowledged) >= 30, 15, message="writes through haproxy")
+        started = time.monotonic()
+        done = subprocess.run(
+            [sys.executable, "-m", "daemon", "switchover", "--nodes", f"{pair.master.url},{pair.slave.url}"],
+            env={**os.environ, "SERVER_KEY": SERVER_KEY},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        finished = time.monotonic()
+        assert done.returncode == 0, done.stdout + done.stderr
+        wait_until(
+            lambda: writer.first_success_after(finished) is not None, 10, message="writes after switchover"
+        )
+        time.sleep(1)
+    finally:
+        writer.stop()
+    failures = [t for t, status in writer.outcomes if status != 200]
+    assert all(started <= t <= finished + 3 for t in failures), (
+        "requests failed outside the switchover window"
+    )
+    assert pair.slave.status()["epoch"] == 2 and pair.master.status()["role"] == "slave"
+    wait_until(
+        lambda: haproxy.server_states().get("standby") == "UP", 10, message="haproxy to use the new leader"
+    )
+    pair.wait_converged(20)
+    for path, data in writer.acknowledged.items():
+        assert (pair.slave.storage / path).read_bytes() == data, f"acknowledged write {path} lost"
+    print(f"switchover: {finished - started:.2f}s, {len(failures)} requests refused while draining")

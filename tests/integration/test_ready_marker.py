@@ -44,3 +44,17 @@ def test_ready_marker_arrives_after_every_file_of_its_plugin(pair: Pair) -> None
         watcher.join(5)
     assert seen_with_marker, "the marker never appeared on the slave"
     assert seen_with_marker[0] == {str(f) for f in files}
+
+
+def test_env_init_duration_is_measured_from_folder_to_ready_marker(pair: Pair) -> None:
+    plugin = pair.master.storage / "langgenius" / "openai-0.0.1@0123abcd"
+    plugin.mkdir(parents=True)
+    (plugin / ".venv" / "lib").mkdir(parents=True)
+    time.sleep(1.0)
+    assert pair.master.metric("plugin_env_init_in_progress") == 1
+    (plugin / ".venv" / "dify").mkdir()
+    (plugin / ".venv" / "dify" / "plugin.json").write_text("{}")
+    pair.wait_converged(10)
+    assert pair.master.metric("python_env_init_duration_seconds_count") == 1
+    assert 0.9 <= pair.master.metric("python_env_init_duration_seconds_sum") < 5
+    assert pair.master.metric("plugin_env_init_in_progress") == 0

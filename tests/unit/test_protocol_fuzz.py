@@ -40,6 +40,16 @@ SAMPLE_OPS = {
     "put": Operation(
         seq=7, op="put", path=f"{DIFY_PLUGIN}/main.py", mode=0o644, mtime_ns=1_700_000_000_123_456, size=42
     ),
+    "delta": Operation(
+        seq=8,
+        op="delta",
+        path="big.bin",
+        mode=0o644,
+        mtime_ns=1,
+        size=1 << 28,
+        block_size=16383,
+        basis_size=(1 << 28) - 1,
+    ),
     "mkdir": Operation(seq=1, op="mkdir", path="a/b", mode=0o755, mtime_ns=0),
     "symlink": Operation(seq=2, op="symlink", path="a/link", target="../elsewhere/x", mtime_ns=-5),
     "delete": Operation(seq=3, op="delete", path="a/gone.txt"),
