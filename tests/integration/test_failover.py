@@ -8,78 +8,14 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 
-from tests.support.cluster import SERVER_KEY, Node, Pair, http, make_pair, wait_until
+from tests.support.cluster import Node, Pair, make_pair, wait_until
+from tests.support.ha import FAST, LEASE, PrimarySampler, primary, put
 from tests.support.services import PostgresService, RedisService, running_postgres, running_redis
-
-FAST = {"CONTROL_INTERVAL": "0.1", "HEARTBEAT_INTERVAL": "0.3"}
-LEASE = {
-    **FAST,
-    "LEASE_TTL": "3",
-    "LEASE_RENEW_INTERVAL": "0.8",
-    "ELECTION_TIMEOUT": "0.5",
-    "LEASE_SAFETY_MARGIN": "0.5",
-}
-
-
-def primary(node: Node) -> bool:
-    try:
-        return http("GET", f"{node.url}/primary", timeout=1)[0] == 200
-    except OSError:
-        return False
-
-
-def put(node: Node, path: str, data: bytes, timeout: float = 5) -> int:
-    try:
-        return http(
-            "PUT",
-            f"{node.url}/internal/files/{path}",
-            body=data,
-            timeout=timeout,
-            headers={"Authorization": f"Bearer {SERVER_KEY}"},
-        )[0]
-    except OSError:
-        return 0
-
-
-class PrimarySampler:
-    """Asks both nodes /primary every 100 ms; records any moment where both say yes."""
-
-    def __init__(self, pair: Pair) -> None:
-        self.pair = pair
-        self.both: list[float] = []
-        self.samples = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> PrimarySampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            if primary(self.pair.master) and primary(self.pair.slave):
-                self.both.append(time.monotonic())
-            self.samples += 1
-            time.sleep(0.1)
-
-
-@pytest.fixture
-def static_pair(tmp_path: Path) -> Iterator[Pair]:
-    pair = make_pair(tmp_path, master_env=dict(FAST), slave_env=dict(FAST))
-    try:
-        pair.start()
-        wait_until(lambda: primary(pair.master), 10, message="the master to lead")
-        yield pair
-    finally:
-        pair.stop()
 
 
 def test_promoted_replica_fences_the_old_master_which_rejoins_as_replica(static_pair: Pair) -> None:
@@ -211,122 +147,89 @@ def test_sync_mode_refuses_writes_without_a_replica(tmp_path: Path) -> None:
         master.stop()
 
 
-def _lease_pair(tmp_path: Path, election_env: dict[str, str]) -> Pair:
-    env = {**LEASE, **election_env}
-    return make_pair(tmp_path, master_env=dict(env), slave_env=dict(env))
+Service = RedisService | PostgresService
 
 
 @pytest.fixture(params=["redis", "postgres"])
-def lease_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[dict[str, str], object]]:
-    if request.param == "redis":
-        with running_redis(tmp_path / "redis") as redis:
-            yield {"ELECTION": "redis", "REDIS_URL": redis.url}, redis
-    else:
-        with running_postgres() as postgres:
-            yield {"ELECTION": "postgres", "DATABASE_URL": postgres.dsn}, postgres
-
-
-@pytest.mark.timeout(120)
-def test_lease_failover_after_master_death_and_rejoin(
-    tmp_path: Path, lease_env: tuple[dict[str, str], object]
-) -> None:
-    env, _service = lease_env
-    pair = _lease_pair(tmp_path, env)
-    try:
+def lease_pair(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Pair, Service]]:
+    """A pair electing through a real Redis or PostgreSQL: the master holds the lease, the slave is synced."""
+    with ExitStack() as stack:
+        service: Service
+        if request.param == "redis":
+            service = stack.enter_context(running_redis(tmp_path / "redis"))
+            election = {"ELECTION": "redis", "REDIS_URL": service.url}
+        else:
+            service = stack.enter_context(running_postgres())
+            election = {"ELECTION": "postgres", "DATABASE_URL": service.dsn}
+        env = {**LEASE, **election}
+        pair = make_pair(tmp_path, master_env=dict(env), slave_env=dict(env))
+        stack.callback(pair.stop)
         pair.start()
         wait_until(lambda: primary(pair.master), 10, message="the master to take the lease")
         assert not primary(pair.slave)
-        (pair.master.storage / "data").write_text("replicated")
-        pair.wait_converged(10)
-        wait_until(lambda: pair.slave.status()["synced"], 10, message="the slave to be synced")
-        killed = time.monotonic()
-        pair.master.stop(signal.SIGKILL)
-        wait_until(lambda: primary(pair.slave), 10, message="the slave to take the lease")
-        took = time.monotonic() - killed
-        assert took < 6, f"failover took {took:.1f}s with a 3s lease"
-        epoch = pair.slave.status()["epoch"]
-        with PrimarySampler(pair) as sampler:
-            pair.master.start()
-            wait_until(
-                lambda: pair.master.status()["role"] == "slave", 10, message="the old master to follow"
-            )
-            (pair.slave.storage / "after").write_text("from the new leader")
-            pair.wait_converged(15)
-            time.sleep(1)
-        assert sampler.both == []
-        assert pair.master.status()["epoch"] == epoch
-    finally:
-        pair.stop()
-
-
-@pytest.mark.timeout(120)
-def test_lease_rejoin_keeps_the_old_leaders_divergent_writes(
-    tmp_path: Path, lease_env: tuple[dict[str, str], object]
-) -> None:
-    env, _service = lease_env
-    pair = _lease_pair(tmp_path, env)
-    try:
-        pair.start()
-        wait_until(lambda: primary(pair.master), 10, message="the master to take the lease")
         (pair.master.storage / "shared").write_text("on both")
         pair.wait_converged(10)
         wait_until(lambda: pair.slave.status()["synced"], 10, message="the slave to be synced")
-        time.sleep(2.5)  # the "replicated until" mark: persisted about once a second, used with a 1 s margin
-        pair.slave.stop(signal.SIGKILL)
-        (pair.master.storage / "divergent").write_text("only the old leader has this")
-        time.sleep(0.5)
-        pair.master.stop(signal.SIGKILL)
-        pair.slave.start()
-        wait_until(lambda: primary(pair.slave), 15, message="the slave to take the lease")
+        yield pair, service
+
+
+@pytest.mark.timeout(120)
+def test_lease_failover_after_master_death_and_rejoin(lease_pair: tuple[Pair, Service]) -> None:
+    pair, _service = lease_pair
+    killed = time.monotonic()
+    pair.master.stop(signal.SIGKILL)
+    wait_until(lambda: primary(pair.slave), 10, message="the slave to take the lease")
+    took = time.monotonic() - killed
+    assert took < 6, f"failover took {took:.1f}s with a 3s lease"
+    epoch = pair.slave.status()["epoch"]
+    with PrimarySampler(pair) as sampler:
         pair.master.start()
-        wait_until(lambda: pair.master.status()["role"] == "slave", 15, message="the old leader to follow")
+        wait_until(lambda: pair.master.status()["role"] == "slave", 10, message="the old master to follow")
+        (pair.slave.storage / "after").write_text("from the new leader")
         pair.wait_converged(15)
-        assert not (pair.master.storage / "divergent").exists()
-        code, body = pair.master.call("GET", "/internal/conflicts")
-        assert code == 200
-        assert [c["path"] for c in body["conflicts"]] == ["divergent"], body
-    finally:
-        pair.stop()
+        time.sleep(1)
+    assert sampler.both == []
+    assert pair.master.status()["epoch"] == epoch
 
 
 @pytest.mark.timeout(120)
-def test_frozen_leader_stops_accepting_writes_when_its_lease_ends(
-    tmp_path: Path, lease_env: tuple[dict[str, str], object]
-) -> None:
-    env, _service = lease_env
-    pair = _lease_pair(tmp_path, env)
-    try:
-        pair.start()
-        wait_until(lambda: primary(pair.master), 10, message="the master to take the lease")
-        pair.wait_converged(10)
-        wait_until(lambda: pair.slave.status()["synced"], 10, message="the slave to be synced")
-        pair.master.proc.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]
-        wait_until(lambda: primary(pair.slave), 10, message="the slave to take over")
-        time.sleep(0.5)
-        pair.master.proc.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
-        # On waking, the old leader's lease has ended by its own monotonic clock: no write may succeed.
-        assert put(pair.master, "late-write", b"must be refused", timeout=5) == 503
-        assert not primary(pair.master)
-        wait_until(lambda: pair.master.status()["role"] == "slave", 10, message="the old leader to demote")
-    finally:
-        pair.stop()
+def test_lease_rejoin_keeps_the_old_leaders_divergent_writes(lease_pair: tuple[Pair, Service]) -> None:
+    pair, _service = lease_pair
+    time.sleep(2.5)  # the "replicated until" mark: persisted about once a second, used with a 1 s margin
+    pair.slave.stop(signal.SIGKILL)
+    (pair.master.storage / "divergent").write_text("only the old leader has this")
+    time.sleep(0.5)
+    pair.master.stop(signal.SIGKILL)
+    pair.slave.start()
+    wait_until(lambda: primary(pair.slave), 15, message="the slave to take the lease")
+    pair.master.start()
+    wait_until(lambda: pair.master.status()["role"] == "slave", 15, message="the old leader to follow")
+    pair.wait_converged(15)
+    assert not (pair.master.storage / "divergent").exists()
+    code, body = pair.master.call("GET", "/internal/conflicts")
+    assert code == 200
+    assert [c["path"] for c in body["conflicts"]] == ["divergent"], body
 
 
 @pytest.mark.timeout(120)
-def test_leader_demotes_itself_when_the_election_service_goes_away(
-    tmp_path: Path, lease_env: tuple[dict[str, str], object]
-) -> None:
-    env, service = lease_env
-    assert isinstance(service, (RedisService, PostgresService))
-    pair = _lease_pair(tmp_path, env)
-    try:
-        pair.start()
-        wait_until(lambda: primary(pair.master), 10, message="the master to take the lease")
-        stopped = time.monotonic()
-        service.stop()
-        wait_until(lambda: not primary(pair.master), 5, message="the leader to step down")
-        assert time.monotonic() - stopped < 3, "the leader kept /primary beyond its lease"
-        service.start()
-        wait_until(lambda: primary(pair.master) or primary(pair.slave), 15, message="a leader again")
-    finally:
-        pair.stop()
+def test_frozen_leader_stops_accepting_writes_when_its_lease_ends(lease_pair: tuple[Pair, Service]) -> None:
+    pair, _service = lease_pair
+    pair.master.proc.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]
+    wait_until(lambda: primary(pair.slave), 10, message="the slave to take over")
+    time.sleep(0.5)
+    pair.master.proc.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
+    # On waking, the old leader's lease has ended by its own monotonic clock: no write may succeed.
+    assert put(pair.master, "late-write", b"must be refused", timeout=5) == 503
+    assert not primary(pair.master)
+    wait_until(lambda: pair.master.status()["role"] == "slave", 10, message="the old leader to demote")
+
+
+@pytest.mark.timeout(120)
+def test_leader_demotes_itself_when_the_election_service_goes_away(lease_pair: tuple[Pair, Service]) -> None:
+    pair, service = lease_pair
+    stopped = time.monotonic()
+    service.stop()
+    wait_until(lambda: not primary(pair.master), 5, message="the leader to step down")
+    assert time.monotonic() - stopped < 3, "the leader kept /primary beyond its lease"
+    service.start()
+    wait_until(lambda: primary(pair.master) or primary(pair.slave), 15, message="a leader again")

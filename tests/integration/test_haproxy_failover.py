@@ -14,14 +14,14 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from tests.integration.test_failover import LEASE, PrimarySampler, primary
 from tests.support.cluster import SERVER_KEY, Pair, http, make_pair, wait_until
+from tests.support.ha import LEASE, PrimarySampler, primary
 from tests.support.haproxy import RunningHAProxy, free_port_on, running_haproxy
 from tests.support.services import running_postgres, running_redis
 
@@ -91,11 +91,11 @@ def election_env(
             yield env, env
 
 
-@pytest.fixture
-def pair_behind_haproxy(
-    tmp_path: Path, election_env: tuple[dict[str, str], dict[str, str]]
+@contextmanager
+def behind_haproxy(
+    tmp_path: Path, master_env: dict[str, str], slave_env: dict[str, str]
 ) -> Iterator[tuple[Pair, RunningHAProxy]]:
-    master_env, slave_env = election_env
+    """A pair on two loopback addresses, one port, with a real HAProxy checking /primary in front."""
     port = free_port_on(*HOSTS)
     pair = make_pair(tmp_path, master_env=master_env, slave_env=slave_env, hosts=HOSTS, port=port)
     with ExitStack() as stack:
@@ -103,7 +103,16 @@ def pair_behind_haproxy(
         pair.start()
         haproxy = stack.enter_context(running_haproxy(HOSTS[0], HOSTS[1], port))
         haproxy.wait_for_state({"master": "UP", "standby": "DOWN"}, timeout=10)
+        wait_until(lambda: pair.slave.status().get("synced", False), 10, message="the slave to be synced")
         yield pair, haproxy
+
+
+@pytest.fixture
+def pair_behind_haproxy(
+    tmp_path: Path, election_env: tuple[dict[str, str], dict[str, str]]
+) -> Iterator[tuple[Pair, RunningHAProxy]]:
+    with behind_haproxy(tmp_path, *election_env) as started:
+        yield started
 
 
 @pytest.mark.timeout(180)
@@ -111,7 +120,6 @@ def test_writes_resume_through_haproxy_after_master_death_without_losing_acknowl
     pair_behind_haproxy: tuple[Pair, RunningHAProxy],
 ) -> None:
     pair, haproxy = pair_behind_haproxy
-    wait_until(lambda: pair.slave.status().get("synced", False), 10, message="the slave to be synced")
     writer = Writer(haproxy.url).start()
     try:
         wait_until(lambda: len(writer.acknowledged) >= 30, 15, message="writes through haproxy")
@@ -150,14 +158,8 @@ def test_writes_resume_through_haproxy_after_master_death_without_losing_acknowl
 @pytest.fixture
 def static_pair_behind_haproxy(tmp_path: Path) -> Iterator[tuple[Pair, RunningHAProxy]]:
     fast = {"CONTROL_INTERVAL": "0.1", "HEARTBEAT_INTERVAL": "0.3"}
-    port = free_port_on(*HOSTS)
-    pair = make_pair(tmp_path, master_env=dict(fast), slave_env=dict(fast), hosts=HOSTS, port=port)
-    with ExitStack() as stack:
-        stack.callback(pair.stop)
-        pair.start()
-        haproxy = stack.enter_context(running_haproxy(HOSTS[0], HOSTS[1], port))
-        haproxy.wait_for_state({"master": "UP", "standby": "DOWN"}, timeout=10)
-        yield pair, haproxy
+    with behind_haproxy(tmp_path, dict(fast), dict(fast)) as started:
+        yield started
 
 
 @pytest.mark.timeout(120)
@@ -165,7 +167,6 @@ def test_planned_switchover_through_haproxy_loses_nothing_and_fails_only_while_d
     static_pair_behind_haproxy: tuple[Pair, RunningHAProxy],
 ) -> None:
     pair, haproxy = static_pair_behind_haproxy
-    wait_until(lambda: pair.slave.status().get("synced", False), 10, message="the slave to be synced")
     writer = Writer(haproxy.url).start()
     try:
         wait_until(lambda: len(writer.acknowledged) >= 30, 15, message="writes through haproxy")

@@ -6,29 +6,17 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from tests.integration.test_failover import FAST, primary
-from tests.support.cluster import Node, Pair, free_port, http, make_pair, wait_until
+from tests.support.cluster import Node, Pair, free_port, http, wait_until
+from tests.support.ha import FAST, primary
 
 
-@pytest.fixture
-def fast_pair(tmp_path: Path) -> Iterator[Pair]:
-    pair = make_pair(tmp_path, master_env=dict(FAST), slave_env=dict(FAST))
-    try:
-        pair.start()
-        wait_until(lambda: primary(pair.master), 10, message="the master to lead")
-        yield pair
-    finally:
-        pair.stop()
-
-
-def test_primary_and_replica_answer_get_head_and_options(fast_pair: Pair) -> None:
-    master, slave = fast_pair.master, fast_pair.slave
+def test_primary_and_replica_answer_get_head_and_options(static_pair: Pair) -> None:
+    master, slave = static_pair.master, static_pair.slave
     for path in ("/primary", "/read-write"):
         status, _h, body = http("GET", master.url + path)
         assert status == 200 and b'"epoch"' in body and b'"lease_seconds_left"' in body
@@ -42,14 +30,14 @@ def test_primary_and_replica_answer_get_head_and_options(fast_pair: Pair) -> Non
     assert http("GET", master.url + "/replica")[0] == 503
 
 
-def test_replica_check_takes_a_lag_bound_per_call(fast_pair: Pair) -> None:
-    slave = fast_pair.slave
+def test_replica_check_takes_a_lag_bound_per_call(static_pair: Pair) -> None:
+    slave = static_pair.slave
     wait_until(lambda: http("GET", slave.url + "/replica")[0] == 200, 5, message="the replica check")
     # The slave's lag is the time since the last heartbeat: never below zero, so lag=-1 cannot pass.
     assert http("GET", slave.url + "/replica?lag=-1")[0] == 503
     assert http("GET", slave.url + "/replica?lag=3600")[0] == 200
     assert http("GET", slave.url + "/replica?lag=soon")[0] == 400
-    fast_pair.master.stop()
+    static_pair.master.stop()
     wait_until(
         lambda: http("GET", slave.url + "/replica")[0] == 503,
         10,
@@ -57,8 +45,8 @@ def test_replica_check_takes_a_lag_bound_per_call(fast_pair: Pair) -> None:
     )
 
 
-def test_liveness_reports_the_control_loop(fast_pair: Pair) -> None:
-    status, _h, body = http("GET", fast_pair.master.url + "/liveness")
+def test_liveness_reports_the_control_loop(static_pair: Pair) -> None:
+    status, _h, body = http("GET", static_pair.master.url + "/liveness")
     assert status == 200 and b"control_loop_seconds_since_tick" in body
 
 
