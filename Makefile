@@ -5,16 +5,17 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 # Debian packages the tests and the demo run for real; installed only when missing.
-SYSTEM_PACKAGES := haproxy redis-server postgresql iproute2 rsync lsyncd
-SYSTEM_COMMANDS := haproxy redis-server pg_ctlcluster ip rsync lsyncd
+SYSTEM_PACKAGES := haproxy redis-server postgresql iproute2 rsync lsyncd prometheus docker-compose tini openssh-server
+SYSTEM_COMMANDS := haproxy redis-server pg_ctlcluster ip rsync lsyncd promtool docker-compose tini
 
-.PHONY: install system-deps test lint demo clean
+.PHONY: install system-deps test lint demo up down clean bench
 
 install: system-deps $(STAMP)
 
 system-deps:
 	@missing=""; for c in $(SYSTEM_COMMANDS); do command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
 	ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing="$$missing postgres"; \
+	test -x /usr/sbin/sshd || missing="$$missing sshd"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing system packages (missing:$$missing)"; \
 		if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
@@ -37,8 +38,21 @@ lint: install
 	$(BIN)/ruff format --check daemon replication tests scripts
 	$(BIN)/mypy
 
+# compose/docker-compose.yml without Docker (daemon/compose_runner.py): a network namespace per service
+# (or 127.x.y.n addresses where namespaces are not permitted). `demo` runs a failover and tears down;
+# `up` leaves the services running (state, logs and volumes in compose/.run/) until `down`.
 demo: install
-	$(BIN)/python scripts/demo.py
+	$(BIN)/python -m daemon.compose_runner demo
+
+up: install
+	$(BIN)/python -m daemon.compose_runner up
+
+down: install
+	$(BIN)/python -m daemon.compose_runner down
+
+# Not part of `make test`: hotstandby against lsyncd and rsync (see bench/run.py --help; --quick for a smoke run).
+bench: install
+	$(BIN)/python bench/run.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import os
+import stat
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -23,7 +25,10 @@ from daemon.node import Node
 from daemon.peers import Poller
 from daemon.problems import HTTPProblem, problem, problem_middleware
 from daemon.roles import Request
-from replication.paths import validate_relpath
+from daemon.store.routes import add_store_routes
+from daemon.store.store import PluginStore
+from replication.errors import ContainmentError
+from replication.paths import StorageRoot, validate_relpath
 from replication.receiver import Receiver
 
 NODE = web.AppKey("node", Node)
@@ -32,7 +37,9 @@ PLUGIN_DAEMON = web.AppKey("plugin_daemon", Poller)
 JSON_BODY_LIMIT = 32 * 1024 * 1024
 
 
-def build_app(node: Node, control: ControlLoop, plugin_daemon: Poller | None = None) -> web.Application:
+def build_app(
+    node: Node, control: ControlLoop, plugin_daemon: Poller | None = None, store: PluginStore | None = None
+) -> web.Application:
     app = web.Application(middlewares=[problem_middleware, auth_middleware], client_max_size=JSON_BODY_LIMIT)
     app[NODE] = node
     app[CONTROL] = control
@@ -55,11 +62,14 @@ def build_app(node: Node, control: ControlLoop, plugin_daemon: Poller | None = N
     router.add_post("/internal/undrain", role_request("undrain"))
     router.add_get("/internal/conflicts", conflicts)
     router.add_put("/internal/files/{path:.+}", put_file)
+    router.add_get("/internal/files/{path:.+}", get_file)
     router.add_post("/internal/replication/hello", replication_hello)
     router.add_post("/internal/replication/batch", replication_batch)
     router.add_get("/internal/replication/manifest", replication_manifest)
     router.add_post("/internal/replication/hashes", replication_hashes)
     router.add_post("/internal/replication/signatures", replication_signatures)
+    if store is not None:
+        add_store_routes(app, store)
     return app
 
 
@@ -236,6 +246,28 @@ async def put_file(request: web.Request) -> web.Response:
             "epoch": node.epoch,
         }
     )
+
+
+async def get_file(request: web.Request) -> web.StreamResponse:
+    """Read a file back on any node (the drill checks acknowledged writes with it); never follows links."""
+    node = request.app[NODE]
+    path = validate_relpath(request.match_info["path"])
+    try:
+        fd = StorageRoot(node.config.storage_path).open_for_reading(path)
+    except (OSError, ContainmentError):
+        raise HTTPProblem(404, "not found", f"{path!r} is not a regular file here") from None
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise HTTPProblem(404, "not found", f"{path!r} is not a regular file here")
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        response.content_length = st.st_size
+        await response.prepare(request)
+        if request.method != "HEAD":
+            while chunk := fh.read(256 * 1024):
+                await response.write(chunk)
+        await response.write_eof()
+    return response
 
 
 # -- the replication link (replica side) ---------------------------------------------------

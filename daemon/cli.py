@@ -9,6 +9,8 @@ import sys
 
 from daemon import __version__, ctl, haproxy_config
 from daemon.config import Config, ConfigError
+from daemon.drill import cli as drill_cli
+from daemon.store import preload_cli
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,11 +27,17 @@ def main(argv: list[str] | None = None) -> int:
         "haproxy-config", help="render the HAProxy configuration", description=haproxy_config.DESCRIPTION
     )
     haproxy_config.add_arguments(haproxy)
+    preload_cli.add_arguments(commands)
+    drill_cli.add_arguments(commands)
     args = parser.parse_args(argv)
     if args.command == "manifest":
         return _print_manifest(args.path)
     if args.command == "haproxy-config":
         return haproxy_config.run(args)
+    if args.command == "preload":
+        return preload_cli.main(args)
+    if args.command == "drill":
+        return drill_cli.main(args)
     if args.command in ctl.COMMANDS:
         return _operator_command(args)
     try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 Role = Literal["master", "slave"]
@@ -20,6 +20,8 @@ LogFormat = Literal["json", "console"]
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DEFAULT_STORAGE_PATH = "/app/storage/cwd"
 DEFAULT_READY_MARKERS = ("**/.venv/dify/plugin.json",)
+DEFAULT_MARKETPLACE_URL = "https://marketplace.dify.ai"
+DEFAULT_MAX_PLUGIN_PACKAGE_SIZE = 52_428_800
 
 
 class ConfigError(ValueError):
@@ -72,6 +74,19 @@ class Config:
     anti_entropy_interval: float = 300.0
     delta_min_size: int = 1024 * 1024
     liveness_bound: float = 5.0
+    plugin_storage_root: str = "/app/storage"
+    package_dir: str = "/app/storage/plugin_packages"
+    plugin_dir: str = "/app/storage/plugin"
+    working_path: str = "/app/storage/cwd"
+    quarantine_dir: str = "/app/storage/plugin_quarantine"
+    marketplace_url: str = DEFAULT_MARKETPLACE_URL
+    download_connect_timeout: float = 10.0
+    download_read_timeout: float = 60.0
+    download_retries: int = 3
+    download_backoff: float = 1.0
+    max_plugin_package_size: int = DEFAULT_MAX_PLUGIN_PACKAGE_SIZE
+    verify_interval: float = 3600.0
+    workdir_scan_interval: float = 30.0
 
     @property
     def peer_url(self) -> str:
@@ -84,7 +99,14 @@ class Config:
             value = getattr(self, f.name)
             if f.name == "server_key":
                 value = "***" if value else ""
-            elif f.name in ("sync_target", "sync_source", "redis_url", "database_url", "plugin_daemon_url"):
+            elif f.name in (
+                "sync_target",
+                "sync_source",
+                "redis_url",
+                "database_url",
+                "plugin_daemon_url",
+                "marketplace_url",
+            ):
                 value = _hide_password(value)
             shown.append(f"{f.name}={value!r}")
         return f"Config({', '.join(shown)})"
@@ -207,6 +229,7 @@ class _Reader:
             delta_min_size=self.integer("DELTA_MIN_SIZE", 1024 * 1024, 0, 1 << 40),
             anti_entropy_interval=self.seconds("ANTI_ENTROPY_INTERVAL", 300.0, 1.0, 7 * 86400),
             liveness_bound=self.seconds("LIVENESS_BOUND", 5.0, 0.5, 600),
+            **self._store(storage_path, state_path),
         )
         self._check_election(config)
         if config.role == "master" and config.sync_source:
@@ -216,6 +239,67 @@ class _Reader:
         if "\n" in config.server_key or (config.server_key and len(config.server_key) < 8):
             raise ConfigError("SERVER_KEY must be at least 8 characters on one line")
         return config
+
+    def _store(self, storage_path: str, state_path: str) -> dict[str, Any]:
+        """The plugin store's settings: its folders under the plugin daemon's root, and downloads."""
+        return {
+            **self._store_folders(storage_path, state_path),
+            "marketplace_url": self.url("MARKETPLACE_URL")
+            if "MARKETPLACE_URL" in self.env
+            else DEFAULT_MARKETPLACE_URL,
+            "download_connect_timeout": self.seconds("DOWNLOAD_CONNECT_TIMEOUT", 10.0, 0.1, 600),
+            "download_read_timeout": self.seconds("DOWNLOAD_READ_TIMEOUT", 60.0, 0.1, 3600),
+            "download_retries": self.integer("DOWNLOAD_RETRIES", 3, 0, 20),
+            "download_backoff": self.seconds("DOWNLOAD_BACKOFF", 1.0, 0.0, 60),
+            "max_plugin_package_size": self.integer(
+                "MAX_PLUGIN_PACKAGE_SIZE", DEFAULT_MAX_PLUGIN_PACKAGE_SIZE, 1024, 1 << 34
+            ),
+            "verify_interval": self._interval("VERIFY_INTERVAL", 3600.0),
+            "workdir_scan_interval": self._interval("WORKDIR_SCAN_INTERVAL", 30.0),
+        }
+
+    def _store_folders(self, storage_path: str, state_path: str) -> dict[str, str]:
+        """PLUGIN_STORAGE_ROOT (default: the parent of a STORAGE_PATH named cwd) and four folders in it."""
+        default_root = (
+            os.path.dirname(storage_path) if os.path.basename(storage_path) == "cwd" else storage_path
+        )
+        root = self.path("PLUGIN_STORAGE_ROOT", default_root)
+        folders = {
+            "PACKAGE_DIR": self.path("PACKAGE_DIR", os.path.join(root, "plugin_packages")),
+            "PLUGIN_DIR": self.path("PLUGIN_DIR", os.path.join(root, "plugin")),
+            "WORKING_PATH": self.path("WORKING_PATH", os.path.join(root, "cwd")),
+            "QUARANTINE_DIR": self.path("QUARANTINE_DIR", os.path.join(root, "plugin_quarantine")),
+        }
+        for name, path in folders.items():
+            if path == root or not _is_within(path, root):
+                raise ConfigError(f"{name}={path!r} must be a folder inside PLUGIN_STORAGE_ROOT={root!r}")
+            if _is_within(state_path, path):
+                raise ConfigError(
+                    f"STATE_PATH={state_path!r} is inside {name}={path!r}: keep hotstandby's files out"
+                )
+        names = list(folders)
+        for i, first in enumerate(names):
+            for second in names[i + 1 :]:
+                a, b = folders[first], folders[second]
+                if _is_within(a, b) or _is_within(b, a):
+                    raise ConfigError(
+                        f"{second}={b!r} overlaps {first}={a!r}: the store's folders must be distinct "
+                        "(the quarantine must lie outside every folder the plugin daemon scans)"
+                    )
+        return {
+            "plugin_storage_root": root,
+            "package_dir": folders["PACKAGE_DIR"],
+            "plugin_dir": folders["PLUGIN_DIR"],
+            "working_path": folders["WORKING_PATH"],
+            "quarantine_dir": folders["QUARANTINE_DIR"],
+        }
+
+    def _interval(self, name: str, default: float) -> float:
+        """A period in seconds, or 0 to turn the periodic job off."""
+        value = self.seconds(name, default, 0.0, 7 * 86400)
+        if 0 < value < 1:
+            raise ConfigError(f"{name}={value} is out of range: expected 0 (off) or 1..604800 seconds")
+        return value
 
     @staticmethod
     def _check_election(config: Config) -> None:

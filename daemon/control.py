@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import structlog
@@ -72,6 +72,8 @@ class ControlLoop:
         self._requests: asyncio.Queue[_Pending] = asyncio.Queue()
         self._lease_term = 0
         self._next_lease_call = 0.0
+        self.on_transition: Callable[[str, Decision], Awaitable[None]] = _ignore
+        """Told of every promotion and demotion (the server records them in the catalogue's history)."""
 
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -168,12 +170,14 @@ class ControlLoop:
             if "release_lease" in decision.actions:
                 await self._release()
             await self.node.become_replica(new.epoch)
+            await self.on_transition("demotion", decision)
         elif "become_leader" in decision.actions:
             if lease is not None and lease.kind == "acquired":
                 self._lease_term = lease.term
                 self._next_lease_call = lease.sent_at + self.config.lease_renew_interval
             self.node.role_state = new
             await self.node.become_leader(new.epoch)
+            await self.on_transition("promotion", decision)
         else:
             self.node.role_state = new
             if new.role == "replica" and new.epoch != self.node.identity.epoch:
@@ -216,3 +220,7 @@ class ControlLoop:
         except (ElectionError, TimeoutError) as exc:
             log.warning("lease_release_failed", error=str(exc))
         self._lease_term = 0
+
+
+async def _ignore(kind: str, decision: Decision) -> None:
+    return None

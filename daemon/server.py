@@ -21,6 +21,9 @@ from daemon.control import ControlLoop
 from daemon.election.factory import make_backend
 from daemon.node import Node
 from daemon.peers import Poller
+from daemon.roles import Decision
+from daemon.store.factory import open_store
+from daemon.store.store import PluginStore
 from replication.errors import PeerError
 
 log = structlog.get_logger("daemon.server")
@@ -44,6 +47,7 @@ class Server:
         self.should_exit = asyncio.Event()
         self.force_exit = False
         self._runner: web.AppRunner | None = None
+        self.store: PluginStore | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def serve(self) -> int:
@@ -59,7 +63,9 @@ class Server:
         log.info("starting", config=repr(self.config))
         self.node.prepare_storage()
         await self.control.start()
-        app = build_app(self.node, self.control, self.plugin_daemon)
+        self.store = await open_store(self.config, self.node)
+        self.control.on_transition = self._record_transition
+        app = build_app(self.node, self.control, self.plugin_daemon, self.store)
         self._runner = web.AppRunner(
             app,
             access_log=None,
@@ -111,6 +117,8 @@ class Server:
             await asyncio.wait(self._tasks, timeout=max(0.1, self.config.shutdown_timeout / 4))
         if self._runner is not None:
             await self._runner.cleanup()
+        if self.store is not None:
+            await self.store.close()
         if self.control.backend is not None:
             await self.control.backend.close()
         log.info("stopped", seconds=round(time.monotonic() - started, 3))
@@ -130,6 +138,10 @@ class Server:
                 continue
         if journal.pending:
             log.warning("stopped_with_pending_changes", pending=journal.pending)
+
+    async def _record_transition(self, kind: str, decision: Decision) -> None:
+        if self.store is not None:
+            await self.store.note(kind, epoch=decision.state.epoch, reason=decision.reason)
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(coro, name=name)

@@ -13,6 +13,7 @@ MAX_DIRTY_SECONDS so a long-running writer still replicates.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import threading
 import time
@@ -113,7 +114,13 @@ class Watcher:
             observer.daemon = True
             observer.start()
         except OSError as exc:
-            self._fail(f"cannot watch {self.root}: {exc}")
+            if exc.errno == errno.ENOSPC:
+                self._fail(
+                    f"inotify watches ran out before {self.root} could be watched: "
+                    "raise fs.inotify.max_user_watches; periodic rescans cover it meanwhile"
+                )
+            else:
+                self._fail(f"cannot watch {self.root}: {exc}")
             return
         self._observer = observer
         log.info("watcher_started", root=self.root)

@@ -1,0 +1,665 @@
+"""Run the services of a compose file as plain processes, without Docker.
+
+`make up`, `make down` and `make demo` use this, and so does tests/cluster/. Each selected
+service (default: those of compose/docker-compose.yml enabled by the active profiles) runs once,
+as root, as the process its compose entry describes:
+
+- argv: the service's entrypoint and command; for a service with `build:`, what the compose file
+  leaves out comes from its Dockerfile (ENTRYPOINT, CMD, ENV), and files the Dockerfile copies
+  into /usr/local/bin are linked into a folder on the service's PATH, followed by this
+  virtualenv's bin folder (where `hotstandby` and `python` are) and the system folders;
+- environment: the image's ENV, then env_file and environment, nothing from the caller's;
+- volumes: each named volume is a folder under WORKDIR/volumes/, shared by the services that
+  mount it; bind-mounted folders are used in place; bind-mounted files are copied; secrets are
+  their files (a missing secret file is generated under WORKDIR/secrets/ and reported). Container
+  paths under a mount, in the environment, the argv and the copied files, become host paths;
+- network: one namespace per service with an address on a private bridge and a hosts file naming
+  every service (daemon/netns.py), or where namespaces are not permitted, a 127.a.b.n address
+  each, with service names (`name:port`), 0.0.0.0 and 127.0.0.1 rewritten to addresses;
+- depends_on: started in dependency order, waiting for service_healthy (the healthcheck, run
+  in the service's namespace with its environment) and service_completed_successfully.
+
+Not emulated: `restart:` (nothing restarts a process that exits), `user:` (everything runs as
+the caller), `ports:` (reach services from the client namespace: `exec`), image entrypoints of
+services that are not built here. State (pids, namespaces, addresses) is kept in
+WORKDIR/state.json so that `down` can stop everything from another process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import functools
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from daemon import netns
+from daemon.compose_file import ComposeError, Project, Service, load
+from daemon.sessions import Process, proc_stat
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_FILE = REPO / "compose" / "docker-compose.yml"
+DEFAULT_WORKDIR = REPO / "compose" / ".run"
+STATE_FILE = "state.json"
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+START_TIMEOUT = 60.0
+Printer = Callable[[str], None]
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
+
+
+class RunnerError(RuntimeError):
+    """A service did not start, pass its healthcheck or complete; the message has its log tail."""
+
+
+# --- container paths and names to host paths and addresses ----------------------------------
+
+
+@dataclass(frozen=True)
+class Translator:
+    """One pass over a text: container paths at or under a mount target become host paths; in
+    loopback mode also `service:port` becomes `address:port`, and 0.0.0.0 and 127.0.0.1 (the
+    container itself) become the service's own address."""
+
+    paths: Mapping[str, str] = field(default_factory=dict)
+    hosts: Mapping[str, str] = field(default_factory=dict)
+    own_address: str = ""
+
+    def __call__(self, text: str) -> str:
+        return self._pattern.sub(self._replace, text) if self._pattern is not None else text
+
+    @functools.cached_property
+    def _pattern(self) -> re.Pattern[str] | None:
+        def choice(words: Sequence[str]) -> str:
+            return "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
+
+        parts = []
+        if self.paths:
+            parts.append(rf"(?P<path>(?<![\w./-])(?:{choice(list(self.paths))})(?![\w.-]))")
+        if self.hosts:
+            parts.append(rf"(?P<host>(?<![\w.-])(?:{choice(list(self.hosts))})(?=:\d))")
+        if self.own_address:
+            parts.append(r"(?P<own>(?<![\w.])(?:0\.0\.0\.0|127\.0\.0\.1)(?![\w.]))")
+        return re.compile("|".join(parts)) if parts else None
+
+    def _replace(self, match: re.Match[str]) -> str:
+        if match.lastgroup == "path":
+            return self.paths[match.group(0)]
+        if match.lastgroup == "host":
+            return self.hosts[match.group(0)]
+        return self.own_address
+
+
+# --- the cluster ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Reply:
+    status: int  # 0: no HTTP answer (connection refused, timeout); body holds the error
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class Launch:
+    """How one service is started: argv (before the namespace wrapper), environment, folders."""
+
+    argv: list[str]
+    env: dict[str, str]
+    home: Path
+    log: Path
+    translate: Translator
+
+
+class Cluster:
+    """The selected services of one compose project running as processes under `workdir`."""
+
+    def __init__(
+        self,
+        project: Project,
+        services: list[Service],
+        workdir: Path,
+        *,
+        network_mode: str = "auto",
+        out: Printer = print,
+    ) -> None:
+        self.project = project
+        self.services = {s.name: s for s in services}
+        self.workdir = workdir.resolve()
+        self.network_mode = network_mode
+        self.out = out
+        self.run_id = secrets.token_hex(3)
+        self.network: netns.Network | None = None
+        self.processes: dict[str, Process] = {}
+        self.secret_files: dict[str, Path] = {}
+        self.launches: dict[str, Launch] = {}
+        self.env_file: Path | None = None
+        self.completed: set[str] = set()
+        self.skipped: set[str] = set()
+
+    @classmethod
+    def from_file(
+        cls,
+        compose_file: str | Path = DEFAULT_FILE,
+        workdir: str | Path = DEFAULT_WORKDIR,
+        *,
+        env_file: str | Path | None = None,
+        profiles: tuple[str, ...] = (),
+        services: tuple[str, ...] = (),
+        network_mode: str = "auto",
+        out: Printer = print,
+    ) -> Cluster:
+        project = load(compose_file, env_file=env_file, profiles=profiles)
+        cluster = cls(project, project.selected(services), Path(workdir), network_mode=network_mode, out=out)
+        cluster.env_file = Path(env_file).resolve() if env_file else None
+        return cluster
+
+    # -- bringing it up -------------------------------------------------------------------------
+
+    def up(self) -> None:
+        """Create the network, then start every service in dependency order. On failure whatever
+        was started is left recorded in the state file for `down` (the context manager calls it)."""
+        for sub in ("volumes", "logs", "secrets", "files", "bin", "home"):
+            (self.workdir / sub).mkdir(parents=True, exist_ok=True)
+        self._resolve_secrets()
+        names = list(self.services)
+        aliases = {s.name: (s.hostname,) for s in self.services.values() if s.hostname not in ("", s.name)}
+        self.network, reason = netns.create(self.run_id, names, aliases, self.network_mode)
+        if reason:
+            self.out(f"note: network namespaces are not permitted here ({reason});")
+            self.out("      falling back to distinct 127.x.y.n loopback addresses, same ports")
+        self.save_state()
+        for service in self.services.values():
+            self._wait_for_dependencies(service)
+            if self._needs_root(service):
+                continue
+            self.start(service.name)
+            self.out(f"  started {service.name:<22} {self.network.describe(service.name)}")
+        for service in self.services.values():
+            if service.healthcheck is not None and not self._one_shot(service.name):
+                self.wait_healthy(service.name)
+
+    def _needs_root(self, service: Service) -> bool:
+        """A one-shot service that runs as root (`user: 0:0`) is skipped when the runner is not
+        root: it would fail, and what it prepares (volume ownership) is moot when every service
+        runs as the caller."""
+        if service.user.split(":")[0] not in ("0", "root") or is_root() or not self._one_shot(service.name):
+            return False
+        self.skipped.add(service.name)
+        self.out(f"note: skipped {service.name}: it runs as root (user {service.user}), this runner does not")
+        return True
+
+    def _one_shot(self, name: str) -> bool:
+        """A service others wait on to complete (an init job)."""
+        return any(
+            condition == "service_completed_successfully"
+            for other in self.services.values()
+            for dependency, condition in other.depends_on.items()
+            if dependency == name
+        )
+
+    def _resolve_secrets(self) -> None:
+        for name in sorted({secret for s in self.services.values() for secret, _ in s.secrets}):
+            declared = self.project.secrets[name]
+            if declared.is_file():
+                self.secret_files[name] = declared
+                continue
+            generated = self.workdir / "secrets" / name
+            if not generated.exists():
+                generated.write_text(secrets.token_hex(32) + "\n", encoding="utf-8")
+                generated.chmod(0o600)
+                self.out(f"note: secret {name}: {declared} does not exist; generated {generated}")
+            self.secret_files[name] = generated
+
+    def secret(self, name: str) -> str:
+        return self.secret_files[name].read_text(encoding="utf-8").strip()
+
+    def _wait_for_dependencies(self, service: Service) -> None:
+        for dependency, condition in service.depends_on.items():
+            if condition == "service_healthy":
+                self.wait_healthy(dependency)
+            elif condition == "service_completed_successfully":
+                self.wait_completed(dependency)
+
+    # -- one service ------------------------------------------------------------------------------
+
+    def launch(self, name: str) -> Launch:
+        """The argv, environment and folders of a service (computed once, reused by restarts)."""
+        if name not in self.launches:
+            self.launches[name] = self._plan(self.services[name])
+        return self.launches[name]
+
+    def _plan(self, service: Service) -> Launch:
+        assert self.network is not None
+        translate = self._translator(service)
+        image_env = service.built.env if service.built is not None else {}
+        env = {k: translate(v) for k, v in {**image_env, **service.environment}.items() if k != "PATH"}
+        bin_dir = self.workdir / "bin" / service.name
+        bin_dir.mkdir(parents=True, exist_ok=True)
+        for command, source in (service.built.bin_files if service.built else {}).items():
+            link = bin_dir / command
+            if not link.is_symlink():
+                link.symlink_to(source)
+        home = self.workdir / "home" / service.name
+        home.mkdir(parents=True, exist_ok=True)
+        argv = [translate(word) for word in service.argv]
+        env.update(
+            PATH=os.pathsep.join([str(bin_dir), str(Path(sys.executable).parent), SYSTEM_PATH]),
+            HOSTNAME=service.hostname or service.name,
+            HOME=str(home),
+        )
+        if argv[0] == "tini":  # not PID 1 here: let it reap as a subreaper instead of warning
+            env["TINI_SUBREAPER"] = "1"
+        return Launch(argv, env, home, self.workdir / "logs" / f"{service.name}.log", translate)
+
+    def _translator(self, service: Service) -> Translator:
+        assert self.network is not None
+        paths: dict[str, str] = {}
+        copies: list[tuple[Path, Path]] = []
+        for mount in service.mounts:
+            if mount.volume is not None:
+                host = self.workdir / "volumes" / mount.volume
+                host.mkdir(parents=True, exist_ok=True)
+            elif mount.source is not None and mount.source.is_file():
+                host = self.workdir / "files" / service.name / mount.source.name
+                copies.append((mount.source, host))
+            else:
+                assert mount.source is not None
+                host = mount.source
+            paths[mount.target] = str(host)
+        for secret, target in service.secrets:
+            paths[target] = str(self.secret_files[secret])
+        translator = Translator(paths)
+        if isinstance(self.network, netns.LoopbackNetwork):
+            addresses = self.network.addresses
+            hosts = {name: addresses[name] for name in self.services}
+            hosts.update({s.hostname: addresses[s.name] for s in self.services.values() if s.hostname})
+            translator = Translator(paths, hosts, addresses[service.name])
+        for source, copy in copies:
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            copy.write_text(translator(source.read_text(encoding="utf-8")), encoding="utf-8")
+        return translator
+
+    def start(self, name: str) -> Process:
+        assert self.network is not None
+        if name in self.processes and self.processes[name].alive():
+            raise RunnerError(f"{name} is already running")
+        launch = self.launch(name)
+        with open(launch.log, "ab") as log:
+            popen = subprocess.Popen(
+                self.network.wrap(name, launch.argv),
+                env=launch.env,
+                cwd=launch.home,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        stat = proc_stat(popen.pid)
+        process = Process(popen.pid, stat[2] if stat else 0, popen)
+        self.processes[name] = process
+        self.save_state()
+        return process
+
+    def kill(self, name: str) -> None:
+        self.processes[name].kill()
+
+    def stop(self, name: str, timeout: float = 10.0) -> None:
+        self.processes[name].stop(timeout)
+
+    def running(self, name: str) -> bool:
+        return name in self.processes and self.processes[name].alive()
+
+    def healthy(self, name: str) -> bool:
+        """Run the service's healthcheck once, as Docker would: in its namespace, with its env."""
+        service = self.services[name]
+        check = service.healthcheck
+        if check is None:
+            return self.running(name)
+        assert self.network is not None
+        launch = self.launch(name)
+        argv = [launch.translate(word) for word in check.test]
+        try:
+            done = subprocess.run(
+                self.network.wrap(name, argv),
+                env=launch.env,
+                cwd=launch.home,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=check.timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            return False
+        return done.returncode == 0
+
+    def wait_healthy(self, name: str, timeout: float = START_TIMEOUT) -> float:
+        """Poll the healthcheck every 0.25 s (Docker waits `interval` between checks; a start
+        need not). Returns the seconds waited."""
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            if not self.running(name):
+                raise RunnerError(
+                    f"{name} exited with {self._exit(name)} before it was healthy{self.tail(name)}"
+                )
+            if self.healthy(name):
+                return time.monotonic() - started
+            time.sleep(0.25)
+        raise RunnerError(f"{name} was not healthy within {timeout:g}s{self.tail(name)}")
+
+    def wait_completed(self, name: str, timeout: float = START_TIMEOUT) -> None:
+        if name in self.skipped:
+            return
+        process = self.processes[name]
+        deadline = time.monotonic() + timeout
+        while process.alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        code = self._exit(name)
+        if code != 0:
+            raise RunnerError(f"{name} did not complete successfully (exit {code}){self.tail(name)}")
+        if name not in self.completed:
+            self.completed.add(name)
+            self.out(f"  {name} completed")
+
+    def _exit(self, name: str) -> int | None:
+        process = self.processes[name]
+        if process.popen is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.popen.wait(1.0)
+        return process.exit_code()
+
+    def tail(self, name: str, lines: int = 30) -> str:
+        try:
+            text = self.launch(name).log.read_text(errors="replace")
+        except OSError:
+            return ""
+        return f"\n--- last lines of {name}'s log\n" + "\n".join(text.splitlines()[-lines:])
+
+    # -- talking to it ------------------------------------------------------------------------------
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 10.0,
+    ) -> Reply:
+        """An HTTP request from the client host: its own namespace, where service names resolve;
+        in loopback mode, from here, with the service name replaced by its address."""
+        assert self.network is not None
+        query = {
+            "method": method,
+            "url": url,
+            "body": base64.b64encode(body).decode() if body is not None else None,
+            "headers": dict(headers or {}),
+            "timeout": timeout,
+        }
+        if isinstance(self.network, netns.LoopbackNetwork):  # no hosts file: use the address
+            query["url"] = Translator(hosts=self.network.addresses)(url)
+        argv = self.network.wrap(netns.CLIENT, [sys.executable, "-I", "-c", _CLIENT])
+        done = subprocess.run(
+            argv,
+            input=json.dumps(query).encode(),
+            capture_output=True,
+            timeout=timeout + 10,
+            env={"PATH": SYSTEM_PATH},
+            check=False,
+        )
+        if done.returncode != 0:
+            return Reply(0, done.stderr)
+        answer = json.loads(done.stdout)
+        return Reply(int(answer["status"]), base64.b64decode(answer["body"]))
+
+    def exec(self, argv: Sequence[str], host: str = netns.CLIENT) -> int:
+        assert self.network is not None
+        return subprocess.call(self.network.wrap(host, argv))
+
+    # -- state and teardown ------------------------------------------------------------------------
+
+    def save_state(self) -> None:
+        assert self.network is not None
+        state = {
+            "compose_file": str(self.project.path),
+            "env_file": str(self.env_file) if self.env_file else None,
+            "profiles": list(self.project.profiles),
+            "run_id": self.run_id,
+            "network": self.network.to_json(),
+            "services": {name: p.to_json() for name, p in self.processes.items()},
+            "secrets": {name: str(path) for name, path in self.secret_files.items()},
+        }
+        path = self.workdir / STATE_FILE
+        path.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+
+    def down(self) -> list[str]:
+        """Stop every process (SIGTERM, then SIGKILL), remove the namespaces and the state file.
+        Volumes stay. Returns the problems met."""
+        for process in reversed(list(self.processes.values())):
+            process.stop()
+        problems = self.network.teardown() if self.network is not None else []
+        with contextlib.suppress(FileNotFoundError):
+            (self.workdir / STATE_FILE).unlink()
+        return problems
+
+    def __enter__(self) -> Cluster:
+        try:
+            self.up()
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.down()
+
+
+def down(workdir: str | Path = DEFAULT_WORKDIR, *, volumes: bool = False, out: Printer = print) -> int:
+    """Stop what `up` recorded in workdir/state.json (from any process). 0: done or nothing to do."""
+    workdir = Path(workdir)
+    path = workdir / STATE_FILE
+    if not path.exists():
+        out(f"nothing is up (no {path})")
+    else:
+        state = json.loads(path.read_text(encoding="utf-8"))
+        for name, info in state.get("services", {}).items():
+            process = Process(int(info["pid"]), int(info["start_time"]))
+            if process.alive():
+                process.stop()
+                out(f"  stopped {name}")
+        problems = netns.from_json(state["network"]).teardown()
+        for problem in problems:
+            out(f"  problem: {problem}")
+        path.unlink()
+        out(f"down: {len(state.get('services', {}))} services stopped, network removed")
+    if volumes and workdir.exists():
+        shutil.rmtree(workdir)
+        out(f"removed {workdir} (volumes, logs, generated secrets)")
+    return 0
+
+
+def attach(workdir: str | Path = DEFAULT_WORKDIR, *, out: Printer = print) -> Cluster:
+    """The cluster `up` left running in workdir, to inspect it or run commands in it."""
+    workdir = Path(workdir)
+    try:
+        state = json.loads((workdir / STATE_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RunnerError(f"nothing is up (no {workdir / STATE_FILE}): run `make up` first") from None
+    project = load(
+        state["compose_file"], env_file=state.get("env_file"), profiles=tuple(state.get("profiles", ()))
+    )
+    names = tuple(state["services"])
+    cluster = Cluster(project, [project.services[n] for n in names], workdir, out=out)
+    cluster.run_id = state["run_id"]
+    cluster.network = netns.from_json(state["network"])
+    cluster.secret_files = {k: Path(v) for k, v in state.get("secrets", {}).items()}
+    cluster.processes = {
+        n: Process(int(i["pid"]), int(i["start_time"])) for n, i in state["services"].items()
+    }
+    return cluster
+
+
+_CLIENT = """
+import base64, json, sys, urllib.error, urllib.request
+q = json.load(sys.stdin)
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+data = base64.b64decode(q["body"]) if q["body"] is not None else None
+req = urllib.request.Request(q["url"], data=data, method=q["method"], headers=q["headers"])
+try:
+    with opener.open(req, timeout=q["timeout"]) as r:
+        status, body = r.status, r.read()
+except urllib.error.HTTPError as e:
+    status, body = e.code, e.read()
+except OSError as e:
+    status, body = 0, str(e).encode()
+json.dump({"status": status, "body": base64.b64encode(body).decode()}, sys.stdout)
+"""
+
+
+# --- command line ------------------------------------------------------------------------------
+
+
+def _print_ps(cluster: Cluster) -> None:
+    assert cluster.network is not None
+    for name in cluster.services:
+        if name not in cluster.processes:
+            continue
+        state = "running" if cluster.running(name) else f"exited ({cluster.processes[name].exit_code()})"
+        if cluster.running(name) and cluster.services[name].healthcheck is not None:
+            state += " (healthy)" if cluster.healthy(name) else " (unhealthy)"
+        cluster.out(f"  {name:<22} {state:<20} {cluster.network.describe(name)}")
+
+
+def _print_reach(cluster: Cluster) -> None:
+    assert cluster.network is not None
+    if isinstance(cluster.network, netns.NamespaceNetwork):
+        ns = cluster.network.namespace(netns.CLIENT)
+        cluster.out(
+            f"reach it from the client namespace: ip netns exec {ns} curl -s http://haproxy:5002/primary"
+        )
+        cluster.out(
+            "  or: .venv/bin/python -m daemon.compose_runner exec -- curl -s http://haproxy:5002/primary"
+        )
+    else:
+        address = cluster.network.addresses.get("haproxy", "?")
+        cluster.out(f"reach it at http://{address}:5002/primary")
+
+
+def _up(args: argparse.Namespace) -> int:
+    workdir = Path(args.workdir)
+    if (workdir / STATE_FILE).exists():
+        previous = attach(workdir)
+        if any(p.alive() for p in previous.processes.values()):
+            print(f"already up (see {workdir / STATE_FILE}): run `make down` first", file=sys.stderr)
+            return 1
+        down(workdir, out=lambda _line: None)  # a stale state: clear its namespaces
+    cluster = Cluster.from_file(
+        args.file,
+        workdir,
+        env_file=args.env_file,
+        profiles=tuple(args.profile),
+        services=tuple(args.services),
+        network_mode=args.network,
+    )
+    print(f"up: {cluster.project.path} without Docker, state in {workdir}")
+    try:
+        cluster.up()
+    except BaseException:
+        cluster.down()
+        raise
+    _print_ps(cluster)
+    _print_reach(cluster)
+    print("stop with `make down` (volumes stay in place; `--volumes` removes them)")
+    return 0
+
+
+def _ps(args: argparse.Namespace) -> int:
+    _print_ps(attach(args.workdir))
+    return 0
+
+
+def _exec(args: argparse.Namespace) -> int:
+    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    if not argv:
+        print("exec: give a command, e.g. -- curl -s http://haproxy:5002/primary", file=sys.stderr)
+        return 2
+    return attach(args.workdir).exec(argv, args.host)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m daemon.compose_runner",
+        description="Run compose/docker-compose.yml's services as processes, without Docker.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, text in (
+        ("up", "start the services and leave them running"),
+        ("demo", "up, write through HAProxy, kill the master, fail over, rejoin, down"),
+    ):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("--file", "-f", default=str(DEFAULT_FILE), help="compose file")
+        sub.add_argument("--env-file", help="variables for interpolation (default: .env beside the file)")
+        sub.add_argument("--profile", action="append", default=[], help="enable a profile (repeatable)")
+        sub.add_argument(
+            "--network",
+            choices=("auto", "netns", "loopback"),
+            default="auto",
+            help="auto: a network namespace per service, else 127.x.y.n addresses",
+        )
+        if name == "up":
+            sub.add_argument("--workdir", default=str(DEFAULT_WORKDIR), help="state, logs and volumes")
+            sub.add_argument("services", nargs="*", help="services to start (default: all enabled)")
+    stop = commands.add_parser("down", help="stop everything `up` started")
+    stop.add_argument("--workdir", default=str(DEFAULT_WORKDIR))
+    stop.add_argument("--volumes", "-v", action="store_true", help="also remove volumes, logs and secrets")
+    ps = commands.add_parser("ps", help="list the services `up` started")
+    ps.add_argument("--workdir", default=str(DEFAULT_WORKDIR))
+    run = commands.add_parser("exec", help="run a command in the client namespace (or --host SERVICE's)")
+    run.add_argument("--workdir", default=str(DEFAULT_WORKDIR))
+    run.add_argument("--host", default=netns.CLIENT)
+    run.add_argument("argv", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "up":
+            return _up(args)
+        if args.command == "down":
+            return down(args.workdir, volumes=args.volumes)
+        if args.command == "ps":
+            return _ps(args)
+        if args.command == "exec":
+            return _exec(args)
+        from daemon.compose_demo import run_demo
+
+        return run_demo(
+            args.file, env_file=args.env_file, profiles=tuple(args.profile), network_mode=args.network
+        )
+    except (ComposeError, RunnerError, netns.NetworkError) as exc:
+        print(f"compose_runner {args.command}: {exc}", file=sys.stderr)
+        return 1
+
+
+@contextlib.contextmanager
+def running(
+    compose_file: str | Path = DEFAULT_FILE, workdir: str | Path = DEFAULT_WORKDIR, **kwargs: Any
+) -> Iterator[Cluster]:
+    """Up on entry, down on exit, whatever happens in between."""
+    with Cluster.from_file(compose_file, workdir, **kwargs) as cluster:
+        yield cluster
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,6 @@
+"""The drill's own exception, shared by the stoppers (kept apart so stoppers.py and kube.py need not
+import each other)."""
+
+
+class StopperError(Exception):
+    """Stopping, starting or checking a node failed; the message says how."""

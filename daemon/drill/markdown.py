@@ -1,0 +1,135 @@
+"""The drill's Markdown summary (report.md, and what the command prints): pass or fail and why, each
+duration against the bound and the target, requests failed during the switchover, acknowledged writes
+lost, what was restored, and every step."""
+
+from __future__ import annotations
+
+from daemon import __version__
+from daemon.drill.config import DrillConfig
+from daemon.drill.conflicts import conflicts_text
+from daemon.drill.record import PhaseReport
+from daemon.drill.report import DrillReport
+
+
+def markdown(report: DrillReport) -> str:
+    config = report.config
+    verdict = {"pass": "PASS", "fail": "FAIL", "refused": "REFUSED (nothing was stopped)"}[report.result]
+    lines = [
+        f"# Failover drill {report.started_at}: {verdict}",
+        "",
+        f"- drill `{report.drill_id}`, hotstandby {__version__}, {report.finished:.1f}s in all",
+        f"- nodes: {', '.join(t.url for t in config.targets)}",
+        f"- traffic through {config.haproxy.url}; HAProxy's view: {config.haproxy.source}",
+        f"- stopper: {report.stopper_kind}",
+        f"- switchover bound {config.thresholds.max_switchover:g}s (the seeds); our target"
+        f" {config.thresholds.target_switchover:g}s",
+    ]
+    if report.reasons:
+        lines += ["", "**Why it did not pass:**", ""] + [f"- {r}" for r in report.reasons]
+    if report.preflight is not None:
+        lines += ["", "## Preflight", "", "| check | result | detail |", "|---|---|---|"]
+        lines += [
+            f"| {c.name} | {'ok' if c.ok else 'FAILED'} | {_cell(c.detail)} |"
+            for c in report.preflight.checks
+        ]
+        lines += [f"- warning: {w}" for w in report.preflight.warnings]
+    for p in report.phases:
+        lines += ["", *_phase_markdown(p, config)]
+    lines += _restore_markdown(report)
+    if report.history:
+        lines += ["", "## History", ""] + [f"- {k}: {v}" for k, v in report.history.items()]
+    lines += ["", "## Steps", "", "| at | step | result | seconds | detail |", "|---|---|---|---|---|"]
+    for s in report.steps:
+        result = "ok" if s.ok else "FAILED"
+        lines.append(f"| {s.started:.2f} | {s.name} | {result} | {s.seconds or 0:.2f} | {_cell(s.detail)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _phase_markdown(p: PhaseReport, config: DrillConfig) -> list[str]:
+    def since_stop(moment: str) -> str:
+        value = p.since_stop(moment)
+        return "not seen" if value is None else f"{value:.2f}s after the stop"
+
+    def since_start(moment: str) -> str:
+        value = p.since_start(moment)
+        return "not seen" if value is None else f"{value:.2f}s after the start"
+
+    limits = config.thresholds
+    failed = p.failed_requests()
+    acked = len(p.load.acked) if p.load else 0
+    v = p.verification
+    switch = "not measured" if p.switchover is None else f"**{p.switchover:.2f}s**"
+    within = "" if p.switchover is None else (" met" if p.switchover < limits.max_switchover else " MISSED")
+    target = "" if p.switchover is None else ("met" if p.switchover < limits.target_switchover else "missed")
+    gap = p.write_gap()
+    rows = [
+        (
+            "HAProxy marked the old leader down",
+            "not measured (no HAProxy stats)"
+            if config.haproxy.source == "inferred from traffic"
+            else since_stop("haproxy_marked_down"),
+            "",
+        ),
+        ("the new leader answered 200 on /primary", since_stop("new_leader_primary"), ""),
+        (
+            "HAProxy sent traffic to the new leader (inferred)"
+            if config.haproxy.source == "inferred from traffic"
+            else "HAProxy marked the new leader up",
+            since_stop("haproxy_new_leader_up"),
+            "",
+        ),
+        (
+            "**switchover**: first write acknowledged again",
+            switch,
+            f"< {limits.max_switchover:g}s{within}; target < {limits.target_switchover:g}s {target}",
+        ),
+        ("writes unavailable (last ack before to first after)", "-" if gap is None else f"{gap:.2f}s", ""),
+        (
+            "requests failed during the switchover",
+            f"{failed['writes'] + failed['reads']} ({failed['writes']} writes, {failed['reads']} reads)",
+            "",
+        ),
+        ("requests failed outside it", str(failed["outside"]), ""),
+        ("acknowledged writes", str(acked), ""),
+        (
+            "**acknowledged writes lost**",
+            "not verified" if v is None else f"**{v.lost}**",
+            "must be 0" + ("" if v is None else f"; {v.method}"),
+        ),
+        ("old leader rejoined as replica", since_start("old_leader_rejoined"), ""),
+        (f"lag back under {limits.max_lag:g}s", since_start("lag_under_bound"), ""),
+        (
+            "new conflicts (kept aside, never deleted)",
+            conflicts_text(p),
+            p.conflicts_error or "",
+        ),
+    ]
+    title = f"## {p.name.capitalize()}: {p.old_url} -> {p.new_url}: {'pass' if p.passed else 'FAIL'}"
+    lines = [title, "", "| measurement | value | bound |", "|---|---|---|"]
+    lines += [f"| {a} | {b} | {_cell(c)} |" for a, b, c in rows]
+    lines += [f"- failed: {f}" for f in p.failures]
+    notable = [c for c in p.conflicts if c.get("class") in ("differs", "other")]
+    lines += [
+        f"- conflict ({c['class']}): {c.get('path')} ({c.get('size')} bytes) on {c.get('node')}"
+        for c in notable[:20]
+    ]
+    return lines
+
+
+def _restore_markdown(report: DrillReport) -> list[str]:
+    lines = ["", "## Pair after the drill", ""]
+    if not report.restore:
+        lines.append("- nothing left to restore: every stopped node was started again")
+    for r in report.restore:
+        state = "restored" if r.ok else "**NOT RESTORED**"
+        lines.append(
+            f"- {r.node} ({r.name}): {state}: {r.detail}" + ("" if r.ok else f"; by hand: `{r.command}`")
+        )
+    if report.final:
+        healthy = "healthy" if report.final.get("healthy") else f"NOT healthy: {report.final.get('reason')}"
+        lines.append(f"- pair: {healthy}")
+    return lines
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")

@@ -1,0 +1,178 @@
+"""Watches the pair while the drill runs: every poll interval, each node's /primary and /internal/status,
+and HAProxy's view of each node's server. Steps wait on it for the moments they measure; the report
+and the plot get the changes; any moment where both nodes answer 200 on /primary is kept (split brain).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from daemon import ctl
+from daemon.drill.config import Target
+from daemon.drill.haproxy import HAProxyError, View
+from daemon.drill.nodes import Nodes
+from daemon.drill.steps import Clock
+
+PROBE_TIMEOUT = 1.0
+
+
+@dataclass(frozen=True)
+class NodeSample:
+    primary: bool | None
+    """/primary answered 200 (True), another status (False), or nothing (None)."""
+    status: ctl.NodeStatus
+
+    @property
+    def reachable(self) -> bool:
+        return self.status.reachable
+
+    @property
+    def label(self) -> str:
+        """The node's part, as the timeline shows it."""
+        s = self.status
+        if not s.reachable:
+            return "down"
+        if s.role == "master":
+            return "leader" if s.writable else "leader, not writable"
+        if s.get("peer_connected"):
+            return "replica"
+        return "replica, disconnected"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    at: float
+    nodes: tuple[NodeSample, NodeSample]
+    servers: tuple[str | None, str | None]
+    """HAProxy's status of each node's server (UP, DOWN, 'UP 1/2', ...); None when not known."""
+    haproxy_error: str | None = None
+
+
+Predicate = Callable[[Snapshot], bool]
+
+
+class Monitor:
+    def __init__(
+        self, nodes: Nodes, targets: Sequence[Target], view: View | None, clock: Clock, interval: float
+    ) -> None:
+        self.nodes = nodes
+        self.urls = [t.url for t in targets]
+        self.view = view
+        self.server_names: tuple[str, str] | None = None
+        """HAProxy's names for the two nodes, once preflight matched them."""
+        self.traffic: tuple[str, list[str | None]] | None = None
+        """Without HAProxy stats: (traffic URL, node ids); each sample then asks the traffic URL which node
+        answers, and calls that node's server "UP (serving)", the other "not serving"."""
+        self.clock = clock
+        self.interval = interval
+        self.snapshots: list[Snapshot] = []
+        self.both_primary: list[float] = []
+        self._changed = asyncio.Condition()
+
+    async def run(self) -> None:
+        while True:
+            began = self.clock.now()
+            snapshot = await self.sample()
+            self.snapshots.append(snapshot)
+            if all(n.primary for n in snapshot.nodes):
+                self.both_primary.append(snapshot.at)
+            async with self._changed:
+                self._changed.notify_all()
+            await asyncio.sleep(max(0.0, self.interval - (self.clock.now() - began)))
+
+    async def sample(self) -> Snapshot:
+        first, second = self.urls
+        (servers, error), *samples = await asyncio.gather(
+            self._servers(), self._node(first), self._node(second)
+        )
+        return Snapshot(self.clock.now(), (samples[0], samples[1]), servers, error)
+
+    async def _node(self, url: str) -> NodeSample:
+        code, status = await asyncio.gather(
+            self.nodes.answers(url, "/primary", PROBE_TIMEOUT), self._status(url)
+        )
+        return NodeSample(None if code is None else code == 200, status)
+
+    async def _status(self, url: str) -> ctl.NodeStatus:
+        try:
+            return await self.nodes.status(url, PROBE_TIMEOUT)
+        except ctl.UsageError as exc:  # 401: preflight says so first; keep watching
+            return ctl.NodeStatus(url, error=str(exc))
+
+    async def _servers(self) -> tuple[tuple[str | None, str | None], str | None]:
+        if self.view is None and self.traffic is not None:
+            return await self._serving(*self.traffic)
+        if self.view is None or self.server_names is None:
+            return (None, None), None
+        try:
+            found = {s.name: s.status for s in await self.view.servers()}
+        except HAProxyError as exc:
+            return (None, None), str(exc)
+        first, second = self.server_names
+        return (found.get(first), found.get(second)), None
+
+    async def _serving(
+        self, url: str, node_ids: list[str | None]
+    ) -> tuple[tuple[str | None, str | None], str | None]:
+        try:
+            code, body = await self.nodes.call("GET", url, "/internal/status", PROBE_TIMEOUT)
+        except (ctl.Unreachable, ctl.UsageError) as exc:
+            return ("not serving", "not serving"), str(exc)
+        answered = body.get("node_id") if code == 200 else None
+        states = [
+            "UP (serving)" if answered is not None and answered == n else "not serving" for n in node_ids
+        ]
+        return (states[0], states[1]), None
+
+    @property
+    def inferred(self) -> bool:
+        return self.view is None and self.traffic is not None
+
+    @property
+    def latest(self) -> Snapshot | None:
+        return self.snapshots[-1] if self.snapshots else None
+
+    async def wait(self, predicate: Predicate, since: float, timeout: float) -> Snapshot | None:
+        """The first snapshot taken at or after `since` that satisfies `predicate`; None at the timeout."""
+        deadline = self.clock.now() + timeout
+        seen = 0
+        async with self._changed:
+            while True:
+                for snapshot in self.snapshots[seen:]:
+                    if snapshot.at >= since and predicate(snapshot):
+                        return snapshot
+                seen = len(self.snapshots)
+                remaining = deadline - self.clock.now()
+                if remaining <= 0:
+                    return None
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), remaining)
+
+    def timeline(self) -> dict[str, Any]:
+        """Changes only: per node [at, label, epoch], per HAProxy server [at, status]."""
+        nodes: list[list[list[Any]]] = [[], []]
+        servers: list[list[list[Any]]] = [[], []]
+        for snapshot in self.snapshots:
+            for i in (0, 1):
+                sample = snapshot.nodes[i]
+                point = [
+                    round(snapshot.at, 3),
+                    sample.label,
+                    sample.status.epoch if sample.reachable else None,
+                ]
+                if not nodes[i] or nodes[i][-1][1:] != point[1:]:
+                    nodes[i].append(point)
+                status = snapshot.servers[i]
+                if status is not None and (not servers[i] or servers[i][-1][1] != status):
+                    servers[i].append([round(snapshot.at, 3), status])
+        return {
+            "interval": self.interval,
+            "samples": len(self.snapshots),
+            "nodes": nodes,
+            "haproxy": servers,
+            "both_primary": [round(t, 3) for t in self.both_primary],
+        }

@@ -1,0 +1,194 @@
+"""One failover (or fail-back): load through HAProxy, stop the leader, measure, settle, verify, start the old
+leader again, watch it rejoin, report conflicts.
+
+Moments are seconds since the drill started (the report gives the wall-clock start). A failed step ends
+the phase; whatever it stopped is started again by the drill's restore, which always runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Coroutine
+from typing import Any
+
+from daemon.drill import conflicts, rejoin, verify
+from daemon.drill.context import Context
+from daemon.drill.errors import StopperError
+from daemon.drill.load import Load
+from daemon.drill.monitor import Snapshot
+from daemon.drill.preflight import Preflight
+from daemon.drill.record import PhaseReport
+from daemon.drill.steps import StepFailed
+
+AFTER_RESUME_GRACE = 3.0
+"""How long, once writes resumed, to wait for the other moments (HAProxy's marks) still to come."""
+
+
+async def run_phase(ctx: Context, pre: Preflight, number: int, name: str) -> PhaseReport:
+    old, new = pre.leader, pre.replica
+    report = PhaseReport(number, name, old, new, ctx.target(old).url, ctx.target(new).url, pre.epoch)
+    load = Load(
+        ctx.config.haproxy.url,
+        ctx.config.server_key,
+        ctx.config.load,
+        ctx.clock,
+        ctx.drill_id,
+        number,
+        pre.read_mode,
+    )
+    report.load = load
+    # Lost writes are a finding, not a reason to leave the old leader down: after the switchover,
+    # verification failing does not stop the start and rejoin; anything else failing ends the phase.
+    if await _done(report, _switch(ctx, report, load)):
+        await _done(report, _verify_on_leader(ctx, report, pre))
+        started = await _done(report, rejoin.start_old(ctx, report))
+        rejoined = started and await _done(report, rejoin.rejoin(ctx, report))
+        if rejoined and pre.read_mode != "file":
+            await _done(report, rejoin.verify_on_replica(ctx, report, pre))
+    await conflicts.collect(ctx, report, pre)
+    _judge(ctx, report)
+    return report
+
+
+async def _done(report: PhaseReport, step: Coroutine[Any, Any, None]) -> bool:
+    """Run one step; a StepFailed becomes one of the phase's failures."""
+    try:
+        await step
+    except StepFailed as exc:
+        report.failures.append(str(exc))
+        return False
+    return True
+
+
+async def _switch(ctx: Context, report: PhaseReport, load: Load) -> None:
+    clock, log, config = ctx.clock, ctx.log, ctx.config
+    old = ctx.target(report.old)
+    report.moments["load_started"] = clock.now()
+    task = asyncio.create_task(load.run(), name="drill-load")
+    try:
+        async with log.step(f"{report.name}: load through HAProxy") as step:
+            await _watch(task, config.warmup)
+            acked = len(load.acked)
+            if not acked:
+                raise StepFailed(f"no write acknowledged in {config.warmup:g}s: {load.last_write_error()}")
+            step.detail = f"{acked} writes acknowledged, {len(load.outcomes) - acked} other requests"
+        async with log.step(f"{report.name}: stop {old.name} ({ctx.stopper.kind})") as step:
+            report.moments["stop_issued"] = clock.now()
+            ctx.stopped.add(report.old)
+            try:
+                report.outputs["stop"] = await ctx.stopper.stop(old)
+            except StopperError as exc:
+                raise StepFailed(str(exc)) from None
+            report.moments["stop_returned"] = clock.now()
+            step.detail = ctx.stopper.describe("stop", old)
+        async with log.step(f"{report.name}: switchover") as step:
+            await _measure(ctx, report, load)
+            step.detail = _switch_text(report, ctx.monitor.server_names is not None)
+        async with log.step(f"{report.name}: settle") as step:
+            await _watch(task, config.settle)
+            step.detail = f"load kept on for {config.settle:g}s"
+    finally:
+        load.stop()
+        with contextlib.suppress(Exception):
+            await task
+        report.moments["load_stopped"] = clock.now()
+
+
+async def _watch(task: asyncio.Task[None], seconds: float) -> None:
+    """Sleep while the load runs; a load that dies fails the step."""
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if done:
+        exc = task.exception()
+        raise StepFailed(f"the load stopped: {exc!r}" if exc else "the load stopped by itself")
+
+
+async def _measure(ctx: Context, report: PhaseReport, load: Load) -> None:
+    stop = report.moments["stop_issued"]
+    assert stop is not None
+    old, new = report.old, report.new
+    limit = ctx.config.thresholds.max_switchover
+    remaining = max(0.0, limit - (ctx.clock.now() - stop))
+    monitor = ctx.monitor
+
+    def marked_down(s: Snapshot) -> bool:
+        status = s.servers[old]
+        return status is not None and status.startswith(("DOWN", "MAINT"))
+
+    def promoted(s: Snapshot) -> bool:
+        return s.nodes[new].primary is True
+
+    def new_up(s: Snapshot) -> bool:
+        return (s.servers[new] or "").startswith("UP")
+
+    waits = {"new_leader_primary": monitor.wait(promoted, stop, remaining)}
+    if monitor.server_names is not None:
+        waits["haproxy_marked_down"] = monitor.wait(marked_down, stop, remaining)
+    if monitor.server_names is not None or monitor.inferred:
+        waits["haproxy_new_leader_up"] = monitor.wait(new_up, stop, remaining)
+    tasks = {name: asyncio.create_task(wait) for name, wait in waits.items()}
+    try:
+        first = await load.wait_write_ok(stop, report.old_epoch + 1, remaining)
+        await asyncio.wait(set(tasks.values()), timeout=AFTER_RESUME_GRACE if first else 0)
+    finally:
+        for task in tasks.values():
+            task.cancel()
+    for name, task in tasks.items():
+        snapshot = task.result() if task.done() and not task.cancelled() else None
+        report.moments[name] = None if snapshot is None else snapshot.at
+    latest = monitor.latest
+    if latest is not None and latest.nodes[new].reachable:
+        report.new_epoch = latest.nodes[new].status.epoch
+    if first is None:
+        raise StepFailed(
+            f"writes through HAProxy did not resume within {limit:g}s of the stop"
+            f" (last error: {load.last_write_error()})"
+        )
+    report.moments["first_write_ok"] = first.ended
+    report.new_epoch = first.epoch
+
+
+def _switch_text(report: PhaseReport, haproxy_view: bool) -> str:
+    def show(moment: str) -> str:
+        value = report.since_stop(moment)
+        return "not seen" if value is None else f"{value:.2f}s"
+
+    down = f"HAProxy marked the old leader down {show('haproxy_marked_down')}, " if haproxy_view else ""
+    return (
+        f"writes resumed {show('first_write_ok')} after the stop ({down}the new leader answered /primary"
+        f" {show('new_leader_primary')})"
+    )
+
+
+async def _verify_on_leader(ctx: Context, report: PhaseReport, pre: Preflight) -> None:
+    if pre.read_mode != "file":
+        return
+    assert report.load is not None
+    async with ctx.log.step(f"{report.name}: verify acknowledged writes on the new leader") as step:
+        result = await verify.on_leader(ctx.nodes, report.new_url, report.load.acked)
+        report.verification = result
+        step.detail = result.summary()
+        if not result.ok:
+            raise StepFailed(step.detail)
+
+
+def _judge(ctx: Context, report: PhaseReport) -> None:
+    limits = ctx.config.thresholds
+    failures = report.failures
+    switchover = report.switchover
+    if switchover is not None and switchover >= limits.max_switchover:
+        failures.append(f"switchover took {switchover:.2f}s, not under {limits.max_switchover:g}s")
+    result = report.verification
+    if result is None and report.load is not None and report.load.acked and not failures:
+        failures.append("acknowledged writes were not verified")
+    elif result is not None and result.lost:
+        failures.append(f"{result.lost} acknowledged write(s) lost (must be 0)")
+    if report.load is not None and report.load.bad_reads:
+        failures.append(f"{report.load.bad_reads} read(s) returned other content than the acknowledged write")
+    window_end = report.moments["lag_under_bound"] or ctx.clock.now()
+    start = report.moments["load_started"] or 0.0
+    report.both_primary = [t for t in ctx.monitor.both_primary if start <= t <= window_end]
+    if report.both_primary:
+        failures.append(f"both nodes answered 200 on /primary at {report.both_primary[0]:.2f}s (split brain)")
+    if ctx.monitor.server_names is not None and report.moments["haproxy_marked_down"] is None and switchover:
+        failures.append("HAProxy was never seen marking the old leader down")

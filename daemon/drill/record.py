@@ -1,0 +1,97 @@
+"""What one phase (failover or fail-back) recorded: its moments, its load, and what it found.
+
+Moments are seconds since the drill started (the report gives the wall-clock start).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from daemon.drill import verify
+from daemon.drill.load import Load, Outcome
+
+MOMENTS = (
+    "load_started",
+    "stop_issued",
+    "stop_returned",
+    "haproxy_marked_down",
+    "new_leader_primary",
+    "haproxy_new_leader_up",
+    "first_write_ok",
+    "load_stopped",
+    "start_issued",
+    "start_returned",
+    "old_leader_answers",
+    "old_leader_rejoined",
+    "lag_under_bound",
+    "replica_in_step",
+)
+
+
+@dataclass
+class PhaseReport:
+    number: int
+    name: str
+    old: int
+    new: int
+    old_url: str
+    new_url: str
+    old_epoch: int
+    new_epoch: int | None = None
+    moments: dict[str, float | None] = field(default_factory=lambda: dict.fromkeys(MOMENTS))
+    load: Load | None = None
+    verification: verify.Verification | None = None
+    conflicts: list[dict[str, Any]] = field(default_factory=list)
+    conflicts_error: str | None = None
+    both_primary: list[float] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    outputs: dict[str, str] = field(default_factory=dict)
+
+    def since_stop(self, moment: str) -> float | None:
+        at, stop = self.moments.get(moment), self.moments.get("stop_issued")
+        return None if at is None or stop is None else at - stop
+
+    def since_start(self, moment: str) -> float | None:
+        at, start = self.moments.get(moment), self.moments.get("start_issued")
+        return None if at is None or start is None else at - start
+
+    @property
+    def switchover(self) -> float | None:
+        """Seconds from the stop to the first write acknowledged by the new leader through HAProxy."""
+        return self.since_stop("first_write_ok")
+
+    @property
+    def outcomes(self) -> list[Outcome]:
+        return [] if self.load is None else self.load.outcomes
+
+    def window(self) -> tuple[float, float] | None:
+        stop = self.moments["stop_issued"]
+        end = self.moments["first_write_ok"] or self.moments["load_stopped"]
+        return None if stop is None or end is None else (stop, end)
+
+    def failed_requests(self) -> dict[str, int]:
+        """Failed requests that started during the switchover (stop .. first write acknowledged), and
+        outside it."""
+        window = self.window()
+        counts = {"writes": 0, "reads": 0, "outside": 0}
+        for o in self.outcomes:
+            if o.ok:
+                continue
+            if window is not None and window[0] <= o.started <= window[1]:
+                counts["writes" if o.kind == "write" else "reads"] += 1
+            else:
+                counts["outside"] += 1
+        return counts
+
+    def write_gap(self) -> float | None:
+        """Seconds between the last write acknowledged before the stop and the first after it."""
+        stop, first = self.moments["stop_issued"], self.moments["first_write_ok"]
+        if stop is None or first is None:
+            return None
+        before = [o.ended for o in self.outcomes if o.kind == "write" and o.ok and o.ended <= stop]
+        return first - max(before) if before else None
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures

@@ -1,0 +1,29 @@
+"""Build the store the server runs: the catalogue Config asks for, the Node's link and registry."""
+
+from __future__ import annotations
+
+import os
+
+from daemon.config import Config
+from daemon.node import Node
+from daemon.store.catalogue import Catalogue
+from daemon.store.catalogue_postgres import PostgresCatalogue
+from daemon.store.catalogue_sqlite import SqliteCatalogue
+from daemon.store.link import NodeLink
+from daemon.store.store import PluginStore
+
+SQLITE_FILE = "store.sqlite3"
+
+
+def make_catalogue(config: Config, node_id: str) -> Catalogue:
+    """PostgreSQL when DATABASE_URL is set (shared by the pair), else SQLite in STATE_PATH."""
+    if config.database_url:
+        return PostgresCatalogue(config.database_url, config.cluster_name, node_id)
+    return SqliteCatalogue(os.path.join(config.state_path, SQLITE_FILE), config.cluster_name, node_id)
+
+
+async def open_store(config: Config, node: Node) -> PluginStore:
+    """A store opened (catalogue connected and migrated, periodic jobs started); close it at shutdown."""
+    store = PluginStore(config, make_catalogue(config, node.identity.node_id), NodeLink(node), node.registry)
+    await store.open()
+    return store

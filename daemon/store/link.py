@@ -1,0 +1,86 @@
+"""What the store asks of the replication side: may this node write, and has the replica got it.
+
+`NodeLink` answers from the running Node; `StandaloneLink` is a node without a peer
+(tests, or a store run on its own), always writable and never waiting.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from daemon.node import Node
+from daemon.store.errors import NotReplicated
+
+
+class Link(Protocol):
+    @property
+    def role(self) -> str: ...
+
+    @property
+    def epoch(self) -> int: ...
+
+    def writable(self) -> bool:
+        """May this node write the replicated storage now (it is the leader, not drained or fenced)?"""
+        ...
+
+    def sync_problem(self) -> str | None:
+        """Why a write could not be confirmed by a replica as SYNC_MODE asks, or None."""
+        ...
+
+    async def settle(self, replicated_paths: list[str]) -> bool:
+        """After writing these paths (relative to STORAGE_PATH): True once the replica has them durably,
+        False when nothing waits for it (SYNC_MODE=async); NotReplicated when it did not confirm."""
+        ...
+
+
+class StandaloneLink:
+    role = "standalone"
+    epoch = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def sync_problem(self) -> str | None:
+        return None
+
+    async def settle(self, replicated_paths: list[str]) -> bool:
+        return False
+
+
+class NodeLink:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    @property
+    def role(self) -> str:
+        return self.node.role
+
+    @property
+    def epoch(self) -> int:
+        return self.node.epoch
+
+    def writable(self) -> bool:
+        return self.node.accepts_writes()
+
+    def _waits(self) -> bool:
+        return self.node.config.sync_mode == "sync" and self.node.peer_connected()
+
+    def sync_problem(self) -> str | None:
+        config = self.node.config
+        if config.sync_mode == "sync" and not self._waits() and config.sync_mode_fallback != "async":
+            return "SYNC_MODE=sync needs a connected replica (or SYNC_MODE_FALLBACK=async)"
+        return None
+
+    async def settle(self, replicated_paths: list[str]) -> bool:
+        journal, sender = self.node.journal, self.node.sender
+        if not replicated_paths or not self._waits() or journal is None or sender is None:
+            return False
+        for path in replicated_paths:
+            journal.record_sync(path)
+        try:
+            await sender.wait_acked(journal.head, self.node.config.sync_write_timeout)
+        except Exception as exc:
+            raise NotReplicated(
+                f"stored on the primary, but the replica did not confirm it: {exc}", seq=journal.head
+            ) from None
+        return True

@@ -1,0 +1,191 @@
+"""The store's HTTP routes, all under /internal (the API's auth middleware guards them).
+
+Store errors become problem responses here, in one place. A POST /internal/promote is
+preceded by a check of the working folders' `.plugin.sha256` manifests, and its answer
+carries the report (`plugin_workdirs`), failures listed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import structlog
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from daemon.problems import HTTPProblem
+from daemon.store.catalogue import MAX_EVENTS
+from daemon.store.errors import StoreError
+from daemon.store.store import PluginStore
+
+log = structlog.get_logger("daemon.store.routes")
+
+STORE = web.AppKey("plugin_store", PluginStore)
+CHUNK = 256 * 1024
+PROMOTION_CHECK_TIMEOUT = 15.0
+IDENTIFIER = "{identifier:.+}"
+
+
+def add_store_routes(app: web.Application, store: PluginStore) -> None:
+    app[STORE] = store
+    app.middlewares.append(promotion_check)
+    router = app.router
+    router.add_post("/internal/preload", _handled(preload))
+    router.add_post("/internal/verify", _handled(verify))
+    router.add_get("/internal/workdirs", _handled(workdirs))
+    router.add_get("/internal/events", _handled(events))
+    router.add_post("/internal/events", _handled(add_event))
+    router.add_get("/internal/plugins", _handled(list_plugins))
+    router.add_delete("/internal/plugins/corrupted", _handled(purge))
+    router.add_get(f"/internal/plugins/{IDENTIFIER}/package", _handled(package))
+    router.add_get(f"/internal/plugins/{IDENTIFIER}", _handled(get_plugin))
+    router.add_put(f"/internal/plugins/{IDENTIFIER}", _handled(upload))
+
+
+def _handled(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> Handler:
+    async def wrapper(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except StoreError as exc:
+            raise HTTPProblem(exc.status, exc.title, str(exc), **exc.extra) from None
+
+    return wrapper
+
+
+async def _identifier_field(request: web.Request) -> str:
+    """`plugin_identifier` from a JSON body or a form (urlencoded or multipart)."""
+    if request.content_type == "application/json":
+        try:
+            data = await request.json()
+        except ValueError:
+            raise HTTPProblem(400, "malformed JSON", "the request body must be a JSON object") from None
+    elif request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        data = dict(await request.post())
+    else:
+        data = dict(request.query)
+    value = data.get("plugin_identifier") if isinstance(data, dict) else None
+    if not isinstance(value, str) or not value:
+        raise HTTPProblem(
+            400,
+            "bad request",
+            "plugin_identifier is required (a JSON body, a form field or a query parameter)",
+        )
+    return value
+
+
+async def preload(request: web.Request) -> web.Response:
+    answer = await request.app[STORE].preload(await _identifier_field(request))
+    return web.json_response(answer, status=200 if answer["already_present"] else 201)
+
+
+async def upload(request: web.Request) -> web.Response:
+    async def chunks() -> AsyncIterator[bytes]:
+        async for chunk in request.content.iter_chunked(CHUNK):
+            yield chunk
+
+    answer, created = await request.app[STORE].upload(
+        request.match_info["identifier"], chunks(), request.content_length
+    )
+    return web.json_response(answer, status=201 if created else 200)
+
+
+async def list_plugins(request: web.Request) -> web.Response:
+    return web.json_response(await request.app[STORE].list_plugins())
+
+
+async def get_plugin(request: web.Request) -> web.Response:
+    return web.json_response(await request.app[STORE].get_plugin(request.match_info["identifier"]))
+
+
+async def package(request: web.Request) -> web.StreamResponse:
+    fd, size, identifier = await request.app[STORE].open_package(request.match_info["identifier"])
+    filename = f"{identifier.name}-{identifier.version}.difypkg"
+    try:
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "application/octet-stream",
+                "Content-Disposition": f'attachment; filename="{filename}"',
+                "X-Plugin-Identifier": str(identifier),
+                "X-Plugin-Checksum": identifier.checksum,
+            }
+        )
+        response.content_length = size
+        await response.prepare(request)
+        while chunk := await asyncio.to_thread(os.read, fd, CHUNK):
+            await response.write(chunk)
+        await response.write_eof()
+        return response
+    finally:
+        os.close(fd)
+
+
+async def verify(request: web.Request) -> web.Response:
+    return web.json_response(await request.app[STORE].verify_all("request"))
+
+
+async def purge(request: web.Request) -> web.Response:
+    return web.json_response(await request.app[STORE].purge_corrupted())
+
+
+async def workdirs(request: web.Request) -> web.Response:
+    return web.json_response(await request.app[STORE].check_workdirs("request"))
+
+
+async def events(request: web.Request) -> web.Response:
+    try:
+        limit = int(request.query.get("limit", "100"))
+    except ValueError:
+        raise HTTPProblem(400, "bad request", f"limit must be an integer 1..{MAX_EVENTS}") from None
+    if not 1 <= limit <= MAX_EVENTS:
+        raise HTTPProblem(400, "bad request", f"limit must be an integer 1..{MAX_EVENTS}")
+    kind = request.query.get("kind") or None
+    return web.json_response({"events": await request.app[STORE].events(kind, limit)})
+
+
+EVENT_BODY_LIMIT = 64 * 1024
+EVENT_KIND = re.compile(r"[a-z][a-z0-9_]{0,31}")
+
+
+async def add_event(request: web.Request) -> web.Response:
+    """Record an event from outside the daemon (the drill's report); any role may keep history."""
+    if request.content_length is not None and request.content_length > EVENT_BODY_LIMIT:
+        raise HTTPProblem(413, "event too large", f"an event is at most {EVENT_BODY_LIMIT} bytes of JSON")
+    raw = await request.content.read(EVENT_BODY_LIMIT + 1)
+    if len(raw) > EVENT_BODY_LIMIT:
+        raise HTTPProblem(413, "event too large", f"an event is at most {EVENT_BODY_LIMIT} bytes of JSON")
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise HTTPProblem(400, "malformed JSON", "the body must be a JSON object with a 'kind'") from None
+    kind = body.pop("kind", None) if isinstance(body, dict) else None
+    if not isinstance(kind, str) or not EVENT_KIND.fullmatch(kind):
+        raise HTTPProblem(400, "bad request", "'kind' must be a short lowercase word, e.g. \"drill\"")
+    event = await request.app[STORE].record_event(kind, **body)
+    return web.json_response(event, status=201)
+
+
+@web.middleware
+async def promotion_check(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Check the working folders before a promotion and add the report to its answer."""
+    if request.method != "POST" or request.path != "/internal/promote":
+        return await handler(request)
+    report: dict[str, Any]
+    try:
+        report = await asyncio.wait_for(
+            request.app[STORE].check_workdirs("promotion"), PROMOTION_CHECK_TIMEOUT
+        )
+    except (StoreError, TimeoutError, OSError) as exc:
+        log.error("promotion_check_failed", error=str(exc) or type(exc).__name__)
+        report = {"error": str(exc) or type(exc).__name__}
+    response = await handler(request)
+    if not isinstance(response, web.Response) or response.content_type != "application/json":
+        return response
+    assert isinstance(response.body, bytes)
+    body = json.loads(response.body)
+    body["plugin_workdirs"] = report
+    return web.json_response(body, status=response.status)
