@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.compose_runner import DEFAULT_FILE, Cluster, Printer, Reply
+from replication import manifest
 
 MASTER, SLAVE, HAPROXY = "hotstandby-master", "hotstandby-slave", "haproxy"
 HAPROXY_URL = f"http://{HAPROXY}:5002"
@@ -30,7 +31,7 @@ class DemoError(AssertionError):
     """Something the demo shows did not happen in time."""
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.2) -> float:
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> float:
     """Poll until predicate() is true; returns the seconds it took."""
     started = time.monotonic()
     while time.monotonic() - started < timeout:
@@ -123,6 +124,41 @@ def _show_write(out: Printer, view: PairView, path: str, data: bytes) -> dict[st
     return answer
 
 
+def _manifest(root: Path) -> list[tuple[str, str, int]]:
+    return [(e.path, e.type, e.size) for e in manifest.walk(str(root))]
+
+
+def _local_changes(out: Printer, view: PairView) -> None:
+    """What the plugin daemon does beside the master: files, a rename and a delete, seen on both trees."""
+    _step(
+        out, f"files written, renamed and deleted directly in {MASTER}'s storage (as the plugin daemon would)"
+    )
+    root = view.storage(MASTER) / "demo" / "local"
+    root.mkdir(parents=True, exist_ok=True)
+    for name in ("settings.yaml", "notes.txt", "scratch.tmp"):
+        (root / name).write_text(f"{name} written at {time.strftime('%H:%M:%S')}\n")
+    wait_for(lambda: _manifest(view.storage(SLAVE)) == _manifest(view.storage(MASTER)), 10, "the first files")
+    (root / "settings.yaml").rename(root / "config.yaml")
+    (root / "scratch.tmp").unlink()
+    took = wait_for(
+        lambda: _manifest(view.storage(SLAVE)) == _manifest(view.storage(MASTER)),
+        10,
+        "the rename and the delete",
+    )
+    out(f"  mv settings.yaml config.yaml; rm scratch.tmp -> both trees identical after {took:.2f}s")
+    for service in (MASTER, SLAVE):
+        out(f"  {service} manifest:")
+        for path, kind, size in _manifest(view.storage(service)):
+            out(f"    {kind:<4} {size:>6}  {path}")
+    reply = view.cluster.request("GET", f"http://{MASTER}:5002/metrics", timeout=3)
+    lag = [
+        line
+        for line in reply.body.decode(errors="replace").splitlines()
+        if line.startswith("plugin_sync_lag_seconds ")
+    ]
+    out(f"  {MASTER} {lag[0] if lag else 'plugin_sync_lag_seconds (not reported)'}")
+
+
 def _following(status: dict[str, Any] | None, epoch: Any) -> bool:
     return status is not None and status.get("role") == "slave" and status.get("epoch") == epoch
 
@@ -142,6 +178,7 @@ def story(cluster: Cluster, out: Printer = print) -> None:
         shown = view.storage(service) / "demo" / "hello.txt"
         out(f"  {service:<18} {shown}  {_digest(view.file(service, 'demo/hello.txt'))}")
     out(f"  HAProxy serves from {view.served_by()}")
+    _local_changes(out, view)
 
     _step(out, f"kill -9 {MASTER} (its whole process tree, as `docker kill` would)")
     cluster.kill(MASTER)
