@@ -175,8 +175,8 @@ class ControlLoop:
             if lease is not None and lease.kind == "acquired":
                 self._lease_term = lease.term
                 self._next_lease_call = lease.sent_at + self.config.lease_renew_interval
+            await self.node.become_leader(new.epoch)  # writable only once its watcher sees every folder
             self.node.role_state = new
-            await self.node.become_leader(new.epoch)
             await self.on_transition("promotion", decision)
         else:
             self.node.role_state = new

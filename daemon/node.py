@@ -131,6 +131,7 @@ class Node:
         watcher.on_loss = journal.request_rescan
         watcher.env_init = self.env_init
         watcher.start(asyncio.get_running_loop())
+        await watcher.ready()
         sender, task = None, None
         if self.config.peer_url:
             sender = Sender(
@@ -139,7 +140,7 @@ class Node:
                 journal,
                 self.metrics,
                 self.excluded.matches,
-                epoch=lambda: self.role_state.epoch,
+                epoch=lambda: self.identity.epoch,
                 record_tree=watcher.record_tree,
             )
             sender.on_ack = lambda: self.tracker.acknowledged(journal.oldest_unacked_age(), journal.pending)

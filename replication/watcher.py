@@ -40,12 +40,13 @@ from watchdog.observers.api import BaseObserver
 from replication import manifest
 from replication.envinit import EnvInitTracker
 from replication.journal import Journal
-from replication.losses import WatchdogAlarm, watch_shortfall
+from replication.losses import WatchdogAlarm, directories_below, inotify_watches_held, watch_shortfall
 from replication.paths import is_temp_name
 
 log = structlog.get_logger("replication.watcher")
 
 QUIET_SECONDS = 0.2
+STALLED_SECONDS = 1.0
 MAX_DIRTY_SECONDS = 5.0
 EVENT_FILTER = [
     FileCreatedEvent,
@@ -102,10 +103,12 @@ class Watcher:
         self.events_seen = 0
         self._alarm: WatchdogAlarm | None = None
         self.env_init: EnvInitTracker | None = None
+        self._watches_before = 0
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._alarm = WatchdogAlarm(loop, self._lost)
         self._alarm.install()
+        self._watches_before = inotify_watches_held()
         observer = Observer()
         try:
             observer.schedule(
@@ -124,6 +127,31 @@ class Watcher:
             return
         self._observer = observer
         log.info("watcher_started", root=self.root)
+
+    async def ready(self, timeout: float = 10.0) -> float:
+        """Wait (bounded) until every folder is watched; returns the seconds waited.
+
+        watchdog adds its watches on its own thread after `start`; a write made before
+        a folder's watch exists would be seen by no event. The leader accepts writes
+        only after this, and its first reconciliation scans after it too.
+        """
+        started = time.monotonic()
+        if self._observer is None:
+            return 0.0
+        needed = await asyncio.to_thread(directories_below, self.root)
+        held, grew_at = -1, started
+        while time.monotonic() - started < timeout and self.failure is None:
+            now_held = await asyncio.to_thread(inotify_watches_held)
+            if now_held >= needed + self._watches_before:
+                break
+            if now_held != held:
+                held, grew_at = now_held, time.monotonic()
+            elif time.monotonic() - grew_at > STALLED_SECONDS:
+                break  # no more watches coming (e.g. the limit): verify_coverage reports it
+            await asyncio.sleep(0.01)
+        waited = time.monotonic() - started
+        log.info("watcher_ready", seconds=round(waited, 3), folders=needed)
+        return waited
 
     def check(self) -> None:
         """Called periodically: a dead observer or emitter thread means events are being missed."""
