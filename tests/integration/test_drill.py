@@ -368,7 +368,8 @@ def test_drill_command_line_with_a_redis_lease_passes_and_records_its_history(tm
     assert phase["verification"]["lost"] == 0 and phase["requests"]["writes_acknowledged"] > 10
     assert_png(str(Path(folder_line.removeprefix("json: ")).with_name("timeline.png")))
     catalogue = data["history"]["catalogue"]
-    assert catalogue.startswith("recorded on") or "does not serve POST /internal/events" in catalogue
+    assert catalogue.startswith("recorded on"), catalogue
+    assert phase["verification"]["direct"] is True, phase["verification"]
     assert data["history"]["file"] == f"recorded in {history}"
     [line] = history.read_text().splitlines()
     assert json.loads(line)["drill_id"] == data["drill"]["id"]
