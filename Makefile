@@ -34,8 +34,8 @@ test: install
 	$(BIN)/pytest
 
 lint: install
-	$(BIN)/ruff check daemon replication tests scripts
-	$(BIN)/ruff format --check daemon replication tests scripts
+	$(BIN)/ruff check daemon replication tests scripts bench
+	$(BIN)/ruff format --check daemon replication tests scripts bench
 	$(BIN)/mypy
 
 # compose/docker-compose.yml without Docker (daemon/compose_runner.py): a network namespace per service
