@@ -17,7 +17,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -43,7 +42,7 @@ from daemon.drill.load import content
 from daemon.drill.report import DrillReport
 from daemon.drill.stoppers import make_stopper, render
 from tests.support.cluster import SERVER_KEY, Node, Pair, free_port, http, make_pair, wait_until
-from tests.support.ha import LEASE
+from tests.support.ha import LEASE, BackgroundSampler
 from tests.support.haproxy import RunningHAProxy, free_port_on, running_haproxy
 from tests.support.services import running_redis
 from tests.support.sshd import running_sshd
@@ -197,29 +196,20 @@ def drill_site(
         yield Site(pair, balancer, scripts)
 
 
-class Observer:
+class Observer(BackgroundSampler):
     """The test's own eyes: HAProxy's server states and each node's /primary every 50 ms, wall clock."""
 
+    interval = 0.05
+
     def __init__(self, site: Site) -> None:
+        super().__init__()
         self.site = site
         self.samples: list[tuple[float, dict[str, str], list[bool]]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> Observer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            states = self.site.haproxy.server_states()
-            primaries = [_primary(url) for url in self.site.urls]
-            self.samples.append((time.time(), states, primaries))
-            time.sleep(0.05)
+    def sample(self) -> None:
+        states = self.site.haproxy.server_states()
+        primaries = [_primary(url) for url in self.site.urls]
+        self.samples.append((time.time(), states, primaries))
 
     def first(self, after: float, test: Any) -> float:
         return next(t for t, states, primaries in self.samples if t >= after and test(states, primaries))

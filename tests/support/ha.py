@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Self
 
 from tests.support.cluster import SERVER_KEY, Node, Pair, http
 
@@ -37,17 +38,16 @@ def put(node: Node, path: str, data: bytes, timeout: float = 5) -> int:
         return 0
 
 
-class PrimarySampler:
-    """Asks both nodes /primary every 100 ms; records any moment where both say yes."""
+class BackgroundSampler:
+    """Calls `sample()` every `interval` seconds on its own thread while the `with` block runs."""
 
-    def __init__(self, pair: Pair) -> None:
-        self.pair = pair
-        self.both: list[float] = []
-        self.samples = 0
+    interval = 0.1
+
+    def __init__(self) -> None:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> PrimarySampler:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -55,9 +55,25 @@ class PrimarySampler:
         self._stop.set()
         self._thread.join(5)
 
+    def sample(self) -> None:
+        raise NotImplementedError
+
     def _run(self) -> None:
         while not self._stop.is_set():
-            if primary(self.pair.master) and primary(self.pair.slave):
-                self.both.append(time.monotonic())
-            self.samples += 1
-            time.sleep(0.1)
+            self.sample()
+            time.sleep(self.interval)
+
+
+class PrimarySampler(BackgroundSampler):
+    """Asks both nodes /primary every 100 ms; records any moment where both say yes."""
+
+    def __init__(self, pair: Pair) -> None:
+        super().__init__()
+        self.pair = pair
+        self.both: list[float] = []
+        self.samples = 0
+
+    def sample(self) -> None:
+        if primary(self.pair.master) and primary(self.pair.slave):
+            self.both.append(time.monotonic())
+        self.samples += 1
