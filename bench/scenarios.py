@@ -194,9 +194,8 @@ def lag(ctx: Context) -> dict[str, Any]:
 def summary_line(run: dict[str, Any]) -> str:
     if "error" in run:
         return f"FAILED {run['error'][:300]}"
-    return ", ".join(
-        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in run.items() if k != "verify"
-    )
+    shown = {k: v for k, v in run.items() if k not in ("verify", "series_ms")}
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
 
 
 def lag_once(ctx: Context, tool: str, files: list[tuple[str, bytes]], rate: int) -> dict[str, Any]:
@@ -244,6 +243,10 @@ def drive_lag(
             "overflows": overflows,
         }
     )
+    # Per file in write order (None: never seen), so stalls can be told from a uniformly slow tool.
+    outcome["series_ms"] = [
+        round((seen[rel] - closed[rel]) * 1000, 1) if rel in seen else None for rel, _content in files
+    ]
     return outcome
 
 
