@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
+from replication.ssh_target import SshTarget, is_ssh_url
+
 Role = Literal["master", "slave"]
 Election = Literal["static", "redis", "postgres"]
 LogFormat = Literal["json", "console"]
@@ -45,6 +47,8 @@ class Config:
     server_port: int = 5002
     sync_target: str = ""
     sync_source: str = ""
+    ssh_key_file: str = ""
+    ssh_known_hosts: str = ""
     server_key: str = field(default="", repr=False)
     exclude: tuple[str, ...] = ()
     ready_markers: tuple[str, ...] = DEFAULT_READY_MARKERS
@@ -168,6 +172,30 @@ class _Reader:
             raise ConfigError(f"{name}={_hide_password(value)!r} has an invalid port") from None
         return value
 
+    def sync_target(self) -> str:
+        """An http(s):// replica, or ssh://user@host[:port]/absolute/path on a plain SSH host."""
+        value = self.raw("SYNC_TARGET")
+        if not is_ssh_url(value):
+            return self.url("SYNC_TARGET")
+        try:
+            SshTarget.parse(value)
+        except ValueError as exc:
+            raise ConfigError(f"SYNC_TARGET={value!r} is invalid: {exc}") from None
+        return value
+
+    def ssh_file(self, name: str) -> str:
+        """A key or known_hosts file for an ssh:// target: required then, and it must be readable."""
+        if not is_ssh_url(self.raw("SYNC_TARGET")):
+            return self.raw(name)
+        value = self.raw(name)
+        why = "the private key to log in with" if name == "SSH_KEY_FILE" else "the host keys to check against"
+        if not value:
+            raise ConfigError(f"{name} is required with an ssh:// SYNC_TARGET: {why}")
+        path = os.path.abspath(os.path.expanduser(value))
+        if not os.path.isfile(path) or not os.access(path, os.R_OK):
+            raise ConfigError(f"{name}={value!r} is not a readable file ({why})")
+        return path
+
     def path(self, name: str, default: str) -> str:
         value = self.raw(name, default)
         if not value or "\x00" in value:
@@ -196,7 +224,9 @@ class _Reader:
             state_path=state_path,
             server_host=self.raw("SERVER_HOST", "0.0.0.0") or "0.0.0.0",
             server_port=self.integer("SERVER_PORT", 5002, 0, 65535),
-            sync_target=self.url("SYNC_TARGET"),
+            sync_target=self.sync_target(),
+            ssh_key_file=self.ssh_file("SSH_KEY_FILE"),
+            ssh_known_hosts=self.ssh_file("SSH_KNOWN_HOSTS"),
             sync_source=self.url("SYNC_SOURCE"),
             server_key=self.env.get("SERVER_KEY", ""),
             exclude=self.globs("EXCLUDE", ()),

@@ -31,6 +31,7 @@ from daemon.roles import (
     initial_state,
     may_compete,
 )
+from replication.ssh_target import is_ssh_url
 
 log = structlog.get_logger("daemon.control")
 
@@ -58,7 +59,7 @@ class ControlLoop:
             safety_margin=self.config.lease_safety_margin,
         )
         self.peer: Poller | None = None
-        if self.config.peer_url:
+        if self.config.peer_url and not is_ssh_url(self.config.peer_url):  # a plain SSH host has no API
             headers = {"Authorization": f"Bearer {self.config.server_key}"} if self.config.server_key else {}
             self.peer = Poller(
                 f"{self.config.peer_url}/internal/status",

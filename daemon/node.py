@@ -33,11 +33,12 @@ from replication.applier import Applier
 from replication.envinit import EnvInitTracker
 from replication.exclude import PathMatcher, ReadyMarkers
 from replication.journal import Journal
+from replication.links import Link, make_sender
 from replication.metrics import ReplicationMetrics
 from replication.paths import StorageRoot
 from replication.protocol import FLAG_COMPLETE, Operation, encode_trailer
 from replication.receiver import Receiver
-from replication.sender import LinkSettings, Sender, SyncSummary
+from replication.sender import LinkSettings, SyncSummary
 from replication.watcher import Watcher
 
 log = structlog.get_logger("daemon.node")
@@ -53,7 +54,7 @@ WATCHER_FAILED_RESCAN_INTERVAL = 30.0
 class LeaderParts:
     journal: Journal
     watcher: Watcher
-    sender: Sender | None
+    sender: Link | None
     sender_task: asyncio.Task[None] | None
     anti_entropy_task: asyncio.Task[None] | None = None
 
@@ -134,7 +135,7 @@ class Node:
         await watcher.ready()
         sender, task = None, None
         if self.config.peer_url:
-            sender = Sender(
+            sender = make_sender(
                 self._link_settings(),
                 self.config.storage_path,
                 journal,
@@ -142,6 +143,8 @@ class Node:
                 self.excluded.matches,
                 epoch=lambda: self.identity.epoch,
                 record_tree=watcher.record_tree,
+                ssh_key_file=self.config.ssh_key_file,
+                ssh_known_hosts=self.config.ssh_known_hosts,
             )
             sender.on_ack = lambda: self.tracker.acknowledged(journal.oldest_unacked_age(), journal.pending)
             watcher.on_vanished = sender.note_vanished
@@ -236,7 +239,7 @@ class Node:
         return self.leader.journal if self.leader else None
 
     @property
-    def sender(self) -> Sender | None:
+    def sender(self) -> Link | None:
         return self.leader.sender if self.leader else None
 
     @property

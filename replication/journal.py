@@ -174,6 +174,11 @@ class Journal:
     def pending(self) -> int:
         return len(self._entries)
 
+    def settled(self, seq: int) -> bool:
+        """Nothing at or below `seq` is still pending (acknowledged, or discarded after refusals)."""
+        oldest = next(iter(self._entries), None)
+        return self.acked >= seq or oldest is None or oldest > seq
+
     @property
     def has_unsent(self) -> bool:
         return bool(self._entries) and next(reversed(self._entries)) > self.sent_upto
