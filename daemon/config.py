@@ -180,7 +180,7 @@ class _Reader:
         try:
             SshTarget.parse(value)
         except ValueError as exc:
-            raise ConfigError(f"SYNC_TARGET={value!r} is invalid: {exc}") from None
+            raise ConfigError(f"SYNC_TARGET={_hide_password(value)!r} is invalid: {exc}") from None
         return value
 
     def ssh_file(self, name: str) -> str:

@@ -174,6 +174,10 @@ class Journal:
     def pending(self) -> int:
         return len(self._entries)
 
+    def is_ready_marker(self, path: str) -> bool:
+        """True for a READY_MARKERS file: it must land only after everything queued before it."""
+        return self._markers.plugin_dir(path) is not None
+
     def settled(self, seq: int) -> bool:
         """Nothing at or below `seq` is still pending (acknowledged, or discarded after refusals)."""
         oldest = next(iter(self._entries), None)

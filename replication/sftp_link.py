@@ -203,7 +203,7 @@ class SftpSender:
 
     async def _send(self, batch: list[Change]) -> None:
         resend: list[str] = []
-        for segment in _segments(batch, self._tree):
+        for segment in segments(batch, self._tree, self.journal.is_ready_marker):
             if len(segment) == 1:
                 await self._apply(segment[0], resend)
             else:
@@ -396,21 +396,30 @@ def quick_check(local: dict[str, manifest.Entry], remote: dict[str, manifest.Ent
     return plan
 
 
-def _segments(batch: list[Change], tree: SourceTree) -> list[list[Change]]:
-    """Split a batch at its barriers: runs of non-folder syncs may be applied in parallel."""
-    segments: list[list[Change]] = []
+def segments(
+    batch: list[Change], tree: SourceTree, is_ready_marker: Callable[[str], bool]
+) -> list[list[Change]]:
+    """Split a batch at its barriers: runs of syncs of files and links may be applied in parallel.
+
+    Folders, deletes, renames and ready markers stand alone, so they land after everything before them.
+    """
+    found: list[list[Change]] = []
     run: list[Change] = []
     for change in batch:
-        if change.kind == "sync" and not tree.is_real_folder(change.path):
+        if (
+            change.kind == "sync"
+            and not is_ready_marker(change.path)
+            and not tree.is_real_folder(change.path)
+        ):
             run.append(change)
             continue
         if run:
-            segments.append(run)
+            found.append(run)
             run = []
-        segments.append([change])
+        found.append([change])
     if run:
-        segments.append(run)
-    return segments
+        found.append(run)
+    return found
 
 
 def _lexists(path: str) -> bool:
