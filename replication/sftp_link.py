@@ -115,7 +115,7 @@ class SftpSender:
                         await self._link_up()
                         backoff = 0.1
                         await self._stream()
-                except (asyncssh.Error, OSError, TimeoutError, PeerError) as exc:
+                except (asyncssh.Error, asyncssh.KeyImportError, OSError, TimeoutError, PeerError) as exc:
                     self._down(self._describe(exc))
                     log.warning(
                         "replication_link_down",
@@ -153,6 +153,8 @@ class SftpSender:
                 f"{where}: host key not verified against SSH_KNOWN_HOSTS "
                 f"({self.settings.known_hosts}): {exc.reason}"
             )
+        if isinstance(exc, asyncssh.KeyImportError):
+            return f"{where}: SSH_KEY_FILE ({self.settings.key_file}) could not be loaded: {exc}"
         if isinstance(exc, asyncssh.PermissionDenied):
             return f"{where}: the key in SSH_KEY_FILE was refused: {exc.reason}"
         if isinstance(exc, asyncssh.Error):

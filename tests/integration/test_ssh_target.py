@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -185,6 +186,7 @@ def test_workload_converges_and_a_restarted_master_catches_up(tmp_path: Path, ss
         started = time.monotonic()
         wait_same(node, remote, 30)
         print(f"after the restart: remote identical in {time.monotonic() - started:.1f}s")
+        assert primary(node), "a restarted master with only an ssh target leads again"
     assert not (remote / "small/d07").exists() and not (remote / "big/blob0.bin").exists()
 
 
@@ -256,6 +258,37 @@ def test_the_remote_host_never_shows_a_partial_file(tmp_path: Path, sshd: SshSer
         print(f"{sampler.samples} samples, sizes {sorted(sampler.sizes)}, temps seen {sampler.temps_seen}")
         assert sampler.sizes <= {0, first, second}, sorted(sampler.sizes)
         assert sampler.temps_seen > 0, "the sampler never saw a transfer in flight: it proves nothing"
+
+
+def session_processes(sshd: SshServer) -> list[int]:
+    """The per-connection sshd processes (children of the listening one)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+                if int(fields[1]) == sshd.proc.pid:
+                    found.append(int(entry))
+    return found
+
+
+@pytest.mark.timeout(60)
+def test_a_dropped_connection_mid_transfer_reconnects_and_cleans_up(tmp_path: Path, sshd: SshServer) -> None:
+    remote = tmp_path / "dr"
+    node = ssh_master(tmp_path, sshd, remote)
+    with running(node):
+        wait_until(lambda: node.status()["peer_connected"], 20, message="the ssh link")
+        sessions = session_processes(sshd)
+        assert sessions, "no sshd session process found for the link"
+        write(node.storage / "big/data.bin", os.urandom(96 * MIB))
+        wait_until(lambda: bool(temp_files(remote)), 20, interval=0.001, message="the transfer to start")
+        for pid in sessions:
+            os.kill(pid, signal.SIGKILL)  # the link drops with a temp file half written
+        write(node.storage / "during/outage.txt", b"written while the link was down")
+        wait_same(node, remote, 40)
+        assert temp_files(remote) == [], "the leftover temp file was not removed at reconciliation"
+        assert node.metric("plugin_sync_full_rescans_total", {"reason": "reconnect"}) >= 1
+        assert node.status()["peer_connected"] is True
 
 
 @pytest.mark.timeout(60)

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from daemon.config import Config, ConfigError
 from replication.exclude import ReadyMarkers
 from replication.journal import Journal
 from replication.manifest import Entry
-from replication.sftp_link import quick_check, segments
+from replication.metrics import ReplicationMetrics
+from replication.sftp_link import SftpSender, SftpSettings, quick_check, segments
 from replication.source import SourceTree
 from replication.ssh_target import SshTarget, is_ssh_url
 
@@ -154,3 +158,30 @@ def test_parallel_runs_stop_at_folders_deletes_renames_and_ready_markers(tmp_pat
         ["gone"],
         ["d"],
     ]
+
+
+async def test_an_unloadable_key_file_is_reported_as_such(tmp_path: Path) -> None:
+    key, known = tmp_path / "id_ed25519", tmp_path / "known_hosts"
+    key.write_text("not a key\n")
+    known.write_text("")
+    settings = SftpSettings(
+        target=SshTarget.parse("ssh://u@127.0.0.1:9/srv/dr"),
+        key_file=str(key),
+        known_hosts=str(known),
+        connect_timeout=2.0,
+    )
+    metrics = ReplicationMetrics(CollectorRegistry())
+    journal = Journal("j", ReadyMarkers(()))
+    sender = SftpSender(settings, str(tmp_path), journal, metrics, lambda _p: False, lambda: 1, lambda _p: 0)
+    task = asyncio.create_task(sender.run())
+    try:
+        for _ in range(100):
+            if sender.last_error:
+                break
+            await asyncio.sleep(0.05)
+        assert sender.last_error is not None and "SSH_KEY_FILE" in sender.last_error, sender.last_error
+        assert not sender.connected and sender.fenced_by is None
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
