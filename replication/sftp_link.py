@@ -205,7 +205,9 @@ class SftpSender:
 
     async def _send(self, batch: list[Change]) -> None:
         resend: list[str] = []
+        assert self._remote is not None
         for segment in segments(batch, self._tree, self.journal.is_ready_marker):
+            self._remote.forget_folders()
             if len(segment) == 1:
                 await self._apply(segment[0], resend)
             else:

@@ -2,8 +2,9 @@
 
 SFTP names files by path and the server resolves symlinks in the folders on
 the way, so before any write, delete or rename every folder above the path is
-checked with lstat (in parallel, one round trip): a symlink or file where a
-folder must be is removed and replaced by a real folder, never followed. A
+checked with lstat (once per group of parallel changes): a symlink or file
+where a folder must be is removed and replaced by a real folder, never
+followed. A
 file is written to a `.hs~` temp name in its final folder, fsynced when the
 server offers fsync@openssh.com, given its mode and mtime, and renamed over
 the destination with posix-rename@openssh.com, so a reader on the host sees
@@ -51,6 +52,8 @@ class RemoteTree:
         self.root = root
         self._fsync = True
         """Cleared when the server lacks fsync@openssh.com (the rename still makes the write atomic)."""
+        self._folders: dict[str, asyncio.Task[bool]] = {}
+        """Folders checked (or made) since `forget_folders`: parallel writes in one folder check it once."""
 
     def full(self, rel: str) -> str:
         return posixpath.join(self.root, validate_relpath(rel)) if rel else self.root
@@ -107,19 +110,37 @@ class RemoteTree:
         return found
 
     # -- changing --------------------------------------------------------------------
+    def forget_folders(self) -> None:
+        """Check every folder again from now on (called before each group of changes)."""
+        self._folders = {}
+
     async def ensure_parent(self, rel: str) -> None:
         """mkdir -p of the folders above `rel`, replacing (never following) anything that is no folder."""
-        parts = rel.split("/")[:-1]
-        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
-        found = await asyncio.gather(*(self.lstat(p) for p in prefixes))
-        replacing = False
-        for prefix, attrs in zip(prefixes, found, strict=True):
-            if not replacing and attrs is not None and _is_dir(attrs):
-                continue
-            if not replacing and attrs is not None:
-                await self.remove(prefix)
-            await self._mkdir(prefix)
-            replacing = True  # below a folder just made, nothing can exist yet
+        parent = rel.rpartition("/")[0]
+        if parent:
+            await self._folder(parent)
+
+    async def _folder(self, folder: str) -> bool:
+        """Make sure `folder` is a real folder; True when it had to be made now.
+
+        One task per folder and per group of changes: parallel writes in a folder share its
+        check, and only one of them can ever replace what stood in its way.
+        """
+        task = self._folders.get(folder)
+        if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
+            task = self._folders[folder] = asyncio.ensure_future(self._check_folder(folder))
+        return await asyncio.shield(task)
+
+    async def _check_folder(self, folder: str) -> bool:
+        parent = folder.rpartition("/")[0]
+        parent_made = await self._folder(parent) if parent else False
+        attrs = None if parent_made else await self.lstat(folder)  # in a new folder nothing exists yet
+        if attrs is not None and _is_dir(attrs):
+            return False
+        if attrs is not None:
+            await self.remove(folder)  # a symlink or a file where a folder must be: replaced, not followed
+        await self._mkdir(folder)
+        return True
 
     async def make_dir(self, rel: str, mode: int) -> None:
         await self.ensure_parent(rel)
