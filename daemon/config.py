@@ -89,9 +89,19 @@ class Config:
     workdir_scan_interval: float = 30.0
 
     @property
+    def peer_urls(self) -> tuple[str, ...]:
+        """The other nodes: where a leader sends (to every one), and whom a replica watches.
+
+        SYNC_TARGET (or SYNC_SOURCE) may list several, comma-separated: a
+        leader fans out to all of them, and a replica promoted later does the same.
+        """
+        listed = self.sync_target or self.sync_source
+        return tuple(url for url in listed.split(",") if url)
+
+    @property
     def peer_url(self) -> str:
-        """The other node: where a leader sends, and whom a replica watches."""
-        return self.sync_target or self.sync_source
+        """The first of `peer_urls` (the only one in a pair)."""
+        return self.peer_urls[0] if self.peer_urls else ""
 
     def __repr__(self) -> str:
         shown = []
@@ -154,7 +164,10 @@ class _Reader:
         return number
 
     def url(self, name: str, schemes: tuple[str, ...] = ("http", "https")) -> str:
-        value = self.raw(name).rstrip("/")
+        return self.url_value(name, self.raw(name), schemes)
+
+    def url_value(self, name: str, value: str, schemes: tuple[str, ...] = ("http", "https")) -> str:
+        value = value.rstrip("/")
         if not value:
             return ""
         parts = urlsplit(value)
@@ -167,6 +180,13 @@ class _Reader:
         except ValueError:
             raise ConfigError(f"{name}={_hide_password(value)!r} has an invalid port") from None
         return value
+
+    def urls(self, name: str) -> str:
+        """A comma-separated list of distinct node URLs, kept as one normalised string."""
+        listed = [self.url_value(name, item.strip()) for item in self.raw(name).split(",") if item.strip()]
+        if len(set(listed)) != len(listed):
+            raise ConfigError(f"{name} lists the same node twice")
+        return ",".join(listed)
 
     def path(self, name: str, default: str) -> str:
         value = self.raw(name, default)
@@ -196,8 +216,8 @@ class _Reader:
             state_path=state_path,
             server_host=self.raw("SERVER_HOST", "0.0.0.0") or "0.0.0.0",
             server_port=self.integer("SERVER_PORT", 5002, 0, 65535),
-            sync_target=self.url("SYNC_TARGET"),
-            sync_source=self.url("SYNC_SOURCE"),
+            sync_target=self.urls("SYNC_TARGET"),
+            sync_source=self.urls("SYNC_SOURCE"),
             server_key=self.env.get("SERVER_KEY", ""),
             exclude=self.globs("EXCLUDE", ()),
             ready_markers=self.globs("READY_MARKERS", DEFAULT_READY_MARKERS),
@@ -236,6 +256,11 @@ class _Reader:
             raise ConfigError("SYNC_SOURCE is for ROLE=slave; a master replicates to SYNC_TARGET")
         if config.role == "slave" and config.sync_target:
             raise ConfigError("SYNC_TARGET is for ROLE=master; a slave names its master in SYNC_SOURCE")
+        if config.failover == "auto" and len(config.peer_urls) > 1:
+            raise ConfigError(
+                "FAILOVER=auto with several nodes could promote two of them at once: "
+                "use ELECTION=redis or ELECTION=postgres beyond a pair"
+            )
         if "\n" in config.server_key or (config.server_key and len(config.server_key) < 8):
             raise ConfigError("SERVER_KEY must be at least 8 characters on one line")
         return config
