@@ -28,7 +28,7 @@ class ConfigError(ValueError):
     """A configuration value is missing or invalid; the message names the variable."""
 
 
-def _hide_password(url: str) -> str:
+def hide_password(url: str) -> str:
     parts = urlsplit(url)
     if parts.password is None:
         return url
@@ -117,7 +117,7 @@ class Config:
                 "plugin_daemon_url",
                 "marketplace_url",
             ):
-                value = _hide_password(value)
+                value = hide_password(value)
             shown.append(f"{f.name}={value!r}")
         return f"Config({', '.join(shown)})"
 
@@ -173,12 +173,12 @@ class _Reader:
         parts = urlsplit(value)
         if parts.scheme not in schemes or not parts.hostname:
             raise ConfigError(
-                f"{name}={_hide_password(value)!r} is invalid: expected {schemes[0]}://host:port"
+                f"{name}={hide_password(value)!r} is invalid: expected {schemes[0]}://host:port"
             )
         try:
             parts.port  # noqa: B018 - validates the port
         except ValueError:
-            raise ConfigError(f"{name}={_hide_password(value)!r} has an invalid port") from None
+            raise ConfigError(f"{name}={hide_password(value)!r} has an invalid port") from None
         return value
 
     def urls(self, name: str) -> str:

@@ -24,7 +24,7 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from daemon import __version__
-from daemon.config import Config
+from daemon.config import Config, hide_password
 from daemon.divergence import DivergenceTracker
 from daemon.identity import NodeIdentity
 from daemon.problems import HTTPProblem
@@ -34,7 +34,7 @@ from replication.envinit import EnvInitTracker
 from replication.errors import PeerError
 from replication.exclude import PathMatcher, ReadyMarkers
 from replication.journal import Journal, JournalFanout, SequenceCounter
-from replication.metrics import ReplicationMetrics
+from replication.metrics import ReplicaGauges, ReplicationMetrics, ReplicaView
 from replication.paths import StorageRoot
 from replication.protocol import FLAG_COMPLETE, Operation, encode_trailer
 from replication.receiver import Receiver
@@ -140,6 +140,7 @@ class Node:
             sequence=self.sequence,
             acked=self.acked_sequence,
         )
+        ReplicaGauges(self.registry, self._replica_views)
         self.healthy_gauge.set_function(lambda: float(self.health()[0]))
         self.is_leader_gauge.set_function(lambda: float(self.accepts_writes()))
         self.epoch_gauge.set_function(lambda: float(self.epoch))
@@ -184,7 +185,7 @@ class Node:
             parts.anti_entropy_task = asyncio.create_task(
                 self._anti_entropy(fanout, watcher), name="anti-entropy"
             )
-        log.info("leading", epoch=epoch, targets=list(self.config.peer_urls))
+        log.info("leading", epoch=epoch, targets=[hide_password(url) for url in self.config.peer_urls])
 
     def _start_link(self, target: str, journal: Journal, watcher: Watcher) -> ReplicaLink:
         sender = Sender(
@@ -367,8 +368,8 @@ class Node:
             "lag_seconds": round(self.lag_seconds(), 3),
             "loss_window_seconds": round(self.lag_seconds(), 3) if self.leader else None,
             "peer_connected": self.peer_connected(),
-            "peer_url": self.config.peer_url or None,
-            "peer_urls": list(self.config.peer_urls),
+            "peer_url": hide_password(self.config.peer_url) or None,
+            "peer_urls": [hide_password(url) for url in self.config.peer_urls],
             "last_error": last_error,
             "storage_path": self.config.storage_path,
             "uptime_seconds": round(time.monotonic() - self.started_at, 1),
@@ -383,10 +384,22 @@ class Node:
             status["synced"] = self.receiver.synced
         return status
 
+    def _replica_views(self) -> list[ReplicaView]:
+        links = self.leader.links if self.leader else []
+        return [
+            ReplicaView(
+                target=hide_password(link.target),
+                connected=link.sender.connected,
+                lag_seconds=link.journal.oldest_unacked_age(),
+                pending=link.journal.pending,
+            )
+            for link in links
+        ]
+
     @staticmethod
     def _link_status(link: ReplicaLink) -> dict[str, Any]:
         return {
-            "target": link.target,
+            "target": hide_password(link.target),
             "connected": link.sender.connected,
             "confirmed_sequence": link.journal.confirmed,
             "pending_changes": link.journal.pending,

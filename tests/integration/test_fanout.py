@@ -94,6 +94,11 @@ def test_a_leader_fans_out_to_two_replicas_and_a_returning_one_catches_up(tmp_pa
         behind = leader.status()["replicas"][1]
         assert behind["pending_changes"] > 0 and behind["last_error"], behind
 
+        assert leader.metric("plugin_sync_replica_connected", {"target": first.url}) == 1
+        assert leader.metric("plugin_sync_replica_connected", {"target": second.url}) == 0
+        assert leader.metric("plugin_sync_replica_pending_changes", {"target": second.url}) > 0
+        assert leader.metric("plugin_sync_peer_connected") == 1  # some replica is
+
         second.start()
         converged(leader, first, second)
         wait_until(lambda: leader.status()["pending_changes"] == 0, 15, message="nothing pending")
