@@ -75,8 +75,8 @@ class Server:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.server_host, self.config.server_port, reuse_address=True)
         await site.start()
-        if self.control.peer is not None:
-            self._spawn(self.control.peer.run(), "peer-poller")
+        for number, peer in enumerate(self.control.peers):
+            self._spawn(peer.run(), f"peer-poller-{number}")
         if self.plugin_daemon is not None:
             self._spawn(self.plugin_daemon.run(), "plugin-daemon-poller")
         self._spawn(self.control.run(), "control-loop")
@@ -125,19 +125,19 @@ class Server:
 
     async def _drain(self, deadline: float) -> None:
         """Give the link a bounded chance to ship what the watcher already recorded."""
-        journal, sender = self.node.journal, self.node.sender
-        if journal is None or sender is None:
+        parts = self.node.leader
+        if parts is None or not parts.links:
             return
-        while journal.pending and sender.connected and not self.force_exit:
+        while parts.pending and self.node.peer_connected() and not self.force_exit:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
             try:
-                await sender.wait_acked(journal.head, min(remaining, 0.2))
+                await self.node.wait_replicated(parts.head, min(remaining, 0.2))
             except PeerError:
                 continue
-        if journal.pending:
-            log.warning("stopped_with_pending_changes", pending=journal.pending)
+        if parts.pending:
+            log.warning("stopped_with_pending_changes", pending=parts.pending)
 
     async def _record_transition(self, kind: str, decision: Decision) -> None:
         if self.store is not None:

@@ -425,10 +425,10 @@ class Sender:
             return summary
 
     async def wait_acked(self, seq: int, timeout: float) -> None:
-        """Wait until the slave acknowledged `seq` (PeerError on timeout)."""
+        """Wait until the slave holds every change recorded up to `seq` (PeerError on timeout)."""
         async with self._acked:
             try:
-                await asyncio.wait_for(self._acked.wait_for(lambda: self.journal.acked >= seq), timeout)
+                await asyncio.wait_for(self._acked.wait_for(lambda: self.journal.confirmed >= seq), timeout)
             except TimeoutError:
                 raise PeerError(f"the slave did not acknowledge sequence {seq} within {timeout:g}s") from None
 

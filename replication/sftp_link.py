@@ -379,7 +379,7 @@ class SftpSender:
         """Wait until the remote host has everything up to `seq` (PeerError on timeout)."""
         async with self._acked:
             try:
-                await asyncio.wait_for(self._acked.wait_for(lambda: self.journal.settled(seq)), timeout)
+                await asyncio.wait_for(self._acked.wait_for(lambda: self.journal.confirmed >= seq), timeout)
             except TimeoutError:
                 raise PeerError(
                     f"{self.settings.target} did not receive sequence {seq} within {timeout:g}s"
