@@ -139,10 +139,10 @@ def test_workload_converges_and_a_restarted_master_catches_up(tmp_path: Path, ss
     root = node.storage
     with running(node):
         started = time.monotonic()
-        for i in range(2000):
+        for i in range(1200):
             write(root / f"small/d{i % 20:02d}/e{i % 7}/f{i:05d}.txt", f"file {i}\n".encode() * (1 + i % 50))
         for i in range(3):
-            write(root / f"big/blob{i}.bin", os.urandom(8 * MIB))
+            write(root / f"big/blob{i}.bin", os.urandom(4 * MIB))
         deep = root / "p/q/r/s/t"
         deep.mkdir(parents=True)
         for i in range(20):
@@ -246,7 +246,7 @@ class RemoteSampler:
 def test_the_remote_host_never_shows_a_partial_file(tmp_path: Path, sshd: SshServer) -> None:
     remote = tmp_path / "dr"
     node = ssh_master(tmp_path, sshd, remote)
-    first, second = 48 * MIB, 64 * MIB
+    first, second = 24 * MIB, 32 * MIB
     with running(node):
         write(node.storage / "big/data.bin", b"")
         wait_same(node, remote, 20)
@@ -280,7 +280,7 @@ def test_a_dropped_connection_mid_transfer_reconnects_and_cleans_up(tmp_path: Pa
         wait_until(lambda: node.status()["peer_connected"], 20, message="the ssh link")
         sessions = session_processes(sshd)
         assert sessions, "no sshd session process found for the link"
-        write(node.storage / "big/data.bin", os.urandom(96 * MIB))
+        write(node.storage / "big/data.bin", os.urandom(64 * MIB))
         wait_until(lambda: bool(temp_files(remote)), 20, interval=0.001, message="the transfer to start")
         for pid in sessions:
             os.kill(pid, signal.SIGKILL)  # the link drops with a temp file half written
