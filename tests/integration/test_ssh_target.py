@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.cluster import Node, snapshot, wait_until
+from tests.support.cluster import Node, make_pair, snapshot, wait_until
 from tests.support.ha import primary
 from tests.support.sshd import SshServer, running_sshd
 
@@ -325,3 +325,26 @@ def test_a_symlink_planted_on_the_remote_host_is_never_followed(tmp_path: Path, 
         wait_same(node, remote, 30)
         assert snapshot(outside) == before, "something outside the target folder changed"
         assert not (outside / "b.txt").exists() and not (outside / "new.txt").exists()
+
+
+@pytest.mark.timeout(60)
+def test_a_leader_fans_out_to_a_replica_and_an_ssh_host_alike(tmp_path: Path, sshd: SshServer) -> None:
+    remote = tmp_path / "dr"
+    ssh_url = f"ssh://{sshd.user}@127.0.0.1:{sshd.port}{remote}"
+    pair = make_pair(
+        tmp_path,
+        master_env={"SSH_KEY_FILE": str(sshd.client_key), "SSH_KNOWN_HOSTS": str(sshd.known_hosts)},
+    )
+    pair.master.extra_env["SYNC_TARGET"] = f"{pair.slave.url},{ssh_url}"
+    write(pair.master.storage / "before/start.txt", b"already there")
+    try:
+        pair.start()
+        write(pair.master.storage / "after/start.txt", b"written while both links run")
+        os.symlink("after", pair.master.storage / "link")
+        pair.wait_converged(timeout=30)
+        wait_same(pair.master, remote, 30)
+        code, summary = pair.master.call("POST", "/internal/sync")
+        assert code == 200, summary
+        assert primary(pair.master)
+    finally:
+        pair.stop()
