@@ -205,8 +205,9 @@ class _Reader:
 
     def ssh_file(self, name: str) -> str:
         """A key or known_hosts file for ssh:// targets: required then, and it must be readable."""
-        if not any(is_ssh_url(item.strip()) for item in self.raw("SYNC_TARGET").split(",")):
-            return self.raw(name)
+        targets = self.raw("SYNC_TARGET").split(",")
+        if self.raw("ROLE", "master").lower() != "master" or not any(is_ssh_url(t.strip()) for t in targets):
+            return self.raw(name)  # a slave with a SYNC_TARGET is refused below, naming SYNC_TARGET
         value = self.raw(name)
         why = "the private key to log in with" if name == "SSH_KEY_FILE" else "the host keys to check against"
         if not value:

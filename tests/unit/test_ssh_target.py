@@ -185,3 +185,15 @@ async def test_an_unloadable_key_file_is_reported_as_such(tmp_path: Path) -> Non
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+def test_a_slave_with_an_ssh_target_is_told_that_sync_target_is_for_masters() -> None:
+    with pytest.raises(ConfigError, match="SYNC_TARGET is for ROLE=master"):
+        Config.from_env({"ROLE": "slave", "SYNC_TARGET": "ssh://backup@dr/srv/dr"})
+
+
+def test_an_ssh_item_in_a_fan_out_list_needs_the_key_files_too(key_files: dict[str, str]) -> None:
+    with pytest.raises(ConfigError, match="SSH_KEY_FILE is required"):
+        Config.from_env({"SYNC_TARGET": "http://replica:5002,ssh://backup@dr/srv/dr"})
+    config = Config.from_env({"SYNC_TARGET": "http://replica:5002,ssh://backup@dr/srv/dr", **key_files})
+    assert config.peer_urls == ("http://replica:5002", "ssh://backup@dr:22/srv/dr")
