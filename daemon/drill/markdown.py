@@ -117,7 +117,7 @@ def _phase_markdown(p: PhaseReport, config: DrillConfig) -> list[str]:
         ),
     ]
     title = f"## {p.name.capitalize()}: {p.old_url} -> {p.new_url or '(no new leader)'}"
-    title += f" (also following: {', '.join(p.other_urls)})" if p.parts.others else ""
+    title += f" (other replicas: {', '.join(p.other_urls)})" if p.parts.others else ""
     title += f": {'pass' if p.passed else 'FAIL'}"
     lines = [title, "", "| measurement | value | bound |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {_cell(c)} |" for a, b, c in rows]

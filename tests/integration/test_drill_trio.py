@@ -130,7 +130,7 @@ def test_drill_on_three_nodes_finds_the_new_leader_and_every_node_ends_with_ever
     assert len(data["timeline"]["nodes"]) == 3 and data["timeline"]["both_primary"] == []
     assert data["final"]["healthy"] and data["final"]["leader"] == new_leader.url
     summary = Path(report.files["markdown"]).read_text()
-    assert all(n.url in summary for n in site.nodes) and f"(also following: {other})" in summary
+    assert all(n.url in summary for n in site.nodes) and f"(other replicas: {other})" in summary
     assert_png(report.files["png"])
     print(
         f"three nodes: {phase['new_leader']} took over; switchover {phase['durations']['switchover']:.2f}s,"
