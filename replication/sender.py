@@ -20,6 +20,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any, BinaryIO
 
 import aiohttp
@@ -40,6 +41,12 @@ SENT_INODES_KEPT = 100_000
 MAX_REFUSALS = 3
 """The same change refused this many times in a row is dropped and repaired by a rescan instead."""
 LINK_PATH = "/internal/replication"
+FULL_BACKOFF_MIN = 0.5
+
+
+class ReplicaStorageFullError(PeerError):
+    """The replica answered 507: its disk is full. The change stays queued and is retried, ever
+    more slowly (not at the link's 0.1 s pace), until the replica has room again."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +121,7 @@ class Sender:
         self._sent_inodes: OrderedDict[str, int] = OrderedDict()
         self._vanished: OrderedDict[str, None] = OrderedDict()
         self._refusals = 0
+        self._full_backoff = FULL_BACKOFF_MIN
         self._signatures: dict[str, Signature] = {}
         self._whole_next: set[str] = set()
         """Paths whose last delta failed on the replica: sent whole once."""
@@ -139,6 +147,15 @@ class Sender:
                         self.fenced_by = exc.peer_epoch
                         log.error("replication_fenced", peer_epoch=exc.peer_epoch, epoch=self._epoch())
                         return
+                    except ReplicaStorageFullError as exc:
+                        self._down(str(exc))
+                        wait, self._full_backoff = (
+                            self._full_backoff,
+                            min(self._full_backoff * 2, self.settings.max_backoff),
+                        )
+                        log.warning("replica_storage_full", target=self.settings.target, retry_in=wait)
+                        await asyncio.sleep(wait)
+                        continue
                     except (TimeoutError, PeerError, aiohttp.ClientError, OSError) as exc:
                         self._down(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
                         log.warning(
@@ -219,6 +236,7 @@ class Sender:
                 raise
             return
         self._refusals = 0
+        self._full_backoff = FULL_BACKOFF_MIN
 
     def _after_refusal(self, exc: RefusedError) -> bool:
         """Make sure a refused change cannot block replication forever; True when handled at once."""
@@ -526,6 +544,8 @@ class Sender:
                 message = f"{method} {path} answered {resp.status}: {detail or resp.reason}"
                 if 400 <= resp.status < 500 and isinstance(body, dict):
                     raise RefusedError(message, status=resp.status, body=body)
+                if resp.status == HTTPStatus.INSUFFICIENT_STORAGE:
+                    raise ReplicaStorageFullError(message)
                 raise PeerError(message)
             return body
 
