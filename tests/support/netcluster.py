@@ -138,6 +138,7 @@ class NetCluster:
     nodes: dict[str, NsNode] = field(default_factory=dict)
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     samplers: dict[str, Sampler] = field(default_factory=dict)
+    relays: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
     def master(self) -> NsNode:
@@ -205,6 +206,35 @@ class NetCluster:
 
     def link(self, host: str, up: bool) -> None:
         ip("-n", self.network.bridge_ns, "link", "set", self.veth(host), "up" if up else "down")
+
+    def impair(self, host: str, delay: float, loss: float, seed: int = 1) -> None:
+        """netem's `delay DELAY loss LOSS` on `host`'s link, both ways (tests/support/linkem.py):
+        the host's veth leaves the bridge and a relay forwards its frames to a new veth on it."""
+        bridge, veth = self.network.bridge_ns, self.veth(host)
+        inner, outer = f"e{veth}", f"b{veth}"
+        ip("-n", bridge, "link", "set", veth, "nomaster")
+        ip("-n", bridge, "link", "add", inner, "type", "veth", "peer", "name", outer)
+        ip("-n", bridge, "link", "set", outer, "master", "br0", "up")
+        ip("-n", bridge, "link", "set", inner, "up")
+        argv = [sys.executable, "-m", "tests.support.linkem", veth, inner, str(delay), str(loss), str(seed)]
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", bridge, *argv], cwd=ROOT, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL
+        )
+        self.processes.append(proc)
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.strip() == b"ready", f"the link emulator did not start: {line!r}"
+        self.relays[host] = proc
+
+    def restore(self, host: str) -> str:
+        """Undo `impair`; returns the relay's counts (relayed, dropped)."""
+        proc = self.relays.pop(host)
+        proc.terminate()
+        out, _err = proc.communicate(timeout=10)
+        bridge, veth = self.network.bridge_ns, self.veth(host)
+        ip("-n", bridge, "link", "del", f"e{veth}")
+        ip("-n", bridge, "link", "set", veth, "master", "br0")
+        return out.decode().strip()
 
     def in_ns(self, host: str, argv: list[str], timeout: float = 10) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
