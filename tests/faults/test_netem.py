@@ -40,8 +40,9 @@ def start_pair(cluster: NetCluster) -> tuple[NsNode, NsNode]:
 def local_get(cluster: NetCluster, host: str, path: str) -> tuple[float, float, str]:
     """GET on the node's loopback from inside its namespace (not over the slow link), timed."""
     started = time.monotonic()
-    done = cluster.in_ns(host, ["curl", "-s", "-H", "Authorization: Bearer test-key-0123456789", path])
-    return started, time.monotonic(), done.stdout
+    status, raw = cluster.local(host, "GET", path)
+    assert status == 200, (status, raw[:300])
+    return started, time.monotonic(), raw.decode()
 
 
 def lag_metric(text: str) -> float:
@@ -69,7 +70,7 @@ def test_replication_converges_over_a_slow_lossy_link_and_reports_its_lag(tmp_pa
                 (work / "sub").mkdir()
                 (work / "f1.txt").rename(work / "sub" / "moved.txt")
             if i % 10 == 0:
-                lags.append(lag_metric(local_get(cluster, "master", "http://127.0.0.1:5002/metrics")[2]))
+                lags.append(lag_metric(local_get(cluster, "master", "/metrics")[2]))
             time.sleep(0.05)
         wait_until(lambda: not tree_diff(master.storage, slave.storage), 60, message="convergence")
         converged = time.monotonic() - started
@@ -82,7 +83,7 @@ def test_replication_converges_over_a_slow_lossy_link_and_reports_its_lag(tmp_pa
         (master.storage / "marker.bin").write_bytes(b"m" * MARKER_SIZE)
         in_flight = []
         while not (slave.storage / "marker.bin").exists() or tree_diff(master.storage, slave.storage):
-            before, after, raw = local_get(cluster, "master", "http://127.0.0.1:5002/internal/status")
+            before, after, raw = local_get(cluster, "master", "/internal/status")
             status = json.loads(raw)
             if status["pending_changes"]:
                 in_flight.append((before - written, status["lag_seconds"], after - written))
@@ -92,12 +93,9 @@ def test_replication_converges_over_a_slow_lossy_link_and_reports_its_lag(tmp_pa
         for low, lag, high in in_flight:
             assert low - 0.3 <= lag <= high + 0.05, (low, lag, high)
         assert max(lag for _low, lag, _high in in_flight) > 2 * DELAY
-        settled = lag_metric(local_get(cluster, "master", "http://127.0.0.1:5002/metrics")[2])
+        settled = lag_metric(local_get(cluster, "master", "/metrics")[2])
         assert settled == 0.0
-        code = cluster.in_ns(
-            "slave", ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:5002/replica"]
-        ).stdout
-        assert code == "200"
+        assert cluster.local("slave", "GET", "/replica")[0] == 200
         counts = cluster.restore("master")
         print(
             f"netem-like link: converged {converged:.1f}s after the workload began; lag samples "

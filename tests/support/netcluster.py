@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from daemon.netns import CLIENT, NamespaceNetwork, NetworkError
-from tests.support.cluster import Node, wait_until
+from tests.support.cluster import SERVER_KEY, Node, http, wait_until
 
 CLONE_NEWNET = 0x40000000
 PORT = 5002
@@ -236,10 +236,18 @@ class NetCluster:
         ip("-n", bridge, "link", "set", veth, "master", "br0")
         return out.decode().strip()
 
-    def in_ns(self, host: str, argv: list[str], timeout: float = 10) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            self.network.wrap(host, argv), capture_output=True, text=True, timeout=timeout, check=False
-        )
+    def local(self, host: str, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+        """A request to `host`'s node on its own loopback, made from inside its namespace (reachable
+        when partitioned, and never over the link under test); status 0 when nothing answered."""
+        node = self.nodes[host]
+        headers = {"Authorization": f"Bearer {SERVER_KEY}"}
+        url = f"http://127.0.0.1:{node.port}{path}"
+        with inside(self.network.namespace(host)):
+            try:
+                status, _h, raw = http(method, url, body=body, headers=headers)
+            except OSError:
+                return 0, b""
+        return status, raw
 
     # -- teardown ------------------------------------------------------------------
     def close(self) -> list[str]:
