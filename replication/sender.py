@@ -109,7 +109,8 @@ class Sender:
         self._session: aiohttp.ClientSession | None = None
         self._reconcile_lock = asyncio.Lock()
         self._acked = asyncio.Condition()
-        self.connected = False
+        self._link_up_flag = False
+        self._last_progress = 0.0
         self.last_error: str | None = None
         self.last_ack_at: float | None = None
         self.bytes_sent = 0
@@ -171,8 +172,28 @@ class Sender:
                 self._session = None
 
     def _down(self, error: str | None) -> None:
-        self.connected = False
+        self._link_up_flag = False
         self.last_error = error
+
+    @property
+    def connected(self) -> bool:
+        """The link is up and the replica answered or took bytes lately. A peer behind a black hole
+        (a partition drops packets, nothing resets the connection) leaves a request hanging until the
+        read timeout (60 s); it counts as disconnected after `silence_bound` instead."""
+        return self._link_up_flag and time.monotonic() - self._last_progress < self.silence_bound
+
+    @property
+    def silence_bound(self) -> float:
+        return max(10 * self.settings.heartbeat_interval, 10.0)
+
+    def _progress(self) -> None:
+        self._last_progress = time.monotonic()
+
+    async def _tracked(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """The batch body; each chunk aiohttp asks for means the previous one left."""
+        async for chunk in chunks:
+            yield chunk
+            self._progress()
 
     # -- the link ----------------------------------------------------------------
     async def _link_up(self) -> None:
@@ -187,7 +208,7 @@ class Sender:
             },
         )
         applied = int(answer.get("applied_seq", 0))
-        self.connected = True
+        self._link_up_flag = True
         self.last_error = None
         same_journal = answer.get("journal_id") == self.journal.journal_id and self.baseline_seq is not None
         if same_journal and self.journal.can_resume_from(applied):
@@ -277,7 +298,7 @@ class Sender:
         answer = await self._call(
             "POST",
             "/batch",
-            data=self._frames(batch, end_seq, resend),
+            data=self._tracked(self._frames(batch, end_seq, resend)),
             headers={
                 "Content-Type": "application/octet-stream",
                 "X-Hotstandby-Journal": self.journal.journal_id,
@@ -535,6 +556,7 @@ class Sender:
                 body = await resp.json(content_type=None)
             except ValueError:
                 body = {}
+            self._progress()
             if resp.status == 409 and isinstance(body, dict) and isinstance(body.get("peer_epoch"), int):
                 peer_epoch = int(body["peer_epoch"])
                 if peer_epoch > self._epoch():

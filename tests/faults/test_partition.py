@@ -99,3 +99,48 @@ def test_partitioned_master_demotes_before_its_lease_ends_and_rejoins_as_replica
             f"{lease_end - last_master_200:.2f}s before its lease ended; standby leading after "
             f"{first_slave_200 - asked:.2f}s"
         )
+
+
+@pytest.mark.timeout(120)
+def test_partition_between_master_and_standby_only_changes_no_roles_and_heals(tmp_path: Path) -> None:
+    """Both still reach Redis and the clients: the master keeps its lease and its writes, the standby
+    neither promotes itself nor claims to be a usable replica, and replication resumes on healing."""
+    ttl = float(LEASE["LEASE_TTL"])
+    with net_cluster(tmp_path) as cluster:
+        start_lease_pair(cluster)
+        master, slave = cluster.master, cluster.slave
+        (master.storage / "before.txt").write_text("replicated before the cut")
+        wait_until(lambda: not tree_diff(master.storage, slave.storage), 20, message="the first sync")
+        samplers = [cluster.start_sampler("master"), cluster.start_sampler("slave")]
+
+        cut = time.monotonic()
+        cluster.impair("master", cut_from="slave")
+        assert primary(master.url) and http("GET", f"{slave.url}/health", timeout=5)[0] == 200
+        for i in range(10):
+            assert put(master.url, f"during/{i}.txt", f"written during the cut {i}".encode()) == 200
+            time.sleep(0.3)
+        wait_until(lambda: not master.status()["peer_connected"], 20, message="the master to see the cut")
+        noticed = time.monotonic() - cut
+        time.sleep(ttl)  # a whole lease period: the standby must not take over
+        replica = cluster.local("slave", "GET", "/replica")[0]
+        assert replica == 503, "a standby cut from its leader is no usable replica"
+        assert not primary(slave.url) and primary(master.url)
+        assert not (slave.storage / "during").exists()
+
+        healed = time.monotonic()
+        print(cluster.restore("master"))
+        wait_until(lambda: not tree_diff(master.storage, slave.storage), 30, message="the trees to converge")
+        wait_until(lambda: cluster.local("slave", "GET", "/replica")[0] == 200, 15, message="/replica 200")
+        for sampler in samplers:
+            sampler.stop()
+
+        m, s = samplers[0].samples(), samplers[1].samples()
+        timelines = f"master: {describe(m, cut)}\nslave: {describe(s, cut)}"
+        assert len(m) > 50 and len(s) > 50, timelines
+        assert all(x.status == 200 for x in m), f"the master lost its lease:\n{timelines}"
+        assert not any(x.status == 200 for x in s), f"the standby claimed to lead:\n{timelines}"
+        assert master.status()["epoch"] == slave.status()["epoch"] == 1
+        print(
+            f"cut for {healed - cut:.1f}s, the master reported the standby gone after {noticed:.1f}s; "
+            f"converged {time.monotonic() - healed:.1f}s after healing"
+        )

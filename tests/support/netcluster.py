@@ -207,16 +207,22 @@ class NetCluster:
     def link(self, host: str, up: bool) -> None:
         ip("-n", self.network.bridge_ns, "link", "set", self.veth(host), "up" if up else "down")
 
-    def impair(self, host: str, delay: float, loss: float, seed: int = 1) -> None:
+    def impair(
+        self, host: str, delay: float = 0.0, loss: float = 0.0, seed: int = 1, cut_from: str = ""
+    ) -> None:
         """netem's `delay DELAY loss LOSS` on `host`'s link, both ways (tests/support/linkem.py):
-        the host's veth leaves the bridge and a relay forwards its frames to a new veth on it."""
+        the host's veth leaves the bridge and a relay forwards its frames to a new veth on it.
+        With `cut_from`, nothing passes between `host` and that host (everyone else still does)."""
         bridge, veth = self.network.bridge_ns, self.veth(host)
         inner, outer = f"e{veth}", f"b{veth}"
         ip("-n", bridge, "link", "set", veth, "nomaster")
         ip("-n", bridge, "link", "add", inner, "type", "veth", "peer", "name", outer)
         ip("-n", bridge, "link", "set", outer, "master", "br0", "up")
         ip("-n", bridge, "link", "set", inner, "up")
-        argv = [sys.executable, "-m", "tests.support.linkem", veth, inner, str(delay), str(loss), str(seed)]
+        argv = [sys.executable, "-m", "tests.support.linkem", veth, inner, f"--delay={delay}"]
+        argv += [f"--loss={loss}", f"--seed={seed}"]
+        if cut_from:
+            argv.append(f"--block={self.address(host)},{self.address(cut_from)}")
         proc = subprocess.Popen(
             ["ip", "netns", "exec", bridge, *argv], cwd=ROOT, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL
         )
