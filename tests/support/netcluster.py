@@ -9,8 +9,10 @@ unreachable from the test too. What a partitioned node says is recorded from ins
 namespace by a sampler process (tests/support/ns_sampler.py) polling its /primary on 127.0.0.1;
 CLOCK_MONOTONIC is shared by every namespace, so the samplers' timelines can be merged.
 
-A partition takes the host's veth end down in the bridge namespace (the kernel here has no
-sch_netem, so `tc netem loss 100%` is not available); healing brings it up again.
+A partition from everyone takes the host's veth end down in the bridge namespace; healing brings
+it up again. The kernel here has no sch_netem and no tc filters, so delay, loss and a partition
+between two hosts only (both still reaching everyone else) go through `impair`: the host's veth
+leaves the bridge and tests/support/linkem.py relays its frames, delayed, dropped or blocked.
 
 Everything (processes, namespaces, /etc/netns entries) is removed when the context manager
 exits, also when the test failed; namespaces that cannot be created fail the test loudly.
