@@ -129,7 +129,8 @@ def test_partition_between_master_and_standby_only_changes_no_roles_and_heals(tm
 
         healed = time.monotonic()
         print(cluster.restore("master"))
-        wait_until(lambda: not tree_diff(master.storage, slave.storage), 30, message="the trees to converge")
+        # The request cut mid-flight resumes at TCP's next retransmission (backed off: up to ~13 s).
+        wait_until(lambda: not tree_diff(master.storage, slave.storage), 60, message="the trees to converge")
         wait_until(lambda: cluster.local("slave", "GET", "/replica")[0] == 200, 15, message="/replica 200")
         for sampler in samplers:
             sampler.stop()
