@@ -343,7 +343,7 @@ class Node:
 
     def health_report(self) -> dict[str, Any]:
         ok, reason = self.health()
-        degraded = self.watcher_failure()
+        degraded = self.watcher_failure() or (self.receiver.storage_full if self.leader is None else None)
         report: dict[str, Any] = {
             "status": ("degraded" if degraded else "healthy") if ok else "unhealthy",
             "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),

@@ -43,6 +43,12 @@ class ReplicationMetrics:
             ["reason"],
             registry=registry,
         )
+        self.storage_full = Gauge(
+            "plugin_sync_storage_full",
+            "Slave: 1 while its last write into STORAGE_PATH failed for lack of disk space (ENOSPC, "
+            "EDQUOT); the master keeps the change queued and retries.",
+            registry=registry,
+        )
         self.env_init_duration = Histogram(
             "python_env_init_duration_seconds",
             "From a plugin working directory appearing to its ready marker (.venv/dify/plugin.json).",

@@ -22,7 +22,13 @@ import structlog
 from replication import manifest, statefile
 from replication.applier import Applier, ReadExactly, sweep_temp_files
 from replication.delta import read_instructions, signature_of_fd
-from replication.errors import ContainmentError, FencedError, ProtocolError, ReplicationError
+from replication.errors import (
+    ContainmentError,
+    FencedError,
+    ProtocolError,
+    ReplicationError,
+    StorageFullError,
+)
 from replication.metrics import ReplicationMetrics
 from replication.paths import StorageRoot, validate_relpath
 from replication.protocol import TRAILER_BYTES, Operation, decode_header, decode_length
@@ -74,6 +80,8 @@ class Receiver:
         self.last_contact: float | None = None
         self.started_at = clock()
         self.last_error: str | None = None
+        self.storage_full: str | None = None
+        """Why the last write failed for lack of space; None once a write succeeds again."""
 
     def sweep(self) -> int:
         """Remove temp files left by a killed predecessor; run once before serving."""
@@ -127,7 +135,12 @@ class Receiver:
                 exc.applied_seq = result.applied_seq
                 self._metrics.refused.labels(reason=type(exc).__name__).inc()
                 self.last_error = str(exc)
+                if isinstance(exc, StorageFullError):
+                    self._note_storage_full(str(exc))
                 raise
+            else:
+                if result.operations and self.storage_full is not None:
+                    self._note_storage_full(None)
             finally:
                 self._applier.flush()
                 synced = self.synced or (baseline >= 0 and result.applied_seq >= baseline)
@@ -215,6 +228,16 @@ class Receiver:
         return manifest.fd_sha256(fd)
 
     # -- internals ---------------------------------------------------------------
+    def _note_storage_full(self, reason: str | None) -> None:
+        """Health, the metric and the log follow a full disk and its recovery (the sender retries)."""
+        if reason is not None and self.storage_full is None:
+            free = _free_bytes(self.storage_path)
+            log.error("storage_full", storage_path=self.storage_path, error=reason, free_bytes=free)
+        elif reason is None:
+            log.info("storage_space_recovered", storage_path=self.storage_path)
+        self.storage_full = None if reason is None else f"STORAGE_PATH {self.storage_path}: {reason}"
+        self._metrics.storage_full.set(0 if reason is None else 1)
+
     def _check_epoch(self, epoch: int) -> None:
         if epoch < self.epoch:
             self._metrics.refused.labels(reason="fenced").inc()
@@ -246,3 +269,11 @@ async def _read(read: ReadExactly, n: int) -> bytes:
         return await read(n)
     except asyncio.IncompleteReadError as exc:
         raise ProtocolError("the batch ended in the middle of an operation") from exc
+
+
+def _free_bytes(path: str) -> int | None:
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize

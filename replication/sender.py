@@ -19,6 +19,7 @@ import stat
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any, BinaryIO
 
 import aiohttp
@@ -38,6 +39,12 @@ CHUNK = 1024 * 1024
 MAX_REFUSALS = 3
 """The same change refused this many times in a row is dropped and repaired by a rescan instead."""
 LINK_PATH = "/internal/replication"
+FULL_BACKOFF_MIN = 0.5
+
+
+class ReplicaStorageFullError(PeerError):
+    """The replica answered 507: its disk is full. The change stays queued and is retried, ever
+    more slowly (not at the link's 0.1 s pace), until the replica has room again."""
 
 
 @dataclass(frozen=True)
@@ -100,7 +107,8 @@ class Sender:
         self._session: aiohttp.ClientSession | None = None
         self._reconcile_lock = asyncio.Lock()
         self._acked = asyncio.Condition()
-        self.connected = False
+        self._link_up_flag = False
+        self._last_progress = 0.0
         self.last_error: str | None = None
         self.last_ack_at: float | None = None
         self.bytes_sent = 0
@@ -112,6 +120,7 @@ class Sender:
         self._tree = SourceTree(root)
         self._sent = SentObjects(self._tree)
         self._refusals = 0
+        self._full_backoff = FULL_BACKOFF_MIN
         self._signatures: dict[str, Signature] = {}
         self._whole_next: set[str] = set()
         """Paths whose last delta failed on the replica: sent whole once."""
@@ -137,6 +146,15 @@ class Sender:
                         self.fenced_by = exc.peer_epoch
                         log.error("replication_fenced", peer_epoch=exc.peer_epoch, epoch=self._epoch())
                         return
+                    except ReplicaStorageFullError as exc:
+                        self._down(str(exc))
+                        wait, self._full_backoff = (
+                            self._full_backoff,
+                            min(self._full_backoff * 2, self.settings.max_backoff),
+                        )
+                        log.warning("replica_storage_full", target=self.settings.target, retry_in=wait)
+                        await asyncio.sleep(wait)
+                        continue
                     except (TimeoutError, PeerError, aiohttp.ClientError, OSError) as exc:
                         self._down(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
                         log.warning(
@@ -152,8 +170,28 @@ class Sender:
                 self._session = None
 
     def _down(self, error: str | None) -> None:
-        self.connected = False
+        self._link_up_flag = False
         self.last_error = error
+
+    @property
+    def connected(self) -> bool:
+        """The link is up and the replica answered or took bytes lately. A peer behind a black hole
+        (a partition drops packets, nothing resets the connection) leaves a request hanging until the
+        read timeout (60 s); it counts as disconnected after `silence_bound` instead."""
+        return self._link_up_flag and time.monotonic() - self._last_progress < self.silence_bound
+
+    @property
+    def silence_bound(self) -> float:
+        return max(10 * self.settings.heartbeat_interval, 10.0)
+
+    def _progress(self) -> None:
+        self._last_progress = time.monotonic()
+
+    async def _tracked(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """The batch body; each chunk aiohttp asks for means the previous one left."""
+        async for chunk in chunks:
+            yield chunk
+            self._progress()
 
     # -- the link ----------------------------------------------------------------
     async def _link_up(self) -> None:
@@ -168,7 +206,7 @@ class Sender:
             },
         )
         applied = int(answer.get("applied_seq", 0))
-        self.connected = True
+        self._link_up_flag = True
         self.last_error = None
         same_journal = answer.get("journal_id") == self.journal.journal_id and self.baseline_seq is not None
         if same_journal and self.journal.can_resume_from(applied):
@@ -217,6 +255,7 @@ class Sender:
                 raise
             return
         self._refusals = 0
+        self._full_backoff = FULL_BACKOFF_MIN
 
     def _after_refusal(self, exc: RefusedError) -> bool:
         """Make sure a refused change cannot block replication forever; True when handled at once."""
@@ -249,7 +288,7 @@ class Sender:
         answer = await self._call(
             "POST",
             "/batch",
-            data=self._frames(batch, end_seq, resend),
+            data=self._tracked(self._frames(batch, end_seq, resend)),
             headers={
                 "Content-Type": "application/octet-stream",
                 "X-Hotstandby-Journal": self.journal.journal_id,
@@ -445,6 +484,7 @@ class Sender:
                 body = await resp.json(content_type=None)
             except ValueError:
                 body = {}
+            self._progress()
             if resp.status == 409 and isinstance(body, dict) and isinstance(body.get("peer_epoch"), int):
                 peer_epoch = int(body["peer_epoch"])
                 if peer_epoch > self._epoch():
@@ -454,6 +494,8 @@ class Sender:
                 message = f"{method} {path} answered {resp.status}: {detail or resp.reason}"
                 if 400 <= resp.status < 500 and isinstance(body, dict):
                     raise RefusedError(message, status=resp.status, body=body)
+                if resp.status == HTTPStatus.INSUFFICIENT_STORAGE:
+                    raise ReplicaStorageFullError(message)
                 raise PeerError(message)
             return body
 
