@@ -21,6 +21,7 @@ from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from daemon.control import ControlLoop
+from daemon.limits import body_deadline
 from daemon.node import Node
 from daemon.peers import Poller
 from daemon.problems import HTTPProblem, problem, problem_middleware
@@ -35,12 +36,20 @@ NODE = web.AppKey("node", Node)
 CONTROL = web.AppKey("control", ControlLoop)
 PLUGIN_DAEMON = web.AppKey("plugin_daemon", Poller)
 JSON_BODY_LIMIT = 32 * 1024 * 1024
+"""Every body read whole (JSON, forms, PUT /internal/files) is at most this: 413 beyond."""
+STREAMED_ROUTES = frozenset({"/internal/replication/batch", "/internal/plugins/{identifier}"})
+"""Bodies read in bounded pieces, as long as they keep coming (daemon/limits.py)."""
 
 
 def build_app(
     node: Node, control: ControlLoop, plugin_daemon: Poller | None = None, store: PluginStore | None = None
 ) -> web.Application:
-    app = web.Application(middlewares=[problem_middleware, auth_middleware], client_max_size=JSON_BODY_LIMIT)
+    middlewares = [
+        problem_middleware,
+        auth_middleware,
+        body_deadline(node.config.request_body_timeout, STREAMED_ROUTES),
+    ]
+    app = web.Application(middlewares=middlewares, client_max_size=JSON_BODY_LIMIT)
     app[NODE] = node
     app[CONTROL] = control
     if plugin_daemon is not None:

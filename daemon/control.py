@@ -66,6 +66,7 @@ class ControlLoop:
                 timeout=1.0,
                 headers=headers,
                 clock=clock,
+                ssl_context=node.client_tls,
             )
         self.last_tick = clock()
         self.last_reason = ""
