@@ -189,7 +189,12 @@ def role_request(kind: Request) -> Handler:
     async def handler(request: web.Request) -> web.Response:
         force = request.query.get("force", "").lower() in ("1", "true", "yes")
         node = request.app[NODE]
-        decision = await request.app[CONTROL].request(kind, force=force)
+        try:
+            decision = await request.app[CONTROL].request(kind, force=force)
+        except TimeoutError:
+            raise HTTPProblem(
+                503, "control loop busy", f"the {kind} request was not decided in time; try again"
+            ) from None
         if kind == "drain":
             await node.writes_settled(node.config.sync_write_timeout)  # writes admitted before the drain
         role, draining = _GOALS[kind]
@@ -300,13 +305,17 @@ async def _json_object(request: web.Request) -> dict[str, Any]:
     return data
 
 
+MAX_EPOCH = 1 << 62
+"""Epochs and sequences fit in 63 bits (SQLite and PostgreSQL integers); the wire format's own bound."""
+
+
 def _int_field(data: Mapping[str, Any], name: str) -> int:
     try:
         number = int(data.get(name, ""))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise HTTPProblem(400, "bad request", f"{name} must be an integer") from None
-    if number < 0:
-        raise HTTPProblem(400, "bad request", f"{name} must not be negative")
+    if not 0 <= number <= MAX_EPOCH:
+        raise HTTPProblem(400, "bad request", f"{name} must be an integer in [0, {MAX_EPOCH}]")
     return number
 
 
