@@ -6,6 +6,7 @@ certificates look just like the good ones (same names, same usages): only the si
 
 from __future__ import annotations
 
+import json
 import os
 import ssl
 import subprocess
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.cluster import SERVER_KEY, Pair, http, wait_until
+from tests.support.haproxy import running_haproxy
 from tests.support.tls import CertificateAuthority, Issued, TLSNode, https
 
 pytestmark = pytest.mark.timeout(120)
@@ -34,10 +36,18 @@ def rogue_ca(tmp_path: Path) -> CertificateAuthority:
 
 
 def tls_pair(
-    tmp_path: Path, master_env: dict[str, str], slave_env: dict[str, str], context: ssl.SSLContext
+    tmp_path: Path,
+    master_env: dict[str, str],
+    slave_env: dict[str, str],
+    context: ssl.SSLContext,
+    hosts: tuple[str, str] = ("127.0.0.1", "127.0.0.1"),
 ) -> Pair:
-    slave = TLSNode("slave", "slave", tmp_path / "slave", extra_env=slave_env, context=context)
-    master = TLSNode("master", "master", tmp_path / "master", extra_env=master_env, context=context)
+    slave = TLSNode("slave", "slave", tmp_path / "slave", extra_env=slave_env, context=context, host=hosts[1])
+    master = TLSNode(
+        "master", "master", tmp_path / "master", extra_env=master_env, context=context, host=hosts[0]
+    )
+    if hosts[0] != hosts[1]:
+        master.port = slave.port  # distinct addresses, one port: as HAProxy's template wants them
     master.extra_env["SYNC_TARGET"] = slave.url
     slave.extra_env["SYNC_SOURCE"] = master.url
     return Pair(master, slave)
@@ -45,13 +55,14 @@ def tls_pair(
 
 @pytest.fixture
 def mutual_pair(tmp_path: Path, good_ca: CertificateAuthority) -> Iterator[Pair]:
-    """Both nodes serve TLS and require a client certificate from the good CA."""
+    """Both nodes serve TLS and require a client certificate from the good CA (127.0.0.2 and .3)."""
     operator = good_ca.issue("operator")
     pair = tls_pair(
         tmp_path,
         good_ca.issue("master").env(good_ca.cert_file),
         good_ca.issue("slave").env(good_ca.cert_file),
         good_ca.client_context(operator),
+        hosts=("127.0.0.2", "127.0.0.3"),
     )
     pair.operator = operator  # type: ignore[attr-defined]
     try:
@@ -106,7 +117,7 @@ def test_a_tls_node_refuses_plain_http_and_clients_without_a_good_certificate(
     mutual_pair: Pair, good_ca: CertificateAuthority, rogue_ca: CertificateAuthority
 ) -> None:
     node = mutual_pair.slave
-    plain = f"http://127.0.0.1:{node.port}/health"
+    plain = f"http://{node.host}:{node.port}/health"
     with pytest.raises((OSError, HTTPException)):
         http("GET", plain, timeout=5)
     health = f"{node.url}/health"
@@ -167,3 +178,32 @@ def _assert_link_refused(pair: Pair, expect: str = "") -> None:
         assert pair.slave.status()["applied_sequence"] == 0
     finally:
         pair.stop()
+
+
+@pytest.mark.parametrize("haproxy_ca", ["good", "rogue"])
+def test_haproxy_checks_and_reaches_mutual_tls_nodes_only_with_a_good_certificate(
+    mutual_pair: Pair,
+    good_ca: CertificateAuthority,
+    rogue_ca: CertificateAuthority,
+    tmp_path: Path,
+    haproxy_ca: str,
+) -> None:
+    ca = good_ca if haproxy_ca == "good" else rogue_ca
+    crt = ca.issue("haproxy").combined()
+    master, slave = mutual_pair.master, mutual_pair.slave
+    with running_haproxy(
+        master.host,
+        slave.host,
+        master.port,
+        workdir=tmp_path,
+        tls_ca_file=str(good_ca.cert_file),
+        tls_crt=str(crt),
+    ) as haproxy:
+        if haproxy_ca == "good":
+            haproxy.wait_for_state({"master": "UP", "standby": "DOWN"}, timeout=15)
+            status, _h, body = http("GET", f"{haproxy.url}/primary", timeout=5)
+            assert status == 200 and json.loads(body)["role"] == "master"
+        else:  # the nodes refuse HAProxy's certificate: no check passes, no traffic goes through
+            time.sleep(2.0)  # ten check periods
+            assert haproxy.wait_for_state({"master": "DOWN", "standby": "DOWN"}, timeout=10)
+            assert http("GET", f"{haproxy.url}/primary", timeout=5)[0] == 503

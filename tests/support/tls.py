@@ -1,7 +1,7 @@
 """Throwaway certificate authorities and certificates for TLS tests, and nodes that serve https.
 
 Each CA is generated in memory (the `cryptography` package) and written under the test's tmp_path;
-a node certificate names 127.0.0.1, ::1 and localhost and may serve and authenticate as a client.
+a node certificate names 127.0.0.1-3, ::1 and localhost and may serve and authenticate as a client.
 """
 
 from __future__ import annotations
@@ -41,6 +41,13 @@ class Issued:
 
     cert: Path
     key: Path
+
+    def combined(self) -> Path:
+        """Certificate and key in one PEM, as HAProxy's `crt` wants them."""
+        path = self.cert.with_suffix(".combined.pem")
+        path.write_bytes(self.cert.read_bytes() + self.key.read_bytes())
+        path.chmod(0o600)
+        return path
 
     def env(self, ca: Path | None) -> dict[str, str]:
         env = {"TLS_CERT_FILE": str(self.cert), "TLS_KEY_FILE": str(self.key)}
@@ -85,7 +92,7 @@ class CertificateAuthority:
         self.cert_file.write_bytes(self.certificate.public_bytes(serialization.Encoding.PEM))
 
     def issue(self, common_name: str) -> Issued:
-        """A certificate for a node on loopback: server and client usage, SANs 127.0.0.1, ::1, localhost."""
+        """A certificate for a node on loopback: server and client usage, SANs 127.0.0.1-3, ::1, localhost."""
         key = ec.generate_private_key(ec.SECP256R1())
         builder = (
             _validity(x509.CertificateBuilder())
@@ -98,7 +105,7 @@ class CertificateAuthority:
                 x509.SubjectAlternativeName(
                     [
                         x509.DNSName("localhost"),
-                        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                        *(x509.IPAddress(ipaddress.ip_address(f"127.0.0.{n}")) for n in (1, 2, 3)),
                         x509.IPAddress(ipaddress.ip_address("::1")),
                     ]
                 ),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import ssl
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 from daemon import ctl
 from daemon.config import Config, ConfigError
 from daemon.exposure import is_loopback, unguarded_warning
+from daemon.haproxy_config import HAProxySettings, SettingsError, render
 from daemon.tls import TLSFiles, client_context, server_context
 from tests.support.tls import CertificateAuthority, Issued
 
@@ -125,3 +127,16 @@ def test_request_timeouts_are_validated(variable: str) -> None:
     assert getattr(Config.from_env({variable: "7.5"}), variable.lower()) == 7.5
     with pytest.raises(ConfigError, match=variable):
         Config.from_env({variable: "0"})
+
+
+def test_haproxy_renders_tls_checks_and_traffic_only_when_asked() -> None:
+    plain = [line for line in render(HAProxySettings()).splitlines() if not line.lstrip().startswith("#")]
+    assert not [line for line in plain if "check-ssl" in line or " ssl " in line]
+    api = render(HAProxySettings(tls_ca_file="/etc/hs/ca.pem", tls_crt="/etc/hs/haproxy.pem"))
+    assert "check-ssl verify required ca-file /etc/hs/ca.pem crt /etc/hs/haproxy.pem" in api
+    assert re.search(r"^\s+server master \S+:5002 ssl check port", api, re.MULTILINE)
+    plugin = render(HAProxySettings(mode="plugin-daemon", check_port=5003, tls_ca_file="/etc/hs/ca.pem"))
+    assert "check-ssl verify required ca-file /etc/hs/ca.pem\n" in plugin
+    assert not re.search(r"^\s+server master \S+ ssl", plugin, re.MULTILINE), "the plugin daemon is plain"
+    with pytest.raises(SettingsError, match="tls_crt needs tls_ca_file"):
+        HAProxySettings(tls_crt="/etc/hs/haproxy.pem")
