@@ -13,6 +13,7 @@ from daemon.config import Config, ConfigError
 from daemon.exposure import is_loopback, unguarded_warning
 from daemon.haproxy_config import HAProxySettings, SettingsError, render
 from daemon.tls import TLSFiles, client_context, server_context
+from tests.deploy.test_k8s import config_variables, operator_variables
 from tests.support.tls import CertificateAuthority, Issued
 
 pytestmark = pytest.mark.timeout(60)
@@ -140,3 +141,10 @@ def test_haproxy_renders_tls_checks_and_traffic_only_when_asked() -> None:
     assert not re.search(r"^\s+server master \S+ ssl", plugin, re.MULTILINE), "the plugin daemon is plain"
     with pytest.raises(SettingsError, match="tls_crt needs tls_ca_file"):
         HAProxySettings(tls_crt="/etc/hs/haproxy.pem")
+
+
+def test_the_readme_documents_every_variable_the_tls_ones_included() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    variables = config_variables() | operator_variables()
+    assert {"TLS_CERT_FILE", "TLS_KEY_FILE", "TLS_CA_FILE", "REQUIRE_AUTH"} <= variables
+    assert sorted(v for v in variables if f"`{v}`" not in readme) == []
