@@ -207,3 +207,15 @@ def test_haproxy_checks_and_reaches_mutual_tls_nodes_only_with_a_good_certificat
             time.sleep(2.0)  # ten check periods
             assert haproxy.wait_for_state({"master": "DOWN", "standby": "DOWN"}, timeout=10)
             assert http("GET", f"{haproxy.url}/primary", timeout=5)[0] == 503
+
+
+def test_the_preload_command_speaks_mutual_tls(mutual_pair: Pair, good_ca: CertificateAuthority) -> None:
+    operator: Issued = mutual_pair.operator  # type: ignore[attr-defined]
+    env = {**os.environ, "SERVER_KEY": SERVER_KEY, **operator.env(good_ca.cert_file)}
+    command = [sys.executable, "-m", "daemon", "preload", "--url", mutual_pair.master.url, "--retries", "0"]
+    command += ["--plugin", "Not-An-Identifier"]  # refused by the node itself: nothing leaves loopback
+    done = subprocess.run(command, env=env, capture_output=True, timeout=60)
+    assert done.returncode == 1 and b"HTTP 400" in done.stderr, done.stderr.decode()
+    del env["TLS_CA_FILE"]  # the node's certificate cannot be verified any more
+    done = subprocess.run(command, env=env, capture_output=True, timeout=60)
+    assert done.returncode == 1 and b"CERTIFICATE_VERIFY_FAILED" in done.stderr, done.stderr.decode()
