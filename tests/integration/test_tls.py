@@ -6,6 +6,7 @@ certificates look just like the good ones (same names, same usages): only the si
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import ssl
@@ -18,6 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from daemon.drill.config import LoadSettings
+from daemon.drill.load import Load
+from daemon.drill.steps import Clock
+from daemon.tls import TLSFiles
 from tests.support.cluster import SERVER_KEY, Pair, http, wait_until
 from tests.support.haproxy import running_haproxy
 from tests.support.tls import CertificateAuthority, Issued, TLSNode, https
@@ -219,3 +224,28 @@ def test_the_preload_command_speaks_mutual_tls(mutual_pair: Pair, good_ca: Certi
     del env["TLS_CA_FILE"]  # the node's certificate cannot be verified any more
     done = subprocess.run(command, env=env, capture_output=True, timeout=60)
     assert done.returncode == 1 and b"CERTIFICATE_VERIFY_FAILED" in done.stderr, done.stderr.decode()
+
+
+def test_the_drills_load_writes_and_reads_over_mutual_tls(
+    mutual_pair: Pair, good_ca: CertificateAuthority
+) -> None:
+    """The drill's own aiohttp clients (its load; its monitor uses the operator commands' client)."""
+    operator: Issued = mutual_pair.operator  # type: ignore[attr-defined]
+    files = TLSFiles(str(operator.cert), str(operator.key), str(good_ca.cert_file))
+
+    async def drive(tls: TLSFiles) -> Load:
+        settings = LoadSettings(write_rate=20.0, read_rate=20.0, prefix=".drill-tls", request_timeout=5.0)
+        load = Load(mutual_pair.master.url, SERVER_KEY, settings, Clock(), "tls", 1, "file", tls)
+        task = asyncio.create_task(load.run())
+        await asyncio.sleep(1.5)
+        load.stop()
+        await asyncio.wait_for(task, 30)
+        return load
+
+    load = asyncio.run(drive(files))
+    writes = [o for o in load.outcomes if o.kind == "write"]
+    assert len(writes) >= 10 and all(o.ok for o in writes), writes[:3]
+    assert load.acked and load.bad_reads == 0
+    assert any(o.kind == "read" and o.ok for o in load.outcomes)
+    refused = asyncio.run(drive(TLSFiles(ca=str(good_ca.cert_file))))  # no client certificate
+    assert refused.outcomes and not any(o.ok for o in refused.outcomes)
