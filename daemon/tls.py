@@ -53,8 +53,9 @@ class TLSFiles:
         for name, path in ((CERT, self.cert), (KEY, self.key), (CA, self.ca)):
             if path and not (os.path.isfile(path) and os.access(path, os.R_OK)):
                 raise TLSError(f"{name}={path!r} is not a readable file")
-        server_context(self)
-        client_context(self)
+        if self.cert or self.ca:
+            server_context(self)
+            client_context(self)
 
 
 def server_context(files: TLSFiles) -> ssl.SSLContext | None:
