@@ -239,10 +239,9 @@ async def put_file(request: web.Request) -> web.Response:
     if not node.accepts_writes():  # drained or demoted while the body was arriving
         raise HTTPProblem(503, "not the primary", f"this node stopped accepting writes (epoch {node.epoch})")
     seq = await node.write_file(path, body)
-    sender = node.sender
-    if wait and sender is not None:
+    if wait:
         try:
-            await sender.wait_acked(seq, config.sync_write_timeout)
+            await node.wait_replicated(seq, config.sync_write_timeout)
         except Exception as exc:
             raise HTTPProblem(
                 504,

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from daemon.tls import TLSError, TLSFiles
+from replication.ssh_target import SshTarget, is_ssh_url
 
 Role = Literal["master", "slave"]
 Election = Literal["static", "redis", "postgres"]
@@ -31,7 +32,7 @@ class ConfigError(ValueError):
     """A configuration value is missing or invalid; the message names the variable."""
 
 
-def _hide_password(url: str) -> str:
+def hide_password(url: str) -> str:
     parts = urlsplit(url)
     if parts.password is None:
         return url
@@ -48,6 +49,8 @@ class Config:
     server_port: int = 5002
     sync_target: str = ""
     sync_source: str = ""
+    ssh_key_file: str = ""
+    ssh_known_hosts: str = ""
     server_key: str = field(default="", repr=False)
     exclude: tuple[str, ...] = ()
     ready_markers: tuple[str, ...] = DEFAULT_READY_MARKERS
@@ -102,9 +105,19 @@ class Config:
         return TLSFiles(self.tls_cert_file, self.tls_key_file, self.tls_ca_file)
 
     @property
+    def peer_urls(self) -> tuple[str, ...]:
+        """The other nodes: where a leader sends (to every one), and whom a replica watches.
+
+        SYNC_TARGET (or SYNC_SOURCE) may list several, comma-separated: a
+        leader fans out to all of them, and a replica promoted later does the same.
+        """
+        listed = self.sync_target or self.sync_source
+        return tuple(url for url in listed.split(",") if url)
+
+    @property
     def peer_url(self) -> str:
-        """The other node: where a leader sends, and whom a replica watches."""
-        return self.sync_target or self.sync_source
+        """The first of `peer_urls` (the only one in a pair)."""
+        return self.peer_urls[0] if self.peer_urls else ""
 
     def __repr__(self) -> str:
         shown = []
@@ -120,7 +133,7 @@ class Config:
                 "plugin_daemon_url",
                 "marketplace_url",
             ):
-                value = _hide_password(value)
+                value = hide_password(value)
             shown.append(f"{f.name}={value!r}")
         return f"Config({', '.join(shown)})"
 
@@ -167,19 +180,54 @@ class _Reader:
         return number
 
     def url(self, name: str, schemes: tuple[str, ...] = ("http", "https")) -> str:
-        value = self.raw(name).rstrip("/")
+        return self.url_value(name, self.raw(name), schemes)
+
+    def url_value(self, name: str, value: str, schemes: tuple[str, ...] = ("http", "https")) -> str:
+        value = value.rstrip("/")
         if not value:
             return ""
         parts = urlsplit(value)
         if parts.scheme not in schemes or not parts.hostname:
             raise ConfigError(
-                f"{name}={_hide_password(value)!r} is invalid: expected {schemes[0]}://host:port"
+                f"{name}={hide_password(value)!r} is invalid: expected {schemes[0]}://host:port"
             )
         try:
             parts.port  # noqa: B018 - validates the port
         except ValueError:
-            raise ConfigError(f"{name}={_hide_password(value)!r} has an invalid port") from None
+            raise ConfigError(f"{name}={hide_password(value)!r} has an invalid port") from None
         return value
+
+    def urls(self, name: str) -> str:
+        """A comma-separated list of distinct node URLs, kept as one normalised string.
+
+        SYNC_TARGET may also list ssh://user@host[:port]/absolute/path: a plain SSH host.
+        """
+        listed = [self.node_url(name, item.strip()) for item in self.raw(name).split(",") if item.strip()]
+        if len(set(listed)) != len(listed):
+            raise ConfigError(f"{name} lists the same node twice")
+        return ",".join(listed)
+
+    def node_url(self, name: str, value: str) -> str:
+        if name != "SYNC_TARGET" or not is_ssh_url(value):
+            return self.url_value(name, value)
+        try:
+            return str(SshTarget.parse(value))
+        except ValueError as exc:
+            raise ConfigError(f"{name}={hide_password(value)!r} is invalid: {exc}") from None
+
+    def ssh_file(self, name: str) -> str:
+        """A key or known_hosts file for ssh:// targets: required then, and it must be readable."""
+        targets = self.raw("SYNC_TARGET").split(",")
+        if self.raw("ROLE", "master").lower() != "master" or not any(is_ssh_url(t.strip()) for t in targets):
+            return self.raw(name)  # a slave with a SYNC_TARGET is refused below, naming SYNC_TARGET
+        value = self.raw(name)
+        why = "the private key to log in with" if name == "SSH_KEY_FILE" else "the host keys to check against"
+        if not value:
+            raise ConfigError(f"{name} is required with an ssh:// SYNC_TARGET: {why}")
+        path = os.path.abspath(os.path.expanduser(value))
+        if not os.path.isfile(path) or not os.access(path, os.R_OK):
+            raise ConfigError(f"{name}={value!r} is not a readable file ({why})")
+        return path
 
     def path(self, name: str, default: str) -> str:
         value = self.raw(name, default)
@@ -209,8 +257,10 @@ class _Reader:
             state_path=state_path,
             server_host=self.raw("SERVER_HOST", "0.0.0.0") or "0.0.0.0",
             server_port=self.integer("SERVER_PORT", 5002, 0, 65535),
-            sync_target=self.url("SYNC_TARGET"),
-            sync_source=self.url("SYNC_SOURCE"),
+            sync_target=self.urls("SYNC_TARGET"),
+            sync_source=self.urls("SYNC_SOURCE"),
+            ssh_key_file=self.ssh_file("SSH_KEY_FILE"),
+            ssh_known_hosts=self.ssh_file("SSH_KNOWN_HOSTS"),
             server_key=self.env.get("SERVER_KEY", ""),
             exclude=self.globs("EXCLUDE", ()),
             ready_markers=self.globs("READY_MARKERS", DEFAULT_READY_MARKERS),
@@ -250,6 +300,11 @@ class _Reader:
             raise ConfigError("SYNC_SOURCE is for ROLE=slave; a master replicates to SYNC_TARGET")
         if config.role == "slave" and config.sync_target:
             raise ConfigError("SYNC_TARGET is for ROLE=master; a slave names its master in SYNC_SOURCE")
+        if config.failover == "auto" and len(config.peer_urls) > 1:
+            raise ConfigError(
+                "FAILOVER=auto with several nodes could promote two of them at once: "
+                "use ELECTION=redis or ELECTION=postgres beyond a pair"
+            )
         if "\n" in config.server_key or (config.server_key and len(config.server_key) < 8):
             raise ConfigError("SERVER_KEY must be at least 8 characters on one line")
         if config.require_auth and not config.server_key:

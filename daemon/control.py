@@ -19,7 +19,7 @@ import structlog
 from daemon.config import Config
 from daemon.election.base import ElectionError, LeaseBackend
 from daemon.node import Node
-from daemon.peers import Poller
+from daemon.peers import PeerView, Poller
 from daemon.roles import (
     Decision,
     LeaseOutcome,
@@ -31,6 +31,7 @@ from daemon.roles import (
     initial_state,
     may_compete,
 )
+from replication.ssh_target import is_ssh_url
 
 log = structlog.get_logger("daemon.control")
 
@@ -57,17 +58,20 @@ class ControlLoop:
             lease_ttl=self.config.lease_ttl,
             safety_margin=self.config.lease_safety_margin,
         )
-        self.peer: Poller | None = None
-        if self.config.peer_url:
-            headers = {"Authorization": f"Bearer {self.config.server_key}"} if self.config.server_key else {}
-            self.peer = Poller(
-                f"{self.config.peer_url}/internal/status",
+        headers = {"Authorization": f"Bearer {self.config.server_key}"} if self.config.server_key else {}
+        self.peers = [
+            Poller(
+                f"{url}/internal/status",
                 interval=max(0.2, self.config.control_interval),
                 timeout=1.0,
                 headers=headers,
                 clock=clock,
                 ssl_context=node.client_tls,
             )
+            for url in self.config.peer_urls
+            if not is_ssh_url(url)  # a plain SSH host has no API to poll
+        ]
+        self._link_down_since: float | None = None
         self.last_tick = clock()
         self.last_reason = ""
         self._requests: asyncio.Queue[_Pending] = asyncio.Queue()
@@ -119,15 +123,16 @@ class ControlLoop:
         self.node.check_sender()
         state = self.node.role_state
         synced = self.node.receiver.synced or self._may_bootstrap()
-        base = Observations(now=self.clock(), synced=synced)
+        link_up = self.node.receiver.connected(self.config.heartbeat_interval)
+        views = [peer.peer_view(max_age=max(2.0, 4 * self.config.control_interval)) for peer in self.peers]
+        base = Observations(now=self.clock(), synced=synced, outranked=self._outranked(views, link_up))
         lease = await self._lease_call(may_compete(state, base, self.policy))
-        view = self.peer.peer_view(max_age=max(2.0, 4 * self.config.control_interval)) if self.peer else None
-        fenced_by = self.node.sender.fenced_by if self.node.sender else None
+        answered = [view for view in views if view.answered_at is not None]
         peer_epochs = [
             e
             for e in (
-                view.epoch if view else None,
-                fenced_by,
+                *(view.epoch for view in views),
+                self.node.fenced_by,
                 self.node.peer_epoch_seen or None,
                 self.node.receiver.epoch if state.role == "replica" else None,
             )
@@ -136,9 +141,9 @@ class ControlLoop:
         obs = Observations(
             now=self.clock(),
             peer_epoch=max(peer_epochs) if peer_epochs else None,
-            peer_is_leader=view.writable if view and view.answered_at is not None else None,
-            peer_checked=self.peer is None or self.peer.attempts > 0,
-            link_up=self.node.receiver.connected(self.config.heartbeat_interval),
+            peer_is_leader=any(view.writable for view in answered) if answered else None,
+            peer_checked=all(peer.attempts > 0 for peer in self.peers),
+            link_up=link_up,
             synced=synced,
             lease=lease,
             request=pending.request if pending else None,
@@ -155,6 +160,31 @@ class ControlLoop:
             pending.done.set_result(decision)
         self.last_tick = self.clock()
         return decision
+
+    def _outranked(self, views: list[PeerView], link_up: bool) -> bool:
+        """Another replica of the same leader holds more of its history: let it take the lease first.
+
+        Only for one lease term after our own link to the leader went down, so a
+        better-placed replica that cannot reach the election service delays a
+        failover by at most LEASE_TTL rather than blocking it.
+        """
+        now = self.clock()
+        if link_up or self.node.role_state.role != "replica":
+            self._link_down_since = None
+            return False
+        if self._link_down_since is None:
+            self._link_down_since = now
+        if now - self._link_down_since > self.config.lease_ttl:
+            return False
+        receiver = self.node.receiver
+        return any(
+            view.synced
+            and view.role == "slave"
+            and view.journal_id is not None
+            and view.journal_id == receiver.journal_id
+            and (view.applied_sequence or 0) > receiver.applied_seq
+            for view in views
+        )
 
     def _may_bootstrap(self) -> bool:
         """A brand-new ROLE=master node may start a new pair before anyone synchronised it."""

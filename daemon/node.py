@@ -24,7 +24,7 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from daemon import __version__
-from daemon.config import Config
+from daemon.config import Config, hide_password
 from daemon.divergence import DivergenceTracker
 from daemon.identity import NodeIdentity
 from daemon.problems import HTTPProblem
@@ -32,13 +32,15 @@ from daemon.roles import RoleState
 from daemon.tls import client_context
 from replication.applier import Applier
 from replication.envinit import EnvInitTracker
+from replication.errors import PeerError
 from replication.exclude import PathMatcher, ReadyMarkers
-from replication.journal import Journal
-from replication.metrics import ReplicationMetrics
+from replication.journal import Journal, JournalFanout, SequenceCounter
+from replication.links import Link, make_sender
+from replication.metrics import ReplicaGauges, ReplicationMetrics, ReplicaView
 from replication.paths import StorageRoot
 from replication.protocol import FLAG_COMPLETE, Operation, encode_trailer
 from replication.receiver import Receiver
-from replication.sender import LinkSettings, Sender, SyncSummary
+from replication.sender import LinkSettings, SyncSummary
 from replication.watcher import Watcher
 
 log = structlog.get_logger("daemon.node")
@@ -51,12 +53,46 @@ WATCHER_FAILED_RESCAN_INTERVAL = 30.0
 
 
 @dataclass
-class LeaderParts:
+class ReplicaLink:
+    """One replica of this leader: the journal of what it still lacks and the sender streaming to it."""
+
+    target: str
     journal: Journal
+    sender: Link
+    task: asyncio.Task[None]
+
+
+@dataclass
+class LeaderParts:
+    journals: list[Journal]
+    """One per replica (the first alone when there is no SYNC_TARGET), numbered from one counter."""
     watcher: Watcher
-    sender: Sender | None
-    sender_task: asyncio.Task[None] | None
+    links: list[ReplicaLink]
     anti_entropy_task: asyncio.Task[None] | None = None
+
+    @property
+    def head(self) -> int:
+        return self.journals[0].head
+
+    @property
+    def pending(self) -> int:
+        """Changes the furthest-behind replica still lacks."""
+        return max(journal.pending for journal in self.journals)
+
+    def lag_seconds(self) -> float:
+        return max(journal.oldest_unacked_age() for journal in self.journals)
+
+    def confirmed(self) -> int:
+        """Every change up to this sequence is on every replica."""
+        return min(journal.confirmed for journal in self.journals)
+
+    @property
+    def recorder(self) -> JournalFanout:
+        return JournalFanout(self.journals)
+
+    def note_vanished(self, path: str) -> None:
+        for link in self.links:
+            link.sender.note_vanished(path)
 
 
 class Node:
@@ -103,11 +139,12 @@ class Node:
         self._writes_idle = asyncio.Condition()
         self.metrics.track(
             lag=self.lag_seconds,
-            pending=lambda: self.journal.pending if self.journal else 0,
+            pending=lambda: self.leader.pending if self.leader else 0,
             connected=lambda: float(self.peer_connected()),
             sequence=self.sequence,
             acked=self.acked_sequence,
         )
+        ReplicaGauges(self.registry, self._replica_views)
         self.healthy_gauge.set_function(lambda: float(self.health()[0]))
         self.is_leader_gauge.set_function(lambda: float(self.accepts_writes()))
         self.epoch_gauge.set_function(lambda: float(self.epoch))
@@ -127,34 +164,57 @@ class Node:
             self.identity.has_led = True
             self.identity.save()
         self.tracker.leading_from()
-        journal = Journal(
-            uuid.uuid4().hex, ReadyMarkers(self.config.ready_markers), self.config.journal_max_entries
-        )
-        watcher = Watcher(self.config.storage_path, journal, self.excluded.matches)
-        watcher.on_loss = journal.request_rescan
+        journal_id, counter = uuid.uuid4().hex, SequenceCounter()
+        journals = [
+            Journal(
+                journal_id,
+                ReadyMarkers(self.config.ready_markers),
+                self.config.journal_max_entries,
+                counter=counter,
+            )
+            for _ in self.config.peer_urls or ("",)
+        ]
+        fanout = JournalFanout(journals)
+        watcher = Watcher(self.config.storage_path, fanout, self.excluded.matches)
+        watcher.on_loss = fanout.request_rescan
         watcher.env_init = self.env_init
         watcher.start(asyncio.get_running_loop())
         await watcher.ready()
-        sender, task = None, None
-        if self.config.peer_url:
-            sender = Sender(
-                self._link_settings(),
-                self.config.storage_path,
-                journal,
-                self.metrics,
-                self.excluded.matches,
-                epoch=lambda: self.identity.epoch,
-                record_tree=watcher.record_tree,
+        parts = LeaderParts(journals, watcher, [])
+        for target, journal in zip(self.config.peer_urls, journals, strict=False):
+            parts.links.append(self._start_link(target, journal, watcher))
+        watcher.on_vanished = parts.note_vanished
+        self.leader = parts
+        if parts.links:
+            parts.anti_entropy_task = asyncio.create_task(
+                self._anti_entropy(fanout, watcher), name="anti-entropy"
             )
-            sender.on_ack = lambda: self.tracker.acknowledged(journal.oldest_unacked_age(), journal.pending)
-            watcher.on_vanished = sender.note_vanished
-            task = asyncio.create_task(sender.run(), name="sender")
-        self.leader = LeaderParts(journal, watcher, sender, task)
-        if sender is not None:
-            self.leader.anti_entropy_task = asyncio.create_task(
-                self._anti_entropy(journal, watcher), name="anti-entropy"
-            )
-        log.info("leading", epoch=epoch, target=self.config.peer_url or None)
+        log.info("leading", epoch=epoch, targets=[hide_password(url) for url in self.config.peer_urls])
+
+    def _start_link(self, target: str, journal: Journal, watcher: Watcher) -> ReplicaLink:
+        sender = make_sender(
+            self._link_settings(target),
+            self.config.storage_path,
+            journal,
+            self.metrics,
+            self.excluded.matches,
+            epoch=lambda: self.identity.epoch,
+            record_tree=lambda rel: watcher.record_tree(rel, into=journal),
+            ssh_key_file=self.config.ssh_key_file,
+            ssh_known_hosts=self.config.ssh_known_hosts,
+        )
+        sender.on_ack = self._note_acknowledged
+        return ReplicaLink(
+            target, journal, sender, asyncio.create_task(sender.run(), name=f"sender {target}")
+        )
+
+    def _note_acknowledged(self) -> None:
+        """What a demotion now would leave only here: what the best-placed replica still lacks."""
+        parts = self.leader
+        if parts is None or not parts.links:
+            return
+        best = min(parts.links, key=lambda link: link.journal.pending)
+        self.tracker.acknowledged(best.journal.oldest_unacked_age(), best.journal.pending)
 
     async def become_replica(self, epoch: int) -> None:
         """Stop leading, keep what only we had, then accept the leader's changes."""
@@ -181,7 +241,7 @@ class Node:
         if parts is None:
             return
         parts.watcher.stop()
-        for task in (parts.sender_task, parts.anti_entropy_task):
+        for task in [link.task for link in parts.links] + [parts.anti_entropy_task]:
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -193,9 +253,9 @@ class Node:
             self.identity.save()
         self.receiver.raise_epoch(epoch)
 
-    def _link_settings(self) -> LinkSettings:
+    def _link_settings(self, target: str) -> LinkSettings:
         return LinkSettings(
-            target=self.config.peer_url,
+            target=target,
             server_key=self.config.server_key,
             node_id=self.identity.node_id,
             heartbeat_interval=self.config.heartbeat_interval,
@@ -205,7 +265,7 @@ class Node:
             ssl_context=self.client_tls,
         )
 
-    async def _anti_entropy(self, journal: Journal, watcher: Watcher) -> None:
+    async def _anti_entropy(self, journal: JournalFanout, watcher: Watcher) -> None:
         """Every ANTI_ENTROPY_INTERVAL (jittered by +-10%), compare manifests and repair any drift."""
         await asyncio.sleep(1.0)
         await watcher.verify_coverage()
@@ -223,25 +283,27 @@ class Node:
     def check_sender(self) -> None:
         """Surface a sender task or watcher thread that died instead of letting it vanish."""
         parts = self.leader
-        if parts is not None:
-            parts.watcher.check()
-        if parts is None or parts.sender_task is None or not parts.sender_task.done():
+        if parts is None:
             return
-        if not parts.sender_task.cancelled() and parts.sender_task.exception() is not None:
-            exc = parts.sender_task.exception()
-            self.last_error = f"sender failed: {type(exc).__name__}: {exc}"
-            log.error("sender_failed", error=self.last_error)
-            assert parts.sender is not None
-            parts.sender_task = asyncio.create_task(parts.sender.run(), name="sender")
+        parts.watcher.check()
+        for link in parts.links:
+            if not link.task.done() or link.task.cancelled() or link.task.exception() is None:
+                continue
+            exc = link.task.exception()
+            self.last_error = f"sender to {link.target} failed: {type(exc).__name__}: {exc}"
+            log.error("sender_failed", error=self.last_error, target=link.target)
+            link.task = asyncio.create_task(link.sender.run(), name=f"sender {link.target}")
 
     # -- questions the API asks ----------------------------------------------------------
     @property
-    def journal(self) -> Journal | None:
-        return self.leader.journal if self.leader else None
+    def senders(self) -> list[Link]:
+        return [link.sender for link in self.leader.links] if self.leader else []
 
     @property
-    def sender(self) -> Sender | None:
-        return self.leader.sender if self.leader else None
+    def fenced_by(self) -> int | None:
+        """The highest epoch a replica answered with, when above ours: this node must stop leading."""
+        epochs = [s.fenced_by for s in self.senders if s.fenced_by is not None]
+        return max(epochs) if epochs else None
 
     @property
     def role(self) -> str:
@@ -252,8 +314,8 @@ class Node:
         return self.role_state.epoch
 
     def accepts_writes(self) -> bool:
-        sender = self.sender
-        if sender is not None and sender.fenced_by is not None and sender.fenced_by > self.epoch:
+        fenced_by = self.fenced_by
+        if fenced_by is not None and fenced_by > self.epoch:
             return False
         return self.role_state.accepts_writes(time.monotonic())
 
@@ -263,19 +325,19 @@ class Node:
 
     def peer_connected(self) -> bool:
         if self.leader is not None:
-            return self.sender.connected if self.sender else False
+            return any(sender.connected for sender in self.senders)
         return self.receiver.connected(self.config.heartbeat_interval)
 
     def lag_seconds(self) -> float:
         if self.leader is not None:
-            return self.leader.journal.oldest_unacked_age()
+            return self.leader.lag_seconds()
         return self.receiver.lag_seconds()
 
     def sequence(self) -> float:
-        return float(self.journal.head if self.journal else self.receiver.applied_seq)
+        return float(self.leader.head if self.leader else self.receiver.applied_seq)
 
     def acked_sequence(self) -> float:
-        return float(self.journal.acked if self.journal else self.receiver.applied_seq)
+        return float(self.leader.confirmed() if self.leader else self.receiver.applied_seq)
 
     def health(self) -> tuple[bool, str]:
         return storage_writable(self.config.storage_path)
@@ -297,8 +359,9 @@ class Node:
         return report
 
     def status(self) -> dict[str, Any]:
-        sender = self.sender
-        last_error = (sender.last_error if sender else self.receiver.last_error) or self.last_error
+        errors = [s.last_error for s in self.senders if s.last_error] if self.leader else []
+        last_error = (errors[0] if errors else None) if self.leader else self.receiver.last_error
+        last_error = last_error or self.last_error
         status: dict[str, Any] = {
             "role": self.role,
             "node_id": self.identity.node_id,
@@ -308,22 +371,48 @@ class Node:
             "election": self.config.election,
             "sync_mode": self.config.sync_mode,
             "acknowledged_sequence": int(self.acked_sequence()),
-            "pending_changes": self.journal.pending if self.journal else 0,
+            "pending_changes": self.leader.pending if self.leader else 0,
             "lag_seconds": round(self.lag_seconds(), 3),
             "loss_window_seconds": round(self.lag_seconds(), 3) if self.leader else None,
             "peer_connected": self.peer_connected(),
-            "peer_url": self.config.peer_url or None,
+            "peer_url": hide_password(self.config.peer_url) or None,
+            "peer_urls": [hide_password(url) for url in self.config.peer_urls],
             "last_error": last_error,
             "storage_path": self.config.storage_path,
             "uptime_seconds": round(time.monotonic() - self.started_at, 1),
         }
         if self.leader is not None:
-            status["produced_sequence"] = self.leader.journal.head
+            status["produced_sequence"] = self.leader.head
+            status["replicas"] = [self._link_status(link) for link in self.leader.links]
         else:
             status["applied_sequence"] = self.receiver.applied_seq
+            status["journal_id"] = self.receiver.journal_id or None
             status["master_node"] = self.receiver.master_node or None
             status["synced"] = self.receiver.synced
         return status
+
+    def _replica_views(self) -> list[ReplicaView]:
+        links = self.leader.links if self.leader else []
+        return [
+            ReplicaView(
+                target=hide_password(link.target),
+                connected=link.sender.connected,
+                lag_seconds=link.journal.oldest_unacked_age(),
+                pending=link.journal.pending,
+            )
+            for link in links
+        ]
+
+    @staticmethod
+    def _link_status(link: ReplicaLink) -> dict[str, Any]:
+        return {
+            "target": hide_password(link.target),
+            "connected": link.sender.connected,
+            "confirmed_sequence": link.journal.confirmed,
+            "pending_changes": link.journal.pending,
+            "lag_seconds": round(link.journal.oldest_unacked_age(), 3),
+            "last_error": link.sender.last_error,
+        }
 
     async def writes_settled(self, timeout: float) -> None:
         """Wait (bounded) until API writes admitted earlier are recorded in the journal."""
@@ -344,8 +433,8 @@ class Node:
 
     async def _write_file(self, path: str, content: bytes, mode: int) -> int:
         """Write `path` atomically (temp, fsync, rename); returns the journal sequence to await."""
-        journal = self.journal
-        if journal is None:
+        parts = self.leader
+        if parts is None:
             raise HTTPProblem(503, "not the primary", "only the leader accepts writes")
         applier = Applier(StorageRoot(self.config.storage_path))
         stream = content + encode_trailer(FLAG_COMPLETE, hashlib.sha256(content).digest())
@@ -360,24 +449,52 @@ class Node:
         op = Operation(seq=0, op="put", path=path, mode=mode, mtime_ns=time.time_ns(), size=len(content))
         await applier.apply(op, read)
         applier.flush()
-        journal.record_sync(path)
-        return journal.head
+        parts.recorder.record_sync(path)
+        return parts.head
+
+    def record_written(self, paths: list[str]) -> int:
+        """Record files the store just wrote, ahead of the watcher; returns the sequence to await."""
+        parts = self.leader
+        if parts is None:
+            raise HTTPProblem(503, "not the primary", "only the leader accepts writes")
+        for path in paths:
+            parts.recorder.record_sync(path)
+        return parts.head
+
+    async def wait_replicated(self, seq: int, timeout: float) -> None:
+        """SYNC_MODE=sync: every replica connected now confirms `seq` (PeerError if none, or on timeout)."""
+        senders = [sender for sender in self.senders if sender.connected]
+        if not senders:
+            raise PeerError("no replica is connected")
+        await asyncio.gather(*(sender.wait_acked(seq, timeout) for sender in senders))
 
     async def full_sync(self, timeout: float = 300.0) -> SyncSummary:
-        """Reconcile by manifest now and wait until the replica acknowledged all of it."""
-        sender = self.sender
-        if sender is None:
+        """Reconcile every replica by manifest now and wait until each acknowledged all of it."""
+        senders = self.senders
+        if not senders:
             raise HTTPProblem(
                 409,
                 "not a replicating leader",
                 "POST /internal/sync runs on the leader, which needs a peer (SYNC_TARGET)",
             )
         started = time.monotonic()
+        summaries = await asyncio.gather(*(self._sync_one(sender, timeout) for sender in senders))
+        total = SyncSummary("requested", up_to_seq=max(s.up_to_seq for s in summaries))
+        total.compared = max(s.compared for s in summaries)
+        for one in summaries:
+            total.sent += one.sent
+            total.attributes += one.attributes
+            total.deleted += one.deleted
+            total.bytes += one.bytes
+        total.seconds = time.monotonic() - started
+        return total
+
+    @staticmethod
+    async def _sync_one(sender: Link, timeout: float) -> SyncSummary:
         bytes_before = sender.bytes_sent
         summary = await sender.reconcile("requested")
         await sender.wait_acked(summary.up_to_seq, timeout)
         summary.bytes = sender.bytes_sent - bytes_before
-        summary.seconds = time.monotonic() - started
         return summary
 
 

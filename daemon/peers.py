@@ -25,6 +25,10 @@ class PeerView:
     epoch: int | None = None
     writable: bool | None = None
     role: str | None = None
+    synced: bool = False
+    journal_id: str | None = None
+    """A replica: the journal of the leader it follows, and how much of it it applied."""
+    applied_sequence: int | None = None
     answered_at: float | None = None
     error: str | None = None
 
@@ -91,9 +95,14 @@ class Poller:
         if not self.fresh_ok(max_age) or self.body is None:
             return PeerView(error=self.error)
         epoch = self.body.get("epoch")
+        journal_id = self.body.get("journal_id")
+        applied = self.body.get("applied_sequence")
         return PeerView(
             epoch=epoch if isinstance(epoch, int) else None,
             writable=bool(self.body.get("writable")),
             role=str(self.body.get("role")),
+            synced=self.body.get("synced") is True,
+            journal_id=journal_id if isinstance(journal_id, str) else None,
+            applied_sequence=applied if isinstance(applied, int) else None,
             answered_at=self.answered_at,
         )

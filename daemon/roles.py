@@ -69,6 +69,8 @@ class Observations:
     synced: bool = False
     """Replica: it completed a full synchronisation with a leader and may be promoted."""
     lease: LeaseOutcome | None = None
+    outranked: bool = False
+    """Replica: another replica of the same leader has applied more of its history (it should lead)."""
     request: Request | None = None
     force: bool = False
 
@@ -264,7 +266,10 @@ def _replica_lease(
 def may_compete(state: RoleState, obs: Observations, policy: Policy) -> bool:
     """Whether the control loop should try to acquire a free lease on this tick."""
     return (
-        state.role == "replica" and obs.now >= state.hold_off_until and (obs.synced or policy.initial_leader)
+        state.role == "replica"
+        and obs.now >= state.hold_off_until
+        and (obs.synced or policy.initial_leader)
+        and not obs.outranked
     )
 
 

@@ -7,6 +7,7 @@ SIGTERM skips the graceful part and exits at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 from collections.abc import Coroutine
@@ -20,7 +21,7 @@ from daemon.config import Config
 from daemon.control import ControlLoop
 from daemon.election.factory import make_backend
 from daemon.exposure import unguarded_warning
-from daemon.node import Node
+from daemon.node import Node, ReplicaLink
 from daemon.peers import Poller
 from daemon.roles import Decision
 from daemon.store.factory import open_store
@@ -87,8 +88,8 @@ class Server:
             ssl_context=server_context(self.config.tls),
         )
         await site.start()
-        if self.control.peer is not None:
-            self._spawn(self.control.peer.run(), "peer-poller")
+        for number, peer in enumerate(self.control.peers):
+            self._spawn(peer.run(), f"peer-poller-{number}")
         if self.plugin_daemon is not None:
             self._spawn(self.plugin_daemon.run(), "plugin-daemon-poller")
         self._spawn(self.control.run(), "control-loop")
@@ -137,20 +138,25 @@ class Server:
         log.info("stopped", seconds=round(time.monotonic() - started, 3))
 
     async def _drain(self, deadline: float) -> None:
-        """Give the link a bounded chance to ship what the watcher already recorded."""
-        journal, sender = self.node.journal, self.node.sender
-        if journal is None or sender is None:
+        """Give each connected link a bounded chance to ship what the watcher already recorded."""
+        parts = self.node.leader
+        if parts is None or not parts.links:
             return
-        while journal.pending and sender.connected and not self.force_exit:
+
+        def waiting() -> list[ReplicaLink]:
+            return [link for link in parts.links if link.sender.connected and link.journal.pending]
+
+        while (links := waiting()) and not self.force_exit:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            try:
-                await sender.wait_acked(journal.head, min(remaining, 0.2))
-            except PeerError:
-                continue
-        if journal.pending:
-            log.warning("stopped_with_pending_changes", pending=journal.pending)
+            with contextlib.suppress(PeerError):
+                await asyncio.gather(
+                    *(link.sender.wait_acked(parts.head, min(remaining, 0.2)) for link in links)
+                )
+        for link in parts.links:
+            if link.journal.pending:
+                log.warning("stopped_with_pending_changes", target=link.target, pending=link.journal.pending)
 
     async def _record_transition(self, kind: str, decision: Decision) -> None:
         if self.store is not None:

@@ -20,7 +20,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Literal, Protocol
 
 from replication.exclude import ReadyMarkers
 from replication.paths import is_within, rebase
@@ -39,6 +39,32 @@ class Change:
     enqueued_at: float = 0.0
 
 
+class Recorder(Protocol):
+    """Where the watcher records changes: one journal, or a fan-out to several."""
+
+    def record_sync(self, path: str, attr_hint: tuple[int, int] | None = None) -> None: ...
+    def record_delete(self, path: str) -> None: ...
+    def record_rename(self, src: str, dest: str) -> None: ...
+
+
+class SequenceCounter:
+    """Issues sequence numbers; the journals of one leader share one, so numbers compare across replicas.
+
+    With one journal per replica (fan-out), a shared counter means "replica A
+    applied up to 120" and "replica B applied up to 97" say which of them holds
+    more of the leader's history, which is how the most caught-up replica is
+    preferred at promotion. A journal's own numbers then have gaps; nothing
+    relies on them being contiguous.
+    """
+
+    def __init__(self) -> None:
+        self.last = 0
+
+    def next(self) -> int:
+        self.last += 1
+        return self.last
+
+
 class Journal:
     """Sequenced, coalescing, in-memory; all methods run on the event loop thread."""
 
@@ -48,6 +74,7 @@ class Journal:
         markers: ReadyMarkers,
         max_entries: int = 200_000,
         clock: Callable[[], float] = time.monotonic,
+        counter: SequenceCounter | None = None,
     ) -> None:
         self.journal_id = journal_id
         self._markers = markers
@@ -56,7 +83,7 @@ class Journal:
         self._entries: dict[int, Change] = {}
         self._unsent_sync = _UnsentIndex()
         self._unsent_markers: dict[str, int] = {}
-        self._next_seq = 1
+        self.counter = counter or SequenceCounter()
         self.sent_upto = 0
         self.acked = 0
         self.overflowed = False
@@ -167,12 +194,28 @@ class Journal:
     # -- observation -----------------------------------------------------------
     @property
     def head(self) -> int:
-        """The highest sequence number issued so far."""
-        return self._next_seq - 1
+        """The highest sequence number issued so far (by this journal or one sharing its counter)."""
+        return self.counter.last
+
+    @property
+    def confirmed(self) -> int:
+        """Every change recorded up to this sequence is on the replica.
+
+        Higher than `acked` when the last changes coalesced into entries the
+        replica has since acknowledged, or went to a journal sharing the counter.
+        Entries are held in ascending order, so the oldest pending one bounds it.
+        """
+        if not self._entries:
+            return self.head
+        return next(iter(self._entries)) - 1
 
     @property
     def pending(self) -> int:
         return len(self._entries)
+
+    def is_ready_marker(self, path: str) -> bool:
+        """True for a READY_MARKERS file: it must land only after everything queued before it."""
+        return self._markers.plugin_dir(path) is not None
 
     @property
     def has_unsent(self) -> bool:
@@ -187,8 +230,7 @@ class Journal:
 
     # -- internals -------------------------------------------------------------
     def _append(self, change: Change) -> None:
-        seq = self._next_seq
-        self._next_seq += 1
+        seq = self.counter.next()
         change = replace(change, seq=seq, enqueued_at=change.enqueued_at or self._clock())
         self._entries[seq] = change
         if change.kind == "sync":
@@ -282,3 +324,40 @@ class _UnsentIndex:
 def _ancestors(path: str) -> list[str]:
     parts = path.split("/")
     return ["/".join(parts[:n]) for n in range(1, len(parts))]
+
+
+class JournalFanout:
+    """What the watcher records goes to every replica's journal, in the same order.
+
+    Each replica has a journal of its own (its own sent and acknowledged
+    positions, its own coalescing), numbered from one shared counter: one
+    recorded change gets the same number in every journal that appends it.
+    """
+
+    def __init__(self, journals: list[Journal]) -> None:
+        counters = {id(journal.counter) for journal in journals}
+        if len(counters) != 1:
+            raise ValueError("the journals of a fan-out must share one SequenceCounter")
+        self.journals = journals
+        self.counter = journals[0].counter
+
+    def record_sync(self, path: str, attr_hint: tuple[int, int] | None = None) -> None:
+        self._each(lambda journal: journal.record_sync(path, attr_hint))
+
+    def record_delete(self, path: str) -> None:
+        self._each(lambda journal: journal.record_delete(path))
+
+    def record_rename(self, src: str, dest: str) -> None:
+        self._each(lambda journal: journal.record_rename(src, dest))
+
+    def request_rescan(self, reason: str) -> None:
+        for journal in self.journals:
+            journal.request_rescan(reason)
+
+    def _each(self, record: Callable[[Journal], None]) -> None:
+        base = high = self.counter.last
+        for journal in self.journals:
+            self.counter.last = base
+            record(journal)
+            high = max(high, self.counter.last)
+        self.counter.last = high

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from replication.envinit import BUCKETS
 
@@ -87,3 +90,41 @@ class ReplicationMetrics:
         self.peer_connected.set_function(connected)
         self.last_sequence.set_function(sequence)
         self.acked_sequence.set_function(acked)
+
+
+@dataclass(frozen=True)
+class ReplicaView:
+    """One replica of a leader as its link sees it (label `target`: its URL without credentials)."""
+
+    target: str
+    connected: bool
+    lag_seconds: float
+    pending: int
+
+
+class ReplicaGauges(Collector):
+    """Per-replica gauges of a leader with several targets, read from the live links at scrape time."""
+
+    def __init__(self, registry: CollectorRegistry, replicas: Callable[[], list[ReplicaView]]) -> None:
+        self._replicas = replicas
+        registry.register(self)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        connected = GaugeMetricFamily(
+            "plugin_sync_replica_connected", "1 while the link to this replica is up.", labels=["target"]
+        )
+        lag = GaugeMetricFamily(
+            "plugin_sync_replica_lag_seconds",
+            "Age of the oldest change this replica has not acknowledged.",
+            labels=["target"],
+        )
+        pending = GaugeMetricFamily(
+            "plugin_sync_replica_pending_changes",
+            "Changes recorded but not yet acknowledged by this replica.",
+            labels=["target"],
+        )
+        for view in self._replicas():
+            connected.add_metric([view.target], float(view.connected))
+            lag.add_metric([view.target], view.lag_seconds)
+            pending.add_metric([view.target], float(view.pending))
+        yield from (connected, lag, pending)

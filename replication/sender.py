@@ -18,7 +18,6 @@ import random
 import ssl
 import stat
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -31,13 +30,12 @@ from replication.delta import Signature, compute_delta, encode_instructions
 from replication.errors import FencedError, PeerError, RefusedError
 from replication.journal import Change, Journal
 from replication.metrics import ReplicationMetrics
-from replication.paths import is_within, rebase
 from replication.protocol import FLAG_COMPLETE, FLAG_DISCARD, Operation, encode_trailer
+from replication.source import SentObjects, SourceTree
 
 log = structlog.get_logger("replication.sender")
 
 CHUNK = 1024 * 1024
-SENT_INODES_KEPT = 100_000
 MAX_REFUSALS = 3
 """The same change refused this many times in a row is dropped and repaired by a rescan instead."""
 LINK_PATH = "/internal/replication"
@@ -114,8 +112,8 @@ class Sender:
         self.baseline_seq: int | None = None
         """The replica is a full copy once it has applied this sequence (set by each reconciliation)."""
         self.on_ack: Callable[[], None] = lambda: None
-        self._sent_inodes: OrderedDict[str, int] = OrderedDict()
-        self._vanished: OrderedDict[str, None] = OrderedDict()
+        self._tree = SourceTree(root)
+        self._sent = SentObjects(self._tree)
         self._refusals = 0
         self._signatures: dict[str, Signature] = {}
         self._whole_next: set[str] = set()
@@ -206,7 +204,7 @@ class Sender:
                 await self.reconcile(reason)
             self.journal.changed.clear()
             batch = self.journal.take_batch(
-                self.settings.batch_max_ops, self.settings.batch_max_bytes, self._size_of
+                self.settings.batch_max_ops, self.settings.batch_max_bytes, self._tree.size_of
             )
             if not batch:
                 with contextlib.suppress(asyncio.TimeoutError):
@@ -231,7 +229,7 @@ class Sender:
         failed = exc.body.get("failed_seq")
         symlink_at = exc.body.get("symlink_at")
         if isinstance(symlink_at, str) and symlink_at:
-            if self._is_real_folder(symlink_at):
+            if self._tree.is_real_folder(symlink_at):
                 # The replica still has a symlink where we now have a folder: send the folder first.
                 log.info("replica_folder_repaired_first", symlink_at=symlink_at)
                 self.journal.resync_first(symlink_at)
@@ -246,14 +244,6 @@ class Sender:
             self.journal.request_rescan("refused_change")
             self._refusals = 0
         return False
-
-    def _is_real_folder(self, path: str) -> bool:
-        try:
-            return self._under_real_folders(path) and stat.S_ISDIR(
-                os.lstat(os.path.join(self.root, path)).st_mode
-            )
-        except OSError:
-            return False
 
     async def _send_once(self, batch: list[Change]) -> None:
         resend: list[str] = []
@@ -285,14 +275,14 @@ class Sender:
     async def _frames(self, batch: list[Change], end_seq: int, resend: list[str]) -> AsyncIterator[bytes]:
         for change in batch:
             if change.kind == "delete":
-                self._vanished.pop(change.path, None)
+                self._sent.deleted(change.path)
                 yield self._counted(Operation(change.seq, "delete", change.path)).header()
             elif change.kind == "rename":
                 assert change.dest is not None
-                if self._rename_is_stale(change.path, change.dest):
+                if self._sent.rename_is_stale(change.path, change.dest):
                     resend.append(change.dest)
                     continue
-                resend.extend(self._vanished_below(change.path, change.dest))
+                resend.extend(self._sent.vanished_below(change.path, change.dest))
                 yield self._counted(Operation(change.seq, "rename", change.path, dest=change.dest)).header()
             else:
                 async for chunk in self._sync_frames(change, resend):
@@ -301,16 +291,13 @@ class Sender:
 
     async def _sync_frames(self, change: Change, resend: list[str]) -> AsyncIterator[bytes]:
         full = os.path.join(self.root, change.path)
-        try:
-            if not self._under_real_folders(change.path):
-                raise FileNotFoundError(change.path)  # a folder on the way is a symlink now
-            st = os.lstat(full)
-        except (FileNotFoundError, NotADirectoryError):
-            # Gone since: a delete that follows covers it, and a rename that follows
-            # re-sends it under its new name (see _vanished_below).
+        st = self._tree.current(change.path)
+        if st is None:
+            # Gone since (or a folder on the way is a symlink now): a delete that follows covers
+            # it, and a rename that follows re-sends it under its new name (see vanished_below).
             self.note_vanished(change.path)
             return
-        self._remember(change.path, st.st_ino)
+        self._sent.remember(change.path, st.st_ino)
         mode = stat.S_IMODE(st.st_mode)
         if stat.S_ISDIR(st.st_mode):
             yield self._counted(
@@ -396,72 +383,13 @@ class Sender:
                 signatures[path] = Signature.from_bytes(raw)
         return signatures
 
-    def _under_real_folders(self, path: str) -> bool:
-        """Every folder above `path` is a real directory here (we never read through a symlink)."""
-        parts = path.split("/")[:-1]
-        current = self.root
-        for part in parts:
-            current = os.path.join(current, part)
-            try:
-                if not stat.S_ISDIR(os.lstat(current).st_mode):
-                    return False
-            except OSError:
-                return False
-        return True
-
-    def _remember(self, path: str, inode: int) -> None:
-        """Which object we last sent for `path` (recent sends only, bounded)."""
-        self._sent_inodes[path] = inode
-        self._sent_inodes.move_to_end(path)
-        while len(self._sent_inodes) > SENT_INODES_KEPT:
-            self._sent_inodes.popitem(last=False)
-
-    def _rename_is_stale(self, src: str, dest: str) -> bool:
-        """True when the replica's `src` is not the object that was renamed.
-
-        Content is read when it is sent, so a path re-created right after a
-        rename can be sent under the old name before the rename event is
-        recorded; replaying the rename would then move the new object. We
-        compare the inode we sent for `src` with the one now at `dest`, and
-        send `dest` in full instead when they differ.
-        """
-        sent = self._sent_inodes.pop(src, None)
-        try:
-            now = os.lstat(os.path.join(self.root, dest)).st_ino
-        except OSError:
-            return False
-        if sent is not None and sent != now:
-            log.info("rename_replaced_by_send", src=src, dest=dest)
-            return True
-        if sent is not None:
-            self._remember(dest, sent)
-        return False
-
     def note_vanished(self, path: str) -> None:
         """`path` disappeared before its content could be read or sent."""
-        self._vanished[path] = None
-        self._vanished.move_to_end(path)
-        while len(self._vanished) > SENT_INODES_KEPT:
-            self._vanished.popitem(last=False)
-
-    def _vanished_below(self, src: str, dest: str) -> list[str]:
-        """Paths below `src` skipped earlier because they had moved: send them at their new place."""
-        moved = [p for p in self._vanished if is_within(p, src)]
-        for path in moved:
-            del self._vanished[path]
-        return [rebase(p, src, dest) for p in moved]
+        self._sent.note_vanished(path)
 
     def _counted(self, op: Operation) -> Operation:
         self.metrics.operations.labels(op=op.op).inc()
         return op
-
-    def _size_of(self, change: Change) -> int:
-        if change.kind != "sync":
-            return 0
-        try:
-            return os.lstat(os.path.join(self.root, change.path)).st_size
-        except OSError:
-            return 0
 
     # -- reconciliation ----------------------------------------------------------
     async def reconcile(self, reason: str) -> SyncSummary:
@@ -500,10 +428,10 @@ class Sender:
             return summary
 
     async def wait_acked(self, seq: int, timeout: float) -> None:
-        """Wait until the slave acknowledged `seq` (PeerError on timeout)."""
+        """Wait until the slave holds every change recorded up to `seq` (PeerError on timeout)."""
         async with self._acked:
             try:
-                await asyncio.wait_for(self._acked.wait_for(lambda: self.journal.acked >= seq), timeout)
+                await asyncio.wait_for(self._acked.wait_for(lambda: self.journal.confirmed >= seq), timeout)
             except TimeoutError:
                 raise PeerError(f"the slave did not acknowledge sequence {seq} within {timeout:g}s") from None
 

@@ -39,7 +39,7 @@ from watchdog.observers.api import BaseObserver
 
 from replication import manifest
 from replication.envinit import EnvInitTracker
-from replication.journal import Journal
+from replication.journal import Recorder
 from replication.losses import WatchdogAlarm, directories_below, inotify_watches_held, watch_shortfall
 from replication.paths import is_temp_name
 
@@ -89,7 +89,7 @@ class _Handoff(FileSystemEventHandler):
 class Watcher:
     """Watches STORAGE_PATH and records every change in the journal."""
 
-    def __init__(self, root: str, journal: Journal, skip: Callable[[str], bool]) -> None:
+    def __init__(self, root: str, journal: Recorder, skip: Callable[[str], bool]) -> None:
         self.root = os.path.abspath(root)
         self.journal = journal
         self._skip = skip
@@ -194,16 +194,17 @@ class Watcher:
             self._observer = None
             log.info("watcher_stopped")
 
-    def record_tree(self, rel: str) -> int:
+    def record_tree(self, rel: str, into: Recorder | None = None) -> int:
         """Record `rel` and everything below it (a new or moved-in directory).
 
         A directory that is already gone again may have been renamed before
         we could look inside: `on_vanished` lets the sender resend it under
         its new name when that rename goes out.
         """
+        recorder = into or self.journal
         count = 0
         for entry in manifest.walk(self.root, rel, self._skip):
-            self.journal.record_sync(entry.path)
+            recorder.record_sync(entry.path)
             count += 1
         if count == 0:
             self.on_vanished(rel)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, fields
 from typing import Literal
 from urllib.parse import urlsplit
 
-from daemon.config import _hide_password
+from daemon.config import hide_password
 from daemon.ctl import UsageError
 from daemon.tls import TLSFiles
 
@@ -80,9 +80,9 @@ class HAProxySettings:
     """HAProxy server names of the two nodes, in node order; None: matched by address."""
 
     def __repr__(self) -> str:
-        stats = None if self.stats_url is None else _hide_password(self.stats_url)
+        stats = None if self.stats_url is None else hide_password(self.stats_url)
         return (
-            f"HAProxySettings(url={_hide_password(self.url)!r}, socket={self.socket!r}, stats_url={stats!r},"
+            f"HAProxySettings(url={hide_password(self.url)!r}, socket={self.socket!r}, stats_url={stats!r},"
             f" servers={self.servers!r})"
         )
 

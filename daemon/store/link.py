@@ -72,15 +72,13 @@ class NodeLink:
         return None
 
     async def settle(self, replicated_paths: list[str]) -> bool:
-        journal, sender = self.node.journal, self.node.sender
-        if not replicated_paths or not self._waits() or journal is None or sender is None:
+        if not replicated_paths or not self._waits() or self.node.leader is None:
             return False
-        for path in replicated_paths:
-            journal.record_sync(path)
+        seq = self.node.record_written(replicated_paths)
         try:
-            await sender.wait_acked(journal.head, self.node.config.sync_write_timeout)
+            await self.node.wait_replicated(seq, self.node.config.sync_write_timeout)
         except Exception as exc:
             raise NotReplicated(
-                f"stored on the primary, but the replica did not confirm it: {exc}", seq=journal.head
+                f"stored on the primary, but the replica did not confirm it: {exc}", seq=seq
             ) from None
         return True

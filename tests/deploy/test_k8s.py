@@ -237,7 +237,8 @@ def test_services_probes_and_peer_urls_use_the_container_port() -> None:
         urls += env_of(container)["HOTSTANDBY_NODES"]["value"].split(",")
     sts = statefulset()
     pod_names = {f"{sts['metadata']['name']}-{i}" for i in range(sts["spec"]["replicas"])}
-    assert len(urls) == 6
+    replicas = sts["spec"]["replicas"]
+    assert len(urls) == replicas * (replicas - 1) + 2 * replicas  # each pod's peers, then two node lists
     for url in urls:
         match = re.fullmatch(r"http://([\w-]+)\.([\w-]+):(\d+)", url)
         assert match, url
@@ -284,19 +285,24 @@ def test_every_variable_the_drill_gets_is_read_by_config_or_the_operator_command
     assert not unknown, f"read neither by daemon/config.py nor daemon/ctl.py: {sorted(unknown)}"
 
 
-def test_the_wrapper_gives_each_pod_one_role_and_its_peer() -> None:
+def test_the_wrapper_gives_each_pod_one_role_and_every_other_pod_as_peer() -> None:
     script = wrapper_script()
     arms = dict(re.findall(r"^\s*(\d+)\)\s*(.*?);;", script, re.MULTILINE))
-    replicas = statefulset()["spec"]["replicas"]
+    sts = statefulset()
+    replicas = sts["spec"]["replicas"]
+    assert replicas == 3, "one leader and two replicas (the issue's shape)"
     assert sorted(arms) == [str(i) for i in range(replicas)], (
-        f"replicas={replicas} but the wrapper handles pods {sorted(arms)}: a leader replicates to one "
-        "SYNC_TARGET today (k8s/README.md: why two pods)"
+        f"replicas={replicas} but the wrapper handles pods {sorted(arms)}"
     )
-    roles = [re.search(r"ROLE=(\w+)", arm).group(1) for arm in arms.values()]  # type: ignore[union-attr]
-    assert sorted(roles) == ["master", "slave"]
-    for arm in arms.values():
-        peer = "SYNC_TARGET" if "ROLE=master" in arm else "SYNC_SOURCE"
-        assert f"{peer}=" in arm, arm
+    roles = {ordinal: re.search(r"ROLE=(\w+)", arm).group(1) for ordinal, arm in arms.items()}  # type: ignore[union-attr]
+    assert roles == {"0": "master", **{str(i): "slave" for i in range(1, replicas)}}
+    for ordinal, arm in arms.items():
+        peer = "SYNC_TARGET" if roles[ordinal] == "master" else "SYNC_SOURCE"
+        listed = re.search(rf'{peer}="([^"]+)"', arm)
+        assert listed, arm
+        hosts = [re.match(r"http://([\w-]+)\.", url).group(1) for url in listed.group(1).split(",")]  # type: ignore[union-attr]
+        others = [f"{sts['metadata']['name']}-{i}" for i in range(replicas) if str(i) != ordinal]
+        assert hosts == others, f"pod {ordinal} must list every other pod as its peers: {hosts}"
     assert script.rstrip().endswith("exec hotstandby serve")
 
 
@@ -315,9 +321,8 @@ def test_each_pods_environment_is_a_configuration_the_daemon_accepts() -> None:
     for arm in arms:
         exported = {name: value.strip('"') for name, value in re.findall(r"\b([A-Z][A-Z0-9_]*)=(\S+)", arm)}
         config = Config.from_env({**env, **exported})
-        assert config.election == env["ELECTION"] and config.peer_url == exported.get(
-            "SYNC_TARGET", exported.get("SYNC_SOURCE")
-        )
+        listed = exported.get("SYNC_TARGET", exported.get("SYNC_SOURCE", ""))
+        assert config.election == env["ELECTION"] and config.peer_urls == tuple(listed.split(","))
         assert config.storage_path == "/app/storage" and config.state_path == "/app/state"
         assert PathMatcher(config.exclude).matches("cwd/.uv-cache/wheels/x.whl"), "uv's cache is not copied"
 

@@ -3,7 +3,8 @@
 `running_sshd(folder)` generates a host key and a client key, writes an sshd_config that trusts only
 that client key (authorized_keys in the folder, public keys only, no PAM, StrictModes off because
 pytest's folders are not owned the way sshd wants), starts `sshd -D -e` on a free port, waits for its
-banner, and stops it on exit whatever happened. `known_hosts` holds the host key as
+banner, and stops it on exit whatever happened. It serves SFTP (`internal-sftp`, with OpenSSH's
+posix-rename, fsync and lsetstat extensions). `known_hosts` holds the host key as
 `[127.0.0.1]:port`, so clients check it for real; `wrong_known_hosts` holds another key, for tests that
 must see a host key refused.
 """
@@ -82,6 +83,7 @@ def _config(folder: Path, port: int, user: str) -> str:
             "PermitRootLogin prohibit-password",
             "PrintMotd no",
             "LogLevel VERBOSE",
+            "Subsystem sftp internal-sftp",
             "",
         ]
     )

@@ -108,6 +108,26 @@ def test_bad_value_raises_config_error_naming_the_variable(env, variable):
     assert variable in str(excinfo.value)
 
 
+def test_sync_target_may_list_several_replicas():
+    config = Config.from_env({"SYNC_TARGET": " http://a:5002/ , http://b:5002,"})
+    assert config.peer_urls == ("http://a:5002", "http://b:5002")
+    assert config.peer_url == "http://a:5002"
+    assert Config.from_env({}).peer_urls == ()
+
+
+@pytest.mark.parametrize(
+    ("env", "words"),
+    [
+        ({"SYNC_TARGET": "http://a:5002,http://a:5002/"}, "same node twice"),
+        ({"SYNC_TARGET": "http://a:5002,ftp://b"}, "SYNC_TARGET"),
+        ({"ROLE": "slave", "SYNC_SOURCE": "http://a:1,http://b:1", "FAILOVER": "auto"}, "FAILOVER=auto"),
+    ],
+)
+def test_bad_target_lists_are_refused(env, words):
+    with pytest.raises(ConfigError, match=words):
+        Config.from_env(env)
+
+
 def test_config_error_is_a_value_error():
     assert issubclass(ConfigError, ValueError)
 

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from replication.exclude import ReadyMarkers
-from replication.journal import Change, Journal
+from replication.journal import Change, Journal, JournalFanout, SequenceCounter
 from replication.paths import is_within
 
 MARKERS = ReadyMarkers(["**/.venv/dify/plugin.json"])
@@ -605,3 +605,56 @@ def test_recording_sets_the_changed_event():
     assert not journal.changed.is_set()
     journal.record_sync("a")
     assert journal.changed.is_set()
+
+
+# ---- fan-out: one journal per replica, one counter ---------------------------------------------------------
+
+
+def test_a_fanout_refuses_journals_with_counters_of_their_own() -> None:
+    with pytest.raises(ValueError, match="share one SequenceCounter"):
+        JournalFanout([make_journal(), make_journal()])
+
+
+def test_journals_sharing_a_counter_number_changes_in_recording_order() -> None:
+    counter = SequenceCounter()
+    fast, slow = (Journal("j", MARKERS, clock=FakeClock(), counter=counter) for _ in range(2))
+    fanout = JournalFanout([fast, slow])
+    fanout.record_sync("a")
+    assert summary(take_all(fast)) == [("sync", "a", None)]
+    fast.acknowledge(1)
+    fanout.record_sync("a")  # new entry for `fast` (its first was sent); coalesced for `slow`
+    fanout.record_delete("b")
+    assert [c.seq for c in take_all(fast)] == [2, 3]
+    assert [c.seq for c in take_all(slow)] == [1, 3]
+    assert fast.head == slow.head == 3
+
+
+def test_confirmed_covers_changes_that_coalesced_into_acknowledged_entries() -> None:
+    counter = SequenceCounter()
+    first, second = (Journal("j", MARKERS, clock=FakeClock(), counter=counter) for _ in range(2))
+    fanout = JournalFanout([first, second])
+    fanout.record_sync("a")
+    take_all(first)
+    fanout.record_sync("b")  # seq 2 in both
+    second.record_sync("a")  # coalesces into second's unsent seq 1
+    assert second.confirmed == 0
+    take_all(second)
+    second.acknowledge(2)
+    assert second.acked == 2 and second.confirmed == counter.last == 2
+    assert first.confirmed == 0  # its seq 1 is sent but not acknowledged
+    first.acknowledge(1)
+    assert first.confirmed == 1  # seq 2 is still pending there
+    take_all(first)
+    first.acknowledge(2)
+    assert first.confirmed == 2
+
+
+def test_a_lone_journal_confirms_exactly_what_was_acknowledged() -> None:
+    journal = make_journal()
+    for path in "abc":
+        journal.record_sync(path)
+    take_all(journal)
+    journal.acknowledge(2)
+    assert journal.confirmed == journal.acked == 2
+    journal.acknowledge(3)
+    assert journal.confirmed == 3

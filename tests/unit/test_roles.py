@@ -315,6 +315,11 @@ def test_may_compete(state: RoleState, now: float, synced: bool, policy: Policy,
     assert may_compete(state, Observations(now=now, synced=synced), policy) is expected
 
 
+def test_an_outranked_replica_leaves_the_lease_to_the_one_ahead() -> None:
+    assert not may_compete(REPLICA, Observations(now=NOW, synced=True, outranked=True), REDIS)
+    assert may_compete(REPLICA, Observations(now=NOW, synced=True, outranked=False), REDIS)
+
+
 def test_a_demoted_leader_does_not_compete_during_its_hold_off() -> None:
     demoted = decide(HOLDER, obs(102.0, request="demote"), REDIS).state
     assert not may_compete(demoted, obs(102.0 + 11.9, synced=True), REDIS)
