@@ -192,7 +192,7 @@ def make_request(rng: random.Random, route: Route, auth: str | None = None) -> R
 
 
 # -- sending and judging -------------------------------------------------------------------------------
-def send(node: Node, request: Request, timeout: float = 20.0) -> bytes:
+def send(node: Node, request: Request, timeout: float = 60.0) -> bytes:
     """The answer, b"" if the server closed without one. Reading stops at the end of the answer's
     body: the server may go on reading (and discarding) a body it did not need before it closes."""
     with socket.create_connection((node.host, node.port), timeout=timeout) as sock:
