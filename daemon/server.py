@@ -98,7 +98,7 @@ class Server:
             role=self.config.role,
             host=self.config.server_host,
             port=self.config.server_port,
-            tls="mutual" if self.config.tls.mutual else self.config.tls.serves_tls,
+            tls="mutual" if self.config.tls.mutual else ("on" if self.config.tls.serves_tls else "off"),
             storage_path=self.config.storage_path,
             node_id=self.node.identity.node_id,
         )
