@@ -33,7 +33,10 @@ class ConfigError(ValueError):
 
 
 def hide_password(url: str) -> str:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unclosed IPv6 bracket: nothing can be trusted to be hidden
+        return "<not a URL>"
     if parts.password is None:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
@@ -186,7 +189,10 @@ class _Reader:
         value = value.rstrip("/")
         if not value:
             return ""
-        parts = urlsplit(value)
+        try:
+            parts = urlsplit(value)
+        except ValueError as exc:
+            raise ConfigError(f"{name} is not a URL ({exc}): expected {schemes[0]}://host:port") from None
         if parts.scheme not in schemes or not parts.hostname:
             raise ConfigError(
                 f"{name}={hide_password(value)!r} is invalid: expected {schemes[0]}://host:port"
