@@ -252,22 +252,63 @@ def _fail(text: str) -> int:
     return 1
 
 
-def switchover(client: Client, urls: Sequence[str], timeout: float, max_lag: float) -> int:
-    """Drain the leader, wait until the replica has everything, promote it, wait for the old leader to
-    follow. Until the promotion nothing is lost by giving up: the leader is undrained and keeps leading."""
-    if len(urls) != 2:
-        return _fail(f"refused: a switchover needs exactly two nodes, got {len(urls)}")
+def switchover(
+    client: Client, urls: Sequence[str], timeout: float, max_lag: float, to: str | None = None
+) -> int:
+    """Drain the leader, wait until the chosen replica has everything, promote it, wait until every other
+    node follows it. Until the promotion nothing is lost by giving up: the leader is undrained and keeps
+    leading."""
+    if to is not None and to not in urls:
+        raise UsageError(f"--to {to} is not one of the nodes ({', '.join(urls)})")
     steps = _Steps(5)
     statuses = fetch_all(client, urls)
     problem = assess(statuses, max_lag)
     if problem is not None:
-        return _fail(f"refused: the pair is not healthy: {problem}")
+        return _fail(f"refused: the nodes are not healthy: {problem}")
     leader = next(s for s in statuses if s.writable)
-    replica = next(s for s in statuses if s is not leader)
-    if not replica.get("synced"):
-        return _fail(f"refused: replica {replica.url} never completed a full sync")
-    steps.done(f"checked the pair: {leader.url} leads at epoch {leader.epoch}, {replica.url} follows")
-    return _Switch(client, leader, replica, timeout, steps).run()
+    replicas = [s for s in statuses if s is not leader]
+    chosen, why = choose_replica(leader, replicas, to)
+    if chosen is None:
+        return _fail(f"refused: {why}")
+    followers = ", ".join(s.url for s in replicas)
+    steps.done(f"checked the nodes: {leader.url} leads at epoch {leader.epoch}, {followers} follow; {why}")
+    return _Switch(client, leader, chosen, replicas, timeout, steps).run()
+
+
+def choose_replica(
+    leader: NodeStatus, replicas: Sequence[NodeStatus], to: str | None
+) -> tuple[NodeStatus | None, str]:
+    """The replica to hand over to, with why it was chosen; (None, why not) when none may lead.
+
+    `to` when given; else the most caught-up synced replica (its applied sequence, numbered by the
+    leader's one counter; the first listed wins a tie). It must list every other node as a peer: once
+    promoted it replicates to those alone, and a node it does not list would be left behind."""
+    if to is not None:
+        candidates = [s for s in replicas if s.url == to]
+        if not candidates:
+            return None, f"--to {to} is the leader, not a replica"
+    else:
+        candidates = [s for s in replicas if s.get("synced") and s.get("peer_connected")]
+        candidates.sort(key=lambda s: -int(s.get("applied_sequence") or 0))
+    if not candidates:
+        return None, "no replica is synced and connected"
+    chosen = candidates[0]
+    if not chosen.get("synced"):
+        return None, f"replica {chosen.url} never completed a full sync"
+    peers = chosen.get("peer_urls")
+    if isinstance(peers, list) and len(peers) < len(replicas):
+        return None, (
+            f"{chosen.url} lists {len(peers)} other node(s) in SYNC_SOURCE, but {len(replicas)} would follow"
+            " it: list every other node there (comma-separated) so that, once leader, it replicates to all"
+        )
+    if len(replicas) == 1:
+        return chosen, f"handing over to {chosen.url}"
+    if to is not None:
+        return chosen, f"handing over to {chosen.url} (--to)"
+    return (
+        chosen,
+        f"handing over to {chosen.url}, the most caught-up (sequence {chosen.get('applied_sequence')})",
+    )
 
 
 @dataclass
@@ -275,8 +316,16 @@ class _Switch:
     client: Client
     leader: NodeStatus
     replica: NodeStatus
+    """The one promoted."""
+    replicas: Sequence[NodeStatus]
+    """Every replica at the start, the promoted one included."""
     timeout: float
     steps: _Steps
+
+    @property
+    def followers(self) -> list[str]:
+        """Who must follow the new leader at the end: the old leader and every other replica."""
+        return [self.leader.url, *(s.url for s in self.replicas if s.url != self.replica.url)]
 
     def run(self) -> int:
         old, new = self.leader.url, self.replica.url
@@ -300,7 +349,7 @@ class _Switch:
         stuck = self.wait_swapped(epoch)
         if stuck is not None:
             return _fail(f"incomplete: {new} leads at epoch {epoch}, but {stuck}")
-        self.steps.done(f"{old} follows at epoch {epoch}; {new} accepts writes")
+        self.steps.done(f"{', '.join(self.followers)} follow(s) at epoch {epoch}; {new} accepts writes")
         print(
             f"switchover complete in {time.monotonic() - self.steps.began:.2f}s: {new} leads at epoch"
             f" {epoch} (was {old} at epoch {self.leader.epoch}); writes were refused for"
@@ -348,8 +397,12 @@ class _Switch:
         if replica.role != "slave" or not replica.get("peer_connected"):
             return None, "replica disconnected"
         produced = int(leader.get("produced_sequence") or 0)
-        acked = int(leader.get("acknowledged_sequence") or 0)
-        pending = int(leader.get("pending_changes") or 0)
+        link = link_to(leader, replica.url)
+        source = leader.body if link is None else link  # unknown link: every replica must have it all
+        assert source is not None
+        key = "acknowledged_sequence" if link is None else "confirmed_sequence"
+        acked = int(source.get(key) or 0)
+        pending = int(source.get("pending_changes") or 0)
         if leader.role != "master" or acked != produced or pending:
             return None, f"{pending} change(s) pending, acknowledged {acked} of {produced}"
         return produced, ""
@@ -375,16 +428,45 @@ class _Switch:
             time.sleep(POLL_INTERVAL)
 
     def wait_swapped(self, epoch: int) -> str | None:
+        """None once the new leader accepts writes and every other node follows it at `epoch`."""
         deadline = time.monotonic() + self.timeout
         while True:
-            old, new = fetch_all(self.client, [self.leader.url, self.replica.url], _remaining(deadline))
-            if old.role == "slave" and old.epoch == epoch and new.writable and new.epoch == epoch:
+            new, *others = fetch_all(self.client, [self.replica.url, *self.followers], _remaining(deadline))
+            leader_id = new.get("node_id")
+            behind = [s for s in others if not _follows(s, epoch, leader_id)]
+            if not behind and new.writable and new.epoch == epoch:
                 return None
             if time.monotonic() >= deadline:
-                shown = old.error or f"role {old.role} at epoch {old.epoch}"
                 writes = "accepts" if new.writable else "refuses"
-                return f"after {self.timeout:g}s {old.url} reports {shown} and {new.url} {writes} writes"
+                shown = "; ".join(f"{s.url} reports {_following(s)}" for s in behind) or "every node follows"
+                return f"after {self.timeout:g}s {new.url} {writes} writes; {shown}"
             time.sleep(POLL_INTERVAL)
+
+
+def link_to(leader: NodeStatus, url: str) -> Mapping[str, Any] | None:
+    """The leader's link to the replica at `url` (its `replicas` entry), by URL, or the only one; None
+    when the leader names its replicas otherwise (DNS names against addresses, say)."""
+    links = [r for r in leader.get("replicas") or [] if isinstance(r, dict)]
+    named = [r for r in links if str(r.get("target", "")).rstrip("/").lower() == url.lower()]
+    if named:
+        return named[0]
+    return links[0] if len(links) == 1 else None
+
+
+def _follows(node: NodeStatus, epoch: int, leader_id: Any) -> bool:
+    return (
+        node.role == "slave"
+        and node.epoch == epoch
+        and bool(node.get("peer_connected"))
+        and (leader_id is None or node.get("master_node") == leader_id)
+    )
+
+
+def _following(node: NodeStatus) -> str:
+    if not node.reachable:
+        return node.error or "no answer"
+    link = "connected" if node.get("peer_connected") else "disconnected"
+    return f"role {node.role} at epoch {node.epoch}, {link}"
 
 
 # -- command line ---------------------------------------------------------------------------------
@@ -395,8 +477,8 @@ def add_common(parser: argparse.ArgumentParser) -> None:
 def add_nodes(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--nodes",
-        metavar="URL,URL",
-        help="the pair's API URLs (default: env HOTSTANDBY_NODES, else this node and its SYNC_TARGET"
+        metavar="URL,URL[,URL...]",
+        help="every node's API URL (default: env HOTSTANDBY_NODES, else this node and its SYNC_TARGET"
         " or SYNC_SOURCE)",
     )
     parser.add_argument(
@@ -406,7 +488,7 @@ def add_nodes(parser: argparse.ArgumentParser) -> None:
 
 def add_arguments(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """The operator subcommands, on the `hotstandby` subparsers object."""
-    show = commands.add_parser("status", help="show both nodes; exit 0 only when the pair is healthy")
+    show = commands.add_parser("status", help="show every node; exit 0 only when they are healthy")
     add_nodes(show)
     show.add_argument("--json", action="store_true", help="print the nodes' status as JSON")
     add_common(show)
@@ -417,8 +499,13 @@ def add_arguments(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     demote = commands.add_parser("demote", help="demote the leader at URL")
     demote.add_argument("url", metavar="URL")
     add_common(demote)
-    switch = commands.add_parser("switchover", help="planned, zero-loss swap of leader and replica")
+    switch = commands.add_parser(
+        "switchover", help="planned, zero-loss hand-over from the leader to a replica"
+    )
     add_nodes(switch)
+    switch.add_argument(
+        "--to", metavar="URL", help="the replica to promote (default: the most caught-up synced one)"
+    )
     switch.add_argument(
         "--timeout", type=float, default=30.0, metavar="SECONDS", help="per wait (catch-up, roles); 30"
     )
@@ -438,7 +525,8 @@ def run(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> in
         return status(client, urls, max_lag, args.json)
     if args.timeout <= 0:
         raise UsageError("--timeout must be a positive number of seconds")
-    return switchover(client, urls, args.timeout, max_lag)
+    to = None if args.to is None else _url(args.to, "--to")
+    return switchover(client, urls, args.timeout, max_lag, to)
 
 
 def _server_key(key_file: str | None, environ: Mapping[str, str]) -> str:
@@ -470,7 +558,7 @@ def tls_context(environ: Mapping[str, str]) -> ssl.SSLContext:
 
 
 def node_urls(given: str | None, environ: Mapping[str, str]) -> list[str]:
-    """--nodes, else HOTSTANDBY_NODES, else this node (SERVER_PORT) and its peer; at least two."""
+    """--nodes, else HOTSTANDBY_NODES, else this node (SERVER_PORT) and its peers; at least two."""
     source = "--nodes" if given is not None else "HOTSTANDBY_NODES"
     text = given if given is not None else environ.get("HOTSTANDBY_NODES", "")
     if not text.strip() and given is None:
@@ -484,7 +572,8 @@ def node_urls(given: str | None, environ: Mapping[str, str]) -> list[str]:
     if len(urls) < 2:
         found = ", ".join(urls) or "none"
         raise UsageError(
-            f"need the pair's two URLs, {source} gave {found}: use --nodes URL,URL or HOTSTANDBY_NODES"
+            f"need at least two node URLs, {source} gave {found}: use --nodes URL,URL[,URL...] or"
+            " HOTSTANDBY_NODES"
         )
     return urls
 

@@ -198,6 +198,16 @@ class Journal:
         return self.counter.last
 
     @property
+    def last_held(self) -> int:
+        """The highest sequence this journal still holds; the head when it holds nothing.
+
+        With a shared counter the head may be a number only another replica's
+        journal got (a change that coalesced here): this replica will never be
+        sent it, so "caught up" means having applied up to `last_held`.
+        """
+        return next(reversed(self._entries)) if self._entries else self.head
+
+    @property
     def confirmed(self) -> int:
         """Every change recorded up to this sequence is on the replica.
 

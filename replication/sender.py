@@ -414,7 +414,7 @@ class Sender:
                 self.journal.record_sync(entry.path)
             for entry in plan.attrs_only:
                 self.journal.record_sync(entry.path, attr_hint=(entry.size, entry.mtime_ns))
-            self.baseline_seq = self.journal.head
+            self.baseline_seq = self.journal.last_held  # not the head: see Journal.last_held
             summary = SyncSummary(
                 reason=reason,
                 compared=plan.compared,

@@ -1,5 +1,5 @@
 """The quarterly failover drill (`hotstandby drill`): stop the leader under load through HAProxy, measure
-the switchover, verify that no acknowledged write was lost, restore the pair, report.
+the switchover, verify that no acknowledged write was lost, restore the nodes, report.
 
 Python API: `report = await run_drill(config, stopper=None)`; `report.exit_status` is 0 only on a pass.
 """

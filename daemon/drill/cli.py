@@ -34,10 +34,12 @@ if TYPE_CHECKING:
 
 DESCRIPTION = """\
 The quarterly failover drill. Under a client load through HAProxy (writes of known content and reads),
-stop the leader, measure when HAProxy marks it down, when the standby answers 200 on /primary and when
+stop the leader, measure when HAProxy marks it down, when a replica answers 200 on /primary and when
 writes succeed again; verify that every acknowledged write survived; start the old leader and check that
-it rejoins as a replica; optionally fail back (--failback). Refuses to start unless the pair is healthy;
-always starts again what it stopped. Writes report.json, report.md and timeline.png to
+it rejoins as a replica, and that every node follows the new leader and has every acknowledged write;
+optionally fail back (--failback). Two or more nodes: with more than one replica, the new leader is
+whichever the election promotes. Refuses to start unless the nodes are healthy; always starts again
+what it stopped. Writes report.json, report.md and timeline.png to
 --out/hotstandby-drill-<id>/, prints the summary, records it in the event history.
 
 Exit status: 0 pass, 1 fail, 2 usage, 3 refused by preflight (nothing stopped), 4 a stopped node could
@@ -73,8 +75,8 @@ def _haproxy(group: argparse._ArgumentGroup) -> None:
     )
     group.add_argument(
         "--haproxy-servers",
-        metavar="NAME,NAME",
-        help="HAProxy server names of the nodes (default: by address)",
+        metavar="NAME,NAME[,...]",
+        help="HAProxy server names of the nodes, in --nodes order (default: by address)",
     )
 
 
@@ -84,7 +86,7 @@ def _stopper(group: argparse._ArgumentGroup) -> None:
         choices=["command", "docker", "kubectl", "ssh"],
         help="how to stop/start a node (default: command with --stop-cmd, ssh with --remote-stop-cmd)",
     )
-    group.add_argument("--names", metavar="NAME,NAME", help="container/pod names of the nodes ({name})")
+    group.add_argument("--names", metavar="NAME,...", help="container/pod names of the nodes ({name})")
     group.add_argument("--stop-cmd", metavar="CMD", help="local shell command that stops a node")
     group.add_argument("--start-cmd", metavar="CMD", help="local shell command that starts it again")
     group.add_argument(
@@ -105,7 +107,7 @@ def _stopper(group: argparse._ArgumentGroup) -> None:
 def _ssh(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--remote-stop-cmd", metavar="CMD", help="command run on the node's host to stop it")
     group.add_argument("--remote-start-cmd", metavar="CMD", help="command run on the node's host to start it")
-    group.add_argument("--ssh-hosts", metavar="HOST,HOST", help="SSH hosts of the nodes (default: URL hosts)")
+    group.add_argument("--ssh-hosts", metavar="HOST,...", help="SSH hosts of the nodes (default: URL hosts)")
     group.add_argument("--ssh-port", type=int, default=22, metavar="PORT")
     group.add_argument("--ssh-user", metavar="USER", help="default: ~/.ssh/config, else the local user")
     group.add_argument(
@@ -166,7 +168,8 @@ def main(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> i
         report = asyncio.run(_run(config))
     except (KeyboardInterrupt, asyncio.CancelledError):
         print(
-            "hotstandby drill: interrupted again while restoring the pair: check it with `hotstandby status`",
+            "hotstandby drill: interrupted again while restoring the nodes: check them with"
+            " `hotstandby status`",
             file=sys.stderr,
         )
         return 130
@@ -210,21 +213,19 @@ def show_history(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 def build_config(args: argparse.Namespace, environ: Mapping[str, str]) -> DrillConfig:
     urls = ctl.node_urls(args.nodes, environ)
-    if len(urls) != 2:
-        raise UsageError(f"the drill needs exactly two nodes, got {len(urls)}")
     if not args.haproxy_url:
         raise UsageError("--haproxy-url is required: the load goes through it, as clients' traffic does")
-    names = _pair(args.names, "--names") or tuple(_default_name(u) for u in urls)
-    ssh_hosts = _pair(args.ssh_hosts, "--ssh-hosts") or tuple(_host(u) for u in urls)
+    names = _per_node(args.names, "--names", len(urls)) or tuple(_default_name(u) for u in urls)
+    ssh_hosts = _per_node(args.ssh_hosts, "--ssh-hosts", len(urls)) or tuple(_host(u) for u in urls)
     targets = tuple(Target(u, n, h) for u, n, h in zip(urls, names, ssh_hosts, strict=True))
     return DrillConfig(
-        targets=(targets[0], targets[1]),
+        targets=targets,
         server_key=ctl._server_key(args.key_file, environ),
         haproxy=HAProxySettings(
             url=ctl._url(args.haproxy_url, "--haproxy-url"),
             socket=args.haproxy_socket,
             stats_url=args.haproxy_stats,
-            servers=_pair(args.haproxy_servers, "--haproxy-servers"),
+            servers=_per_node(args.haproxy_servers, "--haproxy-servers", len(urls)),
         ),
         stopper=_stopper_settings(args),
         load=LoadSettings(args.write_rate, args.read_rate, args.prefix.strip("/"), args.request_timeout),
@@ -284,13 +285,14 @@ def _stopper_settings(args: argparse.Namespace) -> StopperSettings:
     )
 
 
-def _pair(text: str | None, flag: str) -> tuple[str, str] | None:
+def _per_node(text: str | None, flag: str, count: int) -> tuple[str, ...] | None:
+    """One comma-separated value per node, in --nodes order."""
     if text is None:
         return None
-    parts = [p.strip() for p in text.split(",")]
-    if len(parts) != 2 or not all(parts):
-        raise UsageError(f"{flag} takes two comma-separated values, in --nodes order")
-    return parts[0], parts[1]
+    parts = tuple(p.strip() for p in text.split(","))
+    if len(parts) != count or not all(parts):
+        raise UsageError(f"{flag} takes {count} comma-separated values, one per node in --nodes order")
+    return parts
 
 
 def _host(url: str) -> str:

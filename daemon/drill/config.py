@@ -27,7 +27,7 @@ DEFAULT_HISTORY_FILE = os.path.join("~", ".hotstandby", "drills.jsonl")
 
 @dataclass(frozen=True)
 class Target:
-    """One node of the pair, as the stoppers see it."""
+    """One node, as the stoppers see it."""
 
     url: str
     name: str
@@ -76,8 +76,8 @@ class HAProxySettings:
     """Where the clients go: HAProxy's frontend (or, on Kubernetes, the leader Service)."""
     socket: str | None = None
     stats_url: str | None = None
-    servers: tuple[str, str] | None = None
-    """HAProxy server names of the two nodes, in node order; None: matched by address."""
+    servers: tuple[str, ...] | None = None
+    """HAProxy server names of the nodes, in node order; None: matched by address."""
 
     def __repr__(self) -> str:
         stats = None if self.stats_url is None else hide_password(self.stats_url)
@@ -114,7 +114,8 @@ class Thresholds:
 
 @dataclass(frozen=True)
 class DrillConfig:
-    targets: tuple[Target, Target]
+    targets: tuple[Target, ...]
+    """Every node (two or more), in --nodes order; the drill finds which one leads."""
     server_key: str
     haproxy: HAProxySettings
     stopper: StopperSettings
@@ -146,8 +147,11 @@ class DrillConfig:
 def validate(config: DrillConfig) -> None:
     """Cross-field rules; each failure names the flag."""
     urls = [t.url for t in config.targets]
-    if len(set(urls)) != 2:
-        raise UsageError(f"--nodes: the drill needs two different nodes, got {', '.join(urls)}")
+    if len(urls) < 2 or len(set(urls)) != len(urls):
+        raise UsageError(f"--nodes: the drill needs two or more different nodes, got {', '.join(urls)}")
+    servers = config.haproxy.servers
+    if servers is not None and len(servers) != len(urls):
+        raise UsageError(f"--haproxy-servers names {len(servers)} servers for {len(urls)} nodes")
     positive = {
         "--max-switchover": config.thresholds.max_switchover,
         "--target-switchover": config.thresholds.target_switchover,

@@ -1,4 +1,4 @@
-"""Conflicts that appeared during a phase, on either node, each with why it is there."""
+"""Conflicts that appeared during a phase, on any node, each with why it is there."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from daemon.drill.record import PhaseReport
 
 
 async def collect(ctx: Context, report: PhaseReport, pre: Preflight) -> None:
-    """Conflicts (divergent writes kept aside) that appeared during this phase, on either node."""
+    """Conflicts (divergent writes kept aside) that appeared during this phase, on any node."""
     async with ctx.log.step(f"{report.name}: conflicts") as step:
         found: list[dict[str, Any]] = []
         errors = []
-        for index in (report.old, report.new):
+        for index in report.parts.everyone:
             url = ctx.target(index).url
             try:
                 code, body = await ctx.nodes.call("GET", url, "/internal/conflicts")
@@ -25,7 +25,8 @@ async def collect(ctx: Context, report: PhaseReport, pre: Preflight) -> None:
             if not isinstance(items, list):
                 errors.append(f"{url}: HTTP {code}")
                 continue
-            before = {_key(c) for c in (pre.conflicts[index] or [])}
+            earlier = pre.conflicts[index] if index < len(pre.conflicts) else None
+            before = {_key(c) for c in (earlier or [])}
             found += [{"node": url, **c} for c in items if isinstance(c, dict) and _key(c) not in before]
         report.conflicts = [{**c, "class": classify(ctx, report, pre, c)} for c in found]
         report.conflicts_error = "; ".join(errors) or None

@@ -1,4 +1,4 @@
-"""What every step of a drill shares: settings, clock, step log, the pair's API, the monitor, the stopper,
+"""What every step of a drill shares: settings, clock, step log, the nodes' API, the monitor, the stopper,
 and which nodes the drill has stopped and not yet seen back."""
 
 from __future__ import annotations

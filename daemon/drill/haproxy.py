@@ -123,7 +123,7 @@ def make_view(settings: HAProxySettings, session: aiohttp.ClientSession) -> View
 
 def match_servers(
     servers: Sequence[Server], targets: Sequence[Target], names: Sequence[str] | None
-) -> tuple[Server, Server]:
+) -> tuple[Server, ...]:
     """The server of each node, in node order; HAProxyError when they cannot be told apart."""
     if names is not None:
         found = [[s for s in servers if s.name == name] for name in names]
@@ -131,16 +131,16 @@ def match_servers(
             if len(hits) != 1:
                 where = f"{len(hits)} servers" if hits else "no server"
                 raise HAProxyError(f"--haproxy-servers: {where} named {name!r} in HAProxy's stats")
-        return found[0][0], found[1][0]
+        return tuple(hits[0] for hits in found)
     if servers and not any(s.addr for s in servers):
         raise HAProxyError(
             "HAProxy's stats hide the servers' addresses (the stats page shows them only with"
             " `stats show-legends`): name the nodes' servers with --haproxy-servers"
         )
     matched = [_by_address(servers, target) for target in targets]
-    if matched[0].name == matched[1].name and matched[0].backend == matched[1].backend:
-        raise HAProxyError("both nodes match the same HAProxy server: name them with --haproxy-servers")
-    return matched[0], matched[1]
+    if len({(s.backend, s.name) for s in matched}) != len(matched):
+        raise HAProxyError("two nodes match the same HAProxy server: name them with --haproxy-servers")
+    return tuple(matched)
 
 
 def _by_address(servers: Sequence[Server], target: Target) -> Server:

@@ -4,7 +4,7 @@ and to a local JSON-lines file; `hotstandby drill --history` reads both and merg
 The catalogue part needs `POST /internal/events` on the nodes; a node without it answers 404 or 405 and
 the report says the drill was not recorded there (never pretends it was). Reading uses
 `GET /internal/events?kind=drill`. With SQLite catalogues each node keeps its own events (the leader
-changes with every drill), so both nodes are asked; with PostgreSQL they share one.
+changes with every drill), so every node is asked; with PostgreSQL they share one.
 """
 
 from __future__ import annotations

@@ -96,15 +96,29 @@ def _phase_markdown(p: PhaseReport, config: DrillConfig) -> list[str]:
             "not verified" if v is None else f"**{v.lost}**",
             "must be 0" + ("" if v is None else f"; {v.method}"),
         ),
+        *(
+            [
+                (
+                    "other replicas follow the new leader",
+                    since_stop("other_replicas_follow"),
+                    ", ".join(p.other_urls),
+                )
+            ]
+            if p.parts.others
+            else []
+        ),
         ("old leader rejoined as replica", since_start("old_leader_rejoined"), ""),
         (f"lag back under {limits.max_lag:g}s", since_start("lag_under_bound"), ""),
+        ("acknowledged writes on every node", _everywhere(p), ""),
         (
             "new conflicts (kept aside, never deleted)",
             conflicts_text(p),
             p.conflicts_error or "",
         ),
     ]
-    title = f"## {p.name.capitalize()}: {p.old_url} -> {p.new_url}: {'pass' if p.passed else 'FAIL'}"
+    title = f"## {p.name.capitalize()}: {p.old_url} -> {p.new_url or '(no new leader)'}"
+    title += f" (other replicas: {', '.join(p.other_urls)})" if p.parts.others else ""
+    title += f": {'pass' if p.passed else 'FAIL'}"
     lines = [title, "", "| measurement | value | bound |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {_cell(c)} |" for a, b, c in rows]
     lines += [f"- failed: {f}" for f in p.failures]
@@ -117,7 +131,7 @@ def _phase_markdown(p: PhaseReport, config: DrillConfig) -> list[str]:
 
 
 def _restore_markdown(report: DrillReport) -> list[str]:
-    lines = ["", "## Pair after the drill", ""]
+    lines = ["", "## Nodes after the drill", ""]
     if not report.restore:
         lines.append("- nothing left to restore: every stopped node was started again")
     for r in report.restore:
@@ -127,8 +141,17 @@ def _restore_markdown(report: DrillReport) -> list[str]:
         )
     if report.final:
         healthy = "healthy" if report.final.get("healthy") else f"NOT healthy: {report.final.get('reason')}"
-        lines.append(f"- pair: {healthy}")
+        lines.append(f"- nodes: {healthy}")
     return lines
+
+
+def _everywhere(p: PhaseReport) -> str:
+    if not p.everywhere:
+        return "not checked"
+    missing = [f"{v.node}: {v.lost} missing" for v in p.everywhere if not v.ok]
+    if missing:
+        return "**" + "; ".join(missing) + "**"
+    return f"all on {len(p.everywhere)} node(s) following the new leader"
 
 
 def _cell(text: str) -> str:

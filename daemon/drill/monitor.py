@@ -1,6 +1,6 @@
-"""Watches the pair while the drill runs: every poll interval, each node's /primary and /internal/status,
+"""Watches the nodes while the drill runs: every poll interval, each node's /primary and /internal/status,
 and HAProxy's view of each node's server. Steps wait on it for the moments they measure; the report
-and the plot get the changes; any moment where both nodes answer 200 on /primary is kept (split brain).
+and the plot get the changes; any moment where two nodes answer 200 on /primary is kept (split brain).
 """
 
 from __future__ import annotations
@@ -46,8 +46,9 @@ class NodeSample:
 @dataclass(frozen=True)
 class Snapshot:
     at: float
-    nodes: tuple[NodeSample, NodeSample]
-    servers: tuple[str | None, str | None]
+    nodes: tuple[NodeSample, ...]
+    """One per node, in --nodes order."""
+    servers: tuple[str | None, ...]
     """HAProxy's status of each node's server (UP, DOWN, 'UP 1/2', ...); None when not known."""
     haproxy_error: str | None = None
 
@@ -62,11 +63,11 @@ class Monitor:
         self.nodes = nodes
         self.urls = [t.url for t in targets]
         self.view = view
-        self.server_names: tuple[str, str] | None = None
-        """HAProxy's names for the two nodes, once preflight matched them."""
+        self.server_names: tuple[str, ...] | None = None
+        """HAProxy's names for the nodes, once preflight matched them."""
         self.traffic: tuple[str, list[str | None]] | None = None
         """Without HAProxy stats: (traffic URL, node ids); each sample then asks the traffic URL which node
-        answers, and calls that node's server "UP (serving)", the other "not serving"."""
+        answers, and calls that node's server "UP (serving)", the others "not serving"."""
         self.clock = clock
         self.interval = interval
         self.snapshots: list[Snapshot] = []
@@ -78,18 +79,18 @@ class Monitor:
             began = self.clock.now()
             snapshot = await self.sample()
             self.snapshots.append(snapshot)
-            if all(n.primary for n in snapshot.nodes):
+            if sum(bool(n.primary) for n in snapshot.nodes) > 1:
                 self.both_primary.append(snapshot.at)
             async with self._changed:
                 self._changed.notify_all()
             await asyncio.sleep(max(0.0, self.interval - (self.clock.now() - began)))
 
     async def sample(self) -> Snapshot:
-        first, second = self.urls
-        (servers, error), *samples = await asyncio.gather(
-            self._servers(), self._node(first), self._node(second)
+        seen, samples = await asyncio.gather(
+            self._servers(), asyncio.gather(*(self._node(url) for url in self.urls))
         )
-        return Snapshot(self.clock.now(), (samples[0], samples[1]), servers, error)
+        servers, error = seen
+        return Snapshot(self.clock.now(), tuple(samples), servers, error)
 
     async def _node(self, url: str) -> NodeSample:
         code, status = await asyncio.gather(
@@ -103,30 +104,30 @@ class Monitor:
         except ctl.UsageError as exc:  # 401: preflight says so first; keep watching
             return ctl.NodeStatus(url, error=str(exc))
 
-    async def _servers(self) -> tuple[tuple[str | None, str | None], str | None]:
+    async def _servers(self) -> tuple[tuple[str | None, ...], str | None]:
+        unknown = (None,) * len(self.urls)
         if self.view is None and self.traffic is not None:
             return await self._serving(*self.traffic)
         if self.view is None or self.server_names is None:
-            return (None, None), None
+            return unknown, None
         try:
             found = {s.name: s.status for s in await self.view.servers()}
         except HAProxyError as exc:
-            return (None, None), str(exc)
-        first, second = self.server_names
-        return (found.get(first), found.get(second)), None
+            return unknown, str(exc)
+        return tuple(found.get(name) for name in self.server_names), None
 
     async def _serving(
         self, url: str, node_ids: list[str | None]
-    ) -> tuple[tuple[str | None, str | None], str | None]:
+    ) -> tuple[tuple[str | None, ...], str | None]:
         try:
             code, body = await self.nodes.call("GET", url, "/internal/status", PROBE_TIMEOUT)
         except (ctl.Unreachable, ctl.UsageError) as exc:
-            return ("not serving", "not serving"), str(exc)
+            return ("not serving",) * len(node_ids), str(exc)
         answered = body.get("node_id") if code == 200 else None
-        states = [
+        states = tuple(
             "UP (serving)" if answered is not None and answered == n else "not serving" for n in node_ids
-        ]
-        return (states[0], states[1]), None
+        )
+        return states, None
 
     @property
     def inferred(self) -> bool:
@@ -154,10 +155,10 @@ class Monitor:
 
     def timeline(self) -> dict[str, Any]:
         """Changes only: per node [at, label, epoch], per HAProxy server [at, status]."""
-        nodes: list[list[list[Any]]] = [[], []]
-        servers: list[list[list[Any]]] = [[], []]
+        nodes: list[list[list[Any]]] = [[] for _ in self.urls]
+        servers: list[list[list[Any]]] = [[] for _ in self.urls]
         for snapshot in self.snapshots:
-            for i in (0, 1):
+            for i in range(len(self.urls)):
                 sample = snapshot.nodes[i]
                 point = [
                     round(snapshot.at, 3),

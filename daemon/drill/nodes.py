@@ -1,4 +1,4 @@
-"""The pair's API as the drill uses it: daemon.ctl's helpers (blocking, so run off the event loop), plus
+"""The nodes' API as the drill uses it: daemon.ctl's helpers (blocking, so run off the event loop), plus
 the calls ctl has no use for (request bodies, raw bytes), on one aiohttp session."""
 
 from __future__ import annotations

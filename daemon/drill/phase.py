@@ -1,5 +1,6 @@
-"""One failover (or fail-back): load through HAProxy, stop the leader, measure, settle, verify, start the old
-leader again, watch it rejoin, report conflicts.
+"""One failover (or fail-back): load through HAProxy, stop the leader, measure, settle, verify, check the
+other replicas follow the new leader, start the old leader again, watch it rejoin, check every node has
+the acknowledged writes, report conflicts.
 
 Moments are seconds since the drill started (the report gives the wall-clock start). A failed step ends
 the phase; whatever it stopped is started again by the drill's restore, which always runs.
@@ -17,6 +18,7 @@ from daemon.drill.context import Context
 from daemon.drill.errors import StopperError
 from daemon.drill.load import Load
 from daemon.drill.monitor import Snapshot
+from daemon.drill.parts import Parts
 from daemon.drill.preflight import Preflight
 from daemon.drill.record import PhaseReport
 from daemon.drill.steps import StepFailed
@@ -26,8 +28,8 @@ AFTER_RESUME_GRACE = 3.0
 
 
 async def run_phase(ctx: Context, pre: Preflight, number: int, name: str) -> PhaseReport:
-    old, new = pre.leader, pre.replica
-    report = PhaseReport(number, name, old, new, ctx.target(old).url, ctx.target(new).url, pre.epoch)
+    urls = tuple(t.url for t in ctx.config.targets)
+    report = PhaseReport(number, name, Parts.at_start(pre.leader, len(urls)), urls, pre.epoch)
     load = Load(
         ctx.config.haproxy.url,
         ctx.config.server_key,
@@ -43,10 +45,12 @@ async def run_phase(ctx: Context, pre: Preflight, number: int, name: str) -> Pha
     # verification failing does not stop the start and rejoin; anything else failing ends the phase.
     if await _done(report, _switch(ctx, report, load)):
         await _done(report, _verify_on_leader(ctx, report, pre))
+        if report.parts.others:
+            await _done(report, rejoin.others_follow(ctx, report, pre))
         started = await _done(report, rejoin.start_old(ctx, report))
         rejoined = started and await _done(report, rejoin.rejoin(ctx, report))
-        if rejoined and pre.read_mode != "file":
-            await _done(report, rejoin.verify_on_replica(ctx, report, pre))
+        if rejoined:
+            await _done(report, rejoin.verify_everywhere(ctx, report, pre))
     await conflicts.collect(ctx, report, pre)
     _judge(ctx, report)
     return report
@@ -107,7 +111,7 @@ async def _watch(task: asyncio.Task[None], seconds: float) -> None:
 async def _measure(ctx: Context, report: PhaseReport, load: Load) -> None:
     stop = report.moments["stop_issued"]
     assert stop is not None
-    old, new = report.old, report.new
+    old, replicas = report.old, report.parts.replicas
     limit = ctx.config.thresholds.max_switchover
     remaining = max(0.0, limit - (ctx.clock.now() - stop))
     monitor = ctx.monitor
@@ -117,10 +121,10 @@ async def _measure(ctx: Context, report: PhaseReport, load: Load) -> None:
         return status is not None and status.startswith(("DOWN", "MAINT"))
 
     def promoted(s: Snapshot) -> bool:
-        return s.nodes[new].primary is True
+        return _primary_replica(s, replicas) is not None
 
     def new_up(s: Snapshot) -> bool:
-        return (s.servers[new] or "").startswith("UP")
+        return any((s.servers[i] or "").startswith("UP") for i in replicas)
 
     waits = {"new_leader_primary": monitor.wait(promoted, stop, remaining)}
     if monitor.server_names is not None:
@@ -134,11 +138,14 @@ async def _measure(ctx: Context, report: PhaseReport, load: Load) -> None:
     finally:
         for task in tasks.values():
             task.cancel()
+    snapshots: dict[str, Snapshot | None] = {}
     for name, task in tasks.items():
         snapshot = task.result() if task.done() and not task.cancelled() else None
+        snapshots[name] = snapshot
         report.moments[name] = None if snapshot is None else snapshot.at
+    new = _new_leader(report, snapshots["new_leader_primary"], monitor.latest)
     latest = monitor.latest
-    if latest is not None and latest.nodes[new].reachable:
+    if new is not None and latest is not None and latest.nodes[new].reachable:
         report.new_epoch = latest.nodes[new].status.epoch
     if first is None:
         raise StepFailed(
@@ -147,6 +154,25 @@ async def _measure(ctx: Context, report: PhaseReport, load: Load) -> None:
         )
     report.moments["first_write_ok"] = first.ended
     report.new_epoch = first.epoch
+    if new is None:
+        raise StepFailed("writes resumed, but no replica was seen answering 200 on /primary")
+
+
+def _primary_replica(s: Snapshot, replicas: tuple[int, ...]) -> int | None:
+    return next((i for i in replicas if s.nodes[i].primary is True), None)
+
+
+def _new_leader(report: PhaseReport, promoted: Snapshot | None, latest: Snapshot | None) -> int | None:
+    """Which replica took over: the first seen answering 200 on /primary (else the one leading now);
+    a pair's only replica is known from the start."""
+    if report.parts.new is not None:
+        return report.parts.new
+    for snapshot in (promoted, latest):
+        found = None if snapshot is None else _primary_replica(snapshot, report.parts.replicas)
+        if found is not None:
+            report.parts = report.parts.promoted(found)
+            return found
+    return None
 
 
 def _switch_text(report: PhaseReport, haproxy_view: bool) -> str:
@@ -155,16 +181,17 @@ def _switch_text(report: PhaseReport, haproxy_view: bool) -> str:
         return "not seen" if value is None else f"{value:.2f}s"
 
     down = f"HAProxy marked the old leader down {show('haproxy_marked_down')}, " if haproxy_view else ""
+    which = f" {report.new_url}" if len(report.parts.replicas) > 1 and report.new_url else ""
     return (
-        f"writes resumed {show('first_write_ok')} after the stop ({down}the new leader answered /primary"
-        f" {show('new_leader_primary')})"
+        f"writes resumed {show('first_write_ok')} after the stop ({down}the new leader{which} answered"
+        f" /primary {show('new_leader_primary')})"
     )
 
 
 async def _verify_on_leader(ctx: Context, report: PhaseReport, pre: Preflight) -> None:
     if pre.read_mode != "file":
         return
-    assert report.load is not None
+    assert report.load is not None and report.new_url is not None
     async with ctx.log.step(f"{report.name}: verify acknowledged writes on the new leader") as step:
         result = await verify.on_leader(ctx.nodes, report.new_url, report.load.acked)
         report.verification = result
@@ -184,12 +211,15 @@ def _judge(ctx: Context, report: PhaseReport) -> None:
         failures.append("acknowledged writes were not verified")
     elif result is not None and result.lost:
         failures.append(f"{result.lost} acknowledged write(s) lost (must be 0)")
+    for elsewhere in report.everywhere:
+        if elsewhere is not result and elsewhere.lost:
+            failures.append(f"{elsewhere.lost} acknowledged write(s) missing on {elsewhere.node} (must be 0)")
     if report.load is not None and report.load.bad_reads:
         failures.append(f"{report.load.bad_reads} read(s) returned other content than the acknowledged write")
     window_end = report.moments["lag_under_bound"] or ctx.clock.now()
     start = report.moments["load_started"] or 0.0
     report.both_primary = [t for t in ctx.monitor.both_primary if start <= t <= window_end]
     if report.both_primary:
-        failures.append(f"both nodes answered 200 on /primary at {report.both_primary[0]:.2f}s (split brain)")
+        failures.append(f"two nodes answered 200 on /primary at {report.both_primary[0]:.2f}s (split brain)")
     if ctx.monitor.server_names is not None and report.moments["haproxy_marked_down"] is None and switchover:
         failures.append("HAProxy was never seen marking the old leader down")

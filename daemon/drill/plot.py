@@ -77,11 +77,11 @@ def _roles(axes: Any, report: dict[str, Any], end: float) -> None:
     nodes = report["settings"]["nodes"]
     rows: list[str] = []
     for i, node in enumerate(nodes):
-        changes = (timeline.get("nodes") or [[], []])[i]
+        changes = (timeline.get("nodes") or [[] for _ in nodes])[i]
         y = len(rows)
         rows.append(f"{node['name']}\nrole")
         _bars(axes, y, [(c[0], c[1]) for c in changes], end, ROLE_COLOURS)
-        servers = (timeline.get("haproxy") or [[], []])[i]
+        servers = (timeline.get("haproxy") or [[] for _ in nodes])[i]
         if servers:
             y = len(rows)
             inferred = report["settings"]["haproxy"]["view"] == "inferred from traffic"

@@ -1,10 +1,12 @@
-"""Preflight: the drill stops nothing unless the pair is healthy and every tool it needs works.
+"""Preflight: the drill stops nothing unless the nodes are healthy and every tool it needs works.
 
-Checks: both nodes answer /health 200; exactly one answers /primary 200; the pair is in step (one
-writable leader, its replica connected, synced and within the lag bound: `hotstandby status`'s rule);
-HAProxy sees exactly one server UP and it is the leader's; a request through HAProxy reaches the leader
-with SERVER_KEY; a probe write through HAProxy is acknowledged; the stopper can reach the node(s) it
-will stop. It also notes the conflicts already present, and whether the nodes can serve a file back.
+Checks: every node answers /health 200; exactly one answers /primary 200; the nodes are in step (one
+writable leader, each replica connected, synced and within the lag bound: `hotstandby status`'s rule;
+with several replicas, each lists every other node as a peer, so whichever one is promoted replicates
+to all); HAProxy sees exactly one server UP and it is the leader's; a request through HAProxy reaches
+the leader with SERVER_KEY; a probe write through HAProxy is acknowledged; the stopper can reach the
+node(s) it will stop. It also notes the conflicts already present, and whether the nodes can serve a
+file back.
 """
 
 from __future__ import annotations
@@ -39,13 +41,14 @@ class Check:
 class Preflight:
     checks: list[Check] = field(default_factory=list)
     leader: int = -1
-    replica: int = -1
+    """Index (in --nodes order) of the leader; -1 until found."""
+    replicas: list[int] = field(default_factory=list)
     epoch: int = 0
-    node_ids: list[str | None] = field(default_factory=lambda: [None, None])
-    servers: tuple[str, str] | None = None
+    node_ids: list[str | None] = field(default_factory=list)
+    servers: tuple[str, ...] | None = None
     read_mode: ReadMode = "status"
     sync_mode: str | None = None
-    conflicts: list[list[dict[str, Any]] | None] = field(default_factory=lambda: [None, None])
+    conflicts: list[list[dict[str, Any]] | None] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     probe: tuple[str, str] | None = None
     """(path, sha256) of the acknowledged probe write."""
@@ -67,7 +70,7 @@ class Preflight:
             "ok": self.ok,
             "checks": [c.to_json() for c in self.checks],
             "leader": self.leader,
-            "replica": self.replica,
+            "replicas": self.replicas,
             "epoch": self.epoch,
             "node_ids": self.node_ids,
             "haproxy_servers": list(self.servers) if self.servers else None,
@@ -99,22 +102,25 @@ async def _nodes(ctx: Context, result: Preflight, urls: list[str]) -> bool:
         for url, code in zip(urls, health, strict=True)
         if code != 200
     ]
-    result.add("nodes healthy", not sick, "; ".join(sick) or "both answer /health 200")
+    result.add("nodes healthy", not sick, "; ".join(sick) or f"all {len(urls)} answer /health 200")
     primary = await asyncio.gather(*(ctx.nodes.answers(url, "/primary") for url in urls))
     leaders = [i for i, code in enumerate(primary) if code == 200]
     shown = ", ".join(f"{url}: {code or 'no answer'}" for url, code in zip(urls, primary, strict=True))
     result.add("exactly one /primary", len(leaders) == 1, shown)
     statuses = await ctx.nodes.statuses(urls)
     problem = ctl.assess(statuses, ctx.config.thresholds.max_lag)
-    replica_synced = all(s.writable or s.get("synced") for s in statuses if s.reachable)
-    if problem is None and not replica_synced:
-        problem = "the replica never completed a full sync"
-    result.add("pair in step", problem is None, problem or _pair_text(statuses))
+    unsynced = [s.url for s in statuses if s.reachable and not s.writable and not s.get("synced")]
+    if problem is None and unsynced:
+        problem = f"replica {', '.join(unsynced)} never completed a full sync"
+    if problem is None:
+        problem = _narrow_peers(statuses)
+    result.add("nodes in step", problem is None, problem or _in_step_text(statuses))
     result.node_ids = [None if s.get("node_id") is None else str(s.get("node_id")) for s in statuses]
     writable = [i for i, s in enumerate(statuses) if s.writable]
     if len(leaders) != 1 or writable != leaders:
         return False
-    result.leader, result.replica = leaders[0], 1 - leaders[0]
+    result.leader = leaders[0]
+    result.replicas = [i for i in range(len(urls)) if i != result.leader]
     result.epoch = statuses[result.leader].epoch
     result.sync_mode = str(statuses[result.leader].get("sync_mode") or "") or None
     if result.sync_mode != "sync":
@@ -125,10 +131,24 @@ async def _nodes(ctx: Context, result: Preflight, urls: list[str]) -> bool:
     return True
 
 
-def _pair_text(statuses: Sequence[ctl.NodeStatus]) -> str:
+def _in_step_text(statuses: Sequence[ctl.NodeStatus]) -> str:
     leader = next(s for s in statuses if s.writable)
-    replica = next(s for s in statuses if s is not leader)
-    return f"{leader.url} leads at epoch {leader.epoch}; {replica.url} follows, {replica.lag:.1f}s behind"
+    following = "; ".join(f"{s.url} follows, {s.lag:.1f}s behind" for s in statuses if s is not leader)
+    return f"{leader.url} leads at epoch {leader.epoch}; {following}"
+
+
+def _narrow_peers(statuses: Sequence[ctl.NodeStatus]) -> str | None:
+    """With several replicas, one that does not list every other node would, once promoted, leave the
+    ones it does not list behind."""
+    others = len(statuses) - 1
+    for s in statuses:
+        peers = s.get("peer_urls")
+        if not s.writable and isinstance(peers, list) and len(peers) < others:
+            return (
+                f"replica {s.url} lists {len(peers)} other node(s) in SYNC_SOURCE, not all {others}: if"
+                " promoted it would leave the others behind"
+            )
+    return None
 
 
 async def _haproxy(ctx: Context, result: Preflight) -> None:
@@ -145,7 +165,7 @@ async def _haproxy(ctx: Context, result: Preflight) -> None:
     except HAProxyError as exc:
         result.add("HAProxy view", False, str(exc))
         return
-    result.servers = (mine[0].name, mine[1].name)
+    result.servers = tuple(s.name for s in mine)
     ctx.monitor.server_names = result.servers
     up = [s for s in mine if s.up]
     text = ", ".join(f"{s.name}{_where(s)}: {s.status}" for s in mine)

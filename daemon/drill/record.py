@@ -10,6 +10,7 @@ from typing import Any
 
 from daemon.drill import verify
 from daemon.drill.load import Load, Outcome
+from daemon.drill.parts import Parts
 
 MOMENTS = (
     "load_started",
@@ -19,6 +20,7 @@ MOMENTS = (
     "new_leader_primary",
     "haproxy_new_leader_up",
     "first_write_ok",
+    "other_replicas_follow",
     "load_stopped",
     "start_issued",
     "start_returned",
@@ -26,6 +28,7 @@ MOMENTS = (
     "old_leader_rejoined",
     "lag_under_bound",
     "replica_in_step",
+    "every_node_in_step",
 )
 
 
@@ -33,20 +36,40 @@ MOMENTS = (
 class PhaseReport:
     number: int
     name: str
-    old: int
-    new: int
-    old_url: str
-    new_url: str
+    parts: Parts
+    urls: tuple[str, ...]
+    """Every node's URL, in --nodes order (the indexes in `parts`)."""
     old_epoch: int
     new_epoch: int | None = None
     moments: dict[str, float | None] = field(default_factory=lambda: dict.fromkeys(MOMENTS))
     load: Load | None = None
     verification: verify.Verification | None = None
+    """The acknowledged writes on the new leader (or, when nodes cannot serve files, on the old one)."""
+    everywhere: list[verify.Verification] = field(default_factory=list)
+    """The acknowledged writes on every node that follows the new leader, once each is in step."""
     conflicts: list[dict[str, Any]] = field(default_factory=list)
     conflicts_error: str | None = None
     both_primary: list[float] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     outputs: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def old(self) -> int:
+        return self.parts.old
+
+    @property
+    def old_url(self) -> str:
+        return self.urls[self.parts.old]
+
+    @property
+    def new_url(self) -> str | None:
+        """None until a replica became the leader."""
+        return None if self.parts.new is None else self.urls[self.parts.new]
+
+    @property
+    def other_urls(self) -> list[str]:
+        """The replicas that did not become the leader."""
+        return [self.urls[i] for i in self.parts.others]
 
     def since_stop(self, moment: str) -> float | None:
         at, stop = self.moments.get(moment), self.moments.get("stop_issued")

@@ -1,5 +1,6 @@
-"""After the switchover: start the old leader, watch it rejoin as the new leader's replica and catch up,
-and (when the nodes cannot serve a file back) verify the acknowledged writes on it."""
+"""After the switchover: check the other replicas follow the new leader, start the old leader, watch it
+rejoin as the new leader's replica and catch up, then check the acknowledged writes on every node that
+follows the new leader (and, when the nodes cannot serve a file back, count that as the verification)."""
 
 from __future__ import annotations
 
@@ -24,9 +25,18 @@ async def start_old(ctx: Context, report: PhaseReport) -> None:
         step.detail = ctx.stopper.describe("start", old)
 
 
-def _rejoined(s: Snapshot, old: int, epoch: int) -> bool:
-    st = s.nodes[old].status
+def _rejoined(s: Snapshot, node: int, epoch: int) -> bool:
+    st = s.nodes[node].status
     return st.role == "slave" and st.epoch >= epoch and bool(st.get("peer_connected"))
+
+
+def _follows(s: Snapshot, node: int, leader_id: str | None, epoch: int) -> bool:
+    """The node is a connected replica of this leader (not of the one the drill stopped)."""
+    return (
+        _rejoined(s, node, epoch)
+        and leader_id is not None
+        and s.nodes[node].status.get("master_node") == leader_id
+    )
 
 
 def _under_bound(s: Snapshot, old: int, epoch: int, max_lag: float) -> bool:
@@ -34,16 +44,14 @@ def _under_bound(s: Snapshot, old: int, epoch: int, max_lag: float) -> bool:
     return _rejoined(s, old, epoch) and bool(replica.get("synced")) and replica.lag < max_lag
 
 
-def _in_step(s: Snapshot, old: int, new: int, leader_id: str | None, epoch: int) -> bool:
-    """The replica follows this leader and has acknowledged all it produced (its `synced` flag alone
-    may still be the one it kept from an earlier leader until the first batch of the new one)."""
-    replica, leader = s.nodes[old].status, s.nodes[new].status
+def _in_step(s: Snapshot, followers: tuple[int, ...], new: int, leader_id: str | None, epoch: int) -> bool:
+    """Every follower follows this leader, and the leader has every change acknowledged by all its
+    replicas (a `synced` flag alone may still be the one kept from an earlier leader until the first
+    batch of the new one)."""
+    leader = s.nodes[new].status
     produced = leader.get("produced_sequence")
     return (
-        _rejoined(s, old, epoch)
-        and bool(replica.get("synced"))
-        and leader_id is not None
-        and replica.get("master_node") == leader_id
+        all(_follows(s, i, leader_id, epoch) and bool(s.nodes[i].status.get("synced")) for i in followers)
         and leader.writable
         and int(leader.get("pending_changes") or 0) == 0
         and produced is not None
@@ -58,6 +66,33 @@ def _epoch(report: PhaseReport) -> int:
 def _left(ctx: Context, report: PhaseReport) -> float:
     start = report.moments["start_issued"] or ctx.clock.now()
     return max(0.0, start + ctx.config.thresholds.rejoin_timeout - ctx.clock.now())
+
+
+def _new(report: PhaseReport) -> int:
+    new = report.parts.new
+    assert new is not None, "the switchover step names the new leader or fails"
+    return new
+
+
+async def others_follow(ctx: Context, report: PhaseReport, pre: Preflight) -> None:
+    """The replicas that were not promoted now follow the new leader (while the old one is still down)."""
+    stop = report.moments["stop_issued"] or 0.0
+    others, epoch, leader_id = report.parts.others, _epoch(report), pre.node_ids[_new(report)]
+    timeout = ctx.config.thresholds.rejoin_timeout
+    async with ctx.log.step(f"{report.name}: other replicas follow {report.new_url}") as step:
+        seen = await ctx.monitor.wait(
+            lambda s: all(_follows(s, i, leader_id, epoch) for i in others), stop, timeout
+        )
+        if seen is None:
+            behind = ", ".join(report.other_urls)
+            raise StepFailed(
+                f"{behind} did not follow {report.new_url} at epoch >= {epoch} within {timeout:g}s"
+            )
+        report.moments["other_replicas_follow"] = seen.at
+        step.detail = (
+            f"{', '.join(report.other_urls)} follow(s) at epoch {epoch},"
+            f" {report.since_stop('other_replicas_follow') or 0:.2f}s after the stop"
+        )
 
 
 async def rejoin(ctx: Context, report: PhaseReport) -> None:
@@ -93,23 +128,35 @@ async def rejoin(ctx: Context, report: PhaseReport) -> None:
         )
 
 
-async def verify_on_replica(ctx: Context, report: PhaseReport, pre: Preflight) -> None:
+async def verify_everywhere(ctx: Context, report: PhaseReport, pre: Preflight) -> None:
+    """Once every follower has all the new leader produced, every acknowledged write is on each of them:
+    read back when the nodes serve files, else by hash through the replication API (on the old leader
+    that is then the phase's verification: no other read reached the new leader's files)."""
     assert report.load is not None
-    old, new, epoch = report.old, report.new, _epoch(report)
+    new, followers, epoch = _new(report), report.parts.followers, _epoch(report)
     leader_id = pre.node_ids[new]
-    async with ctx.log.step(f"{report.name}: verify acknowledged writes (on the rejoined replica)") as step:
+    async with ctx.log.step(f"{report.name}: verify acknowledged writes on every node") as step:
         since = report.moments["start_issued"] or 0.0
         in_step = await ctx.monitor.wait(
-            lambda s: _in_step(s, old, new, leader_id, epoch), since, _left(ctx, report)
+            lambda s: _in_step(s, followers, new, leader_id, epoch), since, _left(ctx, report)
         )
         if in_step is None:
             raise StepFailed(
-                f"cannot verify: {report.old_url} never had everything {report.new_url} produced"
-                f" within {ctx.config.thresholds.rejoin_timeout:g}s of its start"
+                f"cannot verify: {', '.join(report.urls[i] for i in followers)} never had everything"
+                f" {report.new_url} produced within {ctx.config.thresholds.rejoin_timeout:g}s of the start"
             )
-        report.moments["replica_in_step"] = in_step.at
-        result = await verify.on_replica(ctx.nodes, report.old_url, report.load.acked)
-        report.verification = result
-        step.detail = result.summary()
-        if not result.ok:
+        report.moments["every_node_in_step"] = report.moments["replica_in_step"] = in_step.at
+        for index in followers:
+            url = report.urls[index]
+            if pre.read_mode == "file":
+                result = await verify.read_back(ctx.nodes, url, report.load.acked)
+            elif index == report.old:
+                result = await verify.on_replica(ctx.nodes, url, report.load.acked)
+                report.verification = result
+            else:
+                method = "hashes on a replica that followed the new leader and caught up (indirect)"
+                result = await verify.on_replica(ctx.nodes, url, report.load.acked, method)
+            report.everywhere.append(result)
+        step.detail = "; ".join(f"{r.node}: {r.summary()}" for r in report.everywhere)
+        if not all(r.ok for r in report.everywhere):
             raise StepFailed(step.detail)

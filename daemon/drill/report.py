@@ -88,7 +88,7 @@ class DrillReport:
             found.append(f"{self.expected_phases - len(self.phases)} phase(s) not run")
         found += [f"not restored: {r.node}: {r.detail}" for r in self.restore if not r.ok]
         if self.preflight is not None and self.preflight.ok and self.final and not self.final.get("healthy"):
-            found.append(f"pair not healthy at the end: {self.final.get('reason')}")
+            found.append(f"nodes not healthy at the end: {self.final.get('reason')}")
         found += [f"report: {e}" for e in self.file_errors]
         return found
 
@@ -117,6 +117,7 @@ class DrillReport:
                     "name": p.name,
                     "from": p.old_url,
                     "to": p.new_url,
+                    "other_replicas": p.other_urls,
                     "switchover_seconds": _round(p.switchover),
                     "haproxy_detection_seconds": _round(p.since_stop("haproxy_marked_down")),
                     "promotion_seconds": _round(p.since_stop("new_leader_primary")),
@@ -205,6 +206,7 @@ def phase_json(p: PhaseReport, config: DrillConfig) -> dict[str, Any]:
         "name": p.name,
         "old_leader": p.old_url,
         "new_leader": p.new_url,
+        "other_replicas": p.other_urls,
         "old_epoch": p.old_epoch,
         "new_epoch": p.new_epoch,
         "passed": p.passed,
@@ -217,6 +219,7 @@ def phase_json(p: PhaseReport, config: DrillConfig) -> dict[str, Any]:
             "switchover": _round(p.switchover),
             "write_gap": _round(p.write_gap()),
             "stop_command": _round(p.since_stop("stop_returned")),
+            "other_replicas_follow": _round(p.since_stop("other_replicas_follow")),
             "rejoin": _round(p.since_start("old_leader_rejoined")),
             "catch_up": _round(p.since_start("lag_under_bound")),
         },
@@ -233,6 +236,7 @@ def phase_json(p: PhaseReport, config: DrillConfig) -> dict[str, Any]:
             "failed_outside_switchover": p.failed_requests()["outside"],
         },
         "verification": None if p.verification is None else p.verification.to_json(),
+        "verification_everywhere": [v.to_json() for v in p.everywhere],
         "conflicts": p.conflicts,
         "conflicts_error": p.conflicts_error,
         "both_primary": [round(t, 3) for t in p.both_primary],

@@ -60,9 +60,8 @@ async def run_drill(
             t.url: {"stop": stopper.describe("stop", t), "start": stopper.describe("start", t)}
             for t in config.targets
         }
-        log.note(
-            f"drill {drill_id}: {config.targets[0].url} and {config.targets[1].url} via {config.haproxy.url}"
-        )
+        urls = [t.url for t in config.targets]
+        log.note(f"drill {drill_id}: {', '.join(urls[:-1])} and {urls[-1]} via {config.haproxy.url}")
         watcher = asyncio.create_task(monitor.run(), name="drill-monitor")
         try:
             await _drive(ctx, report)
@@ -109,7 +108,9 @@ async def _preflight(ctx: Context, report: DrillReport, name: str, both: bool) -
     try:
         async with ctx.log.step(name) as step:
             result = await preflight(
-                ctx, name.replace(" ", "-"), [0, 1] if both else ([] if report.preflight else None)
+                ctx,
+                name.replace(" ", "-"),
+                range(len(ctx.config.targets)) if both else ([] if report.preflight else None),
             )
             for warning in result.warnings:
                 ctx.log.note(f"warning: {warning}")

@@ -77,7 +77,14 @@ async def can_read(nodes: Nodes, url: str, path: str, data: bytes) -> bool:
 
 
 async def on_leader(nodes: Nodes, url: str, acked: Mapping[str, AckedWrite]) -> Verification:
-    result = Verification("read from the new leader (GET /internal/files)", url, direct=True)
+    return await read_back(nodes, url, acked, "read from the new leader (GET /internal/files)")
+
+
+async def read_back(
+    nodes: Nodes, url: str, acked: Mapping[str, AckedWrite], method: str = "read back (GET /internal/files)"
+) -> Verification:
+    """Every acknowledged write read from `url` (any node serves GET /internal/files) and hashed."""
+    result = Verification(method, url, direct=True)
     slots = asyncio.Semaphore(READ_CONCURRENCY)
 
     async def one(write: AckedWrite) -> None:
@@ -101,10 +108,13 @@ async def on_leader(nodes: Nodes, url: str, acked: Mapping[str, AckedWrite]) -> 
     return result
 
 
-async def on_replica(nodes: Nodes, url: str, acked: Mapping[str, AckedWrite]) -> Verification:
-    result = Verification(
-        "hashes on the old leader after it rejoined as replica and caught up (indirect)", url, direct=False
-    )
+async def on_replica(
+    nodes: Nodes,
+    url: str,
+    acked: Mapping[str, AckedWrite],
+    method: str = "hashes on the old leader after it rejoined as replica and caught up (indirect)",
+) -> Verification:
+    result = Verification(method, url, direct=False)
     paths = sorted(acked)
     for i in range(0, len(paths), HASH_BATCH):
         batch = paths[i : i + HASH_BATCH]

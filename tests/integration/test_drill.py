@@ -81,19 +81,18 @@ def lease_env(redis_url: str) -> tuple[dict[str, str], dict[str, str]]:
 
 @dataclass
 class Scripts:
-    """stop.sh / start.sh NAME for the nodes of a pair, and every pid they ever started."""
+    """stop.sh / start.sh NAME for the nodes (by name), and every pid they ever started."""
 
     folder: Path
-    pair: Pair
+    nodes: dict[str, Node]
     started: list[int] = field(default_factory=list)
 
     def node(self, name: str) -> Node:
-        return self.pair.master if name == "master" else self.pair.slave
+        return self.nodes[name]
 
     def write(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        for name in NAMES:
-            node = self.node(name)
+        for name, node in self.nodes.items():
             spec = {"env": node.env(), "log": str(node.log_path), "cwd": str(REPO)}
             (self.folder / f"{name}.json").write_text(json.dumps(spec))
             assert node.proc is not None
@@ -115,11 +114,11 @@ class Scripts:
         return [float(line) for line in path.read_text().split()] if path.exists() else []
 
     def cleanup(self) -> None:
-        """Stop whatever start.sh launched, and ask the pair's own processes to stop at the same time
-        (the pair fixture then waits for those: one shutdown period for all, not one each)."""
-        own = {n.proc.pid for n in (self.pair.master, self.pair.slave) if n.proc and n.proc.poll() is None}
+        """Stop whatever start.sh launched, and ask the nodes' own processes to stop at the same time
+        (the fixture then waits for those: one shutdown period for all, not one each)."""
+        own = {n.proc.pid for n in self.nodes.values() if n.proc and n.proc.poll() is None}
         pids = []
-        for name in NAMES:
+        for name in self.nodes:
             with contextlib.suppress(OSError, ValueError):
                 pid = int((self.folder / f"{name}.pid").read_text())
                 if pid not in own:
@@ -184,7 +183,7 @@ def drill_site(
 ) -> Iterator[Site]:
     port = free_port_on(*HOSTS)
     pair = make_pair(tmp_path, master_env=master_env, slave_env=slave_env, hosts=HOSTS, port=port)
-    scripts = Scripts(tmp_path / "scripts", pair)
+    scripts = Scripts(tmp_path / "scripts", {"master": pair.master, "slave": pair.slave})
     with ExitStack() as stack:
         stack.callback(pair.stop)
         stack.callback(scripts.cleanup)
@@ -520,7 +519,7 @@ def test_bad_flags_are_one_line_and_exit_status_2(capsys: pytest.CaptureFixture[
         ([*pair, *lb, "--stop-cmd", "x"], "needs both --stop-cmd and --start-cmd"),
         ([*pair, *lb, "--stopper", "docker", "--max-switchover", "0"], "--max-switchover must be"),
         ([*pair, *lb, "--stopper", "docker", "--remote-stop-cmd", "x"], "are for the ssh stopper"),
-        (["drill", "--nodes", "http://a:1", *lb, "--stopper", "docker"], "need the pair's two URLs"),
+        (["drill", "--nodes", "http://a:1", *lb, "--stopper", "docker"], "need at least two node URLs"),
     ]
     for args, expected in cases:
         assert cli.main(args) == 2, args

@@ -112,10 +112,13 @@ def running_haproxy(
     check_port: int | None = None,
     mode: Mode = "api",
     workdir: Path | None = None,
+    more_standbys: tuple[str, ...] = (),
     **overrides: Any,
 ) -> Iterator[RunningHAProxy]:
     """HAProxy on a free 127.0.0.1 port in front of master_addr and standby_addr (both on
-    traffic_port, checked on check_port). `overrides` are HAProxySettings fields over FAST_CHECKS."""
+    traffic_port, checked on check_port). `overrides` are HAProxySettings fields over FAST_CHECKS.
+    `more_standbys`: addresses of further nodes, each a `backup` server standby2, standby3, ... like
+    the standby's line (the template names two; a fan-out set has more)."""
     settings = HAProxySettings(
         **{
             "mode": mode,
@@ -136,7 +139,7 @@ def running_haproxy(
         settings = replace(settings, stats_socket=str(sockets / "admin.sock"))
         folder = workdir or sockets
         config_path, log_path = folder / "haproxy.cfg", folder / "haproxy.log"
-        config_path.write_text(render(settings), encoding="utf-8")
+        config_path.write_text(_with_standbys(render(settings), settings, more_standbys), encoding="utf-8")
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
                 [HAPROXY, "-db", "-f", str(config_path)], stdout=log, stderr=subprocess.STDOUT
@@ -148,6 +151,16 @@ def running_haproxy(
         if haproxy is not None:
             haproxy.stop()
         shutil.rmtree(sockets, ignore_errors=True)
+
+
+def _with_standbys(text: str, settings: HAProxySettings, addresses: tuple[str, ...]) -> str:
+    standby = next(line for line in text.splitlines() if line.strip().startswith("server standby "))
+    check_port = settings.check_port or settings.traffic_port
+    more = [
+        f"    server standby{n} {addr}:{settings.traffic_port} check port {check_port} backup"
+        for n, addr in enumerate(addresses, start=2)
+    ]
+    return text.replace(standby, "\n".join([standby, *more]), 1)
 
 
 def _answers(haproxy: RunningHAProxy) -> bool:

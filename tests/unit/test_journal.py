@@ -658,3 +658,19 @@ def test_a_lone_journal_confirms_exactly_what_was_acknowledged() -> None:
     assert journal.confirmed == journal.acked == 2
     journal.acknowledge(3)
     assert journal.confirmed == 3
+
+
+def test_last_held_is_what_this_replica_will_be_sent_not_a_number_only_another_journal_got() -> None:
+    """A replica marks itself synced once it applied its baseline: with a shared counter the head can be a
+    number its own journal never held (a write the API and then the watcher recorded coalesced here,
+    while the other replica, which had been sent the first record, got a new entry)."""
+    counter = SequenceCounter()
+    sent, behind = (Journal("j", MARKERS, clock=FakeClock(), counter=counter) for _ in range(2))
+    fanout = JournalFanout([sent, behind])
+    fanout.record_sync("a")  # the API's record
+    take_all(sent)
+    fanout.record_sync("a")  # the watcher's: appended to `sent` (seq 2), coalesced in `behind`
+    assert counter.last == 2 and behind.last_held == 1 and sent.last_held == 2
+    assert [c.seq for c in take_all(behind)] == [behind.last_held]
+    behind.acknowledge(1)
+    assert behind.last_held == behind.head == 2  # nothing held: the head
