@@ -21,6 +21,7 @@ from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from daemon.control import ControlLoop
+from daemon.limits import body_deadline
 from daemon.node import Node
 from daemon.peers import Poller
 from daemon.problems import HTTPProblem, problem, problem_middleware
@@ -35,12 +36,20 @@ NODE = web.AppKey("node", Node)
 CONTROL = web.AppKey("control", ControlLoop)
 PLUGIN_DAEMON = web.AppKey("plugin_daemon", Poller)
 JSON_BODY_LIMIT = 32 * 1024 * 1024
+"""Every body read whole (JSON, forms, PUT /internal/files) is at most this: 413 beyond."""
+STREAMED_ROUTES = frozenset({"/internal/replication/batch", "/internal/plugins/{identifier}"})
+"""Bodies read in bounded pieces, as long as they keep coming (daemon/limits.py)."""
 
 
 def build_app(
     node: Node, control: ControlLoop, plugin_daemon: Poller | None = None, store: PluginStore | None = None
 ) -> web.Application:
-    app = web.Application(middlewares=[problem_middleware, auth_middleware], client_max_size=JSON_BODY_LIMIT)
+    middlewares = [
+        problem_middleware,
+        auth_middleware,
+        body_deadline(node.config.request_body_timeout, STREAMED_ROUTES),
+    ]
+    app = web.Application(middlewares=middlewares, client_max_size=JSON_BODY_LIMIT)
     app[NODE] = node
     app[CONTROL] = control
     if plugin_daemon is not None:
@@ -180,7 +189,12 @@ def role_request(kind: Request) -> Handler:
     async def handler(request: web.Request) -> web.Response:
         force = request.query.get("force", "").lower() in ("1", "true", "yes")
         node = request.app[NODE]
-        decision = await request.app[CONTROL].request(kind, force=force)
+        try:
+            decision = await request.app[CONTROL].request(kind, force=force)
+        except TimeoutError:
+            raise HTTPProblem(
+                503, "control loop busy", f"the {kind} request was not decided in time; try again"
+            ) from None
         if kind == "drain":
             await node.writes_settled(node.config.sync_write_timeout)  # writes admitted before the drain
         role, draining = _GOALS[kind]
@@ -290,13 +304,17 @@ async def _json_object(request: web.Request) -> dict[str, Any]:
     return data
 
 
+MAX_EPOCH = 1 << 62
+"""Epochs and sequences fit in 63 bits (SQLite and PostgreSQL integers); the wire format's own bound."""
+
+
 def _int_field(data: Mapping[str, Any], name: str) -> int:
     try:
         number = int(data.get(name, ""))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise HTTPProblem(400, "bad request", f"{name} must be an integer") from None
-    if number < 0:
-        raise HTTPProblem(400, "bad request", f"{name} must not be negative")
+    if not 0 <= number <= MAX_EPOCH:
+        raise HTTPProblem(400, "bad request", f"{name} must be an integer in [0, {MAX_EPOCH}]")
     return number
 
 

@@ -11,6 +11,7 @@ from daemon import __version__, ctl, haproxy_config
 from daemon.config import Config, ConfigError
 from daemon.drill import cli as drill_cli
 from daemon.store import preload_cli
+from daemon.tls import TLSError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,6 +70,9 @@ def _serve(config: Config) -> int:
 
     try:
         return asyncio.run(run())
+    except TLSError as exc:  # a TLS file changed between the check and the start
+        print(f"hotstandby: configuration error: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"hotstandby: cannot start: {exc}", file=sys.stderr)
         return 1

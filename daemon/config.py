@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
+from daemon.tls import TLSError, TLSFiles
 from replication.ssh_target import SshTarget, is_ssh_url
 
 Role = Literal["master", "slave"]
@@ -24,6 +25,7 @@ DEFAULT_STORAGE_PATH = "/app/storage/cwd"
 DEFAULT_READY_MARKERS = ("**/.venv/dify/plugin.json",)
 DEFAULT_MARKETPLACE_URL = "https://marketplace.dify.ai"
 DEFAULT_MAX_PLUGIN_PACKAGE_SIZE = 52_428_800
+_BOOLEANS = ("true", "false", "1", "0", "yes", "no")
 
 
 class ConfigError(ValueError):
@@ -31,7 +33,10 @@ class ConfigError(ValueError):
 
 
 def hide_password(url: str) -> str:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unclosed IPv6 bracket: nothing can be trusted to be hidden
+        return "<not a URL>"
     if parts.password is None:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
@@ -91,6 +96,16 @@ class Config:
     max_plugin_package_size: int = DEFAULT_MAX_PLUGIN_PACKAGE_SIZE
     verify_interval: float = 3600.0
     workdir_scan_interval: float = 30.0
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_ca_file: str = ""
+    require_auth: bool = False
+    request_header_timeout: float = 30.0
+    request_body_timeout: float = 60.0
+
+    @property
+    def tls(self) -> TLSFiles:
+        return TLSFiles(self.tls_cert_file, self.tls_key_file, self.tls_ca_file)
 
     @property
     def peer_urls(self) -> tuple[str, ...]:
@@ -174,7 +189,10 @@ class _Reader:
         value = value.rstrip("/")
         if not value:
             return ""
-        parts = urlsplit(value)
+        try:
+            parts = urlsplit(value)
+        except ValueError as exc:
+            raise ConfigError(f"{name} is not a URL ({exc}): expected {schemes[0]}://host:port") from None
         if parts.scheme not in schemes or not parts.hostname:
             raise ConfigError(
                 f"{name}={hide_password(value)!r} is invalid: expected {schemes[0]}://host:port"
@@ -281,6 +299,7 @@ class _Reader:
             anti_entropy_interval=self.seconds("ANTI_ENTROPY_INTERVAL", 300.0, 1.0, 7 * 86400),
             liveness_bound=self.seconds("LIVENESS_BOUND", 5.0, 0.5, 600),
             **self._store(storage_path, state_path),
+            **self._security(),
         )
         self._check_election(config)
         if config.role == "master" and config.sync_source:
@@ -294,7 +313,25 @@ class _Reader:
             )
         if "\n" in config.server_key or (config.server_key and len(config.server_key) < 8):
             raise ConfigError("SERVER_KEY must be at least 8 characters on one line")
+        if config.require_auth and not config.server_key:
+            raise ConfigError("REQUIRE_AUTH=true but SERVER_KEY is not set: /internal and the link need one")
         return config
+
+    def _security(self) -> dict[str, Any]:
+        """TLS files (checked: cert and key together, readable, loadable), REQUIRE_AUTH, request timeouts."""
+        files = TLSFiles(self.raw("TLS_CERT_FILE"), self.raw("TLS_KEY_FILE"), self.raw("TLS_CA_FILE"))
+        try:
+            files.check()
+        except TLSError as exc:
+            raise ConfigError(str(exc)) from None
+        return {
+            "tls_cert_file": files.cert and os.path.abspath(files.cert),
+            "tls_key_file": files.key and os.path.abspath(files.key),
+            "tls_ca_file": files.ca and os.path.abspath(files.ca),
+            "require_auth": self.choice("REQUIRE_AUTH", "false", _BOOLEANS) in ("true", "1", "yes"),
+            "request_header_timeout": self.seconds("REQUEST_HEADER_TIMEOUT", 30.0, 0.5, 3600),
+            "request_body_timeout": self.seconds("REQUEST_BODY_TIMEOUT", 60.0, 0.5, 3600),
+        }
 
     def _store(self, storage_path: str, state_path: str) -> dict[str, Any]:
         """The plugin store's settings: its folders under the plugin daemon's root, and downloads."""

@@ -66,6 +66,7 @@ class ControlLoop:
                 timeout=1.0,
                 headers=headers,
                 clock=clock,
+                ssl_context=node.client_tls,
             )
             for url in self.config.peer_urls
             if not is_ssh_url(url)  # a plain SSH host has no API to poll

@@ -11,6 +11,7 @@ import argparse
 import http.client
 import json
 import os
+import ssl
 import sys
 import time
 import urllib.error
@@ -22,6 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from daemon.config import ConfigError
+from daemon.tls import TLSError, TLSFiles, client_context
 
 REQUEST_TIMEOUT = 3.0
 ROLE_REQUEST_TIMEOUT = 15.0  # the daemon waits up to 10 s for its control loop to take a request
@@ -45,6 +47,8 @@ class Unreachable(Exception):
 class Client:
     key: str
     timeout: float = REQUEST_TIMEOUT
+    ssl_context: ssl.SSLContext | None = None
+    """For https:// nodes (tls_context); None: urllib's default verification."""
 
     def call(
         self, method: str, url: str, path: str, timeout: float | None = None
@@ -53,7 +57,10 @@ class Client:
         headers = {"Authorization": f"Bearer {self.key}"} if self.key else {}
         data = b"" if method == "POST" else None
         request = urllib.request.Request(url + path, data=data, method=method, headers=headers)
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # cluster traffic is direct
+        handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]  # traffic is direct
+        if self.ssl_context is not None:
+            handlers.append(urllib.request.HTTPSHandler(context=self.ssl_context))
+        opener = urllib.request.build_opener(*handlers)
         try:
             with opener.open(request, timeout=timeout or self.timeout) as resp:
                 status, raw = resp.status, resp.read()
@@ -509,7 +516,7 @@ COMMANDS = ("status", "promote", "demote", "switchover")
 
 
 def run(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> int:
-    client = Client(_server_key(args.key_file, environ))
+    client = Client(_server_key(args.key_file, environ), ssl_context=tls_context(environ))
     if args.command in ("promote", "demote"):
         return role_request(client, _url(args.url, "URL"), args.command, getattr(args, "force", False))
     urls = node_urls(args.nodes, environ)
@@ -530,6 +537,24 @@ def _server_key(key_file: str | None, environ: Mapping[str, str]) -> str:
             return fh.read().strip()
     except OSError as exc:
         raise UsageError(f"--key-file: cannot read {key_file}: {exc.strerror}") from None
+
+
+def tls_files(environ: Mapping[str, str]) -> TLSFiles:
+    """TLS_CA_FILE verifies https:// nodes; TLS_CERT_FILE and TLS_KEY_FILE answer mutual TLS."""
+    files = TLSFiles(
+        environ.get("TLS_CERT_FILE", "").strip(),
+        environ.get("TLS_KEY_FILE", "").strip(),
+        environ.get("TLS_CA_FILE", "").strip(),
+    )
+    try:
+        files.check()
+    except TLSError as exc:
+        raise UsageError(str(exc)) from None
+    return files
+
+
+def tls_context(environ: Mapping[str, str]) -> ssl.SSLContext:
+    return client_context(tls_files(environ))
 
 
 def node_urls(given: str | None, environ: Mapping[str, str]) -> list[str]:

@@ -69,6 +69,8 @@ class HAProxySettings:
     check_fall: int = 2
     check_rise: int = 2
     init_state: bool = False  # `init-state down`: HAProxy >= 3.1 only, see supports_init_state()
+    tls_ca_file: str = ""  # nodes serve TLS (TLS_CERT_FILE): check them over TLS, verified against this CA
+    tls_crt: str = ""  # mutual TLS (the nodes have TLS_CA_FILE): HAProxy's certificate and key, one PEM
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -78,6 +80,11 @@ class HAProxySettings:
         for name in ("traffic_port", "check_port", "bind_port", "stats_port"):
             _check_port(name, getattr(self, name))
         _check_socket_path(self.stats_socket)
+        for name in ("tls_ca_file", "tls_crt"):
+            if any(c.isspace() for c in getattr(self, name)):
+                raise SettingsError(name, "must be a path without spaces")
+        if self.tls_crt and not self.tls_ca_file:
+            raise SettingsError("tls_crt", "needs tls_ca_file: the nodes' certificates are verified too")
         for f in fields(self):
             if f.name.endswith("_ms") and getattr(self, f.name) <= 0:
                 raise SettingsError(f.name, "must be a positive duration")
@@ -176,11 +183,22 @@ def render(settings: HAProxySettings) -> str:
         "CHECK_FALL": str(settings.check_fall),
         "CHECK_RISE": str(settings.check_rise),
         "INIT_STATE": " init-state down" if settings.init_state else "",
+        "CHECK_TLS": _check_tls(settings),
+        "TRAFFIC_TLS": " ssl" if settings.tls_ca_file and settings.mode == "api" else "",
         "INIT_STATE_NOTE": (_INIT_STATE_ON if settings.init_state else _INIT_STATE_OFF).replace(
             "\n", "\n    # "
         ),
     }
     return string.Template(TEMPLATE_PATH.read_text(encoding="utf-8")).substitute(values)
+
+
+def _check_tls(settings: HAProxySettings) -> str:
+    """Checks (and, in api mode, traffic) to nodes that serve TLS: verified against the CA; with a
+    certificate for mutual TLS. `check-ssl` is needed because the checks name their port."""
+    if not settings.tls_ca_file:
+        return ""
+    words = f" check-ssl verify required ca-file {settings.tls_ca_file}"
+    return words + (f" crt {settings.tls_crt}" if settings.tls_crt else "")
 
 
 @functools.cache
@@ -253,6 +271,20 @@ _OPTIONS = (
     _Option("--check-downinter", "HAPROXY_CHECK_DOWNINTER", "duration", "check_downinter_ms", "while down"),
     _Option("--check-fall", "HAPROXY_CHECK_FALL", "count", "check_fall", "failed checks to mark down"),
     _Option("--check-rise", "HAPROXY_CHECK_RISE", "count", "check_rise", "passed checks to mark up"),
+    _Option(
+        "--tls-ca-file",
+        "HAPROXY_TLS_CA_FILE",
+        "text",
+        "tls_ca_file",
+        "the nodes serve TLS: check them (and in api mode send traffic) over TLS verified by this CA",
+    ),
+    _Option(
+        "--tls-crt",
+        "HAPROXY_TLS_CRT",
+        "text",
+        "tls_crt",
+        "PEM with HAProxy's certificate and key (mutual TLS)",
+    ),
 )
 _INIT_STATE = _Option(
     "--init-state",

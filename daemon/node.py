@@ -29,6 +29,7 @@ from daemon.divergence import DivergenceTracker
 from daemon.identity import NodeIdentity
 from daemon.problems import HTTPProblem
 from daemon.roles import RoleState
+from daemon.tls import client_context
 from replication.applier import Applier
 from replication.envinit import EnvInitTracker
 from replication.errors import PeerError
@@ -117,6 +118,8 @@ class Node:
             "plugin_sync_epoch", "The fencing epoch this node acts under.", registry=self.registry
         )
         self.identity = NodeIdentity.load(config.state_path)
+        self.client_tls = client_context(config.tls)
+        """How this node's clients (the link, the peer poller) verify an https:// peer."""
         self.excluded = PathMatcher(config.exclude)
         self.started_at = time.monotonic()
         self.receiver = Receiver(config.storage_path, config.state_path, self.metrics, self.excluded.matches)
@@ -259,6 +262,7 @@ class Node:
             batch_max_ops=self.config.batch_max_ops,
             batch_max_bytes=self.config.batch_max_bytes,
             delta_min_size=self.config.delta_min_size,
+            ssl_context=self.client_tls,
         )
 
     async def _anti_entropy(self, journal: JournalFanout, watcher: Watcher) -> None:

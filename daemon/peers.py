@@ -8,6 +8,7 @@ leader learns it was replaced); the co-located plugin daemon's
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,8 +46,10 @@ class Poller:
         timeout: float,
         headers: dict[str, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.url = url
+        self.ssl_context = ssl_context
         self.interval = interval
         self.timeout = timeout
         self.headers = headers or {}
@@ -59,7 +62,8 @@ class Poller:
 
     async def run(self) -> None:
         timeout = aiohttp.ClientTimeout(total=self.timeout)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
+        connector = aiohttp.TCPConnector(ssl=self.ssl_context or True)
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
             while True:
                 started = self.clock()
                 await self._poll(session)

@@ -57,6 +57,11 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
             exc.reason,
             exc.text if exc.text and not exc.text.startswith(str(exc.status)) else exc.reason,
         )
+    except ConnectionResetError as exc:
+        if not _client_gone(request):
+            return _unexpected(request, exc)
+        log.info("client_disconnected", path=request.path, error=str(exc))
+        return problem(400, "client disconnected", "the connection closed before the request was read")
     except Exception as exc:
         for cls, status, title in _MAPPED:
             if isinstance(exc, cls):
@@ -73,5 +78,16 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
                     extra["applied_seq"] = applied
                 log.warning("request_refused", path=request.path, status=status, error=str(exc))
                 return problem(status, title, str(exc), **extra)
-        log.exception("request_failed", path=request.path)
-        return problem(500, "internal error", "the request failed; see the server log")
+        return _unexpected(request, exc)
+
+
+def _client_gone(request: web.Request) -> bool:
+    """The client closed the connection (mid-body, say): nobody is left to answer."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+def _unexpected(request: web.Request, exc: Exception) -> web.Response:
+    """Anything not foreseen: logged with its traceback, answered without one."""
+    log.error("request_failed", path=request.path, exc_info=exc)
+    return problem(500, "internal error", "the request failed; see the server log")

@@ -20,11 +20,13 @@ from daemon.api import build_app
 from daemon.config import Config
 from daemon.control import ControlLoop
 from daemon.election.factory import make_backend
+from daemon.exposure import unguarded_warning
 from daemon.node import Node, ReplicaLink
 from daemon.peers import Poller
 from daemon.roles import Decision
 from daemon.store.factory import open_store
 from daemon.store.store import PluginStore
+from daemon.tls import server_context
 from replication.errors import PeerError
 
 log = structlog.get_logger("daemon.server")
@@ -62,6 +64,9 @@ class Server:
 
     async def startup(self) -> None:
         log.info("starting", config=repr(self.config))
+        warning = unguarded_warning(self.config)
+        if warning is not None:
+            log.warning("UNAUTHENTICATED_API", problem=warning)
         self.node.prepare_storage()
         await self.control.start()
         self.store = await open_store(self.config, self.node)
@@ -72,9 +77,16 @@ class Server:
             access_log=None,
             handle_signals=False,
             shutdown_timeout=min(self.config.shutdown_timeout, 5.0),
+            keepalive_timeout=self.config.request_header_timeout,  # also bounds a request head: limits.py
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.server_host, self.config.server_port, reuse_address=True)
+        site = web.TCPSite(
+            self._runner,
+            self.config.server_host,
+            self.config.server_port,
+            reuse_address=True,
+            ssl_context=server_context(self.config.tls),
+        )
         await site.start()
         for number, peer in enumerate(self.control.peers):
             self._spawn(peer.run(), f"peer-poller-{number}")
@@ -86,6 +98,7 @@ class Server:
             role=self.config.role,
             host=self.config.server_host,
             port=self.config.server_port,
+            tls="mutual" if self.config.tls.mutual else ("on" if self.config.tls.serves_tls else "off"),
             storage_path=self.config.storage_path,
             node_id=self.node.identity.node_id,
         )

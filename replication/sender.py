@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import os
 import random
+import ssl
 import stat
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -60,6 +61,8 @@ class LinkSettings:
     connect_timeout: float = 5.0
     read_timeout: float = 60.0
     max_backoff: float = 5.0
+    ssl_context: ssl.SSLContext | None = None
+    """For an https:// target (daemon/tls.py builds it); None: aiohttp's default verification."""
 
 
 @dataclass
@@ -131,7 +134,7 @@ class Sender:
         timeout = aiohttp.ClientTimeout(
             total=None, connect=self.settings.connect_timeout, sock_read=self.settings.read_timeout
         )
-        connector = aiohttp.TCPConnector(limit=4, force_close=False)
+        connector = aiohttp.TCPConnector(limit=4, force_close=False, ssl=self.settings.ssl_context or True)
         backoff = 0.1
         async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
             self._session = session

@@ -195,7 +195,7 @@ def show_history(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
     if args.limit < 1:
         raise UsageError("--limit must be at least 1")
-    client = ctl.Client(ctl._server_key(args.key_file, environ))
+    client = ctl.Client(ctl._server_key(args.key_file, environ), ssl_context=ctl.tls_context(environ))
     try:
         urls = ctl.node_urls(args.nodes, environ)
     except UsageError:
@@ -242,6 +242,7 @@ def build_config(args: argparse.Namespace, environ: Mapping[str, str]) -> DrillC
         out_dir=os.path.expanduser(args.out),
         history_file=None if args.no_history_file else args.history_file,
         record_catalogue=not args.no_catalogue,
+        tls=ctl.tls_files(environ),
     )
 
 

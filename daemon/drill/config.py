@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from daemon.config import hide_password
 from daemon.ctl import UsageError
+from daemon.tls import TLSFiles
 
 StopperKind = Literal["command", "docker", "kubectl", "ssh", "python"]
 DEFAULT_MAX_SWITCHOVER = 120.0
@@ -127,6 +128,8 @@ class DrillConfig:
     out_dir: str = "."
     history_file: str | None = DEFAULT_HISTORY_FILE
     record_catalogue: bool = True
+    tls: TLSFiles = field(default_factory=TLSFiles)
+    """How https:// nodes and HAProxy are verified, and our client certificate (TLS_* variables)."""
 
     def __post_init__(self) -> None:
         validate(self)

@@ -24,6 +24,7 @@ import aiohttp
 from daemon.drill.config import LoadSettings
 from daemon.drill.nodes import auth
 from daemon.drill.steps import Clock
+from daemon.tls import TLSFiles, client_context
 
 Kind = Literal["write", "read"]
 ReadMode = Literal["file", "status"]
@@ -96,8 +97,10 @@ class Load:
         drill_id: str,
         phase: int,
         read_mode: ReadMode,
+        tls: TLSFiles | None = None,
     ) -> None:
         self.url = url
+        self.tls = tls or TLSFiles()
         self.key = key
         self.settings = settings
         self.clock = clock
@@ -115,7 +118,9 @@ class Load:
         self._session: aiohttp.ClientSession | None = None
 
     async def run(self) -> None:
-        connector = aiohttp.TCPConnector(limit=self.settings.max_in_flight, force_close=True)
+        connector = aiohttp.TCPConnector(
+            limit=self.settings.max_in_flight, force_close=True, ssl=client_context(self.tls)
+        )
         async with aiohttp.ClientSession(connector=connector, trust_env=False) as session:
             self._session = session
             loops = [self._loop(self._write, self.settings.write_rate)]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import ssl
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -26,10 +27,16 @@ class Nodes:
     """Blocking calls run on a pool of their own: a node that does not answer holds a thread for the
     whole timeout, and the watch on the other node must not queue behind it."""
 
-    def __init__(self, key: str, session: aiohttp.ClientSession, timeout: float = 2.0) -> None:
+    def __init__(
+        self,
+        key: str,
+        session: aiohttp.ClientSession,
+        timeout: float = 2.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.key = key
         self.session = session
-        self.client = ctl.Client(key, timeout)
+        self.client = ctl.Client(key, timeout, ssl_context)
         self.pool = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="drill-http")
 
     def close(self) -> None:

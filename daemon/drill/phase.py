@@ -38,6 +38,7 @@ async def run_phase(ctx: Context, pre: Preflight, number: int, name: str) -> Pha
         ctx.drill_id,
         number,
         pre.read_mode,
+        ctx.config.tls,
     )
     report.load = load
     # Lost writes are a finding, not a reason to leave the old leader down: after the switchover,

@@ -31,6 +31,7 @@ from daemon.drill.preflight import Preflight, preflight
 from daemon.drill.report import DrillReport, Restore
 from daemon.drill.steps import Clock, Printer, StepFailed, StepLog, print_line
 from daemon.drill.stoppers import Stopper, make_stopper
+from daemon.tls import client_context
 
 RESTORE_POLL = 0.5
 
@@ -47,8 +48,10 @@ async def run_drill(
     drill_id = new_drill_id(clock)
     stopper = stopper or make_stopper(config.stopper)
     log = StepLog(clock, out)
-    async with aiohttp.ClientSession(trust_env=False) as session:
-        nodes = Nodes(config.server_key, session)
+    tls = client_context(config.tls)
+    connector = aiohttp.TCPConnector(ssl=tls)
+    async with aiohttp.ClientSession(connector=connector, trust_env=False) as session:
+        nodes = Nodes(config.server_key, session, ssl_context=tls)
         view = make_view(config.haproxy, session)
         monitor = Monitor(nodes, config.targets, view, clock, config.poll_interval)
         ctx = Context(config, drill_id, clock, log, session, nodes, view, monitor, stopper)

@@ -13,6 +13,7 @@ import argparse
 import http.client
 import json
 import os
+import ssl
 import sys
 import urllib.error
 import urllib.request
@@ -23,7 +24,7 @@ from typing import Any
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
 
 from daemon.config import ConfigError
-from daemon.ctl import _server_key
+from daemon.ctl import _server_key, tls_context
 
 DEFAULT_RETRIES = 5
 DEFAULT_TIMEOUT = 900.0
@@ -97,7 +98,8 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     plugins = _plugins(args.from_file, args.plugin)
     if args.retries < 0 or args.timeout <= 0 or args.backoff < 0:
         raise UsageError("--retries, --backoff and --timeout must not be negative (--timeout above 0)")
-    client = Client(_url(args.url, environ), _server_key(args.key_file, environ), args.timeout)
+    key = _server_key(args.key_file, environ)
+    client = Client(_url(args.url, environ), key, args.timeout, tls_context(environ))
     outcomes = [client.preload(plugin, args.retries, args.backoff) for plugin in plugins]
     failed = [o for o in outcomes if not o.ok]
     if args.json:
@@ -118,6 +120,8 @@ class Client:
     url: str
     key: str
     timeout: float
+    ssl_context: ssl.SSLContext | None = None
+    """For an https:// URL: TLS_CA_FILE (and TLS_CERT_FILE/TLS_KEY_FILE), as the operator commands."""
 
     def preload(self, plugin: str, retries: int, backoff: float) -> Outcome:
         retrying = Retrying(
@@ -146,7 +150,10 @@ class Client:
         request = urllib.request.Request(
             f"{self.url}/internal/preload", data=data, method="POST", headers=headers
         )
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # cluster traffic is direct
+        handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]  # traffic is direct
+        if self.ssl_context is not None:
+            handlers.append(urllib.request.HTTPSHandler(context=self.ssl_context))
+        opener = urllib.request.build_opener(*handlers)
         try:
             with opener.open(request, timeout=self.timeout) as resp:
                 status, raw = resp.status, resp.read()

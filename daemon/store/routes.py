@@ -65,7 +65,10 @@ async def _identifier_field(request: web.Request) -> str:
         except ValueError:
             raise HTTPProblem(400, "malformed JSON", "the request body must be a JSON object") from None
     elif request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
-        data = dict(await request.post())
+        try:
+            data = dict(await request.post())
+        except ValueError as exc:  # aiohttp's parsers: a bad boundary, a malformed part
+            raise HTTPProblem(400, "malformed form", f"the form cannot be read: {exc}") from None
     else:
         data = dict(request.query)
     value = data.get("plugin_identifier") if isinstance(data, dict) else None

@@ -1,0 +1,37 @@
+"""Is this node reachable beyond its own host with nothing guarding /internal and the link?
+
+Without SERVER_KEY anyone who reaches the port may write files through the replication link
+and the operator endpoints; that is fine on loopback (tests, a sidecar) and dangerous anywhere
+else. The server logs a loud warning at start-up; REQUIRE_AUTH=true makes a missing key a
+configuration error instead (daemon/config.py).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from daemon.config import Config
+
+LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and localhost; a wildcard (0.0.0.0, ::) or any other name is not."""
+    name = host.strip().strip("[]").lower()
+    if name in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def unguarded_warning(config: Config) -> str | None:
+    """The sentence to log when the node listens beyond loopback without SERVER_KEY, else None."""
+    if config.server_key or is_loopback(config.server_host):
+        return None
+    return (
+        f"SERVER_KEY is not set and the API listens on {config.server_host}:{config.server_port}: "
+        "anyone who reaches this port can write into STORAGE_PATH through /internal and the "
+        "replication link; set SERVER_KEY (and REQUIRE_AUTH=true to refuse to start without it)"
+    )

@@ -1,0 +1,83 @@
+"""Bounds on what one client can make the API hold or wait for.
+
+- Size: every body read whole (request.read(), .json(), .post()) is bounded by the app's
+  client_max_size (413 beyond it, as a problem document). Streamed bodies (the replication batch,
+  package uploads) are read by their handlers in bounded pieces and checked against their own
+  limits (protocol.MAX_HEADER_BYTES, delta.MAX_LITERAL, MAX_PLUGIN_PACKAGE_SIZE).
+- Request head: aiohttp's keep-alive timer runs from the moment a connection is accepted and after
+  each response, and closes a connection still waiting for a complete request head when it fires:
+  with keepalive_timeout=REQUEST_HEADER_TIMEOUT, a client trickling its headers is cut off then.
+- Body: a body must have arrived within REQUEST_BODY_TIMEOUT. A streamed body may take as long as
+  it needs while bytes keep coming, but not stall that long. A client that fails either has its
+  connection closed (the answer it would get, 408, could not reach it reliably mid-upload).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Collection
+
+import structlog
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+
+log = structlog.get_logger("daemon.limits")
+
+
+class _BodyWatch:
+    """Checks, every `timeout`, that the request's body is complete (or, if streamed, still moving)."""
+
+    def __init__(self, request: web.Request, timeout: float, streamed: bool) -> None:
+        self.request = request
+        self.timeout = timeout
+        self.streamed = streamed
+        self.fired = False
+        self._seen = request.content.total_bytes
+        self._handle = asyncio.get_running_loop().call_later(timeout, self._check)
+
+    def _check(self) -> None:
+        content = self.request.content
+        if content.is_eof():
+            return
+        if self.streamed and content.total_bytes > self._seen:
+            self._seen = content.total_bytes
+            self._handle = asyncio.get_running_loop().call_later(self.timeout, self._check)
+            return
+        self.fired = True
+        log.warning(
+            "slow_client_cut_off",
+            path=self.request.path,
+            peer=self.request.remote,
+            received=content.total_bytes,
+            expected=self.request.content_length,
+            seconds=self.timeout,
+            streamed=self.streamed,
+        )
+        transport = self.request.transport
+        if transport is not None:
+            transport.close()
+
+    def cancel(self) -> None:
+        self._handle.cancel()
+
+
+def body_deadline(timeout: float, streamed: Collection[str]) -> Middleware:
+    """The body timeout as a middleware; `streamed` names the routes (canonical paths) read in pieces."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not request.body_exists:
+            return await handler(request)
+        resource = request.match_info.route.resource
+        is_streamed = resource is not None and resource.canonical in streamed
+        watch = _BodyWatch(request, timeout, is_streamed)
+        try:
+            return await handler(request)
+        except Exception:
+            if watch.fired:
+                raise web.HTTPRequestTimeout(text="the request body did not arrive in time") from None
+            raise
+        finally:
+            watch.cancel()
+
+    return middleware
