@@ -194,17 +194,26 @@ class Watcher:
             self._observer = None
             log.info("watcher_stopped")
 
-    def record_tree(self, rel: str, into: Recorder | None = None) -> int:
+    def record_tree(self, rel: str, into: Recorder | None = None, *, appeared: bool = False) -> int:
         """Record `rel` and everything below it (a new or moved-in directory).
 
         A directory that is already gone again may have been renamed before
         we could look inside: `on_vanished` lets the sender resend it under
         its new name when that rename goes out.
+
+        `appeared`: the directory just showed up, so a file in it may still be
+        open for writing (created before our watch, written after): a file
+        changed within QUIET_SECONDS waits for its close or for quiet, like a
+        modified file, rather than travelling half-written.
         """
         recorder = into or self.journal
+        fresh_after = time.time_ns() - int(QUIET_SECONDS * 1e9)
         count = 0
         for entry in manifest.walk(self.root, rel, self._skip):
-            recorder.record_sync(entry.path)
+            if appeared and entry.type == "file" and entry.mtime_ns >= fresh_after:
+                self._mark_dirty(entry.path)
+            else:
+                recorder.record_sync(entry.path)
             count += 1
         if count == 0:
             self.on_vanished(rel)
@@ -242,7 +251,7 @@ class Watcher:
             self._settle(rel)
             self.journal.record_sync(rel)
         elif isinstance(event, DirCreatedEvent):
-            self.record_tree(rel)
+            self.record_tree(rel, appeared=True)
         elif isinstance(event, FileCreatedEvent) and os.path.islink(os.path.join(self.root, rel)):
             self.journal.record_sync(rel)  # a symlink is complete when it appears
         elif isinstance(event, (FileCreatedEvent, FileModifiedEvent)):
@@ -270,7 +279,7 @@ class Watcher:
         elif src is not None:
             self.journal.record_delete(src)
         elif dest is not None:
-            self.record_tree(dest)
+            self.record_tree(dest, appeared=True)
         if dest is not None and self.env_init is not None:
             self.env_init.file_written(dest)  # a marker written atomically arrives by rename
 
