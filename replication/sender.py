@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import os
 import random
@@ -32,7 +31,7 @@ from replication.errors import FencedError, PeerError, RefusedError
 from replication.journal import Change, Journal
 from replication.metrics import ReplicationMetrics
 from replication.protocol import FLAG_COMPLETE, FLAG_DISCARD, Operation, encode_trailer
-from replication.source import SentObjects, SourceTree
+from replication.source import SentObjects, SourceTree, next_batch
 
 log = structlog.get_logger("replication.sender")
 
@@ -233,22 +232,18 @@ class Sender:
         await self.reconcile(reason)
 
     async def _stream(self) -> None:
+        settings = self.settings
         while True:
-            if self.journal.overflowed:
-                self.journal.reset()
-                await self.reconcile("journal_overflow")
-            if self.journal.rescan_reason is not None:
-                reason, self.journal.rescan_reason = self.journal.rescan_reason, None
-                await self.reconcile(reason)
-            self.journal.changed.clear()
-            batch = self.journal.take_batch(
-                self.settings.batch_max_ops, self.settings.batch_max_bytes, self._tree.size_of
+            batch = await next_batch(
+                self.journal,
+                settings.batch_max_ops,
+                settings.batch_max_bytes,
+                self._tree.size_of,
+                settings.heartbeat_interval,
+                self.reconcile,
             )
-            if not batch:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self.journal.changed.wait(), self.settings.heartbeat_interval)
-                    continue
-            await self._send(batch)
+            if batch is not None:  # an empty batch is the idle link's heartbeat
+                await self._send(batch)
 
     async def _send(self, batch: list[Change]) -> None:
         try:

@@ -17,7 +17,6 @@ matters.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import random
 import stat
@@ -35,7 +34,7 @@ from replication.journal import Change, Journal
 from replication.metrics import ReplicationMetrics
 from replication.sender import MAX_REFUSALS, SyncSummary
 from replication.sftp_remote import RemoteTree
-from replication.source import SentObjects, SourceTree
+from replication.source import SentObjects, SourceTree, next_batch
 from replication.ssh_target import SshTarget
 
 log = structlog.get_logger("replication.sftp_link")
@@ -182,20 +181,17 @@ class SftpSender:
         await self.reconcile(reason)
 
     async def _stream(self) -> None:
+        settings = self.settings
         while True:
-            if self.journal.overflowed:
-                self.journal.reset()
-                await self.reconcile("journal_overflow")
-            if self.journal.rescan_reason is not None:
-                reason, self.journal.rescan_reason = self.journal.rescan_reason, None
-                await self.reconcile(reason)
-            self.journal.changed.clear()
-            batch = self.journal.take_batch(
-                self.settings.batch_max_ops, self.settings.batch_max_bytes, self._tree.size_of
+            batch = await next_batch(
+                self.journal,
+                settings.batch_max_ops,
+                settings.batch_max_bytes,
+                self._tree.size_of,
+                settings.heartbeat_interval,
+                self.reconcile,
             )
-            if not batch:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self.journal.changed.wait(), self.settings.heartbeat_interval)
+            if not batch:  # a plain host needs no heartbeat
                 continue
             try:
                 async with self._remote_lock:

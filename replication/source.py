@@ -8,18 +8,51 @@ event and the read. Those rules live here once.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import stat
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 
 import structlog
 
-from replication.journal import Change
+from replication.journal import Change, Journal
 from replication.paths import is_within, rebase
 
 log = structlog.get_logger("replication.source")
 
 SENT_INODES_KEPT = 100_000
+
+
+async def next_batch(
+    journal: Journal,
+    max_ops: int,
+    max_bytes: int,
+    size_of: Callable[[Change], int],
+    idle: float,
+    reconcile: Callable[[str], Awaitable[object]],
+) -> list[Change] | None:
+    """The next batch a link sends: reconcile first when the journal asks for it.
+
+    Returns the changes, an empty list after `idle` seconds with nothing to send
+    (an HTTP link sends a heartbeat then), or None when a change arrived while
+    waiting (take again).
+    """
+    if journal.overflowed:
+        journal.reset()
+        await reconcile("journal_overflow")
+    if journal.rescan_reason is not None:
+        reason, journal.rescan_reason = journal.rescan_reason, None
+        await reconcile(reason)
+    journal.changed.clear()
+    batch = journal.take_batch(max_ops, max_bytes, size_of)
+    if batch:
+        return batch
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(journal.changed.wait(), idle)
+        return None
+    return []
 
 
 class SourceTree:

@@ -21,8 +21,7 @@ import pytest
 from tests.support.cluster import Node, make_pair, snapshot, wait_until
 from tests.support.ha import primary
 from tests.support.sshd import SshServer, running_sshd
-
-MIB = 1024 * 1024
+from tests.support.workload import MIB, scripted_workload, write
 
 
 @pytest.fixture
@@ -82,12 +81,6 @@ def wait_same(master: Node, remote: Path, timeout: float) -> None:
         raise AssertionError(f"trees differ after {timeout}s: {last[:20]}\n{master.log_tail()}") from None
 
 
-def write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as fh:
-        fh.write(data)
-
-
 def temp_files(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.name.startswith(".hs~")]
 
@@ -139,35 +132,7 @@ def test_workload_converges_and_a_restarted_master_catches_up(tmp_path: Path, ss
     root = node.storage
     with running(node):
         started = time.monotonic()
-        for i in range(1200):
-            write(root / f"small/d{i % 20:02d}/e{i % 7}/f{i:05d}.txt", f"file {i}\n".encode() * (1 + i % 50))
-        for i in range(3):
-            write(root / f"big/blob{i}.bin", os.urandom(4 * MIB))
-        deep = root / "p/q/r/s/t"
-        deep.mkdir(parents=True)
-        for i in range(20):
-            write(deep / f"n{i}", b"deep" * i)
-        with open(root / "small/d00/e0/f00000.txt", "ab") as fh:
-            fh.write(b"appended\n")
-        with open(root / "small/d01/e1/f00001.txt", "r+b") as fh:
-            fh.truncate(3)
-        os.truncate(root / "big/blob2.bin", 1 * MIB)
-        os.chmod(root / "small/d02/e2/f00002.txt", 0o600)
-        os.chmod(root / "p/q", 0o750)
-        (root / "tool.sh").write_text("#!/bin/sh\necho hi\n")
-        os.chmod(root / "tool.sh", 0o755)
-        os.rename(root / "small/d03/e3/f00003.txt", root / "small/d03/renamed.txt")
-        os.rename(root / "small/d04", root / "small/d04-moved")
-        os.rename(root / "big/blob1.bin", root / "big/blob1-renamed.bin")
-        os.unlink(root / "small/d05/e5/f00005.txt")
-        shutil.rmtree(root / "small/d06")
-        os.symlink("small/d00", root / "link-to-dir")
-        os.symlink("/etc/hostname", root / "link-absolute")
-        os.symlink("does-not-exist", root / "link-dangling")
-        venv = root / "langgenius/openai-0.0.1@abc/.venv"
-        write(venv / "lib/python3.11/site-packages/pkg/__init__.py", b"x = 1\n")
-        os.symlink("lib", venv / "lib64")
-        write(venv / "dify/plugin.json", b'{"ready": true}')
+        scripted_workload(root, small_files=1200, big_size=4 * MIB)
         written = time.monotonic() - started
         wait_same(node, remote, 60)
         caught_up = time.monotonic() - started - written
