@@ -41,7 +41,7 @@ from replication import manifest
 from replication.envinit import EnvInitTracker
 from replication.journal import Recorder
 from replication.losses import WatchdogAlarm, directories_below, inotify_watches_held, watch_shortfall
-from replication.paths import is_temp_name
+from replication.paths import is_temp_name, is_within, rebase
 
 log = structlog.get_logger("replication.watcher")
 
@@ -273,7 +273,7 @@ class Watcher:
         src = self._relative(event.src_path)
         dest = self._relative(event.dest_path)
         if src is not None:
-            self._settle(src)
+            self._move_dirty(src, dest)
         if src is not None and dest is not None:
             self.journal.record_rename(src, dest)
         elif src is not None:
@@ -284,14 +284,28 @@ class Watcher:
             self.env_init.file_written(dest)  # a marker written atomically arrives by rename
 
     def _mark_dirty(self, rel: str) -> None:
-        loop = asyncio.get_running_loop()
-        now = time.monotonic()
-        first = now
+        first = time.monotonic()
         if rel in self._dirty:
-            first, handle = self._dirty[rel]
+            first, handle = self._dirty.pop(rel)
             handle.cancel()
-        delay = QUIET_SECONDS if now - first < MAX_DIRTY_SECONDS else 0.0
-        self._dirty[rel] = (first, loop.call_later(delay, self._settled, rel))
+        self._wait_for_quiet(rel, first)
+
+    def _wait_for_quiet(self, rel: str, first: float) -> None:
+        delay = QUIET_SECONDS if time.monotonic() - first < MAX_DIRTY_SECONDS else 0.0
+        self._dirty[rel] = (first, asyncio.get_running_loop().call_later(delay, self._settled, rel))
+
+    def _move_dirty(self, src: str, dest: str | None) -> None:
+        """Files waiting for quiet at or below a moved path wait on under their new name.
+
+        Their timers would otherwise record the old path, which no longer exists:
+        the rename would go out without their content and it would never be sent.
+        Moved out of the tree (no `dest`), they are forgotten like a deleted file.
+        """
+        for path in [path for path in self._dirty if is_within(path, src)]:
+            first, handle = self._dirty.pop(path)
+            handle.cancel()
+            if dest is not None:
+                self._wait_for_quiet(rebase(path, src, dest), first)
 
     def _settled(self, rel: str) -> None:
         self._dirty.pop(rel, None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 
@@ -55,3 +56,19 @@ def test_a_file_still_being_written_in_a_new_folder_never_reaches_the_slave_half
         sampler.join(5)
     assert seen, "the sampler never saw the files"
     assert set(seen) == {2000}, f"the slave showed a file mid-write: sizes {sorted(set(seen))}"
+
+
+@pytest.mark.timeout(60)
+def test_files_written_into_a_new_folder_then_moved_at_once_arrive_under_the_new_name(pair: Pair) -> None:
+    """Scanned files still waiting for quiet must follow their folder's rename (or they are never sent)."""
+    root = pair.master.storage
+    for i in range(30):
+        (root / f"new{i}" / "deep").mkdir(parents=True)
+        (root / f"new{i}" / "deep" / "file.txt").write_text(f"written before any watch {i}")
+        time.sleep(0.05)  # scanned by now, and still within the quiet time
+        os.rename(root / f"new{i}", root / f"moved{i}")
+    (root / "single").mkdir()
+    (root / "single" / "draft.tmp").write_text("written, then renamed into place")
+    time.sleep(0.05)
+    os.rename(root / "single" / "draft.tmp", root / "single" / "final.txt")
+    pair.wait_converged(10)
