@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from daemon.netns import NetworkError
 from tests.chaos.checks import (
     CheckResult,
     Write,
@@ -33,7 +34,7 @@ from tests.chaos.checks import (
     longest_gap,
 )
 from tests.chaos.client import Writer
-from tests.chaos.cluster import ChaosCluster, ChaosNode
+from tests.chaos.cluster import ChaosCluster, ChaosNode, ClusterError
 from tests.chaos.nemesis import EventLog, Nemesis
 
 READY_BOUND = 60.0
@@ -263,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: everything was torn down", file=sys.stderr)
         return 130
-    except ChaosError as exc:
+    except (ChaosError, ClusterError, NetworkError) as exc:
         print(f"chaos run failed to start: {exc}", file=sys.stderr)
         return 1
     print()
