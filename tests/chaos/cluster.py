@@ -105,6 +105,8 @@ class ChaosNode:
     stopped: bool = False  # SIGSTOPped by the nemesis
     expected_exit: bool = True  # False while running: an exit we did not cause is a finding
     started_at: float = 0.0
+    disk_full_from: float | None = None  # while the ballast fills the disk
+    last_full: tuple[float, float] | None = None  # the last time the disk was full: from, to
 
     @property
     def storage(self) -> Path:
@@ -194,6 +196,7 @@ class ChaosNode:
 
     def fill_disk(self) -> int:
         """Write the ballast until the tmpfs is full; returns its size in bytes."""
+        self.disk_full_from = time.monotonic()
         chunk = b"\0" * (1 << 20)
         written = 0
         with open(self.ballast, "ab") as fh:
@@ -208,6 +211,15 @@ class ChaosNode:
     def free_disk(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.ballast.unlink()
+        if self.disk_full_from is not None:
+            self.last_full = (self.disk_full_from, time.monotonic())
+        self.disk_full_from = None
+
+    def disk_full_since_start(self) -> bool:
+        """Whether the ballast filled the disk at some moment since the current process was started."""
+        if self.disk_full_from is not None:
+            return True
+        return self.last_full is not None and self.last_full[1] >= self.started_at
 
     def log_tail(self, lines: int = 30) -> str:
         return _tail(self.log_path, lines)

@@ -60,10 +60,10 @@ class Nemesis:
 
     def step(self) -> None:
         """Recover what is due, notice crashes, then inject one fault (or heal when enough are active)."""
+        self.notice_exits()  # first: an exit while the disk is full must be judged while it is full
         now = time.monotonic()
         for fault in [f for f in self.active if f.until <= now]:
             self._recover(fault, "timer")
-        self.notice_exits()
         kind = "heal" if len(self.active) >= MAX_ACTIVE else self.rng.choice(KINDS)
         for _attempt in range(5):
             if self._inject(kind):
@@ -152,15 +152,24 @@ class Nemesis:
         )
 
     def notice_exits(self) -> None:
-        """A node that exited without being told to is a finding; it is started again."""
+        """A node that exited without being told to is a finding; it is started again.
+
+        One exit is expected: `hotstandby serve` refuses to start, with status 1 and one line
+        saying why, when it cannot write its state because its disk is full. The nemesis then acts
+        as compose's `restart: always` or Kubernetes would: it starts the node again at its next step."""
         for node in self.cluster.nodes.values():
             if node.proc is not None and not node.alive() and not node.expected_exit:
+                if _refused_to_start_on_full_disk(node):
+                    self.log.add("start_refused_on_full_disk", node=node.name)
+                    node.start()
+                    continue
                 problem = f"{node.name} exited by itself with status {node.proc.returncode}"
                 self.findings.append(problem)
                 self.log.add("finding", problem=problem, log_tail=node.log_tail())
                 node.start()
 
     def heal_all(self) -> None:
+        self.notice_exits()
         for fault in list(self.active):
             self._recover(fault, "final heal")
         for node in self.cluster.nodes.values():
@@ -173,3 +182,18 @@ class Nemesis:
             if not node.alive():
                 node.start()
         self.log.add("healed_everything")
+
+
+def _refused_to_start_on_full_disk(node: ChaosNode) -> bool:
+    """Status 1 with hotstandby's one-line ENOSPC refusal, before the process logged `started`, while
+    its disk was full: a refusal to start, not a crash of a running node."""
+    assert node.proc is not None
+    log = node.log_tail(200)
+    this_run = log[log.rfind('"event": "starting"') :]
+    return (
+        node.proc.returncode == 1
+        and node.disk_full_since_start()
+        and '"event": "starting"' in log
+        and '"event": "started"' not in this_run
+        and this_run.rstrip().endswith("hotstandby: cannot start: [Errno 28] No space left on device")
+    )
