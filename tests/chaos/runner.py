@@ -145,6 +145,7 @@ def _converged(cluster: ChaosCluster) -> bool:
 
 def run(duration: float, seed: int, out: Path, echo: bool = True) -> Report:
     rng = random.Random(seed)
+    out = out.resolve()  # Redis and the samplers run in other folders: every path they get is absolute
     report = Report(seed, duration, out)
     events = EventLog(echo=echo)
     report.events = events.events
