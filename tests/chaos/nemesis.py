@@ -84,7 +84,8 @@ class Nemesis:
         now = time.monotonic()
         if kind == "kill_leader":
             target.signal(signal.SIGKILL)
-            target.proc.wait(10) if target.proc else None
+            assert target.proc is not None
+            target.proc.wait(10)
         elif kind == "sigstop":
             target.signal(signal.SIGSTOP)
         elif kind == "partition":
