@@ -379,6 +379,14 @@ class ChaosCluster:
         except ValueError:
             return None
 
+    def conflicts(self, node: ChaosNode) -> int | None:
+        """How many divergent writes the node has preserved (GET /internal/conflicts), None without answer."""
+        code, raw = self.request("GET", f"{node.url}/internal/conflicts", timeout=5)
+        try:
+            return len(json.loads(raw)["conflicts"]) if code == 200 else None
+        except (ValueError, KeyError, TypeError):
+            return None
+
     def leader(self) -> ChaosNode | None:
         """The node whose sampler saw 200 on /primary most recently within the last second."""
         now = time.monotonic()

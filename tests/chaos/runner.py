@@ -57,6 +57,7 @@ class Report:
     writes: list[Write] = field(default_factory=list)
     longest_unavailability: tuple[float, float] = (0.0, 0.0)
     convergence_seconds: float | None = None
+    conflicts: dict[str, int | None] = field(default_factory=dict)  # divergent writes preserved, per node
     events: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -75,6 +76,8 @@ class Report:
             f"{outcomes['failed']} failed, {outcomes['unknown']} unknown",
             f"longest unavailability (no acknowledged write): {gap:.1f} s",
             f"convergence after healing: {converged}",
+            "divergent writes preserved (GET /internal/conflicts): "
+            + (", ".join(f"{node} {count}" for node, count in self.conflicts.items()) or "-"),
             "",
             f"{'check':<30} {'result':<6} detail",
         ]
@@ -94,6 +97,7 @@ class Report:
             "longest_unavailability_seconds": round(self.longest_unavailability[0], 3),
             "longest_unavailability_from_mono": round(self.longest_unavailability[1], 3),
             "convergence_seconds": self.convergence_seconds,
+            "conflicts": self.conflicts,
             "checks": [c.to_json() for c in self.checks],
             "events": self.events,
         }
@@ -188,6 +192,7 @@ def run(duration: float, seed: int, out: Path, echo: bool = True) -> Report:
             nemesis.notice_exits()
             report.longest_unavailability = longest_gap(writer.writes, faults_from, healed + (resumed or 0.0))
             report.checks = _checks(cluster, nemesis, writer.writes, converged, resumed)
+            report.conflicts = {node.name: cluster.conflicts(node) for node in cluster.nodes.values()}
             for check in report.checks:
                 events.add("check", **check.to_json())
     finally:
