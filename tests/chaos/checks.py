@@ -6,6 +6,7 @@ Kept apart from the processes so that each check can be shown to fail on a made-
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import itertools
 import os
@@ -197,3 +198,46 @@ def longest_gap(writes: Iterable[Write], start: float, end: float) -> tuple[floa
         if later - earlier > best[0]:
             best = (later - earlier, earlier)
     return best
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """A stretch with no fault active (from the moment the last one ended, or a restart was done, until
+    the next injection) and how long the first acknowledged write took in it (None: none came)."""
+
+    start: float
+    length: float
+    first_ack: float | None
+
+
+def recoveries(events: Iterable[Mapping[str, Any]], writes: Iterable[Write], end: float) -> list[Recovery]:
+    """The longest unavailability alone mostly measures faults back to back; this says how fast writes
+    came back whenever the nemesis left the cluster alone."""
+    acks = sorted(w.ended for w in writes if w.outcome == "acked")
+    found: list[Recovery] = []
+    active: set[tuple[str, str]] = set()
+    quiet_from: float | None = None
+
+    def close(at: float) -> None:
+        if quiet_from is not None:
+            index = bisect.bisect_left(acks, quiet_from)
+            first = acks[index] - quiet_from if index < len(acks) and acks[index] <= at else None
+            found.append(Recovery(quiet_from, at - quiet_from, first))
+
+    for event in events:
+        kind, node, moment = event.get("kind"), event.get("node"), float(event["mono"])
+        if event["event"] == "inject" and kind == "restart":
+            if not active:
+                close(moment)
+                quiet_from = moment
+        elif event["event"] == "inject" and kind != "heal":
+            close(moment)
+            quiet_from = None
+            active.add((str(kind), str(node)))
+        elif event["event"] == "recover":
+            active.discard((str(kind), str(node)))
+            if not active:
+                close(moment)
+                quiet_from = moment
+    close(end)
+    return found

@@ -15,6 +15,7 @@ import argparse
 import json
 import random
 import signal
+import statistics
 import sys
 import time
 from collections import Counter
@@ -26,12 +27,14 @@ from typing import Any
 from daemon.netns import NetworkError
 from tests.chaos.checks import (
     CheckResult,
+    Recovery,
     Write,
     check_acknowledged,
     check_only_written,
     check_single_leader,
     check_trees_identical,
     longest_gap,
+    recoveries,
 )
 from tests.chaos.client import Writer
 from tests.chaos.cluster import ChaosCluster, ChaosNode, ClusterError
@@ -58,6 +61,21 @@ class Report:
     longest_unavailability: tuple[float, float] = (0.0, 0.0)
     convergence_seconds: float | None = None
     conflicts: dict[str, int | None] = field(default_factory=dict)  # divergent writes preserved, per node
+    recoveries: list[Recovery] = field(default_factory=list)
+
+    def recovery_line(self) -> str:
+        pauses = [r for r in self.recoveries if r.length >= PAUSE[0]]
+        came = sorted(r.first_ack for r in pauses if r.first_ack is not None)
+        if not pauses:
+            return f"writes after fault-free pauses: no pause of {PAUSE[0]:.0f} s or more"
+        if not came:
+            return f"writes after fault-free pauses of {PAUSE[0]:.0f} s or more: none in {len(pauses)} pauses"
+        return (
+            f"writes after fault-free pauses of {PAUSE[0]:.0f} s or more: the first acknowledged one after "
+            f"{statistics.median(came):.1f} s (median), {came[-1]:.1f} s (max); {len(pauses) - len(came)} of "
+            f"{len(pauses)} pauses had none"
+        )
+
     events: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -76,6 +94,7 @@ class Report:
             f"{outcomes['failed']} failed, {outcomes['unknown']} unknown",
             f"longest unavailability (no acknowledged write): {gap:.1f} s",
             f"convergence after healing: {converged}",
+            self.recovery_line(),
             "divergent writes preserved (GET /internal/conflicts): "
             + (", ".join(f"{node} {count}" for node, count in self.conflicts.items()) or "-"),
             "",
@@ -98,6 +117,7 @@ class Report:
             "longest_unavailability_from_mono": round(self.longest_unavailability[1], 3),
             "convergence_seconds": self.convergence_seconds,
             "conflicts": self.conflicts,
+            "recoveries": [r.__dict__ for r in self.recoveries],
             "checks": [c.to_json() for c in self.checks],
             "events": self.events,
         }
@@ -184,6 +204,7 @@ def run(duration: float, seed: int, out: Path, echo: bool = True) -> Report:
             )
             events.add("writes_resumed" if resumed is not None else "writes_not_resumed", seconds=resumed)
             writer.stop()
+            report.recoveries = recoveries(events.events, writer.writes, time.monotonic())
             converged = wait_for(lambda: _converged(cluster), CONVERGENCE_BOUND, interval=0.5)
             report.convergence_seconds = None if converged is None else round(time.monotonic() - healed, 2)
             events.add(

@@ -14,6 +14,7 @@ from tests.chaos.checks import (
     check_single_leader,
     check_trees_identical,
     longest_gap,
+    recoveries,
 )
 from tests.chaos.client import classify
 
@@ -106,3 +107,19 @@ def test_only_answers_that_say_nothing_was_written_count_as_failed() -> None:
     assert classify(503, b'{"title": "something else"}')[0] == "unknown"
     assert classify(504, b'{"title": "not confirmed by the replica"}')[0] == "unknown"
     assert classify(0, b"timed out")[0] == "unknown"
+
+
+def test_recoveries_measure_the_first_acknowledged_write_in_each_fault_free_stretch() -> None:
+    events = [
+        {"event": "inject", "kind": "partition", "node": "n1", "mono": 10.0},
+        {"event": "inject", "kind": "sigstop", "node": "n2", "mono": 11.0},
+        {"event": "recover", "kind": "partition", "node": "n1", "mono": 12.0},  # n2 still stopped
+        {"event": "recover", "kind": "sigstop", "node": "n2", "mono": 13.0},  # quiet from 13
+        {"event": "inject", "kind": "restart", "node": "n1", "mono": 16.0},  # quiet again from 16
+        {"event": "inject", "kind": "fill_disk", "node": "n2", "mono": 20.0},
+        {"event": "recover", "kind": "fill_disk", "node": "n2", "mono": 22.0},
+    ]
+    history = [write("a", b"1", "acked", 12.5), write("b", b"2", "acked", 14), write("c", b"3", "failed", 17)]
+    found = recoveries(events, history, end=30.0)
+    assert [(r.start, r.length) for r in found] == [(13.0, 3.0), (16.0, 4.0), (22.0, 8.0)]
+    assert [None if r.first_ack is None else round(r.first_ack, 2) for r in found] == [1.01, None, None]
