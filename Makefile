@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 SYSTEM_PACKAGES := haproxy redis-server postgresql iproute2 rsync lsyncd prometheus docker-compose tini openssh-server
 SYSTEM_COMMANDS := haproxy redis-server pg_ctlcluster ip rsync lsyncd promtool docker-compose tini
 
-.PHONY: install system-deps test lint demo up down clean bench
+.PHONY: install system-deps test lint demo up down clean bench chaos
 
 install: system-deps $(STAMP)
 
@@ -53,6 +53,13 @@ down: install
 # Not part of `make test`: hotstandby against lsyncd and rsync (see bench/run.py --help; --quick for a smoke run).
 bench: install
 	$(BIN)/python bench/run.py
+
+# Not part of `make test` (which runs a 2-minute version): random faults for CHAOS_DURATION seconds against a
+# pair, Redis and HAProxy in network namespaces, then the checks (tests/chaos/runner.py; needs root).
+# CHAOS_SEED replays a run. Results in chaos-results/<time>/.
+CHAOS_DURATION ?= 600
+chaos: install
+	$(BIN)/python -m tests.chaos.runner --duration $(CHAOS_DURATION) $(if $(CHAOS_SEED),--seed $(CHAOS_SEED))
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

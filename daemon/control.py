@@ -211,7 +211,11 @@ class ControlLoop:
             await self.on_transition("promotion", decision)
         else:
             self.node.role_state = new
-            if new.role == "replica" and new.epoch != self.node.identity.epoch:
+            if new.role == "replica" and not self.node.receiver.accepting:
+                # An earlier demotion (or a promotion) failed half-way, say on a full disk while keeping
+                # divergent writes: this replica still refuses its leader's batches. Finish it now.
+                await self.node.become_replica(new.epoch)
+            elif new.role == "replica" and new.epoch != self.node.identity.epoch:
                 self.node._set_epoch(new.epoch)
 
     # -- the lease ---------------------------------------------------------------------
