@@ -23,7 +23,6 @@ DURATION = 120.0
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: network namespaces and tmpfs mounts")
 @pytest.mark.timeout(330)
 def test_no_acknowledged_write_lost_and_never_two_leaders_under_random_faults() -> None:
     seed = int(os.environ.get("CHAOS_SEED") or random.SystemRandom().randrange(2**32))
