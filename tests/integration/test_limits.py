@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.cluster import SERVER_KEY, Node, http
+from tests.support.cluster import SERVER_KEY, Node, http, wait_until
+from tests.support.ha import primary
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -31,6 +32,8 @@ def master(tmp_path: Path) -> Iterator[Node]:
     node = Node("master", "master", tmp_path / "master", extra_env={**SHORT, "MARKETPLACE_URL": ""})
     try:
         node.start()
+        # A write refused early (not yet leading) is answered before its body is read: no body timeout.
+        wait_until(lambda: primary(node), 15, message="the master to lead")
         yield node
     finally:
         node.stop()
