@@ -7,14 +7,17 @@ surface (run, connected, last_error, wait_acked, reconcile, ...).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeAlias
 
 from replication.journal import Journal
 from replication.metrics import ReplicationMetrics
 from replication.sender import LinkSettings, Sender
-from replication.sftp_link import SftpSender, SftpSettings
 from replication.ssh_target import SshTarget, is_ssh_url
 
-Link = Sender | SftpSender
+if TYPE_CHECKING:  # asyncssh costs a fifth of the start-up time: loaded only for an ssh:// target
+    from replication.sftp_link import SftpSender
+
+Link: TypeAlias = "Sender | SftpSender"
 
 
 def make_sender(
@@ -32,6 +35,8 @@ def make_sender(
     """A Sender for an http(s):// target, an SftpSender for ssh://user@host[:port]/path."""
     if not is_ssh_url(settings.target):
         return Sender(settings, root, journal, metrics, skip, epoch, record_tree)
+    from replication.sftp_link import SftpSender, SftpSettings  # late: see the TYPE_CHECKING import
+
     ssh = SftpSettings(
         target=SshTarget.parse(settings.target),
         key_file=ssh_key_file,

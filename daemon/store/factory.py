@@ -7,7 +7,6 @@ import os
 from daemon.config import Config
 from daemon.node import Node
 from daemon.store.catalogue import Catalogue
-from daemon.store.catalogue_postgres import PostgresCatalogue
 from daemon.store.catalogue_sqlite import SqliteCatalogue
 from daemon.store.link import NodeLink
 from daemon.store.store import PluginStore
@@ -18,6 +17,8 @@ SQLITE_FILE = "store.sqlite3"
 def make_catalogue(config: Config, node_id: str) -> Catalogue:
     """PostgreSQL when DATABASE_URL is set (shared by the pair), else SQLite in STATE_PATH."""
     if config.database_url:
+        from daemon.store.catalogue_postgres import PostgresCatalogue  # late: psycopg is slow to import
+
         return PostgresCatalogue(config.database_url, config.cluster_name, node_id)
     return SqliteCatalogue(os.path.join(config.state_path, SQLITE_FILE), config.cluster_name, node_id)
 
