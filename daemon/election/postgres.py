@@ -199,8 +199,8 @@ class PostgresLease:
             "set_config('statement_timeout', %(ms)s, false), set_config('lock_timeout', %(ms)s, false)",
             {"ms": millis},
         )
-        # IF NOT EXISTS does not cover two nodes creating the table at the same moment.
-        with contextlib.suppress(pgerrors.UniqueViolation, pgerrors.DuplicateTable):
+        # IF NOT EXISTS does not cover two nodes creating the table (and its row type) at the same moment.
+        with contextlib.suppress(pgerrors.UniqueViolation, pgerrors.DuplicateTable, pgerrors.DuplicateObject):
             await conn.execute(_CREATE)
 
     async def _bounded(

@@ -5,6 +5,7 @@ node ends up following the new leader."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -40,36 +41,35 @@ def test_switchover_on_three_nodes_hands_over_and_every_other_node_follows(tmp_p
         assert all(n.url in shown.stdout for n in (leader, first, second)), shown.stdout
         assert "2 replica(s) in step" in shown.stdout
 
-        # Both replicas are equally caught up: the first listed wins the tie.
+        # Without --to: the most caught-up replica (their sequences may differ by a heartbeat or two).
         done = ctl("switchover", "--nodes", nodes, "--timeout", "20")
         assert done.returncode == 0, done.stdout + done.stderr
-        assert f"handing over to {first.url}" in done.stdout, done.stdout
-        assert primary(first) and not primary(leader) and not primary(second)
-        assert first.status()["epoch"] == 2
-        wait_until(lambda: follows(leader, first, 2) and follows(second, first, 2), 10, message="followers")
+        chosen = re.search(r"handing over to (\S+), the most caught-up", done.stdout)
+        assert chosen and chosen.group(1) in (first.url, second.url), done.stdout
+        new, other = (first, second) if chosen.group(1) == first.url else (second, first)
+        assert primary(new) and not primary(leader) and not primary(other)
+        assert new.status()["epoch"] == 2
+        wait_until(lambda: follows(leader, new, 2) and follows(other, new, 2), 10, message="followers")
         for i in range(10):
-            assert put(first, f"middle/{i}", f"epoch 2 write {i}".encode()) == 200
-        converged(first, leader, second)
+            assert put(new, f"middle/{i}", f"epoch 2 write {i}".encode()) == 200
+        converged(new, leader, other)
 
-        # --to chooses: the replica listed last.
-        done = ctl("switchover", "--nodes", nodes, "--to", second.url, "--timeout", "20")
+        # --to chooses: the replica not chosen above.
+        done = ctl("switchover", "--nodes", nodes, "--to", other.url, "--timeout", "20")
         assert done.returncode == 0, done.stdout + done.stderr
-        assert f"handing over to {second.url} (--to)" in done.stdout, done.stdout
-        assert primary(second) and not primary(first) and not primary(leader)
-        wait_until(lambda: follows(leader, second, 3) and follows(first, second, 3), 10, message="followers")
+        assert f"handing over to {other.url} (--to)" in done.stdout, done.stdout
+        assert primary(other) and not primary(new) and not primary(leader)
+        wait_until(lambda: follows(leader, other, 3) and follows(new, other, 3), 10, message="followers")
         for i in range(10):
-            assert put(second, f"after/{i}", f"epoch 3 write {i}".encode()) == 200
-        converged(second, leader, first)
+            assert put(other, f"after/{i}", f"epoch 3 write {i}".encode()) == 200
+        converged(other, leader, new)
         for i in range(10):
             assert (leader.storage / "middle" / str(i)).read_bytes() == f"epoch 2 write {i}".encode()
 
         as_json = json.loads(ctl("status", "--nodes", nodes, "--json").stdout)
-        assert as_json["healthy"] and [n["status"]["role"] for n in as_json["nodes"]] == [
-            "slave",
-            "slave",
-            "master",
-        ]
-        refused = ctl("switchover", "--nodes", nodes, "--to", second.url)
+        roles = {n["url"]: n["status"]["role"] for n in as_json["nodes"]}
+        assert as_json["healthy"] and roles == {leader.url: "slave", new.url: "slave", other.url: "master"}
+        refused = ctl("switchover", "--nodes", nodes, "--to", other.url)
         assert refused.returncode == 1 and "is the leader, not a replica" in refused.stderr
 
 
