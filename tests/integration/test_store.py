@@ -62,7 +62,7 @@ def test_a_preloaded_package_reaches_the_standby_and_so_does_its_quarantine(
     assert code == 201, body
     assert body["checksum"] == plugin.checksum and body["size"] == len(plugin.data)
     on_slave = pair.slave.storage / "plugin_packages" / plugin.identifier
-    wait_until(lambda: on_slave.exists() and on_slave.read_bytes() == plugin.data, 10, message="the package")
+    wait_until(lambda: on_slave.exists() and on_slave.read_bytes() == plugin.data, 20, message="the package")
     code, body = pair.slave.call("POST", "/internal/preload", {"plugin_identifier": plugin.identifier})
     assert code == 503 and body["title"] == "not the primary"
 
