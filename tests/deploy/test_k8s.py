@@ -16,6 +16,7 @@ import yaml
 
 from daemon.config import Config
 from replication.exclude import PathMatcher
+from tests.support.recording_env import RecordingEnv
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -113,22 +114,6 @@ def _is_name(node: ast.expr, name: str) -> bool:
 
 def _is_self_env(node: ast.expr) -> bool:
     return isinstance(node, ast.Attribute) and node.attr == "env" and _is_name(node.value, "self")
-
-
-class _RecordingEnv(dict[str, str]):
-    """An empty environment that remembers every name the Config reader asks for."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.asked: set[str] = set()
-
-    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
-        self.asked.add(key)
-        return super().get(key, default)
-
-    def __contains__(self, key: object) -> bool:
-        self.asked.add(str(key))
-        return super().__contains__(key)
 
     def __getitem__(self, key: str) -> str:
         self.asked.add(key)
@@ -261,7 +246,7 @@ def test_probe_paths_are_endpoints_of_the_daemon() -> None:
 def test_the_config_variable_list_is_complete() -> None:
     parsed = config_variables()
     assert {"ROLE", "SERVER_KEY", "REDIS_URL", "STATE_PATH", "EXCLUDE"} <= parsed
-    env = _RecordingEnv()
+    env = RecordingEnv()
     Config.from_env(env)
     assert env.asked <= parsed, f"read by Config but missed by the parser: {env.asked - parsed}"
 

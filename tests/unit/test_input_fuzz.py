@@ -27,6 +27,7 @@ from daemon.store.identifier import (
 )
 from replication.errors import ContainmentError
 from replication.paths import MAX_NAME_BYTES, MAX_PATH_BYTES, validate_relpath
+from tests.support.recording_env import RecordingEnv
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -164,22 +165,10 @@ def test_identifier_parsers_refuse_what_is_not_a_string(value: Any) -> None:
 
 
 # -- configuration ------------------------------------------------------------------------------------
-class _Recorder(dict[str, str]):
-    def __init__(self) -> None:
-        super().__init__()
-        self.asked: set[str] = set()
-
-    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
-        self.asked.add(key)
-        return super().get(key, default)
-
-    def __contains__(self, key: object) -> bool:
-        self.asked.add(str(key))
-        return super().__contains__(key)
 
 
 def _config_variables() -> list[str]:
-    recorder = _Recorder()
+    recorder = RecordingEnv()
     Config.from_env(recorder)
     return sorted(recorder.asked)
 
