@@ -24,6 +24,7 @@ from daemon.control import ControlLoop
 from daemon.limits import body_deadline
 from daemon.node import Node
 from daemon.peers import Poller
+from daemon.plugin_daemon import PluginDaemon
 from daemon.problems import HTTPProblem, problem, problem_middleware
 from daemon.roles import Request
 from daemon.store.routes import add_store_routes
@@ -35,6 +36,7 @@ from replication.receiver import Receiver
 NODE = web.AppKey("node", Node)
 CONTROL = web.AppKey("control", ControlLoop)
 PLUGIN_DAEMON = web.AppKey("plugin_daemon", Poller)
+GATE = web.AppKey("plugin_daemon_gate", PluginDaemon)
 JSON_BODY_LIMIT = 32 * 1024 * 1024
 """Every body read whole (JSON, forms, PUT /internal/files) is at most this: 413 beyond."""
 STREAMED_ROUTES = frozenset({"/internal/replication/batch", "/internal/plugins/{identifier}"})
@@ -42,7 +44,11 @@ STREAMED_ROUTES = frozenset({"/internal/replication/batch", "/internal/plugins/{
 
 
 def build_app(
-    node: Node, control: ControlLoop, plugin_daemon: Poller | None = None, store: PluginStore | None = None
+    node: Node,
+    control: ControlLoop,
+    plugin_daemon: Poller | None = None,
+    store: PluginStore | None = None,
+    gate: PluginDaemon | None = None,
 ) -> web.Application:
     middlewares = [
         problem_middleware,
@@ -54,6 +60,7 @@ def build_app(
     app[CONTROL] = control
     if plugin_daemon is not None:
         app[PLUGIN_DAEMON] = plugin_daemon
+    app[GATE] = gate or PluginDaemon(node, gated=node.config.plugin_daemon_gate, health=plugin_daemon)
     router = app.router
     router.add_get("/health", health)
     router.add_get("/liveness", liveness)
@@ -70,6 +77,7 @@ def build_app(
     router.add_post("/internal/drain", role_request("drain"))
     router.add_post("/internal/undrain", role_request("undrain"))
     router.add_get("/internal/conflicts", conflicts)
+    router.add_post("/internal/plugin-daemon/gate", plugin_daemon_gate)
     router.add_put("/internal/files/{path:.+}", put_file)
     router.add_get("/internal/files/{path:.+}", get_file)
     router.add_post("/internal/replication/hello", replication_hello)
@@ -169,7 +177,23 @@ async def metrics(request: web.Request) -> web.Response:
 async def status(request: web.Request) -> web.Response:
     body = request.app[NODE].status()
     body["ha"] = request.app[CONTROL].last_reason
+    body["plugin_daemon"] = request.app[GATE].status()
     return web.json_response(body)
+
+
+async def plugin_daemon_gate(request: web.Request) -> web.Response:
+    """The plugin daemon's gate reports whether it runs the daemon and asks whether it may."""
+    data = await _json_object(request)
+    running, pid, bound = data.get("running"), data.get("pid"), data.get("stop_bound_seconds")
+    if not isinstance(running, bool):
+        raise HTTPProblem(400, "bad request", "running must be true or false")
+    if pid is not None and (not isinstance(pid, int) or isinstance(pid, bool) or not 0 < pid < 1 << 31):
+        raise HTTPProblem(400, "bad request", "pid must be a process id or null")
+    if not isinstance(bound, int | float) or isinstance(bound, bool) or not 0 < bound <= 3600:
+        raise HTTPProblem(400, "bad request", "stop_bound_seconds must be a number of seconds in (0, 3600]")
+    node = request.app[NODE]
+    permit = await request.app[GATE].exchange(running, pid, float(bound))
+    return web.json_response(permit.to_json(node))
 
 
 async def full_sync(request: web.Request) -> web.Response:
@@ -284,13 +308,16 @@ async def get_file(request: web.Request) -> web.StreamResponse:
 
 
 # -- the replication link (replica side) ---------------------------------------------------
-def _receiver(request: web.Request, incoming_epoch: int) -> Receiver:
+def _receiver(request: web.Request, incoming_epoch: int, *, applies: bool = False) -> Receiver:
     node = request.app[NODE]
     if not node.receiver.accepting:
         node.note_peer_epoch(incoming_epoch)
         raise HTTPProblem(
             409, "not a replica", f"this node is {node.role} at epoch {node.epoch}", peer_epoch=node.epoch
         )
+    if applies and (why := request.app[GATE].blocks_applying()) is not None:
+        node.metrics.refused.labels(reason="plugin_daemon_running").inc()
+        raise HTTPProblem(503, "plugin daemon running", why)
     return node.receiver
 
 
@@ -321,7 +348,7 @@ def _int_field(data: Mapping[str, Any], name: str) -> int:
 async def replication_hello(request: web.Request) -> web.Response:
     data = await _json_object(request)
     epoch = _int_field(data, "epoch")
-    receiver = _receiver(request, epoch)
+    receiver = _receiver(request, epoch, applies=True)
     answer = receiver.hello(
         journal_id=str(data.get("journal_id", "")), epoch=epoch, node_id=str(data.get("node_id", ""))
     )
@@ -340,7 +367,7 @@ async def replication_batch(request: web.Request) -> web.Response:
         raise HTTPProblem(
             400, "bad request", "X-Hotstandby-Journal, -Epoch and -Baseline must be valid"
         ) from None
-    receiver = _receiver(request, epoch)
+    receiver = _receiver(request, epoch, applies=True)
     result = await receiver.apply_batch(
         journal_id=journal_id, epoch=epoch, read=request.content.readexactly, baseline=baseline
     )

@@ -15,12 +15,22 @@ from daemon.tls import TLSError
 
 
 def main(argv: list[str] | None = None) -> int:
+    args_given = sys.argv[1:] if argv is None else argv
+    if args_given[:1] == ["plugin-gate"]:  # its own parser: everything after `--` is the daemon's command
+        from daemon import plugin_gate
+
+        return plugin_gate.main(args_given[1:])
     parser = argparse.ArgumentParser(
         prog="hotstandby", description="Hot-standby replication for Dify plugin storage."
     )
     parser.add_argument("--version", action="version", version=f"hotstandby {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="run the daemon (configured from the environment)")
+    commands.add_parser(
+        "plugin-gate",
+        help="run the Dify plugin daemon only while this node leads (plugin-gate --help)",
+        add_help=False,
+    )
     show = commands.add_parser("manifest", help="print the manifest of a directory as JSON lines")
     show.add_argument("path")
     ctl.add_arguments(commands)

@@ -76,6 +76,9 @@ class Config:
     failover_timeout: float = 6.0
     replica_max_lag: float = 10.0
     plugin_daemon_url: str = ""
+    plugin_daemon_gate: bool = False
+    dify_redis_url: str = field(default="", repr=False)
+    dify_redis_password: str = field(default="", repr=False)
     sync_mode: Literal["async", "sync"] = "async"
     sync_mode_fallback: Literal["none", "async"] = "none"
     sync_write_timeout: float = 10.0
@@ -135,8 +138,11 @@ class Config:
                 "database_url",
                 "plugin_daemon_url",
                 "marketplace_url",
+                "dify_redis_url",
             ):
                 value = hide_password(value)
+            elif f.name == "dify_redis_password":
+                value = "***" if value else ""
             shown.append(f"{f.name}={value!r}")
         return f"Config({', '.join(shown)})"
 
@@ -161,6 +167,9 @@ class _Reader:
         if value not in accepted:
             raise ConfigError(f"{name}={value!r} is invalid: accepted values are {', '.join(accepted)}")
         return value
+
+    def boolean(self, name: str, default: bool = False) -> bool:
+        return self.choice(name, "true" if default else "false", _BOOLEANS) in ("true", "1", "yes")
 
     def integer(self, name: str, default: int, low: int, high: int) -> int:
         value = self.raw(name, str(default))
@@ -289,6 +298,9 @@ class _Reader:
             failover_timeout=self.seconds("FAILOVER_TIMEOUT", 6.0, 0.5, 3600),
             replica_max_lag=self.seconds("REPLICA_MAX_LAG", 10.0, 0.1, 86400),
             plugin_daemon_url=self.url("PLUGIN_DAEMON_URL"),
+            plugin_daemon_gate=self.boolean("PLUGIN_DAEMON_GATE"),
+            dify_redis_url=self.url("DIFY_REDIS_URL", ("redis", "rediss", "unix")),
+            dify_redis_password=self.env.get("DIFY_REDIS_PASSWORD", ""),
             sync_mode=self.choice("SYNC_MODE", "async", ("async", "sync")),  # type: ignore[arg-type]
             sync_mode_fallback=self.choice(  # type: ignore[arg-type]
                 "SYNC_MODE_FALLBACK", "none", ("none", "async")

@@ -20,9 +20,11 @@ from daemon.api import build_app
 from daemon.config import Config
 from daemon.control import ControlLoop
 from daemon.election.factory import make_backend
+from daemon.env_init_locks import RedisLockClearer
 from daemon.exposure import unguarded_warning
 from daemon.node import Node, ReplicaLink
 from daemon.peers import Poller
+from daemon.plugin_daemon import PluginDaemon
 from daemon.roles import Decision
 from daemon.store.factory import open_store
 from daemon.store.store import PluginStore
@@ -47,6 +49,12 @@ class Server:
         self.plugin_daemon: Poller | None = None
         if config.plugin_daemon_url:
             self.plugin_daemon = Poller(f"{config.plugin_daemon_url}/health/check", interval=1.0, timeout=2.0)
+        locks = None
+        if config.dify_redis_url:
+            locks = RedisLockClearer(config.dify_redis_url, config.dify_redis_password, config.plugin_dir)
+        self.gate = PluginDaemon(
+            self.node, gated=config.plugin_daemon_gate, health=self.plugin_daemon, locks=locks
+        )
         self.should_exit = asyncio.Event()
         self.force_exit = False
         self._runner: web.AppRunner | None = None
@@ -71,7 +79,7 @@ class Server:
         await self.control.start()
         self.store = await open_store(self.config, self.node)
         self.control.on_transition = self._record_transition
-        app = build_app(self.node, self.control, self.plugin_daemon, self.store)
+        app = build_app(self.node, self.control, self.plugin_daemon, self.store, self.gate)
         self._runner = web.AppRunner(
             app,
             access_log=None,
