@@ -12,6 +12,9 @@ is stopped, and it is never started without an explicit yes. It uses only the st
 library because it runs with the plugin daemon image's own python3:
 
     python3 plugin_gate.py --url http://127.0.0.1:5003 --key-file /run/secrets/k -- /app/entrypoint.sh
+
+The container's health check asks the same file (`--healthcheck URL`): healthy while the gate
+holds the daemon stopped on a replica, and while the daemon it runs answers URL on the leader.
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ from dataclasses import dataclass
 from typing import Any
 
 GATE_PATH = "/internal/plugin-daemon/gate"
+DEFAULT_STATE_FILE = "/tmp/plugin-gate.json"
+STATE_MAX_AGE = 30.0
+"""A state file older than this means the gate itself is stuck: unhealthy."""
 RESTART_BACKOFF = (1.0, 2.0, 5.0, 10.0)
 """Seconds before starting the daemon again after it exited on its own, one step per exit in a row."""
 
@@ -44,6 +50,7 @@ class GateSettings:
     stop_grace: float
     command: tuple[str, ...]
     ca_file: str = ""
+    state_file: str = DEFAULT_STATE_FILE
 
     @property
     def stop_bound(self) -> float:
@@ -80,6 +87,7 @@ class Gate:
 
     def tick(self) -> None:
         self._reap()
+        self._write_state()
         answer = self.ask()
         now = time.monotonic()
         if answer is not None:
@@ -135,6 +143,17 @@ class Gate:
             say("refused", status=exc.code, why="the node refused the key (check --key-file)")
         else:
             say("node_unreachable", error=f"{type(exc).__name__}: {exc}")
+
+    def _write_state(self) -> None:
+        """For --healthcheck: whether the daemon should be answering, and that the gate is alive."""
+        state = {"running": self.child is not None, "permitted": self.permitted, "updated": time.time()}
+        temp = f"{self.settings.state_file}.{os.getpid()}.tmp"
+        try:
+            with open(temp, "w", encoding="utf-8") as fh:
+                json.dump(state, fh)
+            os.replace(temp, self.settings.state_file)
+        except OSError as exc:
+            say("state_not_written", error=str(exc))
 
     # -- the daemon process --------------------------------------------------------------------
     def start_child(self, reason: str) -> None:
@@ -219,6 +238,7 @@ def parse(argv: list[str] | None = None) -> GateSettings:
         help="stop the daemon after the node has not answered for this long",
     )
     parser.add_argument("--stop-grace", type=float, default=10.0, help="SIGTERM, then SIGKILL after this")
+    parser.add_argument("--state-file", default=os.environ.get("PLUGIN_GATE_STATE", DEFAULT_STATE_FILE))
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- the plugin daemon's command")
     args = parser.parse_args(argv)
     command = tuple(args.command[1:] if args.command[:1] == ["--"] else args.command)
@@ -241,11 +261,38 @@ def parse(argv: list[str] | None = None) -> GateSettings:
         stop_grace=args.stop_grace,
         command=command,
         ca_file=args.ca_file,
+        state_file=args.state_file,
     )
 
 
+def healthcheck(argv: list[str]) -> int:
+    """`--healthcheck URL [STATE_FILE]`: 0 when standing by as told, or running and answering URL."""
+    url = argv[0] if argv else "http://127.0.0.1:5002/health/check"
+    path = argv[1] if len(argv) > 1 else os.environ.get("PLUGIN_GATE_STATE", DEFAULT_STATE_FILE)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            state = json.load(fh)
+    except (OSError, ValueError) as exc:
+        print(f"plugin-gate: no state in {path}: {exc}", file=sys.stderr)
+        return 1
+    if not isinstance(state, dict) or time.time() - float(state.get("updated", 0)) > STATE_MAX_AGE:
+        print(f"plugin-gate: {path} is stale: the gate is stuck", file=sys.stderr)
+        return 1
+    if not state.get("running"):
+        return 0  # a replica's daemon is stopped on purpose
+    try:
+        with urllib.request.urlopen(url, timeout=3) as response:
+            return 0 if response.status == 200 else 1
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"plugin-gate: the daemon does not answer {url}: {exc}", file=sys.stderr)
+        return 1
+
+
 def main(argv: list[str] | None = None) -> int:
-    return Gate(parse(argv)).run()
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["--healthcheck"]:
+        return healthcheck(args[1:])
+    return Gate(parse(args)).run()
 
 
 if __name__ == "__main__":

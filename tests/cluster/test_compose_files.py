@@ -22,6 +22,8 @@ REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "compose"
 BASE = COMPOSE / "docker-compose.yml"
 DIFY = COMPOSE / "docker-compose.dify.yml"
+UV_CACHES = ("cwd/.uv-cache", "cwd/*/.uv-cache", "cwd/*/*/.uv-cache")
+"""uv's cache: cwd/.uv-cache from plugin daemon 0.5.9, inside each plugin's folder in 0.5.4-0.5.8."""
 NODES = ("hotstandby-master", "hotstandby-slave")
 
 
@@ -61,7 +63,15 @@ def test_docker_compose_accepts_the_dify_override() -> None:
         assert f"{volume}:/app/storage:rw" in services[node]["volumes"]
         assert services[node]["environment"]["SERVER_PORT"] == "5003"
         assert services[node]["environment"]["STORAGE_PATH"] == "/app/storage"
-        assert services[node]["environment"]["EXCLUDE"] == "cwd/.uv-cache"
+        assert services[node]["environment"]["EXCLUDE"] == ",".join(UV_CACHES)
+        assert services[node]["environment"]["PLUGIN_DAEMON_GATE"] == "true"
+        assert services[node]["environment"]["DIFY_REDIS_URL"].startswith("redis://")
+        command = services[daemon]["command"]
+        assert command[:2] == ["python3", "/usr/local/bin/plugin-gate"], "the daemon runs under its gate"
+        assert command[command.index("--") + 1 :] == ["/bin/bash", "-c", "/app/entrypoint.sh"]
+        gate = next(v for v in services[daemon]["volumes"] if v.endswith(":/usr/local/bin/plugin-gate:ro"))
+        assert Path(gate.split(":")[0]).resolve() == (COMPOSE.parent / "daemon" / "plugin_gate.py").resolve()
+        assert "--healthcheck" in services[daemon]["healthcheck"]["test"]
     assert any(v.endswith(":/usr/local/etc/haproxy/haproxy.cfg:ro") for v in services["haproxy"]["volumes"])
     haproxy_cfg = next(v for v in services["haproxy"]["volumes"] if v.endswith("haproxy.cfg:ro")).split(":")[
         0
@@ -160,7 +170,7 @@ def test_hotstandby_reads_every_variable_the_compose_file_gives_it(node: str, en
     config = Config.from_env(env)  # raises ConfigError naming a bad variable
     unknown = set(environment) - env.asked - entrypoint_only
     assert not unknown, f"{node}: variables hotstandby never reads: {sorted(unknown)}"
-    assert config.storage_path == "/app/storage" and config.exclude == ("cwd/.uv-cache",)
+    assert config.storage_path == "/app/storage" and config.exclude == UV_CACHES
     assert config.sync_mode == "sync"
     if env_file is None:
         assert (config.election, config.failover) == ("static", "auto")

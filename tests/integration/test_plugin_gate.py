@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.cluster import Node, Pair, make_pair, wait_until
+from tests.support.cluster import Node, Pair, free_port, make_pair, wait_until
 from tests.support.gated import Gate
 from tests.support.ha import FAST
 
@@ -81,6 +81,9 @@ def test_the_daemon_runs_on_the_leader_only(gated_pair: tuple[Pair, dict[str, Ga
         5,
         message="the leader's gate to report its daemon running",
     )
+    closed = f"http://127.0.0.1:{free_port()}/health/check"
+    assert gates["slave"].healthcheck(closed) == 0, "a replica's daemon is stopped on purpose: healthy"
+    assert gates["master"].healthcheck(closed) == 1, "the leader's daemon must answer its health check"
 
 
 def test_a_demoted_leader_stops_its_daemon_before_it_applies_anything(

@@ -30,6 +30,15 @@ class Gate:
     def log_path(self) -> Path:
         return self.node.base / "gate.log"
 
+    @property
+    def state_file(self) -> Path:
+        return self.node.base / "gate-state.json"
+
+    def healthcheck(self, url: str) -> int:
+        """The container health check's answer (`plugin-gate --healthcheck URL STATE_FILE`)."""
+        argv = [sys.executable, "-m", "daemon.plugin_gate", "--healthcheck", url, str(self.state_file)]
+        return subprocess.run(argv, capture_output=True, timeout=10).returncode
+
     def start(self) -> None:
         argv = [
             sys.executable,
@@ -46,7 +55,8 @@ class Gate:
             "--",
             *self.command,
         ]
-        env = {**os.environ, "HOTSTANDBY_KEY": SERVER_KEY, **self.env}
+        env = {**os.environ, "HOTSTANDBY_KEY": SERVER_KEY, "PLUGIN_GATE_STATE": str(self.state_file)}
+        env.update(self.env)
         self.node.base.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
