@@ -178,6 +178,7 @@ async def status(request: web.Request) -> web.Response:
     body = request.app[NODE].status()
     body["ha"] = request.app[CONTROL].last_reason
     body["plugin_daemon"] = request.app[GATE].status()
+    body["peers"] = request.app[CONTROL].peer_report()
     return web.json_response(body)
 
 
@@ -368,6 +369,8 @@ async def replication_batch(request: web.Request) -> web.Response:
             400, "bad request", "X-Hotstandby-Journal, -Epoch and -Baseline must be valid"
         ) from None
     receiver = _receiver(request, epoch, applies=True)
+    if request.transport is not None:
+        request.app[NODE].leader_connection = request.transport.get_extra_info("peername")
     result = await receiver.apply_batch(
         journal_id=journal_id, epoch=epoch, read=request.content.readexactly, baseline=baseline
     )

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from daemon.config import Config
+from daemon.config import Config, hide_password
 from daemon.election.base import ElectionError, LeaseBackend
 from daemon.node import Node
 from daemon.peers import PeerView, Poller
@@ -72,6 +72,9 @@ class ControlLoop:
             if not is_ssh_url(url)  # a plain SSH host has no API to poll
         ]
         self._link_down_since: float | None = None
+        self.connection_open: Callable[[object], bool] = lambda peer: True
+        """Is the connection from this peer address still open? The server answers from its own
+        table once it runs; until then every connection counts as open (no shortcut)."""
         self.last_tick = clock()
         self.last_reason = ""
         self._requests: asyncio.Queue[_Pending] = asyncio.Queue()
@@ -123,8 +126,11 @@ class ControlLoop:
         self.node.check_sender()
         state = self.node.role_state
         synced = self.node.receiver.synced or self._may_bootstrap()
-        link_up = self.node.receiver.connected(self.config.heartbeat_interval)
         views = [peer.peer_view(max_age=max(2.0, 4 * self.config.control_interval)) for peer in self.peers]
+        link_up = self.node.receiver.connected(self.config.heartbeat_interval)
+        if link_up and self._leader_certainly_gone(views):
+            link_up = False
+        self._note_untrusted(views)
         base = Observations(now=self.clock(), synced=synced, outranked=self._outranked(views, link_up))
         lease = await self._lease_call(may_compete(state, base, self.policy))
         answered = [view for view in views if view.answered_at is not None]
@@ -143,6 +149,7 @@ class ControlLoop:
             peer_epoch=max(peer_epochs) if peer_epochs else None,
             peer_is_leader=any(view.writable for view in answered) if answered else None,
             peer_checked=all(peer.attempts > 0 for peer in self.peers),
+            peer_untrusted=any(view.failure == "untrusted" for view in views),
             link_up=link_up,
             synced=synced,
             lease=lease,
@@ -160,6 +167,46 @@ class ControlLoop:
             pending.done.set_result(decision)
         self.last_tick = self.clock()
         return decision
+
+    def _note_untrusted(self, views: list[PeerView]) -> None:
+        """Say in health, status and a metric which peer we cannot trust an answer from."""
+        untrusted = [
+            (peer, view) for peer, view in zip(self.peers, views, strict=True) if view.failure == "untrusted"
+        ]
+        self.node.peer_untrusted_gauge.set(len(untrusted))
+        self.node.peer_problem = (
+            "; ".join(
+                f"{hide_password(peer.url.removesuffix('/internal/status'))} refuses our key or TLS "
+                f"({view.error}): its role is unknown"
+                for peer, view in untrusted
+            )
+            or None
+        )
+
+    def peer_report(self) -> list[dict[str, object]]:
+        """Each peer as its poller last saw it, for /internal/status."""
+        return [
+            {
+                "url": hide_password(peer.url.removesuffix("/internal/status")),
+                "answering": bool(peer.ok),
+                "failure": peer.failure,
+                "error": peer.error,
+            }
+            for peer in self.peers
+        ]
+
+    def _leader_certainly_gone(self, views: list[PeerView]) -> bool:
+        """The leader's replication connection closed and its API refuses connections: its process is gone.
+
+        Both are certain (a FIN or RST arrived; nothing listens on its port), unlike silence, which a
+        stopped, slow or partitioned leader also shows: only then does the replica skip the silence
+        bound and start FAILOVER_TIMEOUT at once.
+        """
+        peer = self.node.leader_connection
+        if peer is None or self.connection_open(peer):
+            return False
+        leaders = [view for view in views if view.was_leader] or views  # not seen leading yet: every peer
+        return bool(leaders) and all(view.failure == "refused" for view in leaders)
 
     def _outranked(self, views: list[PeerView], link_up: bool) -> bool:
         """Another replica of the same leader holds more of its history: let it take the lease first.

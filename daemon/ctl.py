@@ -152,6 +152,11 @@ def assess(statuses: Sequence[NodeStatus], max_lag: float) -> str | None:
     for node in statuses:
         if not node.reachable:
             return f"{node.url} unreachable: {node.error}"
+    for node in statuses:
+        for peer in node.get("peers") or []:
+            if isinstance(peer, dict) and peer.get("failure") == "untrusted":
+                why = f"{peer.get('error')} (check SERVER_KEY and TLS)"
+                return f"{node.url} cannot trust {peer.get('url')}: {why}"
     leaders = [s for s in statuses if s.role == "master"]
     writable = [s for s in leaders if s.writable]
     if len(leaders) > 1:

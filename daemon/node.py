@@ -114,6 +114,13 @@ class Node:
             "0 while the inotify watcher cannot be trusted (rescans cover it).",
             registry=self.registry,
         )
+        self.peer_untrusted_gauge = Gauge(
+            "plugin_sync_peer_role_unknown",
+            "Peers that refuse our key or fail TLS: their role is unknown, so no failover or confirmation.",
+            registry=self.registry,
+        )
+        self.peer_problem: str | None = None
+        """Set by the control loop while a peer refuses our key or TLS."""
         self.epoch_gauge = Gauge(
             "plugin_sync_epoch", "The fencing epoch this node acts under.", registry=self.registry
         )
@@ -132,6 +139,8 @@ class Node:
         )
         self.role_state = RoleState(role="replica", epoch=self.identity.epoch, confirmed=False)
         self.leader: LeaderParts | None = None
+        self.leader_connection: object | None = None
+        """The peer address (host, port) of the connection the leader's last batch came on."""
         self.peer_epoch_seen = 0
         """Highest epoch a peer announced to us (its hello or batch while we lead)."""
         self.last_error: str | None = None
@@ -347,7 +356,11 @@ class Node:
 
     def health_report(self) -> dict[str, Any]:
         ok, reason = self.health()
-        degraded = self.watcher_failure() or (self.receiver.storage_full if self.leader is None else None)
+        degraded = (
+            self.watcher_failure()
+            or (self.receiver.storage_full if self.leader is None else None)
+            or self.peer_problem
+        )
         report: dict[str, Any] = {
             "status": ("degraded" if degraded else "healthy") if ok else "unhealthy",
             "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),

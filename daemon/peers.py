@@ -8,16 +8,33 @@ leader learns it was replaced); the co-located plugin daemon's
 from __future__ import annotations
 
 import asyncio
+import errno
 import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 import structlog
 
 log = structlog.get_logger("daemon.peers")
+
+Failure = Literal["refused", "unreachable", "untrusted", "http"]
+"""Why the last poll failed. `refused`: nothing listens there (the process is gone from a living
+host): certain. `untrusted`: it answered but refused our key, or TLS failed either way: the peer's
+role is unknown, never "not leading". `unreachable`: timeouts and other network errors."""
+UNTRUSTED_STATUSES = (401, 403)
+
+
+def classify(exc: BaseException) -> Failure:
+    if isinstance(exc, aiohttp.ClientSSLError | ssl.SSLError):
+        return "untrusted"
+    if isinstance(exc, aiohttp.ClientConnectorError) and exc.os_error.errno == errno.ECONNREFUSED:
+        return "refused"
+    if isinstance(exc, ConnectionRefusedError):
+        return "refused"
+    return "unreachable"
 
 
 @dataclass
@@ -31,6 +48,9 @@ class PeerView:
     applied_sequence: int | None = None
     answered_at: float | None = None
     error: str | None = None
+    failure: Failure | None = None
+    was_leader: bool = False
+    """Its last good answer said it was the writable leader."""
 
     def fresh(self, now: float, max_age: float) -> bool:
         return self.answered_at is not None and now - self.answered_at <= max_age
@@ -58,6 +78,9 @@ class Poller:
         self.body: dict[str, Any] | None = None
         self.answered_at: float | None = None
         self.error: str | None = None
+        self.failure: Failure | None = None
+        self.failed_at: float | None = None
+        self.last_good_body: dict[str, Any] | None = None
         self.attempts = 0
 
     async def run(self) -> None:
@@ -83,17 +106,29 @@ class Poller:
                 self.body = body if isinstance(body, dict) else None
                 self.answered_at = self.clock()
                 self.error = None if self.ok else f"HTTP {resp.status}"
+                untrusted = resp.status in UNTRUSTED_STATUSES
+                self._failed(None if self.ok else "untrusted" if untrusted else "http")
+                if self.ok and self.body is not None:
+                    self.last_good_body = self.body
         except (aiohttp.ClientError, TimeoutError, ValueError, OSError) as exc:
             self.ok = False
             self.body = None
             self.error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            self._failed(classify(exc))
+
+    def _failed(self, failure: Failure | None) -> None:
+        if failure is not None and failure != self.failure:
+            log.warning("peer_check_failed", url=self.url, failure=failure, error=self.error)
+        self.failure = failure
+        self.failed_at = None if failure is None else self.clock()
 
     def fresh_ok(self, max_age: float) -> bool:
         return bool(self.ok) and self.answered_at is not None and self.clock() - self.answered_at <= max_age
 
     def peer_view(self, max_age: float) -> PeerView:
+        was_leader = self.last_good_body is not None and self.last_good_body.get("writable") is True
         if not self.fresh_ok(max_age) or self.body is None:
-            return PeerView(error=self.error)
+            return PeerView(error=self.error, failure=self.failure, was_leader=was_leader)
         epoch = self.body.get("epoch")
         journal_id = self.body.get("journal_id")
         applied = self.body.get("applied_sequence")
@@ -105,4 +140,5 @@ class Poller:
             journal_id=journal_id if isinstance(journal_id, str) else None,
             applied_sequence=applied if isinstance(applied, int) else None,
             answered_at=self.answered_at,
+            was_leader=was_leader,
         )

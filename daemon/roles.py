@@ -64,6 +64,8 @@ class Observations:
     """The peer says it is a writable leader; None when it could not be asked."""
     peer_checked: bool = True
     """At least one attempt to ask the peer has finished (answered or failed)."""
+    peer_untrusted: bool = False
+    """A peer refused our key or failed TLS: its role is unknown, which is never "not leading"."""
     link_up: bool = False
     """Replica: the leader's batches or heartbeats arrive within bound."""
     synced: bool = False
@@ -141,6 +143,8 @@ def _confirm(state: RoleState, obs: Observations) -> Decision:
     """A restarted static leader: lead only once the peer is known not to lead at our epoch or above."""
     if not obs.peer_checked:
         return Decision(state, (), "checking the peer before accepting writes")
+    if obs.peer_untrusted:
+        return Decision(state, (), "a peer refuses our key or TLS: its role is unknown; not accepting writes")
     if obs.peer_is_leader and obs.peer_epoch is None:
         return Decision(state, (), "the peer says it leads but gave no epoch; waiting")
     if obs.peer_is_leader and obs.peer_epoch is not None and obs.peer_epoch >= state.epoch:
@@ -196,6 +200,12 @@ def _as_replica(state: RoleState, obs: Observations, policy: Policy) -> Decision
     if policy.election != "static":
         return _replica_lease(state, obs, policy, persist)
     if obs.request == "promote":
+        if obs.peer_untrusted and not obs.force:
+            return Decision(
+                state,
+                persist,
+                "promotion refused: a peer refuses our key or TLS, its role is unknown (use force)",
+            )
         if obs.peer_is_leader and not obs.force:
             return Decision(
                 state,
@@ -215,6 +225,12 @@ def _as_replica(state: RoleState, obs: Observations, policy: Policy) -> Decision
     if not policy.failover_auto:
         return Decision(state, persist, _following(state, obs))
     leader_gone = not obs.link_up and obs.peer_is_leader is not True
+    if leader_gone and obs.peer_untrusted:
+        return Decision(
+            replace(state, leader_lost_since=None),
+            persist,
+            "the link is down but a peer refuses our key or TLS: its role is unknown; not failing over",
+        )
     if not leader_gone:
         return Decision(replace(state, leader_lost_since=None), persist, _following(state, obs))
     if state.leader_lost_since is None:

@@ -88,6 +88,7 @@ class Server:
             keepalive_timeout=self.config.request_header_timeout,  # also bounds a request head: limits.py
         )
         await self._runner.setup()
+        self.control.connection_open = self._connection_open
         site = web.TCPSite(
             self._runner,
             self.config.server_host,
@@ -165,6 +166,16 @@ class Server:
         for link in parts.links:
             if link.journal.pending:
                 log.warning("stopped_with_pending_changes", target=link.target, pending=link.journal.pending)
+
+    def _connection_open(self, peer: object) -> bool:
+        """Whether a connection from `peer` (host, port) is still open on our API."""
+        server = self._runner.server if self._runner is not None else None
+        if server is None:
+            return True
+        return any(
+            handler.transport is not None and handler.transport.get_extra_info("peername") == peer
+            for handler in server.connections
+        )
 
     async def _record_transition(self, kind: str, decision: Decision) -> None:
         if self.store is not None:

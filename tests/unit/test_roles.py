@@ -470,3 +470,24 @@ def test_a_lease_leader_never_writes_without_its_lease(run: tuple[Any, ...]) -> 
         assert outcome is None or outcome.kind not in ("lost", "held_by_other", "free"), (
             f"writable right after the lease was {outcome.kind}: {decision.reason}"
         )
+
+
+# -- a peer that refuses our key or TLS: its role is unknown ---------------------------------------
+def test_an_unconfirmed_leader_does_not_confirm_while_a_peer_refuses_our_key() -> None:
+    decision = decide(UNCONFIRMED, obs(peer_checked=True, peer_untrusted=True), STATIC)
+    assert decision.state.role == "leader" and not decision.state.confirmed
+    assert not decision.state.accepts_writes(NOW) and "its role is unknown" in decision.reason
+
+
+def test_a_replica_does_not_fail_over_while_a_peer_refuses_our_key() -> None:
+    for start in (REPLICA, LOST_AT_100):
+        decision = decide(start, obs(now=NOW + 60, synced=True, peer_untrusted=True), AUTO)
+        assert decision.state.role == "replica" and decision.state.leader_lost_since is None
+        assert "not failing over" in decision.reason
+
+
+def test_a_promotion_request_is_refused_while_a_peer_refuses_our_key_unless_forced() -> None:
+    refused = decide(REPLICA, obs(synced=True, peer_untrusted=True, request="promote"), STATIC)
+    assert refused.state.role == "replica" and "its role is unknown" in refused.reason
+    forced = decide(REPLICA, obs(synced=True, peer_untrusted=True, request="promote", force=True), STATIC)
+    assert forced.state.role == "leader"
