@@ -7,6 +7,7 @@ processes, a real redis-server. Every wait is on the model's events file, never 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -322,3 +323,21 @@ def _uv() -> str:
     import uv
 
     return str(uv.find_uv_bin())
+
+
+def test_a_plugin_process_that_dies_is_restarted_without_rebuilding_its_venv(tmp_path: Path) -> None:
+    package = build_package(marker="crash")
+    storage = tmp_path / "storage"
+    install_package(storage, package)
+    with running_model(storage, free_port(), tmp_path / "events.jsonl", FAST) as model:
+        first = model.wait_for_event("launched", package.identifier, timeout=30)["pid"]
+        before = len(model.events())
+        os.kill(first, signal.SIGKILL)
+        exited = model.wait_for_event("instance_exited", package.identifier, after=before, timeout=10)
+        restarted = model.wait_for_event("instance_restarted", package.identifier, after=before, timeout=10)
+        assert exited["pid"] == first and restarted["pid"] != first
+        assert not UV_EVENTS & set(names(model, package.identifier)[before:])
+        status, chunks = model.call_tool(package.identifier)
+        assert status == 200
+        assert isinstance(chunks, list)
+        assert chunks[1]["data"]["message"]["json_object"]["pid"] == restarted["pid"]

@@ -520,7 +520,7 @@ class PythonEnvironment:
         venv whose base interpreter is gone counts too) -> in 0.5.3 an error that fails the
         launch and leaves the venv alone; from 0.5.4 on, invalid. No marker -> invalid.
         """
-        if not (workdir / VENV).exists() and not (workdir / VENV).is_symlink():
+        if not (workdir / VENV).exists():  # os.Stat: a dangling .venv symlink is "not found" too
             return "not_found", ""
         if not (workdir / VENV_PYTHON).exists():
             if self.options.at_least("0.5.4"):
