@@ -45,6 +45,16 @@ Known differences from the real daemon:
 - Without --redis-url no lock is taken; the real daemon refuses to start without Redis.
 - Instances are not killed for missed heartbeats (local_runtime/instance.go Monitor) and
   only one instance per plugin runs (the real default too).
+- A first instance that never sends a heartbeat fails the launch here and is gone; the real
+  runtime's schedule loop is left running in the background (launcher_local.go never stops it).
+- While a launched plugin's process is down (before the schedule loop restarts it), calls get
+  the "no available node" 404 here; the real runtime stays registered and the call fails
+  inside the event stream instead.
+- SIGTERM: the real daemon runs its finalizers (ReleaseAllLocks) and exits, leaving plugin
+  processes to the container's end; the model stops them first (stdin closed, then SIGKILL).
+  A launch cut short by SIGTERM releases its lock with reason "init_done" (a deferred Unlock).
+- From 0.6.2 the scan also skips plugins without a row in the database's plugins table
+  (server_local.go handleNewLocalPlugins, db.GetOne[models.Plugin]); there is no database here.
 """
 
 from __future__ import annotations
