@@ -72,8 +72,33 @@ class Gate:
                 self.proc.kill()
             self.proc.wait(5)
 
+    def kill_tree(self) -> None:
+        """SIGKILL the gate and everything below it (the daemon, its plugins): a host losing its power."""
+        if self.proc is None:
+            return
+        for pid in [*descendants(self.proc.pid), self.proc.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.proc.wait(10)
+
     def log(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
             return ""
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid`, children first found by their parent in /proc."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = [], [pid]
+    while frontier:
+        current = frontier.pop()
+        children = [child for child, parent in parents.items() if parent == current]
+        found += children
+        frontier += children
+    return found

@@ -1,0 +1,260 @@
+"""The Dify plugin daemon beside each node, modelled from its source (tests/support/plugin_daemon_model.py).
+
+First the hazard: a daemon running beside a standby deletes and rebuilds a venv that hotstandby is
+still copying (its marker has not arrived), on storage only replication may write. Then the cure:
+each daemon runs under its gate (daemon/plugin_gate.py) and only beside the writable leader; after a
+failover the promoted node's daemon launches every plugin from the replicated venvs without running
+uv, the dead leader's init lock is cleared, and plugin calls through HAProxy succeed again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from tests.support.cluster import Node, Pair, free_port, make_pair, tree_diff, wait_until
+from tests.support.gated import Gate
+from tests.support.ha import FAST, primary
+from tests.support.haproxy import running_haproxy
+from tests.support.plugin_daemon_driver import parse_sse, running_model
+from tests.support.plugin_daemon_model import DEFAULT_SERVER_KEY, LOCK_PREFIX, REPO_ROOT
+from tests.support.plugin_package import build_package, install_package
+from tests.support.services import RedisService, running_redis
+
+pytestmark = pytest.mark.timeout(240)
+
+MASTER_HOST, STANDBY_HOST = "127.0.0.2", "127.0.0.3"
+UV_CACHES = "cwd/.uv-cache,cwd/*/.uv-cache,cwd/*/*/.uv-cache"
+MODEL_FAST = ["--scan-interval", "0.5", "--schedule-interval", "0.5", "--launch-concurrency", "8"]
+BUILD_EVENTS = {
+    "unpacked",
+    "venv_invalid_deleted",
+    "uv_venv",
+    "uv_pip_install",
+    "compileall",
+    "marker_written",
+}
+PLUGINS = 3
+
+
+@pytest.fixture
+def dify_redis(tmp_path: Path) -> Iterator[RedisService]:
+    with running_redis(tmp_path) as service:
+        yield service
+
+
+def model_args(node: Node, port: int, redis_url: str) -> list[str]:
+    return [
+        "--storage", str(node.storage), "--host", node.host, "--port", str(port),
+        "--redis-url", redis_url, "--events", str(events_path(node)), *MODEL_FAST,
+    ]  # fmt: skip
+
+
+def events_path(node: Node) -> Path:
+    return node.base / "daemon-events.jsonl"
+
+
+def events(node: Node, since: float = 0.0) -> list[dict[str, Any]]:
+    path = events_path(node)
+    if not path.exists():
+        return []
+    found = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [e for e in found if e["t"] >= since]
+
+
+def launched(node: Node, since: float = 0.0) -> set[str]:
+    return {e["plugin"] for e in events(node, since) if e["event"] == "launched"}
+
+
+def same_trees(pair: Pair) -> list[str]:
+    return [d for d in tree_diff(pair.master.storage, pair.slave.storage) if ".uv-cache" not in d]
+
+
+def call_through(url: str, identifier: str) -> tuple[int, list[dict[str, Any]]]:
+    body = {
+        "user_id": "user-1",
+        "data": {"provider": "hsplug", "tool": "echo", "tool_parameters": {"text": "hi"}, "credentials": {}},
+    }
+    request = urllib.request.Request(
+        f"{url}/plugin/tenant-1/dispatch/tool/invoke",
+        data=json.dumps(body).encode(),
+        headers={
+            "Content-Type": "application/json",
+            "X-Api-Key": DEFAULT_SERVER_KEY,
+            "X-Plugin-ID": identifier,
+        },
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            return answer.status, parse_sse(answer.read().decode())
+    except urllib.error.HTTPError as exc:
+        return exc.code, []
+    except OSError:
+        return 0, []
+
+
+def test_without_the_gate_a_standby_daemon_builds_over_a_venv_being_replicated(
+    tmp_path: Path, dify_redis: RedisService
+) -> None:
+    """The fight, reproduced: replication lags a moment (a burst), the marker is late, the daemon rebuilds."""
+    env = {**FAST, "EXCLUDE": UV_CACHES}
+    pair = make_pair(tmp_path, master_env=env, slave_env=env)
+    package = build_package(marker="hazard")
+    with ExitStack() as stack:
+        stack.callback(pair.stop)
+        pair.start()
+        leader = stack.enter_context(
+            running_model(
+                pair.master.storage,
+                free_port(),
+                tmp_path / "leader.jsonl",
+                [*MODEL_FAST, "--redis-url", dify_redis.url],
+            )
+        )
+        standby = stack.enter_context(
+            running_model(
+                pair.slave.storage,
+                free_port(),
+                tmp_path / "standby.jsonl",
+                [*MODEL_FAST, "--redis-url", dify_redis.url],
+            )
+        )
+        install_package(pair.master.storage, package)
+        rel = package.parsed.relpath
+        leader.wait_for_event("lock_acquired", package.identifier, timeout=30)
+        assert leader.proc is not None and pair.slave.proc is not None
+        os.killpg(leader.proc.pid, signal.SIGSTOP)  # hold the leader's build until replication lags
+        try:
+            wait_until(
+                lambda: (pair.slave.storage / "plugin" / rel).exists(), 15, message="plugin/<id> there"
+            )
+            wait_until(
+                lambda: any(package.identifier in e.get("launching", []) for e in standby.events()),
+                10,
+                message="the standby's daemon to start launching it (it waits for the leader's lock)",
+            )
+            pair.slave.proc.send_signal(signal.SIGSTOP)  # replication lags: the marker will arrive late
+        finally:
+            os.killpg(leader.proc.pid, signal.SIGCONT)
+        try:
+            leader.wait_for_event("lock_released", package.identifier, timeout=60)
+            standby.wait_for_event("uv_venv", package.identifier, timeout=30)
+        finally:
+            pair.slave.proc.send_signal(signal.SIGCONT)
+        # The standby's daemon built a venv of its own (deleting the part already copied, if any,
+        # since its marker had not arrived) in the folder replication is writing the leader's into.
+        standby.wait_for_event("marker_written", package.identifier, timeout=30)
+        assert (pair.master.storage / "cwd" / package.workdir / ".venv" / "dify" / "plugin.json").exists()
+
+
+@pytest.fixture
+def gated(tmp_path: Path, dify_redis: RedisService) -> Iterator[tuple[Pair, dict[str, Gate], int]]:
+    daemon_port = free_port()
+    env = {
+        **FAST,
+        "EXCLUDE": UV_CACHES,
+        "PLUGIN_DAEMON_GATE": "true",
+        "DIFY_REDIS_URL": dify_redis.url,
+        "HEARTBEAT_INTERVAL": "0.5",
+    }
+    pair = make_pair(
+        tmp_path,
+        master_env=env,
+        slave_env={**env, "FAILOVER": "auto", "FAILOVER_TIMEOUT": "2"},
+        hosts=(MASTER_HOST, STANDBY_HOST),
+        port=free_port(),
+    )
+    for node in (pair.master, pair.slave):
+        node.extra_env["PLUGIN_DAEMON_URL"] = f"http://{node.host}:{daemon_port}"
+    gates = {
+        node.name: Gate(
+            node,
+            [
+                sys.executable,
+                "-m",
+                "tests.support.plugin_daemon_model",
+                *model_args(node, daemon_port, dify_redis.url),
+            ],
+            env={"PYTHONPATH": str(REPO_ROOT)},
+        )
+        for node in (pair.master, pair.slave)
+    }
+    try:
+        for gate in gates.values():
+            gate.start()
+        pair.start()
+        yield pair, gates, daemon_port
+    finally:
+        for gate in gates.values():
+            gate.stop()
+        pair.stop()
+
+
+def test_after_failover_the_promoted_daemon_launches_replicated_venvs_without_uv(
+    gated: tuple[Pair, dict[str, Gate], int], dify_redis: RedisService
+) -> None:
+    pair, gates, daemon_port = gated
+    packages = [build_package(marker=f"failover-{n}") for n in range(PLUGINS)]
+    with running_haproxy(
+        MASTER_HOST, STANDBY_HOST, daemon_port, check_port=pair.master.port, mode="plugin-daemon"
+    ) as proxy:
+        for package in packages:
+            install_package(pair.master.storage, package)
+        wanted = {p.identifier for p in packages}
+        wait_until(lambda: launched(pair.master) == wanted, 90, message="the leader's daemon to launch them")
+        wait_until(lambda: not same_trees(pair), 30, message="identical trees after the installs")
+        assert events(pair.slave) == [], "a daemon ran beside the standby"
+        for package in packages:
+            wait_until(
+                lambda p=package: call_through(proxy.url, p.identifier)[0] == 200, 15, message="a call"
+            )
+        # The leader dies in the middle of installing another plugin: its init lock stays in Redis.
+        stale = packages[0].identifier
+        redis.Redis.from_url(dify_redis.url).set(LOCK_PREFIX + stale, "1", ex=900)
+        killed = time.time()
+        gates["master"].kill_tree()
+        pair.master.kill()
+        wait_until(lambda: primary(pair.slave), 15, message="the standby to take over")
+        first_call = None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and first_call is None:
+            if call_through(proxy.url, packages[1].identifier)[0] == 200:
+                first_call = time.time() - killed
+            time.sleep(0.05)
+        assert first_call is not None, gates["slave"].log()[-3000:]
+        wait_until(
+            lambda: launched(pair.slave, killed) == wanted, 30, message="every plugin on the new leader"
+        )
+        after = events(pair.slave, killed)
+        rebuilt = [e for e in after if e["event"] in BUILD_EVENTS]
+        assert rebuilt == [], f"the promoted daemon rebuilt replicated venvs: {rebuilt}"
+        assert not redis.Redis.from_url(dify_redis.url).exists(LOCK_PREFIX + stale), (
+            "the stale lock is still there"
+        )
+        for package in packages:
+            assert call_through(proxy.url, package.identifier)[0] == 200
+        print(f"kill -9 of the leader -> first plugin call through HAProxy: {first_call:.2f}s")
+        assert first_call < 10
+
+        # The old leader comes back: it follows, and its daemon is never started.
+        restarted = time.time()
+        gates["master"].start()
+        pair.master.start()
+        wait_until(lambda: pair.master.status()["role"] == "slave", 15, message="the old leader to follow")
+        (pair.slave.storage / "persistence").mkdir(exist_ok=True)
+        (pair.slave.storage / "persistence" / "after-failover").write_text("new leader")
+        wait_until(lambda: not same_trees(pair), 30, message="identical trees after the rejoin")
+        assert events(pair.master, restarted) == [], "the old leader's daemon started beside a replica"
