@@ -22,6 +22,7 @@ from daemon.drill.config import (
     DrillConfig,
     HAProxySettings,
     LoadSettings,
+    PluginCallSettings,
     SshSettings,
     StopperKind,
     StopperSettings,
@@ -62,6 +63,7 @@ def add_arguments(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     _stopper(drill.add_argument_group("stopping and starting a node"))
     _ssh(drill.add_argument_group("ssh stopper"))
     _measure(drill.add_argument_group("load, timing and thresholds"))
+    _plugin_call(drill.add_argument_group("plugin call probe (a Dify plugin daemon behind HAProxy)"))
     _output(drill.add_argument_group("reports and history"))
 
 
@@ -137,6 +139,22 @@ def _measure(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--settle", type=float, default=5.0, metavar="SECONDS", help="load after resume; 5")
     group.add_argument("--poll-interval", type=float, default=0.1, metavar="SECONDS", help="0.1")
     group.add_argument("--failback", action="store_true", help="then fail back the same way")
+
+
+def _plugin_call(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
+        "--plugin-call",
+        metavar="PLUGIN",
+        help="X-Plugin-ID of an installed plugin: time when its calls work again",
+    )
+    group.add_argument("--plugin-call-url", metavar="URL", help="the plugin daemon's frontend; --haproxy-url")
+    group.add_argument(
+        "--plugin-call-key-file",
+        metavar="FILE",
+        help="the plugin daemon's SERVER_KEY; else $PLUGIN_DAEMON_KEY",
+    )
+    group.add_argument("--plugin-call-tool", metavar="PROVIDER/TOOL", help="the tool to invoke")
+    group.add_argument("--plugin-call-params", metavar="JSON", default="{}", help="its parameters; {}")
 
 
 def _output(group: argparse._ArgumentGroup) -> None:
@@ -243,6 +261,39 @@ def build_config(args: argparse.Namespace, environ: Mapping[str, str]) -> DrillC
         history_file=None if args.no_history_file else args.history_file,
         record_catalogue=not args.no_catalogue,
         tls=ctl.tls_files(environ),
+        plugin_call=_plugin_call_settings(args, environ),
+    )
+
+
+def _plugin_call_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> PluginCallSettings | None:
+    if not args.plugin_call:
+        if args.plugin_call_url or args.plugin_call_tool or args.plugin_call_key_file:
+            raise UsageError("--plugin-call-* options need --plugin-call PLUGIN")
+        return None
+    key = environ.get("PLUGIN_DAEMON_KEY", "")
+    if args.plugin_call_key_file:
+        try:
+            with open(args.plugin_call_key_file, encoding="utf-8") as fh:
+                key = fh.read().strip()
+        except OSError as exc:
+            raise UsageError(f"--plugin-call-key-file {args.plugin_call_key_file}: {exc.strerror}") from None
+    if not key:
+        raise UsageError(
+            "--plugin-call needs the plugin daemon's key: --plugin-call-key-file or PLUGIN_DAEMON_KEY"
+        )
+    try:
+        parameters = json.loads(args.plugin_call_params)
+    except ValueError:
+        parameters = None
+    if not isinstance(parameters, dict):
+        raise UsageError("--plugin-call-params must be a JSON object")
+    url = args.plugin_call_url or args.haproxy_url
+    return PluginCallSettings(
+        url=ctl._url(url, "--plugin-call-url"),
+        plugin=args.plugin_call,
+        key=key,
+        tool=args.plugin_call_tool or "",
+        parameters=parameters,
     )
 
 

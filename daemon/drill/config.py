@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, fields
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from daemon.config import hide_password
@@ -105,6 +105,37 @@ class LoadSettings:
 
 
 @dataclass(frozen=True)
+class PluginCallSettings:
+    url: str
+    """Where Dify reaches the plugin daemon: HAProxy's plugin-daemon frontend."""
+    plugin: str
+    """X-Plugin-ID: the plugin (author/name) or its unique identifier."""
+    key: str
+    """The plugin daemon's SERVER_KEY (Dify's PLUGIN_DAEMON_KEY), sent as X-Api-Key."""
+    tool: str = ""
+    """provider/tool to invoke; empty: the plugin's name for both."""
+    parameters: dict[str, Any] = field(default_factory=dict)
+    tenant: str = "hotstandby-drill"
+    timeout: float = 10.0
+
+    def __repr__(self) -> str:
+        return f"PluginCallSettings(url={self.url!r}, plugin={self.plugin!r}, tool={self.tool!r}, key='***')"
+
+    def body(self) -> dict[str, Any]:
+        name = self.plugin.split("/")[-1].split(":")[0]
+        provider, _, tool = (self.tool or f"{name}/{name}").partition("/")
+        return {
+            "user_id": "hotstandby-drill",
+            "data": {
+                "provider": provider,
+                "tool": tool or provider,
+                "tool_parameters": self.parameters,
+                "credentials": {},
+            },
+        }
+
+
+@dataclass(frozen=True)
 class Thresholds:
     max_switchover: float = DEFAULT_MAX_SWITCHOVER
     target_switchover: float = DEFAULT_TARGET_SWITCHOVER
@@ -130,6 +161,8 @@ class DrillConfig:
     record_catalogue: bool = True
     tls: TLSFiles = field(default_factory=TLSFiles)
     """How https:// nodes and HAProxy are verified, and our client certificate (TLS_* variables)."""
+    plugin_call: PluginCallSettings | None = None
+    """--plugin-call: also time a real plugin call through HAProxy across the failover."""
 
     def __post_init__(self) -> None:
         validate(self)

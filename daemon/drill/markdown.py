@@ -83,6 +83,17 @@ def _phase_markdown(p: PhaseReport, config: DrillConfig) -> list[str]:
             switch,
             f"< {limits.max_switchover:g}s{within}; target < {limits.target_switchover:g}s {target}",
         ),
+        *(
+            [
+                (
+                    "**plugin calls**: first tool call answered again (--plugin-call)",
+                    since_stop("first_plugin_call_ok"),
+                    p.plugin_probe.settings.plugin,
+                )
+            ]
+            if p.plugin_probe is not None
+            else []
+        ),
         ("writes unavailable (last ack before to first after)", "-" if gap is None else f"{gap:.2f}s", ""),
         (
             "requests failed during the switchover",

@@ -19,9 +19,11 @@ from daemon.drill.errors import StopperError
 from daemon.drill.load import Load
 from daemon.drill.monitor import Snapshot
 from daemon.drill.parts import Parts
+from daemon.drill.plugin_probe import PluginProbe
 from daemon.drill.preflight import Preflight
 from daemon.drill.record import PhaseReport
 from daemon.drill.steps import StepFailed
+from daemon.tls import client_context
 
 AFTER_RESUME_GRACE = 3.0
 """How long, once writes resumed, to wait for the other moments (HAProxy's marks) still to come."""
@@ -41,6 +43,10 @@ async def run_phase(ctx: Context, pre: Preflight, number: int, name: str) -> Pha
         ctx.config.tls,
     )
     report.load = load
+    if ctx.config.plugin_call is not None:
+        report.plugin_probe = PluginProbe(
+            ctx.config.plugin_call, ctx.clock, ctx.config.poll_interval, client_context(ctx.config.tls)
+        )
     # Lost writes are a finding, not a reason to leave the old leader down: after the switchover,
     # verification failing does not stop the start and rejoin; anything else failing ends the phase.
     if await _done(report, _switch(ctx, report, load)):
@@ -71,6 +77,8 @@ async def _switch(ctx: Context, report: PhaseReport, load: Load) -> None:
     old = ctx.target(report.old)
     report.moments["load_started"] = clock.now()
     task = asyncio.create_task(load.run(), name="drill-load")
+    probe = report.plugin_probe
+    probing = None if probe is None else asyncio.create_task(probe.run(), name="drill-plugin-calls")
     try:
         async with log.step(f"{report.name}: load through HAProxy") as step:
             await _watch(task, config.warmup)
@@ -78,6 +86,10 @@ async def _switch(ctx: Context, report: PhaseReport, load: Load) -> None:
             if not acked:
                 raise StepFailed(f"no write acknowledged in {config.warmup:g}s: {load.last_write_error()}")
             step.detail = f"{acked} writes acknowledged, {len(load.outcomes) - acked} other requests"
+            if probe is not None:
+                if not probe.ok_before(clock.now()):
+                    raise StepFailed(f"no plugin call succeeded before the stop: {probe.last_error()}")
+                step.detail += f", {probe.ok_before(clock.now())} plugin calls answered"
         async with log.step(f"{report.name}: stop {old.name} ({ctx.stopper.kind})") as step:
             report.moments["stop_issued"] = clock.now()
             ctx.stopped.add(report.old)
@@ -97,6 +109,11 @@ async def _switch(ctx: Context, report: PhaseReport, load: Load) -> None:
         load.stop()
         with contextlib.suppress(Exception):
             await task
+        if probe is not None and probing is not None:
+            probe.stop()
+            probing.cancel()
+            with contextlib.suppress(BaseException):
+                await probing
         report.moments["load_stopped"] = clock.now()
 
 
@@ -156,6 +173,22 @@ async def _measure(ctx: Context, report: PhaseReport, load: Load) -> None:
     report.new_epoch = first.epoch
     if new is None:
         raise StepFailed("writes resumed, but no replica was seen answering 200 on /primary")
+    await _measure_plugin_calls(ctx, report, stop, limit)
+
+
+async def _measure_plugin_calls(ctx: Context, report: PhaseReport, stop: float, limit: float) -> None:
+    """What a Dify user feels: the new leader's plugin daemon must start and launch before calls work."""
+    probe = report.plugin_probe
+    if probe is None:
+        return
+    remaining = max(0.0, limit - (ctx.clock.now() - stop))
+    call = await probe.wait_ok_after(stop, remaining)
+    if call is None:
+        raise StepFailed(
+            f"plugin calls through HAProxy did not succeed again within {limit:g}s of the stop"
+            f" (last error: {probe.last_error()})"
+        )
+    report.moments["first_plugin_call_ok"] = call.ended
 
 
 def _primary_replica(s: Snapshot, replicas: tuple[int, ...]) -> int | None:
@@ -182,9 +215,10 @@ def _switch_text(report: PhaseReport, haproxy_view: bool) -> str:
 
     down = f"HAProxy marked the old leader down {show('haproxy_marked_down')}, " if haproxy_view else ""
     which = f" {report.new_url}" if len(report.parts.replicas) > 1 and report.new_url else ""
+    calls = f"; plugin calls {show('first_plugin_call_ok')}" if report.plugin_probe is not None else ""
     return (
         f"writes resumed {show('first_write_ok')} after the stop ({down}the new leader{which} answered"
-        f" /primary {show('new_leader_primary')})"
+        f" /primary {show('new_leader_primary')}){calls}"
     )
 
 

@@ -25,6 +25,7 @@ MOMENTS: dict[str, tuple[str, str, LineStyleType]] = {
     "haproxy_marked_down": ("HAProxy: old leader down", "#ef6c00", ":"),
     "new_leader_primary": ("new leader /primary 200", "#6a1b9a", "-."),
     "first_write_ok": ("first write acknowledged", "#2e7d32", "-"),
+    "first_plugin_call_ok": ("first plugin call answered", "#00838f", "-"),
     "start_issued": ("start old leader", "#616161", "--"),
     "old_leader_rejoined": ("old leader rejoined", "#1565c0", ":"),
 }

@@ -11,6 +11,7 @@ from typing import Any
 from daemon.drill import verify
 from daemon.drill.load import Load, Outcome
 from daemon.drill.parts import Parts
+from daemon.drill.plugin_probe import PluginProbe
 
 MOMENTS = (
     "load_started",
@@ -20,6 +21,7 @@ MOMENTS = (
     "new_leader_primary",
     "haproxy_new_leader_up",
     "first_write_ok",
+    "first_plugin_call_ok",
     "other_replicas_follow",
     "load_stopped",
     "start_issued",
@@ -43,6 +45,8 @@ class PhaseReport:
     new_epoch: int | None = None
     moments: dict[str, float | None] = field(default_factory=lambda: dict.fromkeys(MOMENTS))
     load: Load | None = None
+    plugin_probe: PluginProbe | None = None
+    """--plugin-call: the plugin calls made through HAProxy during the phase."""
     verification: verify.Verification | None = None
     """The acknowledged writes on the new leader (or, when nodes cannot serve files, on the old one)."""
     everywhere: list[verify.Verification] = field(default_factory=list)
@@ -83,6 +87,11 @@ class PhaseReport:
     def switchover(self) -> float | None:
         """Seconds from the stop to the first write acknowledged by the new leader through HAProxy."""
         return self.since_stop("first_write_ok")
+
+    @property
+    def plugin_switchover(self) -> float | None:
+        """Seconds from the stop to the first plugin call that succeeded again (--plugin-call)."""
+        return self.since_stop("first_plugin_call_ok")
 
     @property
     def outcomes(self) -> list[Outcome]:

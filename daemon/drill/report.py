@@ -217,6 +217,7 @@ def phase_json(p: PhaseReport, config: DrillConfig) -> dict[str, Any]:
             "promotion": _round(p.since_stop("new_leader_primary")),
             "haproxy_new_leader_up": _round(p.since_stop("haproxy_new_leader_up")),
             "switchover": _round(p.switchover),
+            "plugin_call_switchover": _round(p.plugin_switchover),
             "write_gap": _round(p.write_gap()),
             "stop_command": _round(p.since_stop("stop_returned")),
             "other_replicas_follow": _round(p.since_stop("other_replicas_follow")),
@@ -237,6 +238,15 @@ def phase_json(p: PhaseReport, config: DrillConfig) -> dict[str, Any]:
         },
         "verification": None if p.verification is None else p.verification.to_json(),
         "verification_everywhere": [v.to_json() for v in p.everywhere],
+        "plugin_calls": None
+        if p.plugin_probe is None
+        else {
+            "plugin": p.plugin_probe.settings.plugin,
+            "calls": len(p.plugin_probe.calls),
+            "ok": sum(c.ok for c in p.plugin_probe.calls),
+            "failed_during_switchover": p.plugin_probe.failed_between(*(p.window() or (0.0, -1.0))),
+            "last_error": p.plugin_probe.last_error(),
+        },
         "conflicts": p.conflicts,
         "conflicts_error": p.conflicts_error,
         "both_primary": [round(t, 3) for t in p.both_primary],

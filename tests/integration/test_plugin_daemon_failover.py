@@ -9,6 +9,7 @@ uv, the dead leader's init lock is cleared, and plugin calls through HAProxy suc
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -24,7 +25,18 @@ from typing import Any
 import pytest
 import redis
 
-from tests.support.cluster import Node, Pair, free_port, make_pair, tree_diff, wait_until
+from daemon.drill.config import (
+    DrillConfig,
+    HAProxySettings,
+    LoadSettings,
+    PluginCallSettings,
+    StopperSettings,
+    Target,
+    Thresholds,
+)
+from daemon.drill.run import run_drill
+from daemon.drill.stoppers import CallableStopper
+from tests.support.cluster import SERVER_KEY, Node, Pair, free_port, make_pair, tree_diff, wait_until
 from tests.support.gated import Gate
 from tests.support.ha import FAST, primary
 from tests.support.haproxy import running_haproxy
@@ -258,3 +270,58 @@ def test_after_failover_the_promoted_daemon_launches_replicated_venvs_without_uv
         (pair.slave.storage / "persistence" / "after-failover").write_text("new leader")
         wait_until(lambda: not same_trees(pair), 30, message="identical trees after the rejoin")
         assert events(pair.master, restarted) == [], "the old leader's daemon started beside a replica"
+
+
+def test_the_drill_times_the_first_plugin_call_after_the_leader_dies(
+    gated: tuple[Pair, dict[str, Gate], int], tmp_path: Path
+) -> None:
+    """`hotstandby drill --plugin-call`: a Dify user's view of the failover, in the report."""
+    pair, gates, daemon_port = gated
+    packages = [build_package(marker=f"drill-{n}") for n in range(PLUGINS)]
+    for package in packages:
+        install_package(pair.master.storage, package)
+    wait_until(lambda: launched(pair.master) == {p.identifier for p in packages}, 90, message="the launches")
+
+    def stop(target: Target) -> None:
+        gates["master"].kill_tree()
+        pair.master.kill()
+
+    def start(target: Target) -> None:
+        gates["master"].start()
+        pair.master.start(wait=False)
+
+    with ExitStack() as stack:
+        api = stack.enter_context(running_haproxy(MASTER_HOST, STANDBY_HOST, pair.master.port))
+        plugins = stack.enter_context(
+            running_haproxy(
+                MASTER_HOST, STANDBY_HOST, daemon_port, check_port=pair.master.port, mode="plugin-daemon"
+            )
+        )
+        config = DrillConfig(
+            targets=tuple(Target(n.url, n.name, n.host) for n in (pair.master, pair.slave)),
+            server_key=SERVER_KEY,
+            haproxy=HAProxySettings(api.url, socket=api.settings.stats_socket),
+            stopper=StopperSettings("python"),
+            load=LoadSettings(write_rate=20, read_rate=0, request_timeout=5),
+            thresholds=Thresholds(rejoin_timeout=30),
+            warmup=1.0,
+            settle=1.0,
+            poll_interval=0.05,
+            out_dir=str(tmp_path / "reports"),
+            history_file=None,
+            plugin_call=PluginCallSettings(
+                url=plugins.url,
+                plugin=packages[0].identifier,
+                key=DEFAULT_SERVER_KEY,
+                tool="hsplug/echo",
+                parameters={"text": "drill"},
+            ),
+        )
+        report = asyncio.run(run_drill(config, stopper=CallableStopper(stop, start)))
+    assert report.result == "pass", report.reasons
+    phase = json.loads(Path(report.files["json"]).read_text())["phases"][0]
+    calls = phase["durations"]["plugin_call_switchover"]
+    assert calls is not None and calls >= phase["durations"]["promotion"]
+    assert phase["plugin_calls"]["ok"] > 0
+    assert "plugin calls" in Path(report.files["markdown"]).read_text()
+    print(f"drill: writes resumed {phase['durations']['switchover']:.2f}s, plugin calls {calls:.2f}s")
