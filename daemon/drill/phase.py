@@ -182,7 +182,9 @@ async def _measure_plugin_calls(ctx: Context, report: PhaseReport, stop: float, 
     if probe is None:
         return
     remaining = max(0.0, limit - (ctx.clock.now() - stop))
-    call = await probe.wait_ok_after(stop, remaining)
+    # A call begun before the stop command returned may have been answered by the old leader.
+    stopped = report.moments["stop_returned"] or stop
+    call = await probe.wait_ok_after(stopped, remaining)
     if call is None:
         raise StepFailed(
             f"plugin calls through HAProxy did not succeed again within {limit:g}s of the stop"

@@ -13,14 +13,10 @@ import asyncio
 import json
 import os
 import signal
-import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
@@ -36,28 +32,29 @@ from daemon.drill.config import (
 )
 from daemon.drill.run import run_drill
 from daemon.drill.stoppers import CallableStopper
-from tests.support.cluster import SERVER_KEY, Node, Pair, free_port, make_pair, tree_diff, wait_until
+from tests.support.cluster import SERVER_KEY, Pair, free_port, make_pair, wait_until
 from tests.support.gated import Gate
 from tests.support.ha import FAST, primary
 from tests.support.haproxy import running_haproxy
-from tests.support.plugin_daemon_driver import parse_sse, running_model
-from tests.support.plugin_daemon_model import DEFAULT_SERVER_KEY, LOCK_PREFIX, REPO_ROOT
+from tests.support.plugin_cluster import (
+    BUILD_EVENTS,
+    MASTER_HOST,
+    MODEL_FAST,
+    STANDBY_HOST,
+    UV_CACHES,
+    call_through,
+    events,
+    gated_pair,
+    launched,
+    same_trees,
+)
+from tests.support.plugin_daemon_driver import running_model
+from tests.support.plugin_daemon_model import DEFAULT_SERVER_KEY, LOCK_PREFIX
 from tests.support.plugin_package import build_package, install_package
 from tests.support.services import RedisService, running_redis
 
 pytestmark = pytest.mark.timeout(240)
 
-MASTER_HOST, STANDBY_HOST = "127.0.0.2", "127.0.0.3"
-UV_CACHES = "cwd/.uv-cache,cwd/*/.uv-cache,cwd/*/*/.uv-cache"
-MODEL_FAST = ["--scan-interval", "0.5", "--schedule-interval", "0.5", "--launch-concurrency", "8"]
-BUILD_EVENTS = {
-    "unpacked",
-    "venv_invalid_deleted",
-    "uv_venv",
-    "uv_pip_install",
-    "compileall",
-    "marker_written",
-}
 PLUGINS = 3
 
 
@@ -65,57 +62,6 @@ PLUGINS = 3
 def dify_redis(tmp_path: Path) -> Iterator[RedisService]:
     with running_redis(tmp_path) as service:
         yield service
-
-
-def model_args(node: Node, port: int, redis_url: str) -> list[str]:
-    return [
-        "--storage", str(node.storage), "--host", node.host, "--port", str(port),
-        "--redis-url", redis_url, "--events", str(events_path(node)), *MODEL_FAST,
-    ]  # fmt: skip
-
-
-def events_path(node: Node) -> Path:
-    return node.base / "daemon-events.jsonl"
-
-
-def events(node: Node, since: float = 0.0) -> list[dict[str, Any]]:
-    path = events_path(node)
-    if not path.exists():
-        return []
-    found = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [e for e in found if e["t"] >= since]
-
-
-def launched(node: Node, since: float = 0.0) -> set[str]:
-    return {e["plugin"] for e in events(node, since) if e["event"] == "launched"}
-
-
-def same_trees(pair: Pair) -> list[str]:
-    return [d for d in tree_diff(pair.master.storage, pair.slave.storage) if ".uv-cache" not in d]
-
-
-def call_through(url: str, identifier: str) -> tuple[int, list[dict[str, Any]]]:
-    body = {
-        "user_id": "user-1",
-        "data": {"provider": "hsplug", "tool": "echo", "tool_parameters": {"text": "hi"}, "credentials": {}},
-    }
-    request = urllib.request.Request(
-        f"{url}/plugin/tenant-1/dispatch/tool/invoke",
-        data=json.dumps(body).encode(),
-        headers={
-            "Content-Type": "application/json",
-            "X-Api-Key": DEFAULT_SERVER_KEY,
-            "X-Plugin-ID": identifier,
-        },
-        method="POST",
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=5) as answer:
-            return answer.status, parse_sse(answer.read().decode())
-    except urllib.error.HTTPError as exc:
-        return exc.code, []
-    except OSError:
-        return 0, []
 
 
 def test_without_the_gate_a_standby_daemon_builds_over_a_venv_being_replicated(
@@ -174,45 +120,8 @@ def test_without_the_gate_a_standby_daemon_builds_over_a_venv_being_replicated(
 
 @pytest.fixture
 def gated(tmp_path: Path, dify_redis: RedisService) -> Iterator[tuple[Pair, dict[str, Gate], int]]:
-    daemon_port = free_port()
-    env = {
-        **FAST,
-        "EXCLUDE": UV_CACHES,
-        "PLUGIN_DAEMON_GATE": "true",
-        "DIFY_REDIS_URL": dify_redis.url,
-        "HEARTBEAT_INTERVAL": "0.5",
-    }
-    pair = make_pair(
-        tmp_path,
-        master_env=env,
-        slave_env={**env, "FAILOVER": "auto", "FAILOVER_TIMEOUT": "2"},
-        hosts=(MASTER_HOST, STANDBY_HOST),
-        port=free_port(),
-    )
-    for node in (pair.master, pair.slave):
-        node.extra_env["PLUGIN_DAEMON_URL"] = f"http://{node.host}:{daemon_port}"
-    gates = {
-        node.name: Gate(
-            node,
-            [
-                sys.executable,
-                "-m",
-                "tests.support.plugin_daemon_model",
-                *model_args(node, daemon_port, dify_redis.url),
-            ],
-            env={"PYTHONPATH": str(REPO_ROOT)},
-        )
-        for node in (pair.master, pair.slave)
-    }
-    try:
-        for gate in gates.values():
-            gate.start()
-        pair.start()
-        yield pair, gates, daemon_port
-    finally:
-        for gate in gates.values():
-            gate.stop()
-        pair.stop()
+    with gated_pair(tmp_path, dify_redis.url) as parts:
+        yield parts
 
 
 def test_after_failover_the_promoted_daemon_launches_replicated_venvs_without_uv(
