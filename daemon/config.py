@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
+from daemon.exposure import is_loopback
 from daemon.tls import TLSError, TLSFiles
 from replication.ssh_target import SshTarget, is_ssh_url
 
@@ -100,6 +101,7 @@ class Config:
     tls_key_file: str = ""
     tls_ca_file: str = ""
     require_auth: bool = False
+    allow_unauthenticated: bool = False
     request_header_timeout: float = 30.0
     request_body_timeout: float = 60.0
 
@@ -161,6 +163,9 @@ class _Reader:
         if value not in accepted:
             raise ConfigError(f"{name}={value!r} is invalid: accepted values are {', '.join(accepted)}")
         return value
+
+    def boolean(self, name: str, default: str = "false") -> bool:
+        return self.choice(name, default, _BOOLEANS) in ("true", "1", "yes")
 
     def integer(self, name: str, default: int, low: int, high: int) -> int:
         value = self.raw(name, str(default))
@@ -313,12 +318,11 @@ class _Reader:
             )
         if "\n" in config.server_key or (config.server_key and len(config.server_key) < 8):
             raise ConfigError("SERVER_KEY must be at least 8 characters on one line")
-        if config.require_auth and not config.server_key:
-            raise ConfigError("REQUIRE_AUTH=true but SERVER_KEY is not set: /internal and the link need one")
+        _check_exposure(config)
         return config
 
     def _security(self) -> dict[str, Any]:
-        """TLS files (checked: cert and key together, readable, loadable), REQUIRE_AUTH, request timeouts."""
+        """TLS files (checked: cert and key together, readable, loadable), the key rule, request timeouts."""
         files = TLSFiles(self.raw("TLS_CERT_FILE"), self.raw("TLS_KEY_FILE"), self.raw("TLS_CA_FILE"))
         try:
             files.check()
@@ -328,7 +332,8 @@ class _Reader:
             "tls_cert_file": files.cert and os.path.abspath(files.cert),
             "tls_key_file": files.key and os.path.abspath(files.key),
             "tls_ca_file": files.ca and os.path.abspath(files.ca),
-            "require_auth": self.choice("REQUIRE_AUTH", "false", _BOOLEANS) in ("true", "1", "yes"),
+            "require_auth": self.boolean("REQUIRE_AUTH"),
+            "allow_unauthenticated": self.boolean("ALLOW_UNAUTHENTICATED"),
             "request_header_timeout": self.seconds("REQUEST_HEADER_TIMEOUT", 30.0, 0.5, 3600),
             "request_body_timeout": self.seconds("REQUEST_BODY_TIMEOUT", 60.0, 0.5, 3600),
         }
@@ -413,6 +418,31 @@ class _Reader:
             raise ConfigError(
                 "FAILOVER=auto applies to ELECTION=static; with a lease backend failover is automatic"
             )
+
+
+def _check_exposure(config: Config) -> None:
+    """Closed by default: without SERVER_KEY a node listens on loopback only, unless told otherwise.
+
+    Anyone who reaches /internal or the replication link of a node without a key can write
+    plugin code into its storage or force a promotion, so beyond loopback a missing key is a
+    configuration error; ALLOW_UNAUTHENTICATED=true is the one explicit way around it (logged
+    loudly, daemon/exposure.py). REQUIRE_AUTH=true (older) also refuses a missing key on loopback.
+    """
+    if config.server_key:
+        return
+    if config.require_auth and config.allow_unauthenticated:
+        raise ConfigError(
+            "REQUIRE_AUTH=true and ALLOW_UNAUTHENTICATED=true contradict each other: set SERVER_KEY"
+        )
+    if config.require_auth:
+        raise ConfigError("REQUIRE_AUTH=true but SERVER_KEY is not set: /internal and the link need one")
+    if config.allow_unauthenticated or is_loopback(config.server_host):
+        return
+    raise ConfigError(
+        f"SERVER_KEY is not set and SERVER_HOST={config.server_host} is not a loopback address: "
+        "set SERVER_KEY (8+ characters; in a container, SERVER_KEY_FILE names a file the entrypoint reads), "
+        "or ALLOW_UNAUTHENTICATED=true to let anyone who reaches the port write into STORAGE_PATH"
+    )
 
 
 def _is_within(path: str, root: str) -> bool:

@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from daemon import __version__
 from daemon.config import Config, hide_password
 from daemon.divergence import DivergenceTracker
+from daemon.exposure import unguarded_warning
 from daemon.identity import NodeIdentity
 from daemon.problems import HTTPProblem
 from daemon.roles import RoleState
@@ -380,6 +381,7 @@ class Node:
             "last_error": last_error,
             "storage_path": self.config.storage_path,
             "uptime_seconds": round(time.monotonic() - self.started_at, 1),
+            "warnings": [w for w in (unguarded_warning(self.config),) if w],
         }
         if self.leader is not None:
             status["produced_sequence"] = self.leader.head

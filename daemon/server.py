@@ -66,7 +66,7 @@ class Server:
         log.info("starting", config=repr(self.config))
         warning = unguarded_warning(self.config)
         if warning is not None:
-            log.warning("UNAUTHENTICATED_API", problem=warning)
+            log.warning("UNAUTHENTICATED_API", problem=warning)  # config allowed it: ALLOW_UNAUTHENTICATED
         self.node.prepare_storage()
         await self.control.start()
         self.store = await open_store(self.config, self.node)
