@@ -21,6 +21,7 @@ from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from daemon.control import ControlLoop
+from daemon.epochs import MAX_EPOCH  # epochs and sequences fit in 63 bits: one bound for the daemon
 from daemon.limits import body_deadline
 from daemon.node import Node
 from daemon.peers import Poller
@@ -302,10 +303,6 @@ async def _json_object(request: web.Request) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise HTTPProblem(400, "malformed JSON", "the request body must be a JSON object")
     return data
-
-
-MAX_EPOCH = 1 << 62
-"""Epochs and sequences fit in 63 bits (SQLite and PostgreSQL integers); the wire format's own bound."""
 
 
 def _int_field(data: Mapping[str, Any], name: str) -> int:

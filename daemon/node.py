@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from daemon import __version__
 from daemon.config import Config, hide_password
 from daemon.divergence import DivergenceTracker
+from daemon.epochs import MAX_PEER_EPOCH, from_outside
 from daemon.exposure import unguarded_warning
 from daemon.identity import NodeIdentity
 from daemon.problems import HTTPProblem
@@ -118,6 +119,13 @@ class Node:
         self.epoch_gauge = Gauge(
             "plugin_sync_epoch", "The fencing epoch this node acts under.", registry=self.registry
         )
+        self.epochs_refused = Counter(
+            "plugin_sync_refused_epochs",
+            "Epochs from outside refused as out of range (above MAX_PEER_EPOCH), by source.",
+            ["source"],
+            registry=self.registry,
+        )
+        self._refused_epochs: dict[str, str] = {}
         self.identity = NodeIdentity.load(config.state_path)
         self.client_tls = client_context(config.tls)
         """How this node's clients (the link, the peer poller) verify an https:// peer."""
@@ -279,7 +287,23 @@ class Node:
             journal.request_rescan("anti_entropy" if watcher.failure is None else "watcher_failed")
 
     def note_peer_epoch(self, epoch: int) -> None:
-        self.peer_epoch_seen = max(self.peer_epoch_seen, epoch)
+        """A peer announced `epoch` (its hello or batch while we lead); a hostile one is left out."""
+        if self.outside_epoch(epoch, "peer_request") is not None:
+            self.peer_epoch_seen = max(self.peer_epoch_seen, epoch)
+
+    def outside_epoch(self, value: object, source: str) -> int | None:
+        """`value` if it is an epoch this node may take from outside, else None: counted, logged once.
+
+        Refused: anything but an integer in 0..MAX_PEER_EPOCH (daemon/epochs.py). A peer repeating
+        the same hostile value is logged and counted once per value, not at every tick.
+        """
+        epoch = from_outside(value)
+        shown = repr(value)[:40]
+        if epoch is None and value is not None and self._refused_epochs.get(source) != shown:
+            self._refused_epochs[source] = shown
+            self.epochs_refused.labels(source=source).inc()
+            log.warning("epoch_refused", source=source, epoch=shown, bound=MAX_PEER_EPOCH)
+        return epoch
 
     def check_sender(self) -> None:
         """Surface a sender task or watcher thread that died instead of letting it vanish."""
@@ -302,8 +326,13 @@ class Node:
 
     @property
     def fenced_by(self) -> int | None:
-        """The highest epoch a replica answered with, when above ours: this node must stop leading."""
-        epochs = [s.fenced_by for s in self.senders if s.fenced_by is not None]
+        """The highest epoch a replica answered with, when above ours: this node must stop leading.
+
+        An answer above MAX_PEER_EPOCH is hostile: it is left out here, and the control loop
+        counts and logs it.
+        """
+        answers = (self.outside_epoch(s.fenced_by, "replica_answer") for s in self.senders)
+        epochs = [epoch for epoch in answers if epoch is not None]
         return max(epochs) if epochs else None
 
     @property

@@ -8,6 +8,7 @@ leader learns it was replaced); the co-located plugin daemon's
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl
 import time
 from collections.abc import Callable
@@ -18,6 +19,9 @@ import aiohttp
 import structlog
 
 log = structlog.get_logger("daemon.peers")
+
+ANSWER_LIMIT = 1024 * 1024
+"""A status answer is a few kilobytes: a peer that sends more is not read further (and counts as down)."""
 
 
 @dataclass
@@ -78,7 +82,7 @@ class Poller:
     async def _ask(self, session: aiohttp.ClientSession) -> None:
         try:
             async with session.get(self.url, headers=self.headers) as resp:
-                body = await resp.json(content_type=None) if resp.status == 200 else None
+                body = await _bounded_json(resp) if resp.status == 200 else None
                 self.ok = resp.status == 200
                 self.body = body if isinstance(body, dict) else None
                 self.answered_at = self.clock()
@@ -98,11 +102,27 @@ class Poller:
         journal_id = self.body.get("journal_id")
         applied = self.body.get("applied_sequence")
         return PeerView(
-            epoch=epoch if isinstance(epoch, int) else None,
+            epoch=epoch if _integer(epoch) else None,  # bounded by the control loop (daemon/epochs.py)
             writable=bool(self.body.get("writable")),
             role=str(self.body.get("role")),
             synced=self.body.get("synced") is True,
             journal_id=journal_id if isinstance(journal_id, str) else None,
-            applied_sequence=applied if isinstance(applied, int) else None,
+            applied_sequence=applied if _integer(applied) else None,
             answered_at=self.answered_at,
         )
+
+
+def _integer(value: object) -> bool:
+    """A JSON integer: Python counts `true` as an int, a peer's JSON does not."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+async def _bounded_json(resp: aiohttp.ClientResponse) -> Any:
+    """The answer's JSON, read up to ANSWER_LIMIT bytes (ValueError beyond, or when it is not JSON)."""
+    raw = await resp.content.read(ANSWER_LIMIT + 1)
+    if len(raw) > ANSWER_LIMIT:
+        raise ValueError(f"the answer is larger than {ANSWER_LIMIT} bytes")
+    try:
+        return json.loads(raw) if raw.strip() else None
+    except RecursionError:  # "[[[[..." nested deeper than the parser goes
+        raise ValueError("the answer nests too deeply") from None
