@@ -26,6 +26,7 @@ from daemon.limits import body_deadline
 from daemon.node import Node
 from daemon.peers import Poller
 from daemon.problems import HTTPProblem, problem, problem_middleware
+from daemon.redact import Redactor
 from daemon.roles import Request
 from daemon.store.routes import add_store_routes
 from daemon.store.store import PluginStore
@@ -46,6 +47,7 @@ def build_app(
     node: Node, control: ControlLoop, plugin_daemon: Poller | None = None, store: PluginStore | None = None
 ) -> web.Application:
     middlewares = [
+        redact_middleware,
         problem_middleware,
         auth_middleware,
         body_deadline(node.config.request_body_timeout, STREAMED_ROUTES),
@@ -53,6 +55,7 @@ def build_app(
     app = web.Application(middlewares=middlewares, client_max_size=JSON_BODY_LIMIT)
     app[NODE] = node
     app[CONTROL] = control
+    app[REDACTOR] = node.config.redactor()
     if plugin_daemon is not None:
         app[PLUGIN_DAEMON] = plugin_daemon
     router = app.router
@@ -81,6 +84,23 @@ def build_app(
     if store is not None:
         add_store_routes(app, store)
     return app
+
+
+REDACTOR = web.AppKey("redactor", Redactor)
+REDACTED_TYPES = frozenset({"application/json", "application/problem+json", "text/plain"})
+"""Answers whose text may quote an error, a URL or a field: a known secret is masked in them.
+Files and packages are streamed as they are."""
+
+
+@web.middleware
+async def redact_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """No secret the configuration knows of leaves in a status answer or a problem document."""
+    response = await handler(request)
+    if isinstance(response, web.Response) and response.content_type in REDACTED_TYPES:
+        body = response.body
+        if isinstance(body, bytes):
+            response.body = request.app[REDACTOR].body(body)
+    return response
 
 
 @web.middleware

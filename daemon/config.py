@@ -12,9 +12,10 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from daemon.exposure import is_loopback
+from daemon.redact import Redactor, hide_password
 from daemon.tls import TLSError, TLSFiles
 from replication.ssh_target import SshTarget, is_ssh_url
 
@@ -31,17 +32,6 @@ _BOOLEANS = ("true", "false", "1", "0", "yes", "no")
 
 class ConfigError(ValueError):
     """A configuration value is missing or invalid; the message names the variable."""
-
-
-def hide_password(url: str) -> str:
-    try:
-        parts = urlsplit(url)
-    except ValueError:  # e.g. an unclosed IPv6 bracket: nothing can be trusted to be hidden
-        return "<not a URL>"
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 @dataclass(frozen=True)
@@ -124,6 +114,22 @@ class Config:
         """The first of `peer_urls` (the only one in a pair)."""
         return self.peer_urls[0] if self.peer_urls else ""
 
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """Every URL this node was given: each may carry a credential (daemon/redact.py)."""
+        listed = (
+            *self.peer_urls,
+            self.redis_url,
+            self.database_url,
+            self.marketplace_url,
+            self.plugin_daemon_url,
+        )
+        return tuple(url for url in listed if url)
+
+    def redactor(self, env: Mapping[str, str] | None = None) -> Redactor:
+        """What logs and answers must never show: SERVER_KEY, PGPASSWORD, the URLs' and proxies' secrets."""
+        return Redactor.from_settings([self.server_key], self.urls, os.environ if env is None else env)
+
     def __repr__(self) -> str:
         shown = []
         for f in fields(self):
@@ -138,7 +144,7 @@ class Config:
                 "plugin_daemon_url",
                 "marketplace_url",
             ):
-                value = hide_password(value)
+                value = ",".join(hide_password(url) for url in value.split(","))  # SYNC_* are lists
             shown.append(f"{f.name}={value!r}")
         return f"Config({', '.join(shown)})"
 
@@ -220,11 +226,32 @@ class _Reader:
 
     def node_url(self, name: str, value: str) -> str:
         if name != "SYNC_TARGET" or not is_ssh_url(value):
-            return self.url_value(name, value)
+            return self.plain_node_url(name, self.url_value(name, value))
         try:
             return str(SshTarget.parse(value))
         except ValueError as exc:
             raise ConfigError(f"{name}={hide_password(value)!r} is invalid: {exc}") from None
+
+    @staticmethod
+    def plain_node_url(name: str, value: str) -> str:
+        """A peer's base URL: scheme, host, port and at most a path prefix.
+
+        Credentials in it would never work (the link sends SERVER_KEY as its Authorization
+        header, and aiohttp refuses both at once) and would only end up shown somewhere; a
+        query or fragment would be glued in front of every path of the link.
+        """
+        parts = urlsplit(value)
+        if parts.username is not None or parts.password is not None:
+            raise ConfigError(
+                f"{name}={hide_password(value)!r} carries credentials: remove them "
+                "(the link authenticates with SERVER_KEY, and TLS_* for certificates)"
+            )
+        if parts.query or parts.fragment:
+            base = parts._replace(query="", fragment="").geturl()
+            raise ConfigError(
+                f"{name}: {base!r} has a query or fragment (not shown): give http(s)://host:port"
+            )
+        return value
 
     def ssh_file(self, name: str) -> str:
         """A key or known_hosts file for ssh:// targets: required then, and it must be readable."""

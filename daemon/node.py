@@ -24,12 +24,13 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from daemon import __version__
-from daemon.config import Config, hide_password
+from daemon.config import Config
 from daemon.divergence import DivergenceTracker
 from daemon.epochs import MAX_PEER_EPOCH, from_outside
 from daemon.exposure import unguarded_warning
 from daemon.identity import NodeIdentity
 from daemon.problems import HTTPProblem
+from daemon.redact import hide_password
 from daemon.roles import RoleState
 from daemon.tls import client_context
 from replication.applier import Applier

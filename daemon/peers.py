@@ -8,7 +8,6 @@ leader learns it was replaced); the co-located plugin daemon's
 from __future__ import annotations
 
 import asyncio
-import json
 import ssl
 import time
 from collections.abc import Callable
@@ -17,6 +16,8 @@ from typing import Any
 
 import aiohttp
 import structlog
+
+from daemon.limits import read_json
 
 log = structlog.get_logger("daemon.peers")
 
@@ -82,7 +83,7 @@ class Poller:
     async def _ask(self, session: aiohttp.ClientSession) -> None:
         try:
             async with session.get(self.url, headers=self.headers) as resp:
-                body = await _bounded_json(resp) if resp.status == 200 else None
+                body = await read_json(resp.content, ANSWER_LIMIT, "the peer") if resp.status == 200 else None
                 self.ok = resp.status == 200
                 self.body = body if isinstance(body, dict) else None
                 self.answered_at = self.clock()
@@ -115,14 +116,3 @@ class Poller:
 def _integer(value: object) -> bool:
     """A JSON integer: Python counts `true` as an int, a peer's JSON does not."""
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-async def _bounded_json(resp: aiohttp.ClientResponse) -> Any:
-    """The answer's JSON, read up to ANSWER_LIMIT bytes (ValueError beyond, or when it is not JSON)."""
-    raw = await resp.content.read(ANSWER_LIMIT + 1)
-    if len(raw) > ANSWER_LIMIT:
-        raise ValueError(f"the answer is larger than {ANSWER_LIMIT} bytes")
-    try:
-        return json.loads(raw) if raw.strip() else None
-    except RecursionError:  # "[[[[..." nested deeper than the parser goes
-        raise ValueError("the answer nests too deeply") from None

@@ -55,6 +55,7 @@ class PluginStore:
         self.root = self.layout.storage_root()
         self.catalogue = catalogue
         self.link = link
+        self._redactor = config.redactor()
         self.metrics = StoreMetrics(registry)
         self.max_size = config.max_plugin_package_size
         self.downloader = Downloader(
@@ -273,6 +274,7 @@ class PluginStore:
         """Record one event (promotion, failover, ...); the node's epoch and role are added when absent."""
         fields.setdefault("epoch", self.link.epoch)
         fields.setdefault("role", self.link.role)
+        fields = self._redactor.value(fields)  # an error text may quote a URL with its password
         event = await self.catalogue.add_event(kind, fields)
         return event.to_json()
 

@@ -234,19 +234,39 @@ def test_repr_never_contains_the_server_key():
     assert "server_key='***'" in repr(config)
 
 
-def test_repr_never_contains_a_sync_target_password():
-    config = Config.from_env({**LOOPBACK, "SYNC_TARGET": "http://u:sekrit@host:5002"})
-    assert config.sync_target == "http://u:sekrit@host:5002"
-    assert "sekrit" not in repr(config)
-    assert "host:5002" in repr(config)
+@pytest.mark.parametrize(
+    ("env", "words"),
+    [
+        ({"SYNC_TARGET": "http://u:sekrit@host:5002"}, "carries credentials"),
+        ({"SYNC_TARGET": "http://a:5002,http://sekrit-token@b:5002"}, "carries credentials"),
+        ({"ROLE": "slave", "SYNC_SOURCE": "https://admin:sekrit@master:5002"}, "carries credentials"),
+        ({"SYNC_TARGET": "http://host:5002/?token=sekrit"}, "query or fragment"),
+        ({"SYNC_TARGET": "http://host:5002/#sekrit"}, "query or fragment"),
+    ],
+)
+def test_a_node_url_with_credentials_is_refused_without_echoing_them(env, words):
+    """The link authenticates with SERVER_KEY; credentials in a node URL would only be shown somewhere."""
+    with pytest.raises(ConfigError, match=words) as excinfo:
+        Config.from_env({**LOOPBACK, **env})
+    assert "sekrit" not in str(excinfo.value) and "SYNC_" in str(excinfo.value)
 
 
-def test_repr_never_contains_a_sync_source_password():
-    config = Config.from_env(
-        {**LOOPBACK, "ROLE": "slave", "SYNC_SOURCE": "https://admin:hunter2pass@master:5002"}
+def test_a_node_url_may_have_a_path_prefix():
+    assert (
+        Config.from_env({**LOOPBACK, "SYNC_TARGET": "https://proxy:443/hs/"}).peer_url
+        == "https://proxy:443/hs"
     )
-    assert "hunter2pass" not in repr(config)
-    assert "master:5002" in repr(config)
+
+
+def test_repr_hides_every_password_a_url_can_carry():
+    env = {
+        "ELECTION": "redis",
+        "REDIS_URL": "redis://:sekrit1@r:6379/0?password=sekrit2",
+        "DATABASE_URL": "postgresql://hs@db/hs?password=sekrit3",
+        "MARKETPLACE_URL": "https://sekrit4@m.example",
+    }
+    shown = repr(Config.from_env({**LOOPBACK, **env}))
+    assert "sekrit" not in shown and "r:6379" in shown and "db/hs" in shown and "m.example" in shown
 
 
 def test_invalid_url_error_does_not_echo_its_password():

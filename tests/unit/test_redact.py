@@ -1,0 +1,96 @@
+"""Secrets in URLs and settings are masked wherever they would be shown (daemon/redact.py)."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import pytest
+import structlog
+
+from daemon import logs
+from daemon.config import Config
+from daemon.redact import Redactor, hide_password, url_secrets
+
+KEY = "the-server-key-0042"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("http://u:sekrit@host:5002", "http://u:***@host:5002"),
+        ("https://ghp_t0ken@mirror.example/api", "https://***@mirror.example/api"),
+        ("redis://:sekrit@r:6379/0", "redis://:***@r:6379/0"),
+        ("redis://r:6379/0?password=sekrit&db=1", "redis://r:6379/0?password=***&db=1"),
+        (
+            "postgresql://hs@db/hs?sslmode=require&password=sekrit",
+            "postgresql://hs@db/hs?sslmode=require&password=***",
+        ),
+        ("https://m.example/x?Token=sekrit", "https://m.example/x?Token=***"),
+        ("postgresql://hs@db:5432/hs", "postgresql://hs@db:5432/hs"),
+        ("ssh://backup@dr:22/srv/dr", "ssh://backup@dr:22/srv/dr"),
+        ("http://h:1/?q=plain", "http://h:1/?q=plain"),
+        ("http://u:sek@ret@[::1", "<not a URL>"),
+        ("", ""),
+    ],
+)
+def test_hide_password_masks_every_credential_a_url_can_carry(url: str, shown: str) -> None:
+    assert hide_password(url) == shown
+
+
+def test_the_secrets_of_a_url_include_their_percent_decoded_form() -> None:
+    assert url_secrets("http://u:p%40ss@h/?token=t%2Fk") >= {"p%40ss", "p@ss", "t/k", "t%2Fk"}
+    assert url_secrets("postgresql://hs@db/hs") == set(), "a database user is not a secret"
+
+
+def test_the_redactor_masks_text_json_values_and_bodies_longest_first() -> None:
+    redactor = Redactor.of(["abcd", "abcdefgh", 'x"y\\z€1', "no"])
+    assert redactor.secrets[0] == "abcdefgh" and "no" not in redactor.secrets, "too short to search for"
+    assert redactor.text("key abcdefgh, part abcd") == "key ***, part ***"
+    assert redactor.value({"abcd": ["abcdefgh", 3, None]}) == {"***": ["***", 3, None]}
+    body = json.dumps({"detail": 'failed with x"y\\z€1'}).encode()
+    assert b"***" in redactor.body(body) and 'x"y\\z€1' not in json.loads(redactor.body(body))["detail"]
+
+
+def test_a_configs_redactor_knows_the_key_the_urls_the_proxies_and_pgpassword() -> None:
+    env = {
+        "SERVER_KEY": KEY,
+        "SYNC_TARGET": "http://a:pw-target@r1:5002,http://tok-bare-user@r2:5002",
+        "ELECTION": "redis",
+        "REDIS_URL": "redis://:pw-redis@r:6379/0?password=pw-redis-query",
+        "DATABASE_URL": "postgresql://hs@db/hs?password=pw-database",
+        "MARKETPLACE_URL": "https://m:pw-market@m.example",
+        "PLUGIN_DAEMON_URL": "http://d:pw-daemon@127.0.0.1:5003",
+    }
+    proxies = {"HTTPS_PROXY": "http://p:pw-proxy@proxy:3128", "http_proxy": "http://p:pw-lower@proxy:3128"}
+    config = Config.from_env(env)
+    redactor = config.redactor({**proxies, "PGPASSWORD": "pw-pgpassword"})
+    everything = " ".join([*env.values(), *proxies.values(), "pw-pgpassword"])
+    shown = redactor.text(everything)
+    for secret in ("pw-target", "tok-bare-user", "pw-redis", "pw-redis-query", "pw-database", "pw-market"):
+        assert secret not in shown
+    for secret in ("pw-daemon", "pw-proxy", "pw-lower", "pw-pgpassword", KEY):
+        assert secret not in shown
+    assert "r1:5002" in shown and "m.example" in shown, "only the secrets go"
+    text = repr(config)
+    assert "pw-" not in text and "tok-bare-user" not in text and KEY not in text
+
+
+def test_log_lines_are_redacted_also_those_of_other_libraries(monkeypatch: pytest.MonkeyPatch) -> None:
+    stream = io.StringIO()
+    monkeypatch.setattr("sys.stderr", stream)
+    config = Config.from_env({"SERVER_KEY": KEY, "SYNC_TARGET": "http://a:pw-in-target@r1:5002"})
+    try:
+        logs.configure(config)
+        structlog.get_logger("t").warning("ours", url="http://a:pw-in-target@r1:5002", nested={"k": [KEY]})
+        try:
+            raise ValueError(f"library error quoting {KEY}")
+        except ValueError:
+            logging.getLogger("some.library").exception("theirs")
+        text = stream.getvalue()
+    finally:
+        structlog.reset_defaults()
+        logging.getLogger().handlers[:] = []
+    assert "pw-in-target" not in text and KEY not in text
+    assert '"event": "ours"' in text and "library error quoting ***" in text
