@@ -27,6 +27,9 @@ DEFAULT_STORAGE_PATH = "/app/storage/cwd"
 DEFAULT_READY_MARKERS = ("**/.venv/dify/plugin.json",)
 DEFAULT_MARKETPLACE_URL = "https://marketplace.dify.ai"
 DEFAULT_MAX_PLUGIN_PACKAGE_SIZE = 52_428_800
+DEFAULT_RETENTION_AGE = 90 * 86400.0
+"""Events and preserved conflicts older than this (90 days) are deleted (0: no age limit)."""
+_TEN_YEARS = 10 * 365 * 86400.0
 _BOOLEANS = ("true", "false", "1", "0", "yes", "no")
 
 
@@ -87,6 +90,10 @@ class Config:
     max_plugin_package_size: int = DEFAULT_MAX_PLUGIN_PACKAGE_SIZE
     verify_interval: float = 3600.0
     workdir_scan_interval: float = 30.0
+    events_keep: int = 10_000
+    events_max_age: float = DEFAULT_RETENTION_AGE
+    conflicts_keep: int = 50
+    conflicts_max_age: float = DEFAULT_RETENTION_AGE
     tls_cert_file: str = ""
     tls_key_file: str = ""
     tls_ca_file: str = ""
@@ -381,6 +388,16 @@ class _Reader:
             ),
             "verify_interval": self._interval("VERIFY_INTERVAL", 3600.0),
             "workdir_scan_interval": self._interval("WORKDIR_SCAN_INTERVAL", 30.0),
+            **self._retention(),
+        }
+
+    def _retention(self) -> dict[str, Any]:
+        """How much history is kept: the catalogue's events, and divergent writes in STATE_PATH/conflicts."""
+        return {
+            "events_keep": self.integer("EVENTS_KEEP", 10_000, 100, 100_000_000),
+            "events_max_age": self.seconds("EVENTS_MAX_AGE", DEFAULT_RETENTION_AGE, 0.0, _TEN_YEARS),
+            "conflicts_keep": self.integer("CONFLICTS_KEEP", 50, 1, 1_000_000),
+            "conflicts_max_age": self.seconds("CONFLICTS_MAX_AGE", DEFAULT_RETENTION_AGE, 0.0, _TEN_YEARS),
         }
 
     def _store_folders(self, storage_path: str, state_path: str) -> dict[str, str]:

@@ -109,6 +109,11 @@ class Node:
         self.conflicts_total = Counter(
             "plugin_sync_conflicts", "Divergent files preserved after a demotion.", registry=self.registry
         )
+        self.conflicts_expired = Counter(
+            "plugin_sync_conflicts_expired",
+            "Epoch folders of the conflicts area deleted by its retention (CONFLICTS_KEEP, _MAX_AGE).",
+            registry=self.registry,
+        )
         self.is_leader_gauge = Gauge(
             "plugin_sync_is_leader", "1 while this node accepts writes.", registry=self.registry
         )
@@ -242,9 +247,30 @@ class Node:
                 epoch=epoch,
                 where=os.path.join(self.tracker.conflicts_root, str(epoch)),
             )
+            await asyncio.to_thread(self.expire_conflicts)
         self._set_epoch(epoch)
         self.receiver.accepting = True
         log.info("following", epoch=epoch, was_leader=was_leader)
+
+    def expire_conflicts(self) -> int:
+        """Apply the conflicts area's retention (CONFLICTS_KEEP, CONFLICTS_MAX_AGE); each removal logged."""
+        try:
+            expired = self.tracker.expire(self.config.conflicts_keep, self.config.conflicts_max_age)
+        except OSError as exc:  # never in the way of a demotion or a start: tried again within the hour
+            log.warning("conflicts_retention_failed", error=str(exc))
+            return 0
+        for item in expired:
+            self.conflicts_expired.inc()
+            log.warning(
+                "conflicts_expired",
+                epoch=item.epoch,
+                files=item.files,
+                age_seconds=item.age_seconds,
+                reason=item.reason,
+                keep=self.config.conflicts_keep,
+                max_age_seconds=self.config.conflicts_max_age,
+            )
+        return len(expired)
 
     async def stop_leading(self) -> None:
         parts, self.leader = self.leader, None

@@ -31,6 +31,9 @@ from replication.errors import PeerError
 
 log = structlog.get_logger("daemon.server")
 
+RETENTION_INTERVAL = 3600.0
+"""How often the conflicts area's retention runs besides at start and after a demotion."""
+
 
 class Server:
     def __init__(self, config: Config) -> None:
@@ -68,6 +71,7 @@ class Server:
         if warning is not None:
             log.warning("UNAUTHENTICATED_API", problem=warning)  # config allowed it: ALLOW_UNAUTHENTICATED
         self.node.prepare_storage()
+        await asyncio.to_thread(self.node.expire_conflicts)
         await self.control.start()
         self.store = await open_store(self.config, self.node)
         self.control.on_transition = self._record_transition
@@ -93,6 +97,7 @@ class Server:
         if self.plugin_daemon is not None:
             self._spawn(self.plugin_daemon.run(), "plugin-daemon-poller")
         self._spawn(self.control.run(), "control-loop")
+        self._spawn(self._retention(), "conflicts-retention")
         log.info(
             "started",
             role=self.config.role,
@@ -157,6 +162,12 @@ class Server:
         for link in parts.links:
             if link.journal.pending:
                 log.warning("stopped_with_pending_changes", target=link.target, pending=link.journal.pending)
+
+    async def _retention(self) -> None:
+        """The conflicts area's retention, hourly (also at start and after each demotion: node.py)."""
+        while True:
+            await asyncio.sleep(RETENTION_INTERVAL)
+            await asyncio.to_thread(self.node.expire_conflicts)
 
     async def _record_transition(self, kind: str, decision: Decision) -> None:
         if self.store is not None:

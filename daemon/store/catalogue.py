@@ -177,3 +177,7 @@ class Catalogue(abc.ABC):
     @abc.abstractmethod
     async def events(self, kind: str | None = None, limit: int = 100) -> list[Event]:
         """This cluster's events, newest first, from every node."""
+
+    @abc.abstractmethod
+    async def prune_events(self, keep: int, before: dt.datetime | None) -> int:
+        """Delete this cluster's events beyond the newest `keep` and those older than `before`; the count."""

@@ -56,11 +56,11 @@ def test_the_redactor_masks_text_json_values_and_bodies_longest_first() -> None:
 def test_a_configs_redactor_knows_the_key_the_urls_the_proxies_and_pgpassword() -> None:
     env = {
         "SERVER_KEY": KEY,
-        "SYNC_TARGET": "http://a:pw-target@r1:5002,http://tok-bare-user@r2:5002",
+        "SYNC_TARGET": "http://r1:5002,http://r2:5002",  # node URLs take no credentials at all
         "ELECTION": "redis",
         "REDIS_URL": "redis://:pw-redis@r:6379/0?password=pw-redis-query",
         "DATABASE_URL": "postgresql://hs@db/hs?password=pw-database",
-        "MARKETPLACE_URL": "https://m:pw-market@m.example",
+        "MARKETPLACE_URL": "https://tok-bare-user@m.example/?token=pw-market-token",
         "PLUGIN_DAEMON_URL": "http://d:pw-daemon@127.0.0.1:5003",
     }
     proxies = {"HTTPS_PROXY": "http://p:pw-proxy@proxy:3128", "http_proxy": "http://p:pw-lower@proxy:3128"}
@@ -68,7 +68,7 @@ def test_a_configs_redactor_knows_the_key_the_urls_the_proxies_and_pgpassword() 
     redactor = config.redactor({**proxies, "PGPASSWORD": "pw-pgpassword"})
     everything = " ".join([*env.values(), *proxies.values(), "pw-pgpassword"])
     shown = redactor.text(everything)
-    for secret in ("pw-target", "tok-bare-user", "pw-redis", "pw-redis-query", "pw-database", "pw-market"):
+    for secret in ("tok-bare-user", "pw-redis", "pw-redis-query", "pw-database", "pw-market-token"):
         assert secret not in shown
     for secret in ("pw-daemon", "pw-proxy", "pw-lower", "pw-pgpassword", KEY):
         assert secret not in shown
@@ -80,7 +80,7 @@ def test_a_configs_redactor_knows_the_key_the_urls_the_proxies_and_pgpassword() 
 def test_log_lines_are_redacted_also_those_of_other_libraries(monkeypatch: pytest.MonkeyPatch) -> None:
     stream = io.StringIO()
     monkeypatch.setattr("sys.stderr", stream)
-    config = Config.from_env({"SERVER_KEY": KEY, "SYNC_TARGET": "http://a:pw-in-target@r1:5002"})
+    config = Config.from_env({"SERVER_KEY": KEY, "MARKETPLACE_URL": "http://a:pw-in-target@r1:5002"})
     try:
         logs.configure(config)
         structlog.get_logger("t").warning("ours", url="http://a:pw-in-target@r1:5002", nested={"k": [KEY]})
