@@ -122,14 +122,20 @@ class Redactor:
         return value
 
     def value(self, value: Any) -> Any:
-        """A JSON-like value with every string in it redacted (keys included)."""
+        """A JSON-like value with every string in it redacted (keys included).
+
+        Any other object (an exception, a library's exc_info) becomes its repr, redacted: what a
+        JSON renderer would have shown of it, minus the secrets.
+        """
+        if value is None or isinstance(value, bool | int | float):
+            return value
         if isinstance(value, str):
             return self.text(value)
         if isinstance(value, Mapping):
             return {self.value(k): self.value(v) for k, v in value.items()}
         if isinstance(value, list | tuple):
             return [self.value(item) for item in value]
-        return value
+        return self.text(repr(value))
 
     def body(self, raw: bytes) -> bytes:
         """A response body: each secret as UTF-8 and as JSON writes it (escaped, ASCII-only)."""
