@@ -90,13 +90,17 @@ REDACTOR = web.AppKey("redactor", Redactor)
 REDACTED_TYPES = frozenset({"application/json", "application/problem+json", "text/plain"})
 """Answers whose text may quote an error, a URL or a field: a known secret is masked in them.
 Files and packages are streamed as they are."""
+DATA_ROUTES = ("/internal/replication/", "/internal/files/")
+"""Answers that carry the storage's own paths and hashes: masking a secret that happens to be part
+of a file name would corrupt them. Their problem documents are masked like all others."""
 
 
 @web.middleware
 async def redact_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """No secret the configuration knows of leaves in a status answer or a problem document."""
     response = await handler(request)
-    if isinstance(response, web.Response) and response.content_type in REDACTED_TYPES:
+    data = request.path.startswith(DATA_ROUTES) and response.content_type != "application/problem+json"
+    if isinstance(response, web.Response) and response.content_type in REDACTED_TYPES and not data:
         body = response.body
         if isinstance(body, bytes):
             response.body = request.app[REDACTOR].body(body)

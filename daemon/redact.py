@@ -45,8 +45,9 @@ SECRET_ENV = ("SERVER_KEY", "PGPASSWORD", "REDIS_PASSWORD")
 """Variables whose whole value is a secret."""
 PROXY_ENV = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "WS_PROXY", "WSS_PROXY")
 """Proxies the store's downloads honour (aiohttp's trust_env), upper and lower case."""
-MIN_SECRET = 4
-"""Shorter values are not searched for in free text (a one-letter password would garble every line)."""
+MIN_SECRET = 6
+"""Shorter values are not searched for in free text (a short password would garble every line that
+happens to contain it); in URLs they are masked all the same (hide_password)."""
 
 
 def hide_password(url: str) -> str:

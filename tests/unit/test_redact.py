@@ -5,13 +5,19 @@ from __future__ import annotations
 import io
 import json
 import logging
+from pathlib import Path
 
 import pytest
 import structlog
+from aiohttp.test_utils import TestClient, TestServer
 
 from daemon import logs
+from daemon.api import build_app
 from daemon.config import Config
+from daemon.control import ControlLoop
+from daemon.node import Node
 from daemon.redact import Redactor, hide_password, url_secrets
+from daemon.roles import RoleState
 
 KEY = "the-server-key-0042"
 
@@ -45,10 +51,11 @@ def test_the_secrets_of_a_url_include_their_percent_decoded_form() -> None:
 
 
 def test_the_redactor_masks_text_json_values_and_bodies_longest_first() -> None:
-    redactor = Redactor.of(["abcd", "abcdefgh", 'x"y\\z€1', "no"])
-    assert redactor.secrets[0] == "abcdefgh" and "no" not in redactor.secrets, "too short to search for"
-    assert redactor.text("key abcdefgh, part abcd") == "key ***, part ***"
-    assert redactor.value({"abcd": ["abcdefgh", 3, None]}) == {"***": ["***", 3, None]}
+    redactor = Redactor.of(["abcdef", "abcdefghij", 'x"y\\z€1', "short"])
+    assert redactor.secrets[0] == "abcdefghij" and "short" not in redactor.secrets, "too short to search for"
+    assert redactor.text("key abcdefghij, part abcdef") == "key ***, part ***"
+    assert redactor.value({"abcdef": ["abcdefghij", 3, None]}) == {"***": ["***", 3, None]}
+    assert redactor.value(ValueError("abcdef")) == "ValueError('***')", "other objects: their repr"
     body = json.dumps({"detail": 'failed with x"y\\z€1'}).encode()
     assert b"***" in redactor.body(body) and 'x"y\\z€1' not in json.loads(redactor.body(body))["detail"]
 
@@ -94,3 +101,25 @@ def test_log_lines_are_redacted_also_those_of_other_libraries(monkeypatch: pytes
         logging.getLogger().handlers[:] = []
     assert "pw-in-target" not in text and KEY not in text
     assert '"event": "ours"' in text and "library error quoting ***" in text
+
+
+async def test_answers_are_masked_but_the_storages_own_paths_are_not(tmp_path: Path) -> None:
+    env = {"STORAGE_PATH": str(tmp_path / "s"), "STATE_PATH": str(tmp_path / "st"), "SERVER_KEY": KEY}
+    node = Node(Config.from_env({**env, "PLUGIN_DAEMON_URL": "http://pd:pw-in-a-status@127.0.0.1:9"}))
+    node.prepare_storage()
+    control = ControlLoop(node, backend=None)
+    await control.start()
+    auth = {"Authorization": f"Bearer {KEY}"}
+    async with TestClient(TestServer(build_app(node, control))) as client:
+        node.last_error = "the plugin daemon at http://pd:pw-in-a-status@127.0.0.1:9 is down"
+        status = await (await client.get("/internal/status", headers=auth)).text()
+        assert "pw-in-a-status" not in status and "pd:***@127.0.0.1:9 is down" in status
+        refused = await (await client.get("/internal/status", headers={"Authorization": KEY})).text()
+        assert KEY not in refused
+        node.role_state = RoleState(role="leader", epoch=1)
+        await node.become_leader(1)
+        try:
+            written = await client.put(f"/internal/files/dir-{KEY}/a.txt", data=b"x", headers=auth)
+            assert written.status == 200 and (await written.json())["path"] == f"dir-{KEY}/a.txt"
+        finally:
+            await node.stop_leading()
