@@ -44,6 +44,8 @@ def _stored_epoch(path: str, value: object) -> int:
     A node that started anyway with such an epoch could never be promoted to a valid one.
     """
     try:
-        return checked_own(value, f"{path} holds an epoch that")  # type: ignore[arg-type]
+        return checked_own(value, f"{path}: the epoch")  # type: ignore[arg-type]
     except EpochError as exc:
-        raise EpochError(f"{exc}: it was not written by hotstandby; restore the file or remove it") from None
+        raise EpochError(
+            f"{exc}; hotstandby never writes that: set it to the cluster's epoch (see the leader's status)"
+        ) from None
