@@ -12,7 +12,6 @@ the catalogue's events pass through it (daemon/logs.py, daemon/api.py, daemon/st
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -157,7 +156,3 @@ def install(redactor: Redactor) -> None:
 
 def active() -> Redactor:
     return _active
-
-
-def from_environment(keys: Iterable[str], urls: Iterable[str]) -> Redactor:
-    return Redactor.from_settings(keys, urls, os.environ)
