@@ -21,11 +21,13 @@ from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from daemon.control import ControlLoop
+from daemon.epochs import MAX_EPOCH  # epochs and sequences fit in 63 bits: one bound for the daemon
 from daemon.limits import body_deadline
 from daemon.node import Node
 from daemon.peers import Poller
 from daemon.plugin_daemon import PluginDaemon
 from daemon.problems import HTTPProblem, problem, problem_middleware
+from daemon.redact import Redactor
 from daemon.roles import Request
 from daemon.store.routes import add_store_routes
 from daemon.store.store import PluginStore
@@ -51,6 +53,7 @@ def build_app(
     gate: PluginDaemon | None = None,
 ) -> web.Application:
     middlewares = [
+        redact_middleware,
         problem_middleware,
         auth_middleware,
         body_deadline(node.config.request_body_timeout, STREAMED_ROUTES),
@@ -58,6 +61,7 @@ def build_app(
     app = web.Application(middlewares=middlewares, client_max_size=JSON_BODY_LIMIT)
     app[NODE] = node
     app[CONTROL] = control
+    app[REDACTOR] = node.config.redactor()
     if plugin_daemon is not None:
         app[PLUGIN_DAEMON] = plugin_daemon
     app[GATE] = gate or PluginDaemon(node, gated=node.config.plugin_daemon_gate, health=plugin_daemon)
@@ -88,6 +92,27 @@ def build_app(
     if store is not None:
         add_store_routes(app, store)
     return app
+
+
+REDACTOR = web.AppKey("redactor", Redactor)
+REDACTED_TYPES = frozenset({"application/json", "application/problem+json", "text/plain"})
+"""Answers whose text may quote an error, a URL or a field: a known secret is masked in them.
+Files and packages are streamed as they are."""
+DATA_ROUTES = ("/internal/replication/", "/internal/files/")
+"""Answers that carry the storage's own paths and hashes: masking a secret that happens to be part
+of a file name would corrupt them. Their problem documents are masked like all others."""
+
+
+@web.middleware
+async def redact_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """No secret the configuration knows of leaves in a status answer or a problem document."""
+    response = await handler(request)
+    data = request.path.startswith(DATA_ROUTES) and response.content_type != "application/problem+json"
+    if isinstance(response, web.Response) and response.content_type in REDACTED_TYPES and not data:
+        body = response.body
+        if isinstance(body, bytes):
+            response.body = request.app[REDACTOR].body(body)
+    return response
 
 
 @web.middleware
@@ -330,10 +355,6 @@ async def _json_object(request: web.Request) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise HTTPProblem(400, "malformed JSON", "the request body must be a JSON object")
     return data
-
-
-MAX_EPOCH = 1 << 62
-"""Epochs and sequences fit in 63 bits (SQLite and PostgreSQL integers); the wire format's own bound."""
 
 
 def _int_field(data: Mapping[str, Any], name: str) -> int:

@@ -10,6 +10,7 @@ import sys
 from daemon import __version__, ctl, haproxy_config
 from daemon.config import Config, ConfigError
 from daemon.drill import cli as drill_cli
+from daemon.epochs import EpochError
 from daemon.store import preload_cli
 from daemon.tls import TLSError
 
@@ -83,6 +84,9 @@ def _serve(config: Config) -> int:
     except TLSError as exc:  # a TLS file changed between the check and the start
         print(f"hotstandby: configuration error: {exc}", file=sys.stderr)
         return 2
+    except EpochError as exc:  # STATE_PATH/node.json holds an epoch no promotion could follow
+        print(f"hotstandby: cannot start: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"hotstandby: cannot start: {exc}", file=sys.stderr)
         return 1

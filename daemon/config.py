@@ -12,8 +12,10 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
+from daemon.exposure import is_loopback
+from daemon.redact import Redactor, hide_password
 from daemon.tls import TLSError, TLSFiles
 from replication.ssh_target import SshTarget, is_ssh_url
 
@@ -25,22 +27,14 @@ DEFAULT_STORAGE_PATH = "/app/storage/cwd"
 DEFAULT_READY_MARKERS = ("**/.venv/dify/plugin.json",)
 DEFAULT_MARKETPLACE_URL = "https://marketplace.dify.ai"
 DEFAULT_MAX_PLUGIN_PACKAGE_SIZE = 52_428_800
+DEFAULT_RETENTION_AGE = 90 * 86400.0
+"""Events and preserved conflicts older than this (90 days) are deleted (0: no age limit)."""
+_TEN_YEARS = 10 * 365 * 86400.0
 _BOOLEANS = ("true", "false", "1", "0", "yes", "no")
 
 
 class ConfigError(ValueError):
     """A configuration value is missing or invalid; the message names the variable."""
-
-
-def hide_password(url: str) -> str:
-    try:
-        parts = urlsplit(url)
-    except ValueError:  # e.g. an unclosed IPv6 bracket: nothing can be trusted to be hidden
-        return "<not a URL>"
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 @dataclass(frozen=True)
@@ -99,10 +93,15 @@ class Config:
     max_plugin_package_size: int = DEFAULT_MAX_PLUGIN_PACKAGE_SIZE
     verify_interval: float = 3600.0
     workdir_scan_interval: float = 30.0
+    events_keep: int = 10_000
+    events_max_age: float = DEFAULT_RETENTION_AGE
+    conflicts_keep: int = 50
+    conflicts_max_age: float = DEFAULT_RETENTION_AGE
     tls_cert_file: str = ""
     tls_key_file: str = ""
     tls_ca_file: str = ""
     require_auth: bool = False
+    allow_unauthenticated: bool = False
     request_header_timeout: float = 30.0
     request_body_timeout: float = 60.0
 
@@ -125,6 +124,24 @@ class Config:
         """The first of `peer_urls` (the only one in a pair)."""
         return self.peer_urls[0] if self.peer_urls else ""
 
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """Every URL this node was given: each may carry a credential (daemon/redact.py)."""
+        listed = (
+            *self.peer_urls,
+            self.redis_url,
+            self.database_url,
+            self.marketplace_url,
+            self.plugin_daemon_url,
+            self.dify_redis_url,
+        )
+        return tuple(url for url in listed if url)
+
+    def redactor(self, env: Mapping[str, str] | None = None) -> Redactor:
+        """What logs and answers must never show: SERVER_KEY, PGPASSWORD, the URLs' and proxies' secrets."""
+        keys = [self.server_key, self.dify_redis_password]
+        return Redactor.from_settings(keys, self.urls, os.environ if env is None else env)
+
     def __repr__(self) -> str:
         shown = []
         for f in fields(self):
@@ -140,7 +157,7 @@ class Config:
                 "marketplace_url",
                 "dify_redis_url",
             ):
-                value = hide_password(value)
+                value = ",".join(hide_password(url) for url in value.split(","))  # SYNC_* are lists
             elif f.name == "dify_redis_password":
                 value = "***" if value else ""
             shown.append(f"{f.name}={value!r}")
@@ -168,8 +185,8 @@ class _Reader:
             raise ConfigError(f"{name}={value!r} is invalid: accepted values are {', '.join(accepted)}")
         return value
 
-    def boolean(self, name: str, default: bool = False) -> bool:
-        return self.choice(name, "true" if default else "false", _BOOLEANS) in ("true", "1", "yes")
+    def boolean(self, name: str, default: str = "false") -> bool:
+        return self.choice(name, default, _BOOLEANS) in ("true", "1", "yes")
 
     def integer(self, name: str, default: int, low: int, high: int) -> int:
         value = self.raw(name, str(default))
@@ -224,11 +241,32 @@ class _Reader:
 
     def node_url(self, name: str, value: str) -> str:
         if name != "SYNC_TARGET" or not is_ssh_url(value):
-            return self.url_value(name, value)
+            return self.plain_node_url(name, self.url_value(name, value))
         try:
             return str(SshTarget.parse(value))
         except ValueError as exc:
             raise ConfigError(f"{name}={hide_password(value)!r} is invalid: {exc}") from None
+
+    @staticmethod
+    def plain_node_url(name: str, value: str) -> str:
+        """A peer's base URL: scheme, host, port and at most a path prefix.
+
+        Credentials in it would never work (the link sends SERVER_KEY as its Authorization
+        header, and aiohttp refuses both at once) and would only end up shown somewhere; a
+        query or fragment would be glued in front of every path of the link.
+        """
+        parts = urlsplit(value)
+        if parts.username is not None or parts.password is not None:
+            raise ConfigError(
+                f"{name}={hide_password(value)!r} carries credentials: remove them "
+                "(the link authenticates with SERVER_KEY, and TLS_* for certificates)"
+            )
+        if parts.query or parts.fragment:
+            base = parts._replace(query="", fragment="").geturl()
+            raise ConfigError(
+                f"{name}: {base!r} has a query or fragment (not shown): give http(s)://host:port"
+            )
+        return value
 
     def ssh_file(self, name: str) -> str:
         """A key or known_hosts file for ssh:// targets: required then, and it must be readable."""
@@ -325,12 +363,11 @@ class _Reader:
             )
         if "\n" in config.server_key or (config.server_key and len(config.server_key) < 8):
             raise ConfigError("SERVER_KEY must be at least 8 characters on one line")
-        if config.require_auth and not config.server_key:
-            raise ConfigError("REQUIRE_AUTH=true but SERVER_KEY is not set: /internal and the link need one")
+        _check_exposure(config)
         return config
 
     def _security(self) -> dict[str, Any]:
-        """TLS files (checked: cert and key together, readable, loadable), REQUIRE_AUTH, request timeouts."""
+        """TLS files (checked: cert and key together, readable, loadable), the key rule, request timeouts."""
         files = TLSFiles(self.raw("TLS_CERT_FILE"), self.raw("TLS_KEY_FILE"), self.raw("TLS_CA_FILE"))
         try:
             files.check()
@@ -340,7 +377,8 @@ class _Reader:
             "tls_cert_file": files.cert and os.path.abspath(files.cert),
             "tls_key_file": files.key and os.path.abspath(files.key),
             "tls_ca_file": files.ca and os.path.abspath(files.ca),
-            "require_auth": self.choice("REQUIRE_AUTH", "false", _BOOLEANS) in ("true", "1", "yes"),
+            "require_auth": self.boolean("REQUIRE_AUTH"),
+            "allow_unauthenticated": self.boolean("ALLOW_UNAUTHENTICATED"),
             "request_header_timeout": self.seconds("REQUEST_HEADER_TIMEOUT", 30.0, 0.5, 3600),
             "request_body_timeout": self.seconds("REQUEST_BODY_TIMEOUT", 60.0, 0.5, 3600),
         }
@@ -361,6 +399,16 @@ class _Reader:
             ),
             "verify_interval": self._interval("VERIFY_INTERVAL", 3600.0),
             "workdir_scan_interval": self._interval("WORKDIR_SCAN_INTERVAL", 30.0),
+            **self._retention(),
+        }
+
+    def _retention(self) -> dict[str, Any]:
+        """How much history is kept: the catalogue's events, and divergent writes in STATE_PATH/conflicts."""
+        return {
+            "events_keep": self.integer("EVENTS_KEEP", 10_000, 100, 100_000_000),
+            "events_max_age": self.seconds("EVENTS_MAX_AGE", DEFAULT_RETENTION_AGE, 0.0, _TEN_YEARS),
+            "conflicts_keep": self.integer("CONFLICTS_KEEP", 50, 1, 1_000_000),
+            "conflicts_max_age": self.seconds("CONFLICTS_MAX_AGE", DEFAULT_RETENTION_AGE, 0.0, _TEN_YEARS),
         }
 
     def _store_folders(self, storage_path: str, state_path: str) -> dict[str, str]:
@@ -425,6 +473,31 @@ class _Reader:
             raise ConfigError(
                 "FAILOVER=auto applies to ELECTION=static; with a lease backend failover is automatic"
             )
+
+
+def _check_exposure(config: Config) -> None:
+    """Closed by default: without SERVER_KEY a node listens on loopback only, unless told otherwise.
+
+    Anyone who reaches /internal or the replication link of a node without a key can write
+    plugin code into its storage or force a promotion, so beyond loopback a missing key is a
+    configuration error; ALLOW_UNAUTHENTICATED=true is the one explicit way around it (logged
+    loudly, daemon/exposure.py). REQUIRE_AUTH=true (older) also refuses a missing key on loopback.
+    """
+    if config.server_key:
+        return
+    if config.require_auth and config.allow_unauthenticated:
+        raise ConfigError(
+            "REQUIRE_AUTH=true and ALLOW_UNAUTHENTICATED=true contradict each other: set SERVER_KEY"
+        )
+    if config.require_auth:
+        raise ConfigError("REQUIRE_AUTH=true but SERVER_KEY is not set: /internal and the link need one")
+    if config.allow_unauthenticated or is_loopback(config.server_host):
+        return
+    raise ConfigError(
+        f"SERVER_KEY is not set and SERVER_HOST={config.server_host} is not a loopback address: "
+        "set SERVER_KEY (8+ characters; in a container, SERVER_KEY_FILE names a file the entrypoint reads), "
+        "or ALLOW_UNAUTHENTICATED=true to let anyone who reaches the port write into STORAGE_PATH"
+    )
 
 
 def _is_within(path: str, root: str) -> bool:

@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from daemon.config import Config, hide_password
+from daemon.config import Config
 from daemon.election.base import ElectionError, LeaseBackend
 from daemon.node import Node
 from daemon.peers import PeerView, Poller
+from daemon.redact import hide_password
 from daemon.roles import (
     Decision,
     LeaseOutcome,
@@ -134,16 +135,7 @@ class ControlLoop:
         base = Observations(now=self.clock(), synced=synced, outranked=self._outranked(views, link_up))
         lease = await self._lease_call(may_compete(state, base, self.policy))
         answered = [view for view in views if view.answered_at is not None]
-        peer_epochs = [
-            e
-            for e in (
-                *(view.epoch for view in views),
-                self.node.fenced_by,
-                self.node.peer_epoch_seen or None,
-                self.node.receiver.epoch if state.role == "replica" else None,
-            )
-            if e is not None
-        ]
+        peer_epochs = self._peer_epochs(views, state.role == "replica")
         obs = Observations(
             now=self.clock(),
             peer_epoch=max(peer_epochs) if peer_epochs else None,
@@ -207,6 +199,20 @@ class ControlLoop:
             return False
         leaders = [view for view in views if view.was_leader] or views  # not seen leading yet: every peer
         return bool(leaders) and all(view.failure == "refused" for view in leaders)
+
+    def _peer_epochs(self, views: list[PeerView], replica: bool) -> list[int]:
+        """Every epoch learnt from outside for this tick; one above MAX_PEER_EPOCH is refused.
+
+        A refused epoch is neither followed nor persisted (it would leave no valid epoch for the
+        next promotion); node.outside_epoch counts and logs it.
+        """
+        sources: list[tuple[object, str]] = [(view.epoch, "peer_status") for view in views]
+        sources.append((self.node.fenced_by, "replica_answer"))  # already filtered by the node
+        sources.append((self.node.peer_epoch_seen or None, "peer_request"))
+        if replica:
+            sources.append((self.node.receiver.epoch, "leader_link"))
+        epochs = (self.node.outside_epoch(value, source) for value, source in sources)
+        return [epoch for epoch in epochs if epoch is not None]
 
     def _outranked(self, views: list[PeerView], link_up: bool) -> bool:
         """Another replica of the same leader holds more of its history: let it take the lease first.

@@ -204,6 +204,14 @@ def format_table(statuses: Sequence[NodeStatus]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
+def _print_warnings(statuses: Sequence[NodeStatus]) -> None:
+    """A node's own warnings (an API open to anyone, ALLOW_UNAUTHENTICATED) are not to be missed."""
+    for node in statuses:
+        warnings = node.get("warnings") if node.reachable else None
+        for warning in warnings if isinstance(warnings, list) else []:
+            print(f"warning: {node.url}: {warning}", file=sys.stderr)
+
+
 def status(client: Client, urls: Sequence[str], max_lag: float, as_json: bool) -> int:
     statuses = fetch_all(client, urls)
     problem = assess(statuses, max_lag)
@@ -212,6 +220,7 @@ def status(client: Client, urls: Sequence[str], max_lag: float, as_json: bool) -
         print(json.dumps({"healthy": problem is None, "reason": problem, "nodes": nodes}, indent=2))
         return 0 if problem is None else 1
     print(format_table(statuses))
+    _print_warnings(statuses)
     if problem is not None:
         print(f"unhealthy: {problem}", file=sys.stderr)
         return 1

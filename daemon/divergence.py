@@ -8,6 +8,10 @@ exist only here; it is copied to STATE_PATH/conflicts/<epoch>/ with a JSON
 report before the new leader's reconciliation overwrites it. The mark is
 conservative: it is persisted at most every second, so a crash can only
 make it older, which preserves more, never less.
+
+The conflicts area has a retention (CONFLICTS_KEEP demotions, CONFLICTS_MAX_AGE):
+`expire` deletes the oldest epoch folders beyond it, and the node logs and
+counts each one, so nothing preserved goes unnoticed.
 """
 
 from __future__ import annotations
@@ -27,6 +31,17 @@ from replication import manifest, statefile
 PERSIST_EVERY = 1.0
 MARGIN = 1.0
 """Seconds subtracted from the mark: timestamps of the filesystem and the mark come from different calls."""
+
+
+@dataclass(frozen=True)
+class Expired:
+    """One epoch folder of the conflicts area removed by the retention."""
+
+    epoch: int
+    files: int
+    age_seconds: float
+    reason: str
+    """count (beyond CONFLICTS_KEEP) or age (older than CONFLICTS_MAX_AGE)."""
 
 
 @dataclass(frozen=True)
@@ -97,6 +112,34 @@ class DivergenceTracker:
             report = _load_report(os.path.join(self.conflicts_root, epoch, "report.json"))
             results.extend({"epoch": epoch, **item} for item in report)
         return results
+
+    def expire(self, keep: int, max_age: float) -> tuple[Expired, ...]:
+        """Delete the epoch folders beyond the newest `keep`, and those untouched for `max_age` (0: none)."""
+        folders = self._epoch_folders()
+        now = self._clock()
+        expired = []
+        for rank, (epoch, path, changed) in enumerate(folders):
+            age = now - changed
+            reason = "count" if rank >= keep else ("age" if max_age and age > max_age else "")
+            if reason:
+                files = len(_load_report(os.path.join(path, "report.json")))
+                shutil.rmtree(path)
+                expired.append(Expired(epoch, files, round(age, 1), reason))
+        return tuple(expired)
+
+    def _epoch_folders(self) -> tuple[tuple[int, str, float], ...]:
+        """(epoch, path, last change) of each conflicts/<epoch>/ folder, newest epoch first."""
+        try:
+            entries = list(os.scandir(self.conflicts_root))
+        except FileNotFoundError:
+            return ()
+        found = []
+        for entry in entries:
+            if entry.name.isdigit() and entry.is_dir(follow_symlinks=False):
+                report = os.path.join(entry.path, "report.json")
+                changed = os.lstat(report if os.path.lexists(report) else entry.path).st_mtime
+                found.append((int(entry.name), entry.path, changed))
+        return tuple(sorted(found, reverse=True))
 
     def _set(self, value: float, *, force: bool) -> None:
         self.replicated_until = value

@@ -2,15 +2,18 @@
 
 Without SERVER_KEY anyone who reaches the port may write files through the replication link
 and the operator endpoints; that is fine on loopback (tests, a sidecar) and dangerous anywhere
-else. The server logs a loud warning at start-up; REQUIRE_AUTH=true makes a missing key a
-configuration error instead (daemon/config.py).
+else. So beyond loopback a missing key stops the daemon at start-up (daemon/config.py), unless
+the operator set ALLOW_UNAUTHENTICATED=true: then the sentence below is logged at start-up as a
+warning and shown in /internal/status, for as long as the node runs that way.
 """
 
 from __future__ import annotations
 
 import ipaddress
+from typing import TYPE_CHECKING
 
-from daemon.config import Config
+if TYPE_CHECKING:  # config imports is_loopback from here
+    from daemon.config import Config
 
 LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
 
@@ -27,11 +30,11 @@ def is_loopback(host: str) -> bool:
 
 
 def unguarded_warning(config: Config) -> str | None:
-    """The sentence to log when the node listens beyond loopback without SERVER_KEY, else None."""
+    """The sentence to log and show when the node listens beyond loopback without SERVER_KEY, else None."""
     if config.server_key or is_loopback(config.server_host):
         return None
     return (
-        f"SERVER_KEY is not set and the API listens on {config.server_host}:{config.server_port}: "
-        "anyone who reaches this port can write into STORAGE_PATH through /internal and the "
-        "replication link; set SERVER_KEY (and REQUIRE_AUTH=true to refuse to start without it)"
+        f"UNAUTHENTICATED: SERVER_KEY is not set and the API listens on {config.server_host}:"
+        f"{config.server_port} (ALLOW_UNAUTHENTICATED=true): anyone who reaches this port can write "
+        "into STORAGE_PATH through /internal and the replication link, and force a promotion; set SERVER_KEY"
     )

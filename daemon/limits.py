@@ -10,18 +10,42 @@
 - Body: a body must have arrived within REQUEST_BODY_TIMEOUT. A streamed body may take as long as
   it needs while bytes keep coming, but not stall that long. A client that fails either has its
   connection closed (the answer it would get, 408, could not reach it reliably mid-upload).
+- Answers: a JSON answer this node asks for (a peer's status, a marketplace document) is read up to
+  a limit and parsed only then (`read_json`), so a hostile server cannot make it hold more.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Collection
+from typing import Any
 
 import structlog
-from aiohttp import web
+from aiohttp import StreamReader, web
 from aiohttp.typedefs import Handler, Middleware
 
 log = structlog.get_logger("daemon.limits")
+
+
+class AnswerTooLarge(ValueError):
+    """A JSON answer beyond the reader's limit: not worth a retry."""
+
+
+async def read_json(content: StreamReader, limit: int, source: str) -> Any:
+    """The JSON of a body read up to `limit` bytes; AnswerTooLarge beyond, ValueError when not JSON.
+
+    An empty body is None. RecursionError ("[[[[..." deeper than the parser goes) becomes ValueError.
+    """
+    raw = bytearray()
+    while len(raw) <= limit and (chunk := await content.read(limit + 1 - len(raw))):
+        raw += chunk
+    if len(raw) > limit:
+        raise AnswerTooLarge(f"{source} answered more than {limit} bytes")
+    try:
+        return json.loads(raw) if raw.strip() else None
+    except RecursionError:
+        raise ValueError(f"{source} answered JSON nested too deeply") from None
 
 
 class _BodyWatch:

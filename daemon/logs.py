@@ -7,10 +7,17 @@ import sys
 
 import structlog
 
+from daemon import redact
 from daemon.config import Config
 
 
+def redacted(_logger: object, _method: str, event: structlog.typing.EventDict) -> structlog.typing.EventDict:
+    """The last step before rendering: no secret the configuration knows of leaves in a log line."""
+    return {key: redact.active().value(value) for key, value in event.items()}
+
+
 def configure(config: Config) -> None:
+    redact.install(config.redactor())
     level = getattr(logging, config.log_level)
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer()
@@ -23,7 +30,7 @@ def configure(config: Config) -> None:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        processors=[*shared, structlog.processors.format_exc_info, redacted, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
@@ -31,7 +38,7 @@ def configure(config: Config) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, redacted, renderer],
             foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder()],
         )
     )

@@ -24,10 +24,13 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from daemon import __version__
-from daemon.config import Config, hide_password
+from daemon.config import Config
 from daemon.divergence import DivergenceTracker
+from daemon.epochs import MAX_PEER_EPOCH, from_outside
+from daemon.exposure import unguarded_warning
 from daemon.identity import NodeIdentity
 from daemon.problems import HTTPProblem
+from daemon.redact import hide_password
 from daemon.roles import RoleState
 from daemon.tls import client_context
 from replication.applier import Applier
@@ -106,6 +109,11 @@ class Node:
         self.conflicts_total = Counter(
             "plugin_sync_conflicts", "Divergent files preserved after a demotion.", registry=self.registry
         )
+        self.conflicts_expired = Counter(
+            "plugin_sync_conflicts_expired",
+            "Epoch folders of the conflicts area deleted by its retention (CONFLICTS_KEEP, _MAX_AGE).",
+            registry=self.registry,
+        )
         self.is_leader_gauge = Gauge(
             "plugin_sync_is_leader", "1 while this node accepts writes.", registry=self.registry
         )
@@ -124,6 +132,13 @@ class Node:
         self.epoch_gauge = Gauge(
             "plugin_sync_epoch", "The fencing epoch this node acts under.", registry=self.registry
         )
+        self.epochs_refused = Counter(
+            "plugin_sync_refused_epochs",
+            "Epochs from outside refused as out of range (above MAX_PEER_EPOCH), by source.",
+            ["source"],
+            registry=self.registry,
+        )
+        self._refused_epochs: dict[str, str] = {}
         self.identity = NodeIdentity.load(config.state_path)
         self.client_tls = client_context(config.tls)
         """How this node's clients (the link, the peer poller) verify an https:// peer."""
@@ -241,9 +256,30 @@ class Node:
                 epoch=epoch,
                 where=os.path.join(self.tracker.conflicts_root, str(epoch)),
             )
+            await asyncio.to_thread(self.expire_conflicts)
         self._set_epoch(epoch)
         self.receiver.accepting = True
         log.info("following", epoch=epoch, was_leader=was_leader)
+
+    def expire_conflicts(self) -> int:
+        """Apply the conflicts area's retention (CONFLICTS_KEEP, CONFLICTS_MAX_AGE); each removal logged."""
+        try:
+            expired = self.tracker.expire(self.config.conflicts_keep, self.config.conflicts_max_age)
+        except OSError as exc:  # never in the way of a demotion or a start: tried again within the hour
+            log.warning("conflicts_retention_failed", error=str(exc))
+            return 0
+        for item in expired:
+            self.conflicts_expired.inc()
+            log.warning(
+                "conflicts_expired",
+                epoch=item.epoch,
+                files=item.files,
+                age_seconds=item.age_seconds,
+                reason=item.reason,
+                keep=self.config.conflicts_keep,
+                max_age_seconds=self.config.conflicts_max_age,
+            )
+        return len(expired)
 
     async def stop_leading(self) -> None:
         parts, self.leader = self.leader, None
@@ -287,7 +323,23 @@ class Node:
             journal.request_rescan("anti_entropy" if watcher.failure is None else "watcher_failed")
 
     def note_peer_epoch(self, epoch: int) -> None:
-        self.peer_epoch_seen = max(self.peer_epoch_seen, epoch)
+        """A peer announced `epoch` (its hello or batch while we lead); a hostile one is left out."""
+        if self.outside_epoch(epoch, "peer_request") is not None:
+            self.peer_epoch_seen = max(self.peer_epoch_seen, epoch)
+
+    def outside_epoch(self, value: object, source: str) -> int | None:
+        """`value` if it is an epoch this node may take from outside, else None: counted, logged once.
+
+        Refused: anything but an integer in 0..MAX_PEER_EPOCH (daemon/epochs.py). A peer repeating
+        the same hostile value is logged and counted once per value, not at every tick.
+        """
+        epoch = from_outside(value)
+        shown = repr(value)[:40]
+        if epoch is None and value is not None and self._refused_epochs.get(source) != shown:
+            self._refused_epochs[source] = shown
+            self.epochs_refused.labels(source=source).inc()
+            log.warning("epoch_refused", source=source, epoch=shown, bound=MAX_PEER_EPOCH)
+        return epoch
 
     def check_sender(self) -> None:
         """Surface a sender task or watcher thread that died instead of letting it vanish."""
@@ -310,8 +362,13 @@ class Node:
 
     @property
     def fenced_by(self) -> int | None:
-        """The highest epoch a replica answered with, when above ours: this node must stop leading."""
-        epochs = [s.fenced_by for s in self.senders if s.fenced_by is not None]
+        """The highest epoch a replica answered with, when above ours: this node must stop leading.
+
+        An answer above MAX_PEER_EPOCH is hostile: it is left out here, and the control loop
+        counts and logs it.
+        """
+        answers = (self.outside_epoch(s.fenced_by, "replica_answer") for s in self.senders)
+        epochs = [epoch for epoch in answers if epoch is not None]
         return max(epochs) if epochs else None
 
     @property
@@ -393,6 +450,7 @@ class Node:
             "last_error": last_error,
             "storage_path": self.config.storage_path,
             "uptime_seconds": round(time.monotonic() - self.started_at, 1),
+            "warnings": [w for w in (unguarded_warning(self.config),) if w],
         }
         if self.leader is not None:
             status["produced_sequence"] = self.leader.head

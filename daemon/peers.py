@@ -18,6 +18,8 @@ from typing import Any, Literal
 import aiohttp
 import structlog
 
+from daemon.limits import read_json
+
 log = structlog.get_logger("daemon.peers")
 
 Failure = Literal["refused", "unreachable", "untrusted", "http"]
@@ -35,6 +37,10 @@ def classify(exc: BaseException) -> Failure:
     if isinstance(exc, ConnectionRefusedError):
         return "refused"
     return "unreachable"
+
+
+ANSWER_LIMIT = 1024 * 1024
+"""A status answer is a few kilobytes: a peer that sends more is not read further (and counts as down)."""
 
 
 @dataclass
@@ -101,7 +107,7 @@ class Poller:
     async def _ask(self, session: aiohttp.ClientSession) -> None:
         try:
             async with session.get(self.url, headers=self.headers) as resp:
-                body = await resp.json(content_type=None) if resp.status == 200 else None
+                body = await read_json(resp.content, ANSWER_LIMIT, "the peer") if resp.status == 200 else None
                 self.ok = resp.status == 200
                 self.body = body if isinstance(body, dict) else None
                 self.answered_at = self.clock()
@@ -133,12 +139,17 @@ class Poller:
         journal_id = self.body.get("journal_id")
         applied = self.body.get("applied_sequence")
         return PeerView(
-            epoch=epoch if isinstance(epoch, int) else None,
+            epoch=epoch if _integer(epoch) else None,  # bounded by the control loop (daemon/epochs.py)
             writable=bool(self.body.get("writable")),
             role=str(self.body.get("role")),
             synced=self.body.get("synced") is True,
             journal_id=journal_id if isinstance(journal_id, str) else None,
-            applied_sequence=applied if isinstance(applied, int) else None,
+            applied_sequence=applied if _integer(applied) else None,
             answered_at=self.answered_at,
             was_leader=was_leader,
         )
+
+
+def _integer(value: object) -> bool:
+    """A JSON integer: Python counts `true` as an int, a peer's JSON does not."""
+    return isinstance(value, int) and not isinstance(value, bool)

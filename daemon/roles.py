@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 
+from daemon.epochs import MAX_EPOCH
+
 Role = Literal["leader", "replica"]
 Election = Literal["static", "redis", "postgres"]
 Request = Literal["promote", "demote", "drain", "undrain"]
@@ -292,6 +294,8 @@ def may_compete(state: RoleState, obs: Observations, policy: Policy) -> bool:
 def _promote(
     state: RoleState, obs: Observations, epoch: int, reason: str, *, lease_until: float | None
 ) -> Decision:
+    if epoch > MAX_EPOCH:  # unreachable unless the bounds on outside epochs (daemon/epochs.py) were bypassed
+        return Decision(state, (), f"promotion refused: epoch {epoch} would be above {MAX_EPOCH}")
     new_state = RoleState(role="leader", epoch=epoch, lease_valid_until=lease_until)
     return Decision(new_state, ("become_leader", "persist_epoch"), reason)
 

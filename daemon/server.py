@@ -33,6 +33,9 @@ from replication.errors import PeerError
 
 log = structlog.get_logger("daemon.server")
 
+RETENTION_INTERVAL = 3600.0
+"""How often the conflicts area's retention runs besides at start and after a demotion."""
+
 
 class Server:
     def __init__(self, config: Config) -> None:
@@ -74,8 +77,9 @@ class Server:
         log.info("starting", config=repr(self.config))
         warning = unguarded_warning(self.config)
         if warning is not None:
-            log.warning("UNAUTHENTICATED_API", problem=warning)
+            log.warning("UNAUTHENTICATED_API", problem=warning)  # config allowed it: ALLOW_UNAUTHENTICATED
         self.node.prepare_storage()
+        await asyncio.to_thread(self.node.expire_conflicts)
         await self.control.start()
         self.store = await open_store(self.config, self.node)
         self.control.on_transition = self._record_transition
@@ -102,6 +106,7 @@ class Server:
         if self.plugin_daemon is not None:
             self._spawn(self.plugin_daemon.run(), "plugin-daemon-poller")
         self._spawn(self.control.run(), "control-loop")
+        self._spawn(self._retention(), "conflicts-retention")
         log.info(
             "started",
             role=self.config.role,
@@ -176,6 +181,12 @@ class Server:
             handler.transport is not None and handler.transport.get_extra_info("peername") == peer
             for handler in server.connections
         )
+
+    async def _retention(self) -> None:
+        """The conflicts area's retention, hourly (also at start and after each demotion: node.py)."""
+        while True:
+            await asyncio.sleep(RETENTION_INTERVAL)
+            await asyncio.to_thread(self.node.expire_conflicts)
 
     async def _record_transition(self, kind: str, decision: Decision) -> None:
         if self.store is not None:

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from daemon.config import hide_password
 from daemon.ctl import UsageError
+from daemon.redact import hide_password
 from daemon.tls import TLSFiles
 
 StopperKind = Literal["command", "docker", "kubectl", "ssh", "python"]

@@ -1,8 +1,8 @@
 """How the drill stops and starts a node: a local command, docker, kubectl, a command over SSH, or (from
 Python) two callables.
 
-Commands are templates: {name}, {host}, {port} and {url} are replaced by the node's values, shell-quoted;
-other braces are left alone. Local commands also get them as DRILL_NODE_NAME, DRILL_NODE_HOST,
+Commands are templates: {name}, {host}, {port} and {url} are replaced by the node's values, shell-quoted,
+in one pass; other braces are left alone. Local commands also get them as DRILL_NODE_NAME, DRILL_NODE_HOST,
 DRILL_NODE_PORT and DRILL_NODE_URL. A command that exits non-zero, or outlives the command timeout, fails
 the step with its exit status and the end of its error output.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
+import re
 import shlex
 import shutil
 from collections.abc import Awaitable, Callable
@@ -41,11 +42,17 @@ class Stopper(Protocol):
         ...
 
 
+PLACEHOLDER = re.compile(r"\{(name|host|port|url)\}")
+
+
 def render(template: str, target: Target) -> str:
+    """Fill the placeholders in one pass over the template, each value shell-quoted.
+
+    One pass, so a value that itself contains `{url}` (a container named so, say) is inserted as
+    it is and never expanded again, inside or outside the quotes around it.
+    """
     values = {"name": target.name, "host": target.host, "port": str(target.port), "url": target.url}
-    for key, value in values.items():
-        template = template.replace("{" + key + "}", shlex.quote(value))
-    return template
+    return PLACEHOLDER.sub(lambda match: shlex.quote(values[match[1]]), template)
 
 
 def node_env(target: Target) -> dict[str, str]:

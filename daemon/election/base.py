@@ -12,9 +12,28 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from daemon.epochs import MAX_PEER_EPOCH, from_outside
+
 
 class ElectionError(Exception):
     """The election service could not be reached or answered unexpectedly."""
+
+
+def checked_term(term: object, where: str, key: str) -> int:
+    """A term from the election service as an epoch, or ElectionError when it is out of range.
+
+    A term above MAX_PEER_EPOCH (daemon/epochs.py) can only come from a tampered service; taken as
+    an epoch it would leave no valid epoch for the next promotion. It is refused, never persisted;
+    a lease acquired with it is left to expire (releasing it would let every node draw a new,
+    still larger term at every tick).
+    """
+    epoch = from_outside(term)
+    if epoch is None:
+        raise ElectionError(
+            f"{where} handed out the term {str(term)[:40]}, outside 0..{MAX_PEER_EPOCH}: refused; "
+            f"set {key} back to the cluster's epoch"
+        )
+    return epoch
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import psycopg
 from psycopg import errors as pgerrors
 from psycopg.conninfo import conninfo_to_dict
 
-from daemon.election.base import ElectionError, LeaseHolder
+from daemon.election.base import ElectionError, LeaseHolder, checked_term
 
 T = TypeVar("T")
 Row = tuple[Any, ...]
@@ -102,7 +102,7 @@ class PostgresLease:
         row = await self._call(
             "acquire", _ACQUIRE, {"cluster": self._cluster, "node": node_id, "ttl": _seconds(ttl)}
         )
-        return None if row is None else int(row[0])
+        return None if row is None else self._term(row[0])
 
     async def renew(self, node_id: str, term: int, ttl: float) -> bool:
         params = {"cluster": self._cluster, "node": node_id, "term": term, "ttl": _seconds(ttl)}
@@ -115,7 +115,7 @@ class PostgresLease:
         row = await self._call("holder", _HOLDER, {"cluster": self._cluster})
         if row is None:
             return None
-        return LeaseHolder(node_id=str(row[0]), term=int(row[1]), ttl_left=max(0.0, float(row[2])))
+        return LeaseHolder(node_id=str(row[0]), term=self._term(row[1]), ttl_left=max(0.0, float(row[2])))
 
     async def close(self) -> None:
         """Close the connection; give requests abandoned after a timeout a last bounded moment."""
@@ -239,6 +239,10 @@ class PostgresLease:
         self._abandoned.discard(task)
         if not task.cancelled():
             task.exception()  # retrieved on purpose: the caller already got an ElectionError
+
+    def _term(self, term: object) -> int:
+        where = f"postgres at {self._where} (DATABASE_URL)"
+        return checked_term(term, where, f"hotstandby_lease.term of cluster {self._cluster!r}")
 
     def _safe(self, exc: BaseException) -> str:
         text = " ".join(f"{type(exc).__name__}: {exc}".split())

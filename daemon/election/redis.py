@@ -24,16 +24,18 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from daemon.election.base import ElectionError, LeaseHolder
+from daemon.election.base import ElectionError, LeaseHolder, checked_term
 
 T = TypeVar("T")
 
-# Only if nobody holds the lease: a new term, and the lease stamped with it.
+# Only if nobody holds the lease: a new term, and the lease stamped with it. The term is read back
+# as a string: a Lua number is a double, exact only up to 2**53 (and printed as 4.6e+18 beyond).
 _ACQUIRE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return false
 end
-local term = redis.call('INCR', KEYS[2])
+redis.call('INCR', KEYS[2])
+local term = redis.call('GET', KEYS[2])
 redis.call('SET', KEYS[1], ARGV[1] .. ':' .. term, 'PX', ARGV[2])
 return term
 """
@@ -101,7 +103,7 @@ class RedisLease:
     async def try_acquire(self, node_id: str, ttl: float) -> int | None:
         keys = [self._leader_key, self._term_key]
         term = await self._call("acquire", self._acquire(keys=keys, args=[node_id, _millis(ttl)]))
-        return None if term is None else int(term)
+        return None if term is None else self._term(term)
 
     async def renew(self, node_id: str, term: int, ttl: float) -> bool:
         args: list[str | int] = [f"{node_id}:{term}", _millis(ttl)]
@@ -118,7 +120,7 @@ class RedisLease:
         if not node_id or not term.isdigit():
             raise ElectionError(f"redis at {self._where}: {self._leader_key} holds {value!r}, not node:term")
         ttl_left = float("inf") if pttl == -1 else pttl / 1000
-        return LeaseHolder(node_id=node_id, term=int(term), ttl_left=ttl_left)
+        return LeaseHolder(node_id=node_id, term=self._term(term), ttl_left=ttl_left)
 
     async def close(self) -> None:
         """Best effort and bounded: shutdown must not hang on a server that stopped answering."""
@@ -145,6 +147,14 @@ class RedisLease:
             raise ElectionError(
                 f"redis at {self._where} (REDIS_URL) failed {what}: {self._safe(exc)}"
             ) from None
+
+    def _term(self, term: object) -> int:
+        where = f"redis at {self._where} (REDIS_URL)"
+        try:
+            number = int(str(term))
+        except ValueError:
+            raise ElectionError(f"{where}: {self._term_key} holds {str(term)[:40]!r}, not a term") from None
+        return checked_term(number, where, self._term_key)
 
     def _safe(self, exc: BaseException) -> str:
         text = f"{type(exc).__name__}: {exc}"

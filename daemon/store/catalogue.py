@@ -14,7 +14,8 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from daemon.store.errors import CatalogueError
+from daemon.epochs import EpochError, checked_own
+from daemon.store.errors import CatalogueError, InvalidEvent
 
 Kind = Literal["package", "installed"]
 Status = Literal["ok", "corrupted", "missing"]
@@ -125,7 +126,10 @@ def split_event_fields(fields: dict[str, Any]) -> tuple[dict[str, Any], dict[str
     """(column values, the rest) for one event."""
     columns = {name: fields.get(name) for name in EVENT_COLUMNS}
     if columns["epoch"] is not None:
-        columns["epoch"] = int(columns["epoch"])
+        try:  # a 64-bit column: a larger number would fail in the database, after the checks
+            columns["epoch"] = checked_own(columns["epoch"], "the event's epoch")
+        except EpochError as exc:
+            raise InvalidEvent(str(exc)) from None
     rest = {k: v for k, v in fields.items() if k not in EVENT_COLUMNS}
     return columns, rest
 
@@ -173,3 +177,7 @@ class Catalogue(abc.ABC):
     @abc.abstractmethod
     async def events(self, kind: str | None = None, limit: int = 100) -> list[Event]:
         """This cluster's events, newest first, from every node."""
+
+    @abc.abstractmethod
+    async def prune_events(self, keep: int, before: dt.datetime | None) -> int:
+        """Delete this cluster's events beyond the newest `keep` and those older than `before`; the count."""

@@ -7,6 +7,7 @@ advisory lock, so two daemons starting together migrate once.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -179,6 +180,22 @@ class PostgresCatalogue(Catalogue):
 
         event_id = await self._run(insert)
         return Event(event_id, at, self.node_id, kind, join_event_fields(columns, rest))
+
+    async def prune_events(self, keep: int, before: dt.datetime | None) -> int:
+        async def delete(conn: Conn) -> int:
+            cursor = await conn.execute(
+                "DELETE FROM hotstandby_store_events WHERE cluster = %(cluster)s "
+                "AND (at < %(before)s OR id <= (SELECT id FROM hotstandby_store_events "
+                "WHERE cluster = %(cluster)s ORDER BY id DESC LIMIT 1 OFFSET %(keep)s))",
+                {
+                    "cluster": self.cluster,
+                    "before": before or dt.datetime.min.replace(tzinfo=dt.UTC),
+                    "keep": keep,
+                },
+            )
+            return cursor.rowcount
+
+        return await self._run(delete)
 
     async def events(self, kind: str | None = None, limit: int = 100) -> list[Event]:
         limit = max(1, min(limit, MAX_EVENTS))

@@ -190,6 +190,21 @@ class SqliteCatalogue(Catalogue):
         event_id = await self._run(insert)
         return Event(event_id, at, self.node_id, kind, join_event_fields(columns, json.loads(encoded)))
 
+    async def prune_events(self, keep: int, before: dt.datetime | None) -> int:
+        # `at` is ISO 8601 in UTC, written by `now()` alone: as text it sorts as time does.
+        cutoff = before.astimezone(dt.UTC).isoformat() if before is not None else ""
+
+        def delete(c: sqlite3.Connection) -> int:
+            cursor = c.execute(
+                "DELETE FROM hotstandby_store_events WHERE cluster = ? AND (at < ? OR id <= "
+                "(SELECT id FROM hotstandby_store_events WHERE cluster = ? "
+                "ORDER BY id DESC LIMIT 1 OFFSET ?))",
+                (self.cluster, cutoff, self.cluster, keep),
+            )
+            return cursor.rowcount
+
+        return await self._run(delete)
+
     async def events(self, kind: str | None = None, limit: int = 100) -> list[Event]:
         limit = max(1, min(limit, MAX_EVENTS))
         query = "SELECT * FROM hotstandby_store_events WHERE cluster = ?"

@@ -26,6 +26,8 @@ from tenacity import (
     wait_random,
 )
 
+from daemon.limits import AnswerTooLarge, read_json
+from daemon.redact import hide_password
 from daemon.store.errors import InvalidPackage, MarketplaceError, NotFound, PackageTooLarge
 from daemon.store.files import PendingFile
 
@@ -34,6 +36,8 @@ log = structlog.get_logger("daemon.store.download")
 CHUNK = 256 * 1024
 BACKOFF_MAX = 30.0
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+JSON_LIMIT = 1024 * 1024
+"""A marketplace document (a plugin's latest version, one version) is a few kilobytes: read no more."""
 
 
 @dataclass(frozen=True)
@@ -49,7 +53,7 @@ class UpstreamStatus(Exception):
     """The marketplace answered with an HTTP error status."""
 
     def __init__(self, url: str, status: int, reason: str) -> None:
-        super().__init__(f"{url} answered HTTP {status} {reason}".rstrip())
+        super().__init__(f"{hide_password(url)} answered HTTP {status} {reason}".rstrip())
         self.status = status
 
     @property
@@ -98,7 +102,7 @@ class Downloader:
             error = outcome.exception() if outcome is not None else None
             log.warning(
                 "download_retry",
-                url=url,
+                url=hide_password(url),
                 attempt=state.attempt_number,
                 error=_describe(error) if error else None,
                 sleep=round(state.upcoming_sleep, 3),
@@ -120,7 +124,11 @@ class Downloader:
         async def once() -> Any:
             async with self.session.get(url, headers={"Accept": "application/json"}) as resp:
                 _raise_for_status(url, resp)
-                return await resp.json(content_type=None)
+                if resp.content_length is not None and resp.content_length > JSON_LIMIT:
+                    raise AnswerTooLarge(
+                        f"{hide_password(url)} announces {resp.content_length} bytes of JSON"
+                    )
+                return await read_json(resp.content, JSON_LIMIT, hide_password(url))
 
         try:
             async for attempt in self._retrying(url):
@@ -152,22 +160,24 @@ class Downloader:
 
     async def _stream(self, url: str, target: PendingFile) -> None:
         limit = self.settings.max_size
+        shown = hide_password(url)
         async with self.session.get(url) as resp:
             _raise_for_status(url, resp)
             if resp.content_length is not None and resp.content_length > limit:
                 raise PackageTooLarge(
-                    f"{url} announces {resp.content_length} bytes, more than MAX_PLUGIN_PACKAGE_SIZE={limit}",
+                    f"{shown} announces {resp.content_length} bytes, "
+                    f"more than MAX_PLUGIN_PACKAGE_SIZE={limit}",
                     limit=limit,
                 )
             async for chunk in resp.content.iter_chunked(CHUNK):
                 if target.size + len(chunk) > limit:
                     raise PackageTooLarge(
-                        f"{url} sent more than MAX_PLUGIN_PACKAGE_SIZE={limit} bytes", limit=limit
+                        f"{shown} sent more than MAX_PLUGIN_PACKAGE_SIZE={limit} bytes", limit=limit
                     )
                 target.write(chunk)
             if resp.content_length is not None and target.size != resp.content_length:
                 raise aiohttp.ClientPayloadError(
-                    f"{url} sent {target.size} of {resp.content_length} announced bytes"
+                    f"{shown} sent {target.size} of {resp.content_length} announced bytes"
                 )
 
 
@@ -178,6 +188,7 @@ def _raise_for_status(url: str, resp: aiohttp.ClientResponse) -> None:
 
 def _final_error(url: str, exc: BaseException, attempts: int) -> Exception:
     """What the caller sees once the retry budget is spent (or a failure is not worth retrying)."""
+    url = hide_password(url)
     tried = f"after {attempts} attempt{'s' if attempts != 1 else ''}"
     if isinstance(exc, PackageTooLarge):
         exc.extra["attempts"] = attempts

@@ -24,6 +24,10 @@ class UnverifiableIdentifier(StoreError, ValueError):
     status, title = 400, "identifier cannot be verified"
 
 
+class InvalidEvent(StoreError, ValueError):
+    status, title = 400, "invalid event"
+
+
 class NotFound(StoreError, LookupError):
     status, title = 404, "not found"
 

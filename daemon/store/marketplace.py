@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
+from daemon.redact import hide_password
 from daemon.store.download import Downloader
 from daemon.store.errors import InvalidIdentifier, MarketplaceError, NotConfigured
 from daemon.store.identifier import PluginIdentifier, PluginReference, parse
@@ -43,8 +44,8 @@ class Marketplace:
 
     async def resolve(self, reference: PluginReference) -> tuple[PluginIdentifier, int]:
         """The unique identifier the marketplace publishes for `reference`: (identifier, attempts)."""
-        url = self.document_url(reference)
-        document, attempts = await self.downloader.fetch_json(url)
+        document, attempts = await self.downloader.fetch_json(self.document_url(reference))
+        url = hide_password(self.document_url(reference))  # as shown in errors
         path = (
             ("data", "version", "unique_identifier")
             if reference.version

@@ -18,6 +18,7 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from daemon.epochs import MAX_PEER_EPOCH, from_outside
 from daemon.problems import HTTPProblem
 from daemon.store.catalogue import MAX_EVENTS
 from daemon.store.errors import StoreError
@@ -168,6 +169,8 @@ async def add_event(request: web.Request) -> web.Response:
     kind = body.pop("kind", None) if isinstance(body, dict) else None
     if not isinstance(kind, str) or not EVENT_KIND.fullmatch(kind):
         raise HTTPProblem(400, "bad request", "'kind' must be a short lowercase word, e.g. \"drill\"")
+    if "epoch" in body and from_outside(body["epoch"]) is None:
+        raise HTTPProblem(400, "bad request", f"'epoch' must be an integer in 0..{MAX_PEER_EPOCH}")
     event = await request.app[STORE].record_event(kind, **body)
     return web.json_response(event, status=201)
 

@@ -11,6 +11,7 @@ live in verifier.py.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
 import stat
 import time
@@ -45,6 +46,12 @@ from replication.applier import sweep_temp_files
 log = structlog.get_logger("daemon.store")
 
 CATALOGUE_STARTUP_WAIT = 3.0
+PRUNE_EVERY = 100
+"""Events recorded between two applications of the retention (EVENTS_KEEP, EVENTS_MAX_AGE) at write."""
+EVENT_LIST_LIMIT = 100
+"""Items kept per list field of an event (the rest are counted in <field>_total)."""
+EVENT_TEXT_LIMIT = 4000
+"""Characters kept per text field of an event."""
 """Start-up waits this long for the catalogue, then serves without it (503s) and keeps trying."""
 
 
@@ -55,6 +62,7 @@ class PluginStore:
         self.root = self.layout.storage_root()
         self.catalogue = catalogue
         self.link = link
+        self._redactor = config.redactor()
         self.metrics = StoreMetrics(registry)
         self.max_size = config.max_plugin_package_size
         self.downloader = Downloader(
@@ -71,6 +79,7 @@ class PluginStore:
         self.catalogue_error: str | None = "not opened yet"
         self._locks: dict[str, asyncio.Lock] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self._recorded = 0
 
     # -- lifecycle ---------------------------------------------------------------------
     async def open(self) -> None:
@@ -273,8 +282,21 @@ class PluginStore:
         """Record one event (promotion, failover, ...); the node's epoch and role are added when absent."""
         fields.setdefault("epoch", self.link.epoch)
         fields.setdefault("role", self.link.role)
+        fields = self._redactor.value(bounded_fields(fields))  # an error may quote a URL with its password
         event = await self.catalogue.add_event(kind, fields)
+        self._recorded += 1
+        if self._recorded % PRUNE_EVERY == 0:
+            await self.prune_events()
         return event.to_json()
+
+    async def prune_events(self) -> int:
+        """Apply the retention: the newest EVENTS_KEEP events, none older than EVENTS_MAX_AGE (if set)."""
+        age = self.config.events_max_age
+        before = now() - dt.timedelta(seconds=age) if age else None
+        removed = await self.catalogue.prune_events(self.config.events_keep, before)
+        if removed:
+            log.info("events_pruned", removed=removed, keep=self.config.events_keep, max_age_seconds=age)
+        return removed
 
     async def events(self, kind: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         return [event.to_json() for event in await self.catalogue.events(kind, limit)]
@@ -382,6 +404,23 @@ class PluginStore:
             await self.note(
                 kind, identifier=str(identifier), result="failed", reason=reason, attempts=attempts
             )
+
+
+def bounded_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """An event's fields with long lists and texts cut (a list's length kept in <field>_total).
+
+    Events are kept for a long time and shown whole: a report over a storage full of junk must
+    not turn into one huge row.
+    """
+    kept: dict[str, Any] = {}
+    for name, value in fields.items():
+        if isinstance(value, list | tuple) and len(value) > EVENT_LIST_LIMIT:
+            kept[f"{name}_total"] = len(value)
+            value = list(value[:EVENT_LIST_LIMIT])
+        elif isinstance(value, str) and len(value) > EVENT_TEXT_LIMIT:
+            value = value[:EVENT_TEXT_LIMIT] + "..."
+        kept[name] = value
+    return kept
 
 
 class PendingPackage:

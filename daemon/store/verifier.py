@@ -38,6 +38,8 @@ log = structlog.get_logger("daemon.store.verifier")
 
 TICK = 1.0
 CONNECT_RETRY = 5.0
+RETENTION_INTERVAL = 3600.0
+"""How often the event history's retention is applied besides at write (EVENTS_KEEP, EVENTS_MAX_AGE)."""
 PROMOTION_CHECK_FRESH = 30.0
 """A leadership gained within this long of a pre-promotion check is not checked again."""
 STAMP = "%Y%m%dT%H%M%S.%fZ"
@@ -71,13 +73,15 @@ class Verifier:
             self._task = None
 
     async def _maintain(self) -> None:
-        """Manifests every WORKDIR_SCAN_INTERVAL, verification every VERIFY_INTERVAL, a check on promotion."""
+        """Manifests every WORKDIR_SCAN_INTERVAL, verification every VERIFY_INTERVAL, a check on promotion,
+        the event history's retention hourly."""
         config = self.store.config
         clock = time.monotonic
         next_scan = clock() + TICK if config.workdir_scan_interval else math.inf
         next_verify = clock() + config.verify_interval if config.verify_interval else math.inf
         was_leader: bool | None = None
         next_connect = clock() + CONNECT_RETRY
+        next_prune = clock() + TICK
         while True:
             await asyncio.sleep(TICK)
             try:
@@ -95,6 +99,9 @@ class Verifier:
                 if clock() >= next_verify:
                     await self.verify_all("periodic")
                     next_verify = clock() + config.verify_interval
+                if clock() >= next_prune and self.store.catalogue_ready:
+                    next_prune = clock() + RETENTION_INTERVAL
+                    await self.store.prune_events()
             except Exception:  # a bad pass must not end the job
                 log.exception("store_maintenance_failed")
 

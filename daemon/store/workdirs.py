@@ -24,6 +24,9 @@ from replication.paths import TEMP_PREFIX
 
 MANIFEST_NAME = ".plugin.sha256"
 READY_MARKER = ".venv/dify/plugin.json"
+LIST_LIMIT = 100
+"""Paths listed per kind in a report (the rest are counted): a folder full of junk files, or a
+storage with thousands of plugin folders, must not make an answer, a log line or an event huge."""
 _SKIPPED_TOP = frozenset({".venv", MANIFEST_NAME})
 _SKIPPED_ANYWHERE = frozenset({"__pycache__"})
 _WORKDIR = re.compile(
@@ -31,6 +34,10 @@ _WORKDIR = re.compile(
 )
 _AUTHOR = re.compile(r"^[a-z0-9_-]{1,64}$", re.ASCII)
 _CHUNK = 1024 * 1024
+MANIFEST_LIMIT = 4 * 1024 * 1024
+"""A manifest is a line per file (about 100 bytes): a plugin would need 40,000 files to fill this."""
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+"""Never through a symlink, never blocking on a FIFO swapped in."""
 
 
 @dataclass
@@ -48,7 +55,7 @@ class WorkdirResult:
         body: dict[str, Any] = {"path": self.path, "status": self.status}
         for name in ("missing", "changed", "extra"):
             if getattr(self, name):
-                body[name] = getattr(self, name)
+                body.update(bounded(name, getattr(self, name)))
         if self.detail:
             body["detail"] = self.detail
         return body
@@ -69,10 +76,19 @@ class WorkdirReport:
         return {
             "checked": len(self.of("ok")) + len(self.failed),
             "ok": len(self.of("ok")),
-            "failed": [r.to_json() for r in self.failed],
-            "unchecked": [r.path for r in self.of("unchecked")],
-            "incomplete": [r.path for r in self.of("incomplete")],
+            **bounded("failed", [r.to_json() for r in self.failed[:LIST_LIMIT]], len(self.failed)),
+            **bounded("unchecked", [r.path for r in self.of("unchecked")]),
+            **bounded("incomplete", [r.path for r in self.of("incomplete")]),
         }
+
+
+def bounded(name: str, items: list[Any], total: int | None = None) -> dict[str, Any]:
+    """{name: the first LIST_LIMIT items}, and {name_total: how many there were} when cut."""
+    total = len(items) if total is None else total
+    body: dict[str, Any] = {name: items[:LIST_LIMIT]}
+    if total > LIST_LIMIT:
+        body[f"{name}_total"] = total
+    return body
 
 
 def find_workdirs(working_path: str) -> list[str]:
@@ -154,8 +170,7 @@ def check(folder: str, rel: str) -> WorkdirResult:
     if not is_complete(folder):
         return WorkdirResult(rel, "incomplete")
     try:
-        with open(os.path.join(folder, MANIFEST_NAME), "rb") as fh:
-            expected = parse(fh.read())
+        expected = parse(read_manifest(folder))
     except FileNotFoundError:
         return WorkdirResult(rel, "unchecked")
     except (OSError, ValueError) as exc:
@@ -171,6 +186,29 @@ def check(folder: str, rel: str) -> WorkdirResult:
     if result.missing or result.changed:
         result.status = "failed"
     return result
+
+
+def read_manifest(folder: str) -> bytes:
+    """The folder's `.plugin.sha256`: a regular file, reached without following a symlink, bounded.
+
+    The folder itself must not be a symlink either (find_workdirs skipped those, but one may have
+    been swapped in since). Raises FileNotFoundError when absent, OSError or ValueError when refused.
+    """
+    dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        fd = os.open(MANIFEST_NAME, _READ_FLAGS, dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError("not a regular file")
+        if st.st_size > MANIFEST_LIMIT:
+            raise ValueError(f"{st.st_size} bytes, more than {MANIFEST_LIMIT}")
+        content = fh.read(MANIFEST_LIMIT + 1)
+    if len(content) > MANIFEST_LIMIT:
+        raise ValueError(f"more than {MANIFEST_LIMIT} bytes")
+    return content
 
 
 def check_all(working_path: str) -> WorkdirReport:
@@ -193,8 +231,10 @@ def _digest(path: str) -> str | None:
     if not stat.S_ISREG(st.st_mode):
         return None
     digest = hashlib.sha256()
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    fd = os.open(path, _READ_FLAGS)
     with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            return None  # swapped for a FIFO or a device since the lstat
         while chunk := fh.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()

@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -503,6 +504,13 @@ def test_command_templates_quote_node_values_and_keep_other_braces() -> None:
     target = Target("http://node-1:5002", "node 1; rm -rf /", "node-1")
     rendered = render("docker stop {name} && awk '{print $1}' {url}", target)
     assert rendered == "docker stop 'node 1; rm -rf /' && awk '{print $1}' http://node-1:5002"
+
+
+def test_command_templates_are_filled_in_one_pass_so_a_value_is_never_expanded_again() -> None:
+    target = Target("http://node-1:5002", "{url}'; touch /tmp/x; '{port}", "node-1")
+    rendered = render("stop {name} at {url}", target)
+    assert rendered == "stop '{url}'\"'\"'; touch /tmp/x; '\"'\"'{port}' at http://node-1:5002"
+    assert shlex.split(rendered) == ["stop", "{url}'; touch /tmp/x; '{port}", "at", "http://node-1:5002"]
 
 
 def test_known_content_is_deterministic() -> None:

@@ -9,10 +9,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import psycopg
 import pytest
+import redis.asyncio
 
 from daemon.election.base import ElectionError, LeaseBackend
 from daemon.election.factory import make_backend
+from daemon.epochs import MAX_PEER_EPOCH
 from tests.support.services import (  # noqa: F401
     PostgresService,
     RedisService,
@@ -249,3 +252,31 @@ async def test_errors_name_the_host_but_never_the_password(rig: Rig) -> None:
     assert isinstance(error, ElectionError)
     assert f"127.0.0.1:{port}" in str(error)
     assert "s3cret-pw" not in str(error)
+
+
+async def _tamper_term(rig: Rig, term: int) -> None:
+    """Set the cluster's term behind the backend's back, as a hostile or broken service would."""
+    if rig.kind == "redis":
+        client = redis.asyncio.Redis.from_url(rig.address)
+        try:
+            await client.set("hotstandby:test:term", term)
+        finally:
+            await client.aclose()
+        return
+    assert await rig.node().holder() is None  # creates the table
+    async with await psycopg.AsyncConnection.connect(rig.address, autocommit=True) as conn:
+        await conn.execute(
+            "INSERT INTO hotstandby_lease VALUES ('test', 'gone', %s, clock_timestamp() - interval '1 s')",
+            (term,),
+        )
+
+
+async def test_a_term_above_the_epoch_bound_is_refused_and_never_becomes_an_epoch(rig: Rig) -> None:
+    await _tamper_term(rig, MAX_PEER_EPOCH)  # the next acquisition draws MAX_PEER_EPOCH + 1
+    a = rig.node()
+    error, _ = await timed(a.try_acquire("a", 5.0))
+    assert isinstance(error, ElectionError), error
+    assert f"outside 0..{MAX_PEER_EPOCH}" in str(error) and "refused" in str(error)
+    error, _ = await timed(a.holder())
+    assert isinstance(error, ElectionError), "nor is it reported as a holder's term"
+    assert await rig.node().try_acquire("b", 5.0) is None, "the lease is left to expire: no new term per tick"

@@ -63,7 +63,9 @@ class Route:
 def app_routes(tmp_path: Path) -> list[Route]:
     """Every route of the daemon's app, with the store's: what the server serves."""
     folder = tmp_path / "route-list"
-    config = Config.from_env({"STORAGE_PATH": str(folder / "s"), "STATE_PATH": str(folder / "st")})
+    config = Config.from_env(
+        {"STORAGE_PATH": str(folder / "s"), "STATE_PATH": str(folder / "st"), "SERVER_HOST": "127.0.0.1"}
+    )
 
     async def build() -> list[Route]:
         node = DaemonNode(config)

@@ -307,6 +307,7 @@ def store_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
     env = {
         "STORAGE_PATH": str(tmp_path / "storage"),
         "STATE_PATH": str(tmp_path / "state"),
+        "SERVER_HOST": "127.0.0.1",
         "MARKETPLACE_URL": "",
         "DOWNLOAD_CONNECT_TIMEOUT": "1",
         "DOWNLOAD_READ_TIMEOUT": "0.5",

@@ -8,8 +8,8 @@ from typing import Any
 class RecordingEnv(dict[str, str]):
     """An environment that remembers every name looked up, whether with get() or `in`."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, values: dict[str, str] | None = None) -> None:
+        super().__init__(values or {})
         self.asked: set[str] = set()
 
     def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]

@@ -25,7 +25,12 @@ async def test_a_demotion_that_failed_on_a_full_disk_is_finished_once_there_is_r
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = Config.from_env(
-        {"STORAGE_PATH": str(tmp_path / "storage"), "STATE_PATH": str(tmp_path / "state"), "ROLE": "master"}
+        {
+            "STORAGE_PATH": str(tmp_path / "storage"),
+            "STATE_PATH": str(tmp_path / "state"),
+            "ROLE": "master",
+            "SERVER_HOST": "127.0.0.1",
+        }
     )
     node = Node(config)
     node.prepare_storage()

@@ -14,7 +14,9 @@ from daemon.node import Node
 
 
 async def test_liveness_turns_503_when_the_control_loop_stalls(tmp_path: Path) -> None:
-    config = Config.from_env({"STORAGE_PATH": str(tmp_path / "storage"), "LIVENESS_BOUND": "2"})
+    config = Config.from_env(
+        {"STORAGE_PATH": str(tmp_path / "storage"), "LIVENESS_BOUND": "2", "SERVER_HOST": "127.0.0.1"}
+    )
     node = Node(config)
     control = ControlLoop(node, backend=None)
     async with TestClient(TestServer(build_app(node, control))) as client:

@@ -20,6 +20,8 @@ from replication.ssh_target import SshTarget, is_ssh_url
 
 NS = 1_000_000_000
 
+LOOPBACK = {"SERVER_HOST": "127.0.0.1"}  # without SERVER_KEY, a node must listen on loopback
+
 
 def test_an_ssh_url_gives_user_host_port_and_a_normalised_absolute_path() -> None:
     target = SshTarget.parse("ssh://backup@dr.example:2222/srv/dr//copy/")
@@ -66,7 +68,7 @@ def key_files(tmp_path: Path) -> dict[str, str]:
 
 
 def test_a_master_accepts_an_ssh_target_with_a_key_and_known_hosts(key_files: dict[str, str]) -> None:
-    config = Config.from_env({"SYNC_TARGET": "ssh://backup@dr:2222/srv/dr", **key_files})
+    config = Config.from_env({**LOOPBACK, "SYNC_TARGET": "ssh://backup@dr:2222/srv/dr", **key_files})
     assert config.sync_target == "ssh://backup@dr:2222/srv/dr"
     assert config.ssh_key_file == key_files["SSH_KEY_FILE"]
     assert config.ssh_known_hosts == key_files["SSH_KNOWN_HOSTS"]
@@ -77,24 +79,24 @@ def test_an_ssh_target_needs_a_key_file_and_known_hosts(missing: str, key_files:
     env = {"SYNC_TARGET": "ssh://backup@dr/srv/dr", **key_files}
     del env[missing]
     with pytest.raises(ConfigError, match=f"{missing} is required"):
-        Config.from_env(env)
+        Config.from_env({**LOOPBACK, **env})
 
 
 def test_an_unreadable_known_hosts_file_is_refused(tmp_path: Path, key_files: dict[str, str]) -> None:
     env = {"SYNC_TARGET": "ssh://backup@dr/srv/dr", **key_files, "SSH_KNOWN_HOSTS": str(tmp_path / "nope")}
     with pytest.raises(ConfigError, match=r"SSH_KNOWN_HOSTS=.* is not a readable file"):
-        Config.from_env(env)
+        Config.from_env({**LOOPBACK, **env})
 
 
 @pytest.mark.parametrize("url", ["ssh://dr/srv/dr", "ssh://backup@dr", "ssh://backup@dr/"])
 def test_an_ssh_target_without_user_or_path_names_sync_target(url: str, key_files: dict[str, str]) -> None:
     with pytest.raises(ConfigError, match="SYNC_TARGET"):
-        Config.from_env({"SYNC_TARGET": url, **key_files})
+        Config.from_env({**LOOPBACK, "SYNC_TARGET": url, **key_files})
 
 
 def test_an_ssh_target_error_does_not_echo_a_password(key_files: dict[str, str]) -> None:
     with pytest.raises(ConfigError) as excinfo:
-        Config.from_env({"SYNC_TARGET": "ssh://u:sekrit@dr/srv", **key_files})
+        Config.from_env({**LOOPBACK, "SYNC_TARGET": "ssh://u:sekrit@dr/srv", **key_files})
     assert "sekrit" not in str(excinfo.value)
 
 
@@ -189,11 +191,13 @@ async def test_an_unloadable_key_file_is_reported_as_such(tmp_path: Path) -> Non
 
 def test_a_slave_with_an_ssh_target_is_told_that_sync_target_is_for_masters() -> None:
     with pytest.raises(ConfigError, match="SYNC_TARGET is for ROLE=master"):
-        Config.from_env({"ROLE": "slave", "SYNC_TARGET": "ssh://backup@dr/srv/dr"})
+        Config.from_env({**LOOPBACK, "ROLE": "slave", "SYNC_TARGET": "ssh://backup@dr/srv/dr"})
 
 
 def test_an_ssh_item_in_a_fan_out_list_needs_the_key_files_too(key_files: dict[str, str]) -> None:
     with pytest.raises(ConfigError, match="SSH_KEY_FILE is required"):
-        Config.from_env({"SYNC_TARGET": "http://replica:5002,ssh://backup@dr/srv/dr"})
-    config = Config.from_env({"SYNC_TARGET": "http://replica:5002,ssh://backup@dr/srv/dr", **key_files})
+        Config.from_env({**LOOPBACK, "SYNC_TARGET": "http://replica:5002,ssh://backup@dr/srv/dr"})
+    config = Config.from_env(
+        {**LOOPBACK, "SYNC_TARGET": "http://replica:5002,ssh://backup@dr/srv/dr", **key_files}
+    )
     assert config.peer_urls == ("http://replica:5002", "ssh://backup@dr:22/srv/dr")

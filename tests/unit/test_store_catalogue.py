@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import itertools
 import os
 import time
@@ -193,3 +194,22 @@ async def _outage(tmp_path: Path, service: PostgresService, monkeypatch: pytest.
         )
     finally:
         await store.close()
+
+
+async def test_the_event_history_keeps_the_newest_events_within_its_age(
+    factory: Factory, catalogue: Catalogue
+) -> None:
+    stranger = factory("another-pair", "node-c")
+    await stranger.open()
+    try:
+        await stranger.add_event("promotion", {"n": -1})
+        for n in range(10):
+            await catalogue.add_event("verification", {"n": n})
+        assert await catalogue.prune_events(keep=100, before=now() - dt.timedelta(hours=1)) == 0
+        assert await catalogue.prune_events(keep=3, before=None) == 7
+        assert [e.fields["n"] for e in await catalogue.events()] == [9, 8, 7]
+        assert await catalogue.prune_events(keep=100, before=now() + dt.timedelta(seconds=1)) == 3
+        assert await catalogue.events() == []
+        assert [e.fields["n"] for e in await stranger.events()] == [-1], "another cluster's is its own"
+    finally:
+        await stranger.close()

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import io
+import warnings
 import zipfile
 
 import pytest
 
+from daemon.store import checksum
 from daemon.store.checksum import package_checksum, verify_package
 from daemon.store.errors import ChecksumMismatch, InvalidPackage, PackageTooLarge
 from daemon.store.identifier import parse
@@ -77,3 +79,68 @@ def test_not_a_zip_and_an_unpacking_bomb_are_refused() -> None:
     assert len(bomb) < 100_000
     with pytest.raises(PackageTooLarge):
         package_checksum(io.BytesIO(bomb), max_unpacked=1_000_000)
+
+
+def _zip(entries: list[tuple[str, bytes]]) -> bytes:
+    """A zip with exactly these entries, duplicates included (zipfile warns but writes them)."""
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "Duplicate name"
+        with zipfile.ZipFile(buffer, "w") as archive:
+            for name, content in entries:
+                archive.writestr(name, content)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "duplicate",
+    [[("main.py", b"covered"), ("main.py", b"hidden")], [("a/b.py", b"1"), ("a//b.py", b"2")]],
+)
+def test_a_package_with_two_entries_for_one_path_is_refused(duplicate: list[tuple[str, bytes]]) -> None:
+    """Only the last copy would be covered by the checksum; the daemon could unpack the other."""
+    data = _zip([("manifest.yaml", b"m"), *duplicate])
+    with pytest.raises(InvalidPackage, match="appears twice"):
+        package_checksum(io.BytesIO(data))
+
+
+def test_a_package_with_too_many_entries_is_refused_before_any_is_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(checksum, "MAX_ZIP_ENTRIES", 50)
+    monkeypatch.setattr(checksum, "MAX_CENTRAL_DIRECTORY", 50 * 512)
+    entries = [("manifest.yaml", b"m"), *((f"f{n}.py", b"") for n in range(60))]
+    assert package_checksum(io.BytesIO(_zip(entries[:50])))
+    read: list[str] = []
+    monkeypatch.setattr(checksum, "_content_digest", lambda archive, info: read.append(info.filename))
+    with pytest.raises(InvalidPackage, match="61 entries"):
+        package_checksum(io.BytesIO(_zip(entries)))
+    assert read == []
+
+
+def test_a_directory_larger_than_its_entries_could_need_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(checksum, "MAX_CENTRAL_DIRECTORY", 200)  # the end record's count may lie; its size
+    data = _zip([("manifest.yaml", b"m"), *((f"{'n' * 60}{n}.py", b"") for n in range(5))])
+    with pytest.raises(InvalidPackage, match="bytes of directory"):
+        package_checksum(io.BytesIO(data))
+
+
+def test_the_total_declared_size_is_checked_before_anything_is_unpacked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    read: list[str] = []
+    monkeypatch.setattr(checksum, "_content_digest", lambda archive, info: read.append(info.filename))
+    data = build_zip({"manifest.yaml": b"m", "a": bytes(600), "b": bytes(600)})
+    with pytest.raises(PackageTooLarge, match="1201 bytes"):
+        package_checksum(io.BytesIO(data), max_unpacked=1000)
+    assert read == []
+
+
+def test_an_end_record_that_understates_the_count_does_not_get_more_entries_through(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(checksum, "MAX_ZIP_ENTRIES", 50)
+    data = bytearray(_zip([("manifest.yaml", b"m"), *((f"f{n}.py", b"") for n in range(60))]))
+    end = data.rindex(b"PK\x05\x06")
+    data[end + 8 : end + 12] = (3).to_bytes(2, "little") * 2  # entries on this disk, entries in total
+    with pytest.raises(InvalidPackage, match="holds 61 entries"):
+        package_checksum(io.BytesIO(bytes(data)))

@@ -11,9 +11,11 @@ from daemon.store.layout import Layout
 
 pytestmark = pytest.mark.timeout(10)
 
+LOOPBACK = {"SERVER_HOST": "127.0.0.1"}  # without SERVER_KEY, a node must listen on loopback
+
 
 def test_defaults_follow_the_plugin_daemons_layout() -> None:
-    config = Config.from_env({})
+    config = Config.from_env(LOOPBACK)
     assert config.plugin_storage_root == "/app/storage"
     assert config.package_dir == "/app/storage/plugin_packages"
     assert config.plugin_dir == "/app/storage/plugin"
@@ -24,11 +26,13 @@ def test_defaults_follow_the_plugin_daemons_layout() -> None:
 
 
 def test_the_root_is_storage_path_itself_unless_it_is_the_working_folder(tmp_path: Path) -> None:
-    whole = Config.from_env({"STORAGE_PATH": str(tmp_path / "storage")})
+    whole = Config.from_env({**LOOPBACK, "STORAGE_PATH": str(tmp_path / "storage")})
     assert whole.plugin_storage_root == str(tmp_path / "storage")
     layout = Layout.from_config(whole)
     assert layout.is_replicated(layout.packages) and layout.is_replicated(layout.quarantine)
-    only_cwd = Layout.from_config(Config.from_env({"STORAGE_PATH": str(tmp_path / "storage" / "cwd")}))
+    only_cwd = Layout.from_config(
+        Config.from_env({**LOOPBACK, "STORAGE_PATH": str(tmp_path / "storage" / "cwd")})
+    )
     assert only_cwd.root == str(tmp_path / "storage")
     assert not only_cwd.is_replicated(only_cwd.packages)
     assert only_cwd.is_replicated(only_cwd.working)
@@ -55,10 +59,10 @@ def test_the_root_is_storage_path_itself_unless_it_is_the_working_folder(tmp_pat
 )
 def test_bad_store_settings_name_their_variable(env: dict[str, str], variable: str) -> None:
     with pytest.raises(ConfigError, match=variable):
-        Config.from_env(env)
+        Config.from_env({**LOOPBACK, **env})
 
 
 def test_an_empty_marketplace_url_turns_preloading_off_and_urls_hide_passwords() -> None:
-    assert Config.from_env({"MARKETPLACE_URL": ""}).marketplace_url == ""
-    shown = repr(Config.from_env({"MARKETPLACE_URL": "https://user:secret@mirror.example:8443"}))
+    assert Config.from_env({**LOOPBACK, "MARKETPLACE_URL": ""}).marketplace_url == ""
+    shown = repr(Config.from_env({**LOOPBACK, "MARKETPLACE_URL": "https://user:secret@mirror.example:8443"}))
     assert "secret" not in shown and "mirror.example" in shown

@@ -14,6 +14,7 @@ from yarl import URL
 from daemon.api import build_app
 from daemon.config import Config
 from daemon.control import ControlLoop
+from daemon.epochs import MAX_PEER_EPOCH
 from daemon.node import Node
 from daemon.store.catalogue_sqlite import SqliteCatalogue
 from daemon.store.identifier import PATTERN
@@ -192,3 +193,14 @@ async def test_verify_purge_and_events(client: TestClient, tmp_path: Path) -> No
     assert (await client.get("/metrics")).status == 200
     text = await (await client.get("/metrics")).text()
     assert "plugin_packages_corrupted 0.0" in text and "plugin_download_success_rate" in text
+
+
+async def test_a_posted_event_with_an_epoch_out_of_range_is_refused_not_stored(client: TestClient) -> None:
+    for epoch in (MAX_PEER_EPOCH + 1, 2**63, -1, "3", True):
+        answer = await client.post("/internal/events", json={"kind": "drill", "epoch": epoch}, headers=AUTH)
+        assert answer.status == 400, epoch
+        assert "epoch" in (await answer.json())["detail"]
+    kept = await client.post("/internal/events", json={"kind": "drill", "epoch": 9}, headers=AUTH)
+    assert kept.status == 201 and (await kept.json())["epoch"] == 9
+    events = (await (await client.get("/internal/events?kind=drill", headers=AUTH)).json())["events"]
+    assert [e["epoch"] for e in events] == [9]

@@ -74,3 +74,49 @@ def test_an_unreadable_manifest_is_a_failure(tmp_path: Path) -> None:
     (folder / workdirs.MANIFEST_NAME).write_text("not a manifest\n")
     result = workdirs.check(str(folder), "x")
     assert result.status == "failed" and "line 1" in result.detail
+
+
+def test_a_manifest_that_is_a_symlink_is_not_followed(tmp_path: Path) -> None:
+    folder = make_workdir(tmp_path / "w", make_plugin())
+    outside = tmp_path / "outside.sha256"
+    outside.write_bytes(write_manifest(folder))
+    (folder / workdirs.MANIFEST_NAME).unlink()
+    os.symlink(outside, folder / workdirs.MANIFEST_NAME)
+    result = workdirs.check(str(folder), "x")
+    assert result.status == "failed" and "unreadable" in result.detail
+
+
+def test_a_plugin_folder_swapped_for_a_symlink_is_not_followed(tmp_path: Path) -> None:
+    real = make_workdir(tmp_path / "elsewhere", make_plugin())
+    write_manifest(real)
+    (tmp_path / "w").mkdir()
+    os.symlink(real, tmp_path / "w" / "swapped")
+    result = workdirs.check(str(tmp_path / "w" / "swapped"), "x")
+    assert result.status == "failed" and "unreadable" in result.detail
+
+
+def test_a_fifo_as_manifest_fails_the_check_without_blocking(tmp_path: Path) -> None:
+    folder = make_workdir(tmp_path, make_plugin())
+    os.mkfifo(folder / workdirs.MANIFEST_NAME)
+    result = workdirs.check(str(folder), "x")  # a blocking open would hang here (the test's timeout)
+    assert result.status == "failed" and "not a regular file" in result.detail
+
+
+def test_a_manifest_beyond_the_size_limit_is_refused_unread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = make_workdir(tmp_path, make_plugin())
+    content = write_manifest(folder)
+    monkeypatch.setattr(workdirs, "MANIFEST_LIMIT", len(content) - 1)
+    result = workdirs.check(str(folder), "x")
+    assert result.status == "failed" and f"more than {len(content) - 1}" in result.detail
+
+
+def test_long_lists_in_a_report_are_cut_and_counted(tmp_path: Path) -> None:
+    folder = make_workdir(tmp_path, make_plugin())
+    write_manifest(folder)
+    for n in range(workdirs.LIST_LIMIT + 5):
+        (folder / f"junk{n}.txt").write_text("x")
+    body = workdirs.check(str(folder), "x").to_json()
+    assert len(body["extra"]) == workdirs.LIST_LIMIT and body["extra_total"] == workdirs.LIST_LIMIT + 5
+    assert "missing_total" not in body

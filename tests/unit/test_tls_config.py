@@ -31,7 +31,7 @@ def env_with(issued: Issued, ca: CertificateAuthority | None = None, **extra: st
 
 
 def test_no_tls_by_default() -> None:
-    config = Config.from_env({})
+    config = Config.from_env({"SERVER_HOST": "127.0.0.1"})
     assert (config.tls_cert_file, config.tls_key_file, config.tls_ca_file) == ("", "", "")
     assert server_context(config.tls) is None
     assert client_context(config.tls).verify_mode == ssl.CERT_REQUIRED  # https peers are still verified
@@ -93,7 +93,7 @@ def test_require_auth_refuses_to_start_without_a_key() -> None:
     with pytest.raises(ConfigError, match="REQUIRE_AUTH=true but SERVER_KEY is not set"):
         Config.from_env({"REQUIRE_AUTH": "true", "SERVER_HOST": "127.0.0.1"})
     assert Config.from_env({"REQUIRE_AUTH": "true", "SERVER_KEY": KEY}).require_auth
-    assert not Config.from_env({"REQUIRE_AUTH": "no"}).require_auth
+    assert not Config.from_env({"REQUIRE_AUTH": "no", "SERVER_KEY": KEY}).require_auth
     with pytest.raises(ConfigError, match="REQUIRE_AUTH='maybe' is invalid"):
         Config.from_env({"REQUIRE_AUTH": "maybe"})
 
@@ -116,18 +116,20 @@ def test_loopback_addresses(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
 
 
-def test_an_unguarded_api_beyond_loopback_gets_a_warning() -> None:
-    warning = unguarded_warning(Config.from_env({"ROLE": "master"}))  # the defaults: 0.0.0.0, no key
+def test_an_api_opened_beyond_loopback_on_purpose_gets_a_warning() -> None:
+    allowed = Config.from_env({"ALLOW_UNAUTHENTICATED": "true"})  # the defaults: 0.0.0.0, no key
+    warning = unguarded_warning(allowed)
     assert warning is not None and "SERVER_KEY is not set" in warning and "0.0.0.0:5002" in warning
+    assert "ALLOW_UNAUTHENTICATED=true" in warning
     assert unguarded_warning(Config.from_env({"SERVER_HOST": "127.0.0.1"})) is None
     assert unguarded_warning(Config.from_env({"SERVER_KEY": KEY})) is None
 
 
 @pytest.mark.parametrize("variable", ["REQUEST_HEADER_TIMEOUT", "REQUEST_BODY_TIMEOUT"])
 def test_request_timeouts_are_validated(variable: str) -> None:
-    assert getattr(Config.from_env({variable: "7.5"}), variable.lower()) == 7.5
+    assert getattr(Config.from_env({variable: "7.5", "SERVER_KEY": KEY}), variable.lower()) == 7.5
     with pytest.raises(ConfigError, match=variable):
-        Config.from_env({variable: "0"})
+        Config.from_env({variable: "0", "SERVER_KEY": KEY})
 
 
 def test_haproxy_renders_tls_checks_and_traffic_only_when_asked() -> None:
@@ -146,5 +148,17 @@ def test_haproxy_renders_tls_checks_and_traffic_only_when_asked() -> None:
 def test_the_readme_documents_every_variable_the_tls_ones_included() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     variables = config_variables() | operator_variables()
-    assert {"TLS_CERT_FILE", "TLS_KEY_FILE", "TLS_CA_FILE", "REQUIRE_AUTH"} <= variables
+    assert {
+        "TLS_CERT_FILE",
+        "TLS_KEY_FILE",
+        "TLS_CA_FILE",
+        "REQUIRE_AUTH",
+        "ALLOW_UNAUTHENTICATED",
+    } <= variables
     assert sorted(v for v in variables if f"`{v}`" not in readme) == []
+
+
+def test_the_status_command_repeats_a_nodes_warnings(capsys: pytest.CaptureFixture[str]) -> None:
+    open_node = ctl.NodeStatus("http://a:5002", {"role": "master", "warnings": ["UNAUTHENTICATED: ..."]})
+    ctl._print_warnings([open_node, ctl.NodeStatus("http://b:5002", error="refused")])
+    assert capsys.readouterr().err == "warning: http://a:5002: UNAUTHENTICATED: ...\n"
