@@ -20,8 +20,10 @@ from typing import Any
 from bench.scenarios import HS, LS_DEFAULT, LS_FAST, LS_LOCAL, RSYNC, RSYNC_FSYNC
 from bench.tools import hotstandby_version, version_of
 
-COLUMNS = (HS, LS_FAST, LS_DEFAULT, LS_LOCAL, RSYNC, RSYNC_FSYNC)
+REBUILD = "rebuild"
+COLUMNS = (HS, LS_FAST, LS_DEFAULT, LS_LOCAL, RSYNC, RSYNC_FSYNC, REBUILD)
 HEADERS = {
+    REBUILD: "venvs rebuilt",
     HS: "hotstandby",
     LS_FAST: "lsyncd delay0",
     LS_DEFAULT: "lsyncd default",
@@ -216,7 +218,23 @@ def burst_rows(result: dict[str, Any]) -> list[Row]:
     ]
 
 
-ROWS = {"lag": lag_rows, "full": full_rows, "delta": delta_rows, "scale": scale_rows, "burst": burst_rows}
+def plugins_rows(result: dict[str, Any]) -> list[Row]:
+    tools = result["tools"]
+    n = result["params"]["plugins"]
+    return [
+        _rows_for(tools, f"plugins {n}: to the first call answered s", lambda m: m["first_call_seconds"]),
+        _rows_for(tools, f"plugins {n}: to every plugin answering s", lambda m: m["every_plugin_seconds"]),
+    ]
+
+
+ROWS = {
+    "lag": lag_rows,
+    "full": full_rows,
+    "delta": delta_rows,
+    "scale": scale_rows,
+    "burst": burst_rows,
+    "plugins": plugins_rows,
+}
 
 
 def table(results: dict[str, Any]) -> str:

@@ -10,6 +10,9 @@ Scenarios (each on the same seeded data for every tool, everything on 127.0.0.1)
   delta  a 1-byte change and a 1 MiB insertion in a 256 MiB file: bytes on the wire and time
   scale  100,000 files in 10,000 folders: watcher ready, peak RSS, no-change pass; against rsync -an
   burst  20,000 files created as fast as possible: time until the slave is identical
+  plugins  30 plugins on a gated pair beside the plugin daemon model: kill -9 of the leader's tree to the
+         first plugin call through HAProxy and to every plugin answering; against a daemon that must
+         rebuild every venv with uv (bench/plugins.py)
 
 --quick shrinks everything for a smoke run (200 files, 100 MiB, 64 MiB, 10k files, 2k files) and says so
 in the output and the file name. The short scenarios run 3 times (median reported); lag runs once per tool

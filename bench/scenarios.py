@@ -735,4 +735,11 @@ SCENARIOS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "delta": delta,
     "scale": scale,
     "burst": burst,
+    "plugins": lambda ctx: _plugins(ctx),
 }
+
+
+def _plugins(ctx: Context) -> dict[str, Any]:
+    from bench.plugins import plugins  # imports this module: only once it is loaded
+
+    return plugins(ctx)

@@ -7,11 +7,9 @@ import asyncio
 import json
 import sys
 
-from daemon import __version__, ctl, haproxy_config
+from daemon import __version__
 from daemon.config import Config, ConfigError
-from daemon.drill import cli as drill_cli
 from daemon.epochs import EpochError
-from daemon.store import preload_cli
 from daemon.tls import TLSError
 
 
@@ -21,6 +19,12 @@ def main(argv: list[str] | None = None) -> int:
         from daemon import plugin_gate
 
         return plugin_gate.main(args_given[1:])
+    if args_given == ["serve"]:  # the daemon loads what it runs, not every operator command's parser
+        return _serve_from_env()
+    from daemon import ctl, haproxy_config
+    from daemon.drill import cli as drill_cli
+    from daemon.store import preload_cli
+
     parser = argparse.ArgumentParser(
         prog="hotstandby", description="Hot-standby replication for Dify plugin storage."
     )
@@ -52,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
         return drill_cli.main(args)
     if args.command in ctl.COMMANDS:
         return _operator_command(args)
+    return _serve_from_env()
+
+
+def _serve_from_env() -> int:
     try:
         config = Config.from_env()
     except ConfigError as exc:
@@ -61,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _operator_command(args: argparse.Namespace) -> int:
+    from daemon import ctl
+
     try:
         return ctl.run(args)
     except ConfigError as exc:

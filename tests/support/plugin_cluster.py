@@ -35,10 +35,10 @@ BUILD_EVENTS = {
 }
 
 
-def model_args(node: Node, port: int, redis_url: str) -> list[str]:
+def model_args(node: Node, port: int, redis_url: str, extra: tuple[str, ...] = ()) -> list[str]:
     return [
         "--storage", str(node.storage), "--host", node.host, "--port", str(port),
-        "--redis-url", redis_url, "--events", str(events_path(node)), *MODEL_FAST,
+        "--redis-url", redis_url, "--events", str(events_path(node)), *MODEL_FAST, *extra,
     ]  # fmt: skip
 
 
@@ -87,7 +87,9 @@ def call_through(url: str, identifier: str) -> tuple[int, list[dict[str, Any]]]:
 
 
 @contextlib.contextmanager
-def gated_pair(tmp_path: Path, redis_url: str) -> Iterator[tuple[Pair, dict[str, Gate], int]]:
+def gated_pair(
+    tmp_path: Path, redis_url: str, model_extra: tuple[str, ...] = ()
+) -> Iterator[tuple[Pair, dict[str, Gate], int]]:
     """A started pair (FAILOVER=auto on the standby), each node's daemon model under its gate."""
     daemon_port = free_port()
     env = {

@@ -209,14 +209,21 @@ def build_wheel() -> bytes:
     return _zip(files)
 
 
-def package_files(author: str, name: str, version: str, marker: str = "") -> dict[str, bytes]:
-    """The package's files by path; `marker` lands in main.py, so it changes the checksum."""
+def package_files(
+    author: str, name: str, version: str, marker: str = "", extra_requirements: str = ""
+) -> dict[str, bytes]:
+    """The package's files by path; `marker` lands in main.py, so it changes the checksum.
+
+    `extra_requirements` (the benchmark's `dify_plugin`) are fetched from the index, unlike the
+    vendored wheel: only for a run that may reach PyPI, never in the tests.
+    """
+    index = "--find-links ./wheels\n" if extra_requirements else "--no-index\n--find-links ./wheels\n"
     return {
         "manifest.yaml": _MANIFEST.format(author=author, name=name, version=version).encode(),
         "main.py": _MAIN_PY.format(marker=marker).encode(),
         "echo_tool.py": _ECHO_TOOL_PY.encode(),
         "requirements.txt": (
-            f"--no-index\n--find-links ./wheels\n{DEP_NAME.replace('_', '-')}=={DEP_VERSION}\n"
+            f"{index}{DEP_NAME.replace('_', '-')}=={DEP_VERSION}\n{extra_requirements}"
         ).encode(),
         f"wheels/{WHEEL_FILE}": build_wheel(),
         "provider/hsplug.yaml": _PROVIDER_YAML.format(author=author).encode(),
@@ -225,10 +232,14 @@ def package_files(author: str, name: str, version: str, marker: str = "") -> dic
 
 
 def build_package(
-    author: str = "hstest", name: str = "echo", version: str = "0.0.1", marker: str = ""
+    author: str = "hstest",
+    name: str = "echo",
+    version: str = "0.0.1",
+    marker: str = "",
+    extra_requirements: str = "",
 ) -> PluginPackage:
     """A launchable .difypkg and its identifier; distinct `marker`s give distinct identifiers."""
-    files = package_files(author, name, version, marker)
+    files = package_files(author, name, version, marker, extra_requirements)
     data = _zip(files)
     checksum = package_checksum(io.BytesIO(data))
     identifier = parse(f"{author}/{name}:{version}@{checksum}")

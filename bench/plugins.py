@@ -1,0 +1,110 @@
+"""What a Dify user feels after the leader dies: kill -9 to the first plugin call through HAProxy.
+
+hotstandby: a gated pair beside the plugin daemon model (tests/support/plugin_cluster.py), N plugins
+installed on the leader and launched there; the leader's whole process tree is killed, and the
+promoted node's daemon launches every plugin from the replicated venvs. Measured: to the first call
+answered, and to every plugin answering.
+
+The anchor, "rebuild": a standby that holds the packages but not ready venvs (what a copy of plugin/
+and plugin_packages/ gives, or any copy whose venv markers are not trusted): its daemon must build
+every venv with uv before the plugins answer. Measured from starting that daemon, so it leaves out
+the promotion and HAProxy's switch, which hotstandby's figure includes.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from contextlib import ExitStack
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from bench.scenarios import HS, Context, attempt, medians
+from tests.support.cluster import free_port, wait_until
+from tests.support.haproxy import running_haproxy
+from tests.support.plugin_cluster import (
+    MASTER_HOST,
+    MODEL_FAST,
+    STANDBY_HOST,
+    call_through,
+    gated_pair,
+    launched,
+)
+from tests.support.plugin_daemon_driver import running_model
+from tests.support.plugin_package import PluginPackage, build_package, install_package
+from tests.support.services import running_redis
+
+REBUILD = "rebuild"
+SDK = "dify_plugin\n"
+"""What every real plugin requires (about 40 MB and 1,500 files in its venv): fetched from PyPI."""
+ONLINE = ("--pip-extra-args", "")
+"""The model installs offline by default; here uv may reach the index, as the real daemon does."""
+
+
+def plugins(ctx: Context) -> dict[str, Any]:
+    """The scenario: `count` plugins, each tool `ctx.runs` times, alternating."""
+    count = 5 if ctx.quick else 30
+    packages = [build_package(marker=f"bench-{n}", extra_requirements=SDK) for n in range(count)]
+    runs: dict[str, list[dict[str, Any]]] = {HS: [], REBUILD: []}
+    once = {HS: _failover_once, REBUILD: _rebuild_once}
+    for run in range(ctx.runs):
+        for tool in (HS, REBUILD):
+            with tempfile.TemporaryDirectory(dir=ctx.workspace) as folder:
+                label = f"plugins run {run + 1}/{ctx.runs}: {tool}"
+                runs[tool].append(attempt(ctx, label, partial(once[tool], Path(folder), packages)))
+    return {
+        "params": {
+            "plugins": count,
+            "daemon": "tests/support/plugin_daemon_model.py (the real daemon's launch path, modelled)",
+            "hotstandby": "kill -9 of the leader's tree (node, gate, daemon, plugins) to calls via HAProxy",
+            "rebuild": "a daemon with the packages but no ready venvs: uv builds each, from its start",
+            "requirements": "each plugin requires dify_plugin (from PyPI) and a vendored wheel",
+        },
+        "tools": {tool: {"runs": r, "median": medians(r)} for tool, r in runs.items()},
+    }
+
+
+def _failover_once(root: Path, packages: list[PluginPackage]) -> dict[str, Any]:
+    wanted = {p.identifier for p in packages}
+    with ExitStack() as stack:
+        redis = stack.enter_context(running_redis(root))
+        pair, gates, daemon_port = stack.enter_context(gated_pair(root, redis.url, ONLINE))
+        proxy = stack.enter_context(
+            running_haproxy(
+                MASTER_HOST, STANDBY_HOST, daemon_port, check_port=pair.master.port, mode="plugin-daemon"
+            )
+        )
+        for package in packages:
+            install_package(pair.master.storage, package)
+        wait_until(lambda: launched(pair.master) == wanted, 600, message="the leader's launches")
+        wait_until(lambda: call_through(proxy.url, packages[0].identifier)[0] == 200, 30, message="a call")
+        killed = time.time()
+        gates["master"].kill_tree()
+        pair.master.kill()
+        first = _until_answered(proxy.url, packages[:1], killed)
+        every = _until_answered(proxy.url, packages, killed)
+        return {"first_call_seconds": round(first, 3), "every_plugin_seconds": round(every, 3)}
+
+
+def _rebuild_once(root: Path, packages: list[PluginPackage]) -> dict[str, Any]:
+    storage = root / "storage"
+    for package in packages:
+        install_package(storage, package)
+    started = time.time()
+    with running_model(storage, free_port(), root / "events.jsonl", [*MODEL_FAST, *ONLINE]) as model:
+        first = _until_answered(model.url, packages[:1], started)
+        every = _until_answered(model.url, packages, started)
+    return {"first_call_seconds": round(first, 3), "every_plugin_seconds": round(every, 3)}
+
+
+def _until_answered(url: str, packages: list[PluginPackage], since: float, timeout: float = 600) -> float:
+    waiting = list(packages)
+    deadline = time.monotonic() + timeout
+    while waiting and time.monotonic() < deadline:
+        waiting = [p for p in waiting if call_through(url, p.identifier)[0] != 200]
+        if waiting:
+            time.sleep(0.05)
+    if waiting:
+        raise AssertionError(f"{len(waiting)} plugin(s) still not answering after {timeout:g}s")
+    return time.time() - since
