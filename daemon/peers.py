@@ -17,6 +17,8 @@ from typing import Any
 import aiohttp
 import structlog
 
+from replication.peer_answers import peer_epoch
+
 log = structlog.get_logger("daemon.peers")
 
 
@@ -98,7 +100,7 @@ class Poller:
         journal_id = self.body.get("journal_id")
         applied = self.body.get("applied_sequence")
         return PeerView(
-            epoch=epoch if isinstance(epoch, int) else None,
+            epoch=peer_epoch(epoch),  # out of bounds: ignored, never followed (replication/protocol.py)
             writable=bool(self.body.get("writable")),
             role=str(self.body.get("role")),
             synced=self.body.get("synced") is True,
