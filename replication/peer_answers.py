@@ -23,14 +23,14 @@ import time
 from collections import Counter as Tally
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from prometheus_client import Counter
 
 from replication.delta import Signature
 from replication.errors import ContainmentError, PeerError, ProtocolError
-from replication.manifest import Entry
+from replication.manifest import Entry, EntryType
 from replication.paths import is_temp_name, is_within, validate_relpath
 from replication.protocol import MAX_FILE_BYTES, MAX_MTIME_NS, MAX_PEER_EPOCH, MAX_SEQUENCE
 
@@ -234,7 +234,7 @@ def refusal(
         refuse("sequence", applied)
         applied = None
     failed = body.get("failed_seq")
-    if failed is not None and (isinstance(failed, bool) or failed not in seqs):
+    if failed is not None and (isinstance(failed, bool) or not isinstance(failed, int) or failed not in seqs):
         refuse("sequence", failed)
         failed = None
     at = body.get("symlink_at")
@@ -269,7 +269,8 @@ def manifest_entry(raw: object, refuse: Refusals, skip: Skip) -> Entry | None:
         return None
     path_value, kind, mode, mtime_ns, size, target = raw
     if not (
-        kind in _ENTRY_TYPES
+        isinstance(kind, str)
+        and kind in _ENTRY_TYPES
         and _int_in(mode, 0, 0o7777)
         and _int_in(mtime_ns, -MAX_MTIME_NS, MAX_MTIME_NS)
         and _int_in(size, 0, MAX_FILE_BYTES)
@@ -280,7 +281,9 @@ def manifest_entry(raw: object, refuse: Refusals, skip: Skip) -> Entry | None:
     path = checked_path(path_value, refuse, skip)
     if path is None:
         return None
-    return Entry(path=path, type=kind, mode=mode, mtime_ns=mtime_ns, size=size, target=target)
+    return Entry(
+        path=path, type=cast(EntryType, kind), mode=mode, mtime_ns=mtime_ns, size=size, target=target
+    )
 
 
 def hashes(body: dict[str, Any], asked: Collection[str], refuse: Refusals) -> dict[str, str | None]:
