@@ -251,8 +251,12 @@ class StorageRoot:
             while True:
                 if current is not None:
                     rel, fd = current
-                    entries = sorted(_entries(fd), key=lambda e: e.name)
-                    yield rel, fd, entries
+                    try:
+                        entries = sorted(_entries(fd), key=lambda e: e.name)
+                        yield rel, fd, entries
+                    except BaseException:  # closed while this folder was being handled
+                        os.close(fd)
+                        raise
                     below = [_join(rel, e.name) for e in entries if stat.S_ISDIR(e.st.st_mode)]
                     pending = iter([r for r in below if enter(r)])
                     if len(frames) >= MAX_HELD_DIR_FDS:

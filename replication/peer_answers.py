@@ -180,21 +180,26 @@ class BatchAnswer:
 
 
 def batch(
-    body: dict[str, Any], asked: Collection[str], refuse: Refusals, *, head: int, skip: Skip
+    body: dict[str, Any], asked: Collection[str], refuse: Refusals, *, changes: int, head: int, skip: Skip
 ) -> BatchAnswer:
-    """The acknowledged sequence (at most our head) and the resend list, reduced to paths of this batch."""
+    """The acknowledged sequence (at most our head) and the resend list, reduced to paths of this batch.
+
+    An honest replica names at most one path per operation (`changes` of them; a path may come
+    back several times, e.g. after a folder renamed back and forth).
+    """
     applied = sequence(body.get("applied_seq"), refuse, high=head)
-    return BatchAnswer(applied, paths_asked(body.get("resend", []), asked, refuse, skip=skip))
+    return BatchAnswer(applied, paths_asked(body.get("resend", []), asked, refuse, limit=changes, skip=skip))
 
 
-def paths_asked(value: object, asked: Collection[str], refuse: Refusals, *, skip: Skip) -> list[str]:
-    """The entries of a path list that are valid paths the master asked about, at most len(asked) of them."""
+def paths_asked(
+    value: object, asked: Collection[str], refuse: Refusals, *, limit: int, skip: Skip
+) -> list[str]:
+    """The first `limit` entries of a path list, kept when they are valid paths the master asked about."""
     if not isinstance(value, list):
         refuse("malformed", value)
         return []
-    limit = len(asked)
     if len(value) > limit:
-        refuse("too_many", f"{len(value)} entries for {limit} paths asked", len(value) - limit)
+        refuse("too_many", f"{len(value)} entries for at most {limit}", len(value) - limit)
         value = value[:limit]
     found: list[str] = []
     for item in value:

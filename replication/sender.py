@@ -56,6 +56,7 @@ MAX_REFUSALS = 3
 """The same change refused this many times in a row is dropped and repaired by a rescan instead."""
 LINK_PATH = "/internal/replication"
 FULL_BACKOFF_MIN = 0.5
+ANSWER_BACKOFF_MIN = 0.1
 
 
 class ReplicaStorageFullError(PeerError):
@@ -141,6 +142,7 @@ class Sender:
         """Every answer of the replica is checked through here before it is used (peer_answers.py)."""
         self._refusals = 0
         self._full_backoff = FULL_BACKOFF_MIN
+        self._answer_backoff = ANSWER_BACKOFF_MIN
         self._signatures: dict[str, Signature] = {}
         self._whole_next: set[str] = set()
         """Paths whose last delta failed on the replica: sent whole once."""
@@ -177,6 +179,7 @@ class Sender:
                         continue
                     except (TimeoutError, PeerError, aiohttp.ClientError, OSError) as exc:
                         self._down(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+                        backoff = max(backoff, self._refused_answer_backoff(exc))
                         log.warning(
                             "replication_link_down",
                             target=self.settings.target,
@@ -188,6 +191,16 @@ class Sender:
             finally:
                 self._down(self.last_error)
                 self._session = None
+
+    def _refused_answer_backoff(self, exc: BaseException) -> float:
+        """A replica whose answers keep being refused is retried ever more slowly (up to max_backoff),
+        not ten times a second: its hello succeeds and resets the link's backoff, so this one is
+        reset only by an acknowledged batch."""
+        if not isinstance(exc, MalformedAnswerError):
+            return 0.0
+        wait = self._answer_backoff
+        self._answer_backoff = min(wait * 2, self.settings.max_backoff)
+        return wait
 
     def _down(self, error: str | None) -> None:
         self._link_up_flag = False
@@ -274,6 +287,7 @@ class Sender:
             return
         self._refusals = 0
         self._full_backoff = FULL_BACKOFF_MIN
+        self._answer_backoff = ANSWER_BACKOFF_MIN
 
     def _after_refusal(self, exc: RefusedError, batch: list[Change]) -> bool:
         """Make sure a refused change cannot block replication forever; True when handled at once.
@@ -327,7 +341,9 @@ class Sender:
             },
         )
         with self._guard.answer("batch") as refuse:
-            said = peer_answers.batch(answer, _asked(batch), refuse, head=self.journal.head, skip=self._skip)
+            said = peer_answers.batch(
+                answer, _asked(batch), refuse, changes=len(batch), head=self.journal.head, skip=self._skip
+            )
         self.journal.acknowledge(said.applied_seq)
         self.last_ack_at = time.monotonic()
         self.on_ack()
@@ -364,7 +380,10 @@ class Sender:
             self.note_vanished(change.path)
             return
         if is_special(st.st_mode):
+            # Never opened, never replicated: for the replica there is nothing at this path.
             self._tree.skipped.note(change.path, st.st_mode)
+            self._sent.deleted(change.path)
+            yield self._counted(Operation(change.seq, "delete", change.path)).header()
             return
         self._sent.remember(change.path, st.st_ino)
         if stat.S_ISDIR(st.st_mode):

@@ -294,7 +294,11 @@ class SftpSender:
             self._sent.note_vanished(change.path)
             return
         if is_special(st.st_mode):
+            # Never opened, never replicated: for the remote there is nothing at this path.
             self._tree.skipped.note(change.path, st.st_mode)
+            self._sent.deleted(change.path)
+            await self._remote.delete(change.path)
+            self._count("delete")
             return
         self._sent.remember(change.path, st.st_ino)
         mode = self._mode(st)

@@ -77,8 +77,11 @@ class SourceTree:
         return st is not None and stat.S_ISDIR(st.st_mode)
 
     def exists(self, path: str) -> bool:
-        """Something is at `path`, reached without following symlinks (checked before recording a delete)."""
-        return self.storage.lstat(path) is not None
+        """Something we replicate is at `path` now (checked before recording a delete: a path
+        re-created since a scan stays). A FIFO, socket or device counts as nothing: the replica
+        must not keep a stale file where the leader has one of those."""
+        st = self.storage.lstat(path)
+        return st is not None and not is_special(st.st_mode)
 
     def readlink(self, path: str) -> str | None:
         return self.storage.readlink(path)

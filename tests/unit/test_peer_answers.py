@@ -45,25 +45,35 @@ def never_skip(_path: str) -> bool:
 def test_a_resend_list_keeps_only_valid_paths_of_the_batch(env: Env) -> None:
     asked = {"data/a.txt", "data/b.txt", *(f"other/{i}" for i in range(20))}
     body = {"applied_seq": 7, "resend": ["data/a.txt", *ESCAPES, "escape/secret", "data/c.txt", 5, None]}
-    answer = peer_answers.batch(body, asked, env.refusals(), head=10, skip=never_skip)
+    answer = peer_answers.batch(body, asked, env.refusals(), changes=len(asked), head=10, skip=never_skip)
     assert answer == peer_answers.BatchAnswer(7, ["data/a.txt"])
     assert env.refused("path") == len(ESCAPES) + 2  # the escapes, 5 and None
     assert env.refused("unsolicited") == 2  # escape/secret and data/c.txt: valid paths, never asked about
 
 
-def test_a_huge_resend_list_is_cut_at_the_number_of_paths_asked(env: Env) -> None:
+def test_a_huge_resend_list_is_cut_at_the_number_of_changes_sent(env: Env) -> None:
     asked = {f"f{i}" for i in range(3)}
     body = {"applied_seq": 1, "resend": ["f0"] + ["../x"] * 100_000}
-    answer = peer_answers.batch(body, asked, env.refusals(), head=10, skip=never_skip)
+    answer = peer_answers.batch(body, asked, env.refusals(), changes=3, head=10, skip=never_skip)
     assert answer.resend == ["f0"]
     assert env.refused("too_many") == 100_001 - 3
+
+
+def test_a_path_may_come_back_once_per_change(env: Env) -> None:
+    # A folder renamed back and forth 300 times is 600 renames of two paths: each may be resent.
+    body = {"applied_seq": 1, "resend": ["race", "race.real"] * 300}
+    answer = peer_answers.batch(
+        body, {"race", "race.real"}, env.refusals(), changes=600, head=10, skip=never_skip
+    )
+    assert len(answer.resend) == 600
+    assert env.refused("too_many") == 0
 
 
 def test_temp_names_and_excluded_paths_are_refused(env: Env) -> None:
     asked = {".hs~x.1234", "cwd/.uv-cache/x", "ok"}
     body = {"applied_seq": 1, "resend": [".hs~x.1234", "cwd/.uv-cache/x", "ok"]}
     answer = peer_answers.batch(
-        body, asked, env.refusals(), head=10, skip=lambda p: p.startswith("cwd/.uv-cache")
+        body, asked, env.refusals(), changes=3, head=10, skip=lambda p: p.startswith("cwd/.uv-cache")
     )
     assert answer.resend == ["ok"]
     assert env.refused("path") == 1 and env.refused("excluded") == 1
@@ -72,14 +82,16 @@ def test_temp_names_and_excluded_paths_are_refused(env: Env) -> None:
 @pytest.mark.parametrize("applied", [None, "7", 7.0, True, -1, 11, MAX_SEQUENCE + 1, 10**30, [], {"x": 1}])
 def test_an_unusable_applied_sequence_makes_the_answer_unusable(env: Env, applied: object) -> None:
     with pytest.raises(MalformedAnswerError):
-        peer_answers.batch({"applied_seq": applied}, set(), env.refusals(), head=10, skip=never_skip)
+        peer_answers.batch(
+            {"applied_seq": applied}, set(), env.refusals(), changes=0, head=10, skip=never_skip
+        )
     assert env.refused("sequence") == 1
 
 
 def test_a_resend_that_is_not_a_list_is_ignored(env: Env) -> None:
     for resend in ("../x", {"../x": 1}, 5):
         answer = peer_answers.batch(
-            {"applied_seq": 3, "resend": resend}, {"a"}, env.refusals(), head=3, skip=never_skip
+            {"applied_seq": 3, "resend": resend}, {"a"}, env.refusals(), changes=1, head=3, skip=never_skip
         )
         assert answer.resend == []
     assert env.refused("malformed") == 3
@@ -234,11 +246,11 @@ def test_refusals_are_counted_each_time_but_logged_once_per_answer_and_minute() 
     with capture_logs() as logs:
         for _ in range(5):
             with guard.answer("batch") as refuse:
-                peer_answers.paths_asked(["../x"] * 1000, {"a"}, refuse, skip=never_skip)
+                peer_answers.paths_asked(["../x"] * 1000, {"a"}, refuse, limit=1, skip=never_skip)
             now[0] += 1
         now[0] += 60
         with guard.answer("batch") as refuse:
-            peer_answers.paths_asked(["../x"], {"a"}, refuse, skip=never_skip)
+            peer_answers.paths_asked(["../x"], {"a"}, refuse, limit=1, skip=never_skip)
     lines = [entry for entry in logs if entry["event"] == "peer_input_refused"]
     assert len(lines) == 2
     assert lines[0]["refused"] == {"too_many": 999, "path": 1}
