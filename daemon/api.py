@@ -265,8 +265,8 @@ async def get_file(request: web.Request) -> web.StreamResponse:
     """Read a file back on any node (the drill checks acknowledged writes with it); never follows links."""
     node = request.app[NODE]
     path = validate_relpath(request.match_info["path"])
-    try:  # a FIFO, socket or device is never opened (lstat, then O_NONBLOCK and fstat)
-        fd, st = StorageRoot(node.config.storage_path).open_regular(path)
+    try:  # a FIFO, socket or device is never opened (lstat, then O_NONBLOCK and fstat), off the loop
+        fd, st = await asyncio.to_thread(StorageRoot(node.config.storage_path).open_regular, path)
     except (OSError, ReplicationError):
         raise HTTPProblem(404, "not found", f"{path!r} is not a regular file here") from None
     with os.fdopen(fd, "rb") as fh:

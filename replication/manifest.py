@@ -46,12 +46,9 @@ class Entry:
 
 
 def entry_from_stat(path: str, st: os.stat_result, target: str | None = None) -> Entry | None:
-    """The manifest entry for one lstat result, or None for types we do not replicate.
-
-    The mode is the one that travels (no setuid, setgid or sticky bit), so both
-    sides compare what the replica can actually have.
-    """
-    mode = replicated_mode(st.st_mode)
+    """The manifest entry for one lstat result, or None for types we do not replicate (FIFOs,
+    sockets, devices). The mode is the file's own: `compare` decides what the replica should have."""
+    mode = stat.S_IMODE(st.st_mode)
     if stat.S_ISREG(st.st_mode):
         return Entry(path, "file", mode, st.st_mtime_ns, st.st_size)
     if stat.S_ISDIR(st.st_mode):
@@ -168,7 +165,11 @@ class Plan:
 
 
 def compare(source: dict[str, Entry], replica: dict[str, Entry]) -> Plan:
-    """First pass: decide from stat fields alone; `to_hash` lists the undecided paths."""
+    """First pass: decide from stat fields alone; `to_hash` lists the undecided paths.
+
+    A replica should have our mode without setuid, setgid and sticky bits: one that still has
+    them (from before they were stripped) gets its attributes sent again.
+    """
     send: list[Entry] = []
     attrs: list[Entry] = []
     to_hash: list[str] = []
@@ -181,14 +182,14 @@ def compare(source: dict[str, Entry], replica: dict[str, Entry]) -> Plan:
                 send.append(mine)
             elif theirs.mtime_ns != mine.mtime_ns:
                 to_hash.append(path)
-            elif theirs.mode != mine.mode:
+            elif theirs.mode != replicated_mode(mine.mode):
                 attrs.append(mine)
         elif mine.type == "symlink":
             if theirs.target != mine.target:
                 send.append(mine)
             elif theirs.mtime_s != mine.mtime_s:
                 attrs.append(mine)
-        elif theirs.mode != mine.mode:
+        elif theirs.mode != replicated_mode(mine.mode):
             attrs.append(mine)
     delete = _topmost(p for p in replica if p not in source)
     return Plan(send=send, attrs_only=attrs, delete=delete, to_hash=to_hash, compared=len(source))

@@ -29,7 +29,14 @@ from replication.errors import (
 )
 from replication.metrics import ReplicationMetrics
 from replication.paths import StorageRoot, validate_relpath
-from replication.protocol import SPECIAL_MODE_BITS, TRAILER_BYTES, Operation, decode_header, decode_length
+from replication.protocol import (
+    MAX_PEER_EPOCH,
+    SPECIAL_MODE_BITS,
+    TRAILER_BYTES,
+    Operation,
+    decode_header,
+    decode_length,
+)
 
 log = structlog.get_logger("replication.receiver")
 
@@ -233,6 +240,9 @@ class Receiver:
         self._metrics.storage_full.set(0 if reason is None else 1)
 
     def _check_epoch(self, epoch: int) -> None:
+        if not 0 <= epoch <= MAX_PEER_EPOCH:  # the API refuses it first; never followed, never persisted
+            self._metrics.refused.labels(reason="epoch").inc()
+            raise ProtocolError(f"epoch {epoch} is outside [0, {MAX_PEER_EPOCH}]")
         if epoch < self.epoch:
             self._metrics.refused.labels(reason="fenced").inc()
             raise FencedError(

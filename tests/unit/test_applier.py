@@ -615,6 +615,19 @@ async def test_lower_epoch_raises_fenced_error_and_applies_nothing(env: Env):
     assert (env.storage / "a").read_bytes() == b"x"
 
 
+@pytest.mark.parametrize("epoch", [protocol.MAX_PEER_EPOCH + 1, protocol.MAX_EPOCH, 2**63])
+async def test_an_epoch_beyond_the_peer_bound_is_refused_and_never_persisted(env: Env, epoch: int):
+    with pytest.raises(ProtocolError):
+        env.receiver.hello(journal_id=JOURNAL, epoch=epoch, node_id="evil")
+    with pytest.raises(ProtocolError):
+        await env.receiver.apply_batch(
+            journal_id=JOURNAL, epoch=epoch, read=Stream(put(1, "a", b"x") + end(1))
+        )
+    assert env.receiver.epoch == 0 and env.new_receiver().epoch == 0
+    assert not (env.storage / "a").exists()
+    assert env.refused("epoch") == 2
+
+
 # --- containment ------------------------------------------------------------------------------
 
 

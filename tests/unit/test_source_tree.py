@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import socket
 import stat
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -63,10 +64,18 @@ def test_a_scan_lists_what_is_replicated_and_reports_special_files(tree: Path) -
     ]
 
 
-def test_manifest_modes_are_the_ones_that_travel(tree: Path) -> None:
-    found = manifest.scan(str(tree))
-    assert found["tool"].mode == 0o755
-    assert found["shared"].mode == 0o777
+def test_a_replica_should_have_our_modes_without_the_special_bits(tree: Path) -> None:
+    ours = manifest.scan(str(tree))
+    assert (ours["tool"].mode, ours["shared"].mode) == (0o4755, 0o3777)
+    stripped = {
+        path: replace(entry, mode=entry.mode & 0o777) if entry.type != "symlink" else entry
+        for path, entry in ours.items()
+    }
+    plan = manifest.compare(ours, stripped)
+    assert (plan.send, plan.attrs_only, plan.to_hash, plan.delete) == ([], [], [], [])
+    # A replica that still has the bits (copied before they were stripped) gets attributes again.
+    plan = manifest.compare(ours, ours)
+    assert sorted(entry.path for entry in plan.attrs_only) == ["shared", "tool"]
 
 
 def test_a_walk_from_below_a_symlinked_folder_finds_nothing(tree: Path) -> None:
