@@ -11,7 +11,6 @@ import asyncio
 import hashlib
 import hmac
 import os
-import stat
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -21,7 +20,6 @@ from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from daemon.control import ControlLoop
-from daemon.epochs import MAX_EPOCH  # epochs and sequences fit in 63 bits: one bound for the daemon
 from daemon.limits import body_deadline
 from daemon.node import Node
 from daemon.peers import Poller
@@ -31,8 +29,9 @@ from daemon.redact import Redactor
 from daemon.roles import Request
 from daemon.store.routes import add_store_routes
 from daemon.store.store import PluginStore
-from replication.errors import ContainmentError
+from replication.errors import ReplicationError
 from replication.paths import StorageRoot, validate_relpath
+from replication.protocol import MAX_PATHS_PER_REQUEST, MAX_PEER_EPOCH, MAX_SEQUENCE
 from replication.receiver import Receiver
 
 NODE = web.AppKey("node", Node)
@@ -315,14 +314,11 @@ async def get_file(request: web.Request) -> web.StreamResponse:
     """Read a file back on any node (the drill checks acknowledged writes with it); never follows links."""
     node = request.app[NODE]
     path = validate_relpath(request.match_info["path"])
-    try:
-        fd = StorageRoot(node.config.storage_path).open_for_reading(path)
-    except (OSError, ContainmentError):
+    try:  # a FIFO, socket or device is never opened (lstat, then O_NONBLOCK and fstat), off the loop
+        fd, st = await asyncio.to_thread(StorageRoot(node.config.storage_path).open_regular, path)
+    except (OSError, ReplicationError):
         raise HTTPProblem(404, "not found", f"{path!r} is not a regular file here") from None
     with os.fdopen(fd, "rb") as fh:
-        st = os.fstat(fh.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise HTTPProblem(404, "not found", f"{path!r} is not a regular file here")
         response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
         response.content_length = st.st_size
         await response.prepare(request)
@@ -357,19 +353,30 @@ async def _json_object(request: web.Request) -> dict[str, Any]:
     return data
 
 
-def _int_field(data: Mapping[str, Any], name: str) -> int:
+def _int_field(data: Mapping[str, Any], name: str, low: int = 0, high: int = MAX_PEER_EPOCH) -> int:
+    """An integer field of a peer's request; epochs are bounded by MAX_PEER_EPOCH (protocol.py), so
+    an epoch taken from a peer always leaves room for later promotions."""
     try:
         number = int(data.get(name, ""))
     except (TypeError, ValueError, OverflowError):
         raise HTTPProblem(400, "bad request", f"{name} must be an integer") from None
-    if not 0 <= number <= MAX_EPOCH:
-        raise HTTPProblem(400, "bad request", f"{name} must be an integer in [0, {MAX_EPOCH}]")
+    if not low <= number <= high:
+        raise HTTPProblem(400, "bad request", f"{name} must be an integer in [{low}, {high}]")
     return number
+
+
+def _peer_epoch(request: web.Request, data: Mapping[str, Any], name: str) -> int:
+    """The epoch a peer announces; one out of bounds is refused (and counted), never followed."""
+    try:
+        return _int_field(data, name)
+    except HTTPProblem:
+        request.app[NODE].metrics.refused.labels(reason="epoch").inc()
+        raise
 
 
 async def replication_hello(request: web.Request) -> web.Response:
     data = await _json_object(request)
-    epoch = _int_field(data, "epoch")
+    epoch = _peer_epoch(request, data, "epoch")
     receiver = _receiver(request, epoch, applies=True)
     answer = receiver.hello(
         journal_id=str(data.get("journal_id", "")), epoch=epoch, node_id=str(data.get("node_id", ""))
@@ -382,9 +389,11 @@ async def replication_batch(request: web.Request) -> web.Response:
     try:
         if not journal_id:
             raise HTTPProblem(400, "bad request", "X-Hotstandby-Journal header is required")
-        epoch = _int_field(request.headers, "X-Hotstandby-Epoch")
-        baseline = int(request.headers.get("X-Hotstandby-Baseline", "-1"))
-    except (HTTPProblem, ValueError):
+        epoch = _int_field(request.headers, "X-Hotstandby-Epoch")  # bounded like every peer epoch
+        baseline = _int_field(
+            {"baseline": request.headers.get("X-Hotstandby-Baseline", "-1")}, "baseline", -1, MAX_SEQUENCE
+        )
+    except HTTPProblem:
         request.app[NODE].metrics.refused.labels(reason="bad_headers").inc()
         raise HTTPProblem(
             400, "bad request", "X-Hotstandby-Journal, -Epoch and -Baseline must be valid"
@@ -405,15 +414,27 @@ async def replication_manifest(request: web.Request) -> web.Response:
 
 async def replication_hashes(request: web.Request) -> web.Response:
     receiver = _receiver(request, 0)
-    paths = (await _json_object(request)).get("paths")
-    if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
-        raise HTTPProblem(400, "bad request", "paths must be a list of strings")
+    paths = await _path_list(request)
     return web.json_response({"hashes": await asyncio.to_thread(receiver.hashes, paths)})
 
 
 async def replication_signatures(request: web.Request) -> web.Response:
     receiver = _receiver(request, 0)
-    paths = (await _json_object(request)).get("paths")
-    if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths) or len(paths) > 10_000:
-        raise HTTPProblem(400, "bad request", "paths must be a list of at most 10000 strings")
+    paths = await _path_list(request)
     return web.json_response({"signatures": await asyncio.to_thread(receiver.signatures, paths)})
+
+
+async def _path_list(request: web.Request) -> list[str]:
+    """The `paths` of a hashes or signatures request: at most MAX_PATHS_PER_REQUEST strings (each
+    costs a read of a whole file here; the sender asks in chunks)."""
+    paths = (await _json_object(request)).get("paths")
+    if (
+        not isinstance(paths, list)
+        or len(paths) > MAX_PATHS_PER_REQUEST
+        or not all(isinstance(p, str) for p in paths)
+    ):
+        request.app[NODE].metrics.refused.labels(reason="bad_paths").inc()
+        raise HTTPProblem(
+            400, "bad request", f"paths must be a list of at most {MAX_PATHS_PER_REQUEST} strings"
+        )
+    return paths

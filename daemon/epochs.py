@@ -1,5 +1,6 @@
-"""The bounds of an epoch, in one place: the API, the control loop, the roles, the election backends,
-the node's state file and the catalogue all import them from here (this module imports nothing).
+"""The bounds of an epoch for the daemon side: the API, the control loop, the roles, the election
+backends, the node's state file and the catalogue use these; the numbers themselves are the wire
+format's (replication/protocol.py), so the link and the daemon refuse the same epochs.
 
 An epoch is a 63-bit integer (SQLite INTEGER, PostgreSQL bigint, the wire format): the API accepts
 0..MAX_EPOCH. An epoch learnt from outside (a peer's /internal/status, a 409 answer on the link, a
@@ -12,12 +13,9 @@ per promotion or lease acquisition and stay far below either bound.
 
 from __future__ import annotations
 
-MAX_EPOCH = 1 << 62
-"""The highest epoch (and sequence) the API and the state files accept."""
-EPOCH_HEADROOM = 1 << 20
-"""Promotions kept possible above the highest epoch taken from outside."""
-MAX_PEER_EPOCH = MAX_EPOCH - EPOCH_HEADROOM
-"""The highest epoch taken from a peer, an election service or a client."""
+from replication.protocol import EPOCH_HEADROOM, MAX_EPOCH, MAX_PEER_EPOCH
+
+__all__ = ["EPOCH_HEADROOM", "MAX_EPOCH", "MAX_PEER_EPOCH", "EpochError", "checked_own", "from_outside"]
 
 
 class EpochError(ValueError):

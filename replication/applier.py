@@ -1,8 +1,9 @@
 """Apply operations to STORAGE_PATH so that a reader never sees a partial file.
 
 Content goes to a temp file in the target's own directory, is hashed as it
-arrives, fsynced, given its mode and mtime, and only then renamed over the
-target. Directories touched by a batch are fsynced once before the batch is
+arrives, fsynced, given its mode (never setuid, setgid or sticky, whatever
+the sender says) and mtime, and only then renamed over the target.
+Directories touched by a batch are fsynced once before the batch is
 acknowledged (`flush`). All access goes through StorageRoot's no-follow
 directory fds (containment).
 """
@@ -21,9 +22,15 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
 from replication.delta import Copy, read_instructions
-from replication.errors import ContainmentError, IntegrityError, ProtocolError, StorageFullError
+from replication.errors import (
+    ContainmentError,
+    IntegrityError,
+    ProtocolError,
+    ReplicationError,
+    StorageFullError,
+)
 from replication.paths import TEMP_PREFIX, StorageRoot, is_temp_name, is_within, split_parent
-from replication.protocol import FLAG_DISCARD, TRAILER_BYTES, Operation, decode_trailer
+from replication.protocol import FLAG_DISCARD, TRAILER_BYTES, Operation, decode_trailer, replicated_mode
 
 CHUNK = 1024 * 1024
 FSYNC_IN_THREAD_ABOVE = 4 * 1024 * 1024
@@ -122,7 +129,7 @@ class Applier:
                     if op.op == "delta":  # our copy was not what the signature said: send it whole
                         return ApplyOutcome(applied=False, resend=op.path, delta_fallback=True)
                     raise IntegrityError(f"content of {op.path!r} does not match its SHA-256")
-                os.fchmod(fd, stat.S_IMODE(op.mode))
+                os.fchmod(fd, replicated_mode(op.mode))
                 if op.size > FSYNC_IN_THREAD_ABOVE:
                     await asyncio.to_thread(os.fsync, fd)
                 else:
@@ -174,12 +181,10 @@ class Applier:
         return fill
 
     def _open_basis(self, path: str) -> int | None:
+        """Our copy of `path` if it is a regular file; a FIFO or device there is never opened."""
         try:
-            fd = self.root.open_for_reading(path)
-        except (OSError, ContainmentError):
-            return None
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
+            fd, _st = self.root.open_regular(path)
+        except (OSError, ReplicationError):
             return None
         return fd
 
@@ -194,7 +199,7 @@ class Applier:
             if st is None:
                 os.mkdir(name, 0o700, dir_fd=dir_fd)
                 self._dirty_dirs.add(parent)
-            os.chmod(name, stat.S_IMODE(op.mode), dir_fd=dir_fd, follow_symlinks=False)
+            os.chmod(name, replicated_mode(op.mode), dir_fd=dir_fd, follow_symlinks=False)
             os.utime(name, ns=(op.mtime_ns, op.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
 
     def _symlink(self, op: Operation) -> None:
@@ -261,7 +266,7 @@ class Applier:
                 if st is None:
                     return ApplyOutcome(applied=False, resend=op.path)
                 if not stat.S_ISLNK(st.st_mode):
-                    os.chmod(name, stat.S_IMODE(op.mode), dir_fd=dir_fd, follow_symlinks=False)
+                    os.chmod(name, replicated_mode(op.mode), dir_fd=dir_fd, follow_symlinks=False)
                 os.utime(name, ns=(op.mtime_ns, op.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
         except FileNotFoundError:
             return ApplyOutcome(applied=False, resend=op.path)
@@ -269,13 +274,17 @@ class Applier:
 
 
 def sweep_temp_files(root: str) -> int:
-    """Remove temp files a killed receiver left behind; returns how many."""
+    """Remove temp files a killed receiver left behind; returns how many.
+
+    Folders are reached through no-follow fds, so a folder swapped for a symlink
+    during the sweep never makes it unlink anything outside the root.
+    """
     removed = 0
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
-            if name.startswith(TEMP_PREFIX):
+    for _rel_dir, dir_fd, entries in StorageRoot(root).walk_dirs():
+        for entry in entries:
+            if entry.name.startswith(TEMP_PREFIX) and not stat.S_ISDIR(entry.st.st_mode):
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(os.path.join(dirpath, name))
+                    os.unlink(entry.name, dir_fd=dir_fd)
                     removed += 1
     return removed
 

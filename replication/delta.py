@@ -297,8 +297,8 @@ def signature_of_fd(fd: int, block_size: int | None = None) -> Signature:
 
 
 def signature_of_path(path: str | os.PathLike[str], block_size: int | None = None) -> Signature:
-    """`signature_of_fd` of the file at `path`."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    """`signature_of_fd` of the file at `path` (a symlink there is not followed)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         return signature_of_fd(fd, block_size)
     finally:

@@ -25,6 +25,15 @@ class ContainmentError(ReplicationError, ValueError):
         """The folder on the way that is a symlink here, when that was the reason."""
 
 
+class NotRegularFileError(ReplicationError):
+    """A path that had to be a regular file to be read is something else (a FIFO, a socket, a device,
+    a folder, a symlink): it is never opened for reading. `st_mode` says what it is."""
+
+    def __init__(self, message: str, *, st_mode: int) -> None:
+        super().__init__(message)
+        self.st_mode = st_mode
+
+
 class ProtocolError(ReplicationError, ValueError):
     """A peer sent bytes that are not a well-formed operation stream."""
 

@@ -15,7 +15,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from replication.paths import is_temp_name
+from replication.errors import ReplicationError
+from replication.paths import MAX_PATH_BYTES, StorageRoot, is_temp_name
+from replication.protocol import replicated_mode
 
 EntryType = Literal["file", "dir", "symlink"]
 HASH_CHUNK = 1024 * 1024
@@ -44,7 +46,8 @@ class Entry:
 
 
 def entry_from_stat(path: str, st: os.stat_result, target: str | None = None) -> Entry | None:
-    """The manifest entry for one lstat result, or None for types we do not replicate."""
+    """The manifest entry for one lstat result, or None for types we do not replicate (FIFOs,
+    sockets, devices). The mode is the file's own: `compare` decides what the replica should have."""
     mode = stat.S_IMODE(st.st_mode)
     if stat.S_ISREG(st.st_mode):
         return Entry(path, "file", mode, st.st_mtime_ns, st.st_size)
@@ -55,64 +58,77 @@ def entry_from_stat(path: str, st: os.stat_result, target: str | None = None) ->
     return None
 
 
-def walk(root: str, top: str = "", skip: Callable[[str], bool] = lambda _p: False) -> Iterator[Entry]:
+OnSpecial = Callable[[str, int], None]
+"""Told (path, st_mode) of each FIFO, socket or device a walk leaves out."""
+
+
+def walk(
+    root: str,
+    top: str = "",
+    skip: Callable[[str], bool] = lambda _p: False,
+    on_special: OnSpecial | None = None,
+) -> Iterator[Entry]:
     """Entries under `root/top` (top included when not ''), parents before children.
 
-    Symlinks are reported, never followed; temp files and `skip` matches are left out.
+    Every folder is reached from the root through no-follow fds (StorageRoot):
+    symlinks are reported, never followed, and a folder swapped for a symlink
+    during the walk is not entered. Temp files, `skip` matches, paths no peer
+    would accept and special files are left out (the last told to `on_special`).
     """
+    storage = StorageRoot(root)
     if top:
-        entry = stat_entry(root, top)
+        entry = stat_entry(storage, top, on_special)
         if entry is None or skip(top):
             return
         yield entry
         if entry.type != "dir":
             return
-    stack = [top]
-    while stack:
-        rel_dir = stack.pop()
-        try:
-            with os.scandir(os.path.join(root, rel_dir) if rel_dir else root) as it:
-                children = sorted(it, key=lambda d: d.name)
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        subdirs = []
+
+    def listed(rel: str) -> bool:
+        return not is_temp_name(rel) and not skip(rel) and _acceptable(rel)
+
+    for rel_dir, _fd, children in storage.walk_dirs(top, enter=listed):
         for child in children:
             rel = f"{rel_dir}/{child.name}" if rel_dir else child.name
-            if is_temp_name(rel) or skip(rel):
+            if not listed(rel):
                 continue
-            try:
-                st = child.stat(follow_symlinks=False)
-                target = os.readlink(child.path) if stat.S_ISLNK(st.st_mode) else None
-            except FileNotFoundError:
-                continue
-            entry = entry_from_stat(rel, st, target)
+            entry = entry_from_stat(rel, child.st, child.target)
             if entry is None:
+                if on_special is not None:
+                    on_special(rel, child.st.st_mode)
                 continue
             yield entry
-            if entry.type == "dir":
-                subdirs.append(rel)
-        stack.extend(reversed(subdirs))
 
 
-def stat_entry(root: str, path: str) -> Entry | None:
-    full = os.path.join(root, path)
-    try:
-        st = os.lstat(full)
-        target = os.readlink(full) if stat.S_ISLNK(st.st_mode) else None
-    except (FileNotFoundError, NotADirectoryError):
+def stat_entry(root: str | StorageRoot, path: str, on_special: OnSpecial | None = None) -> Entry | None:
+    """The entry for `path` now, read without following any symlink; None when gone or not replicated."""
+    storage = root if isinstance(root, StorageRoot) else StorageRoot(root)
+    st = storage.lstat(path)
+    if st is None:
         return None
-    return entry_from_stat(path, st, target)
+    target = None
+    if stat.S_ISLNK(st.st_mode):
+        target = storage.readlink(path)
+        if target is None:
+            return None
+    entry = entry_from_stat(path, st, target)
+    if entry is None and on_special is not None:
+        on_special(path, st.st_mode)
+    return entry
 
 
-def scan(root: str, skip: Callable[[str], bool] = lambda _p: False) -> dict[str, Entry]:
-    return {e.path: e for e in walk(root, "", skip)}
+def scan(
+    root: str, skip: Callable[[str], bool] = lambda _p: False, on_special: OnSpecial | None = None
+) -> dict[str, Entry]:
+    return {e.path: e for e in walk(root, "", skip, on_special)}
 
 
-def file_sha256(full_path: str) -> str | None:
-    """Hex SHA-256 of a regular file, without following a symlink; None if it is gone."""
+def storage_sha256(storage: StorageRoot, path: str) -> str | None:
+    """Hex SHA-256 of the regular file `path` read through no-follow fds; None if it is gone or
+    no regular file (a FIFO, socket or device is never opened)."""
     try:
-        fd = os.open(full_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
+        fd, _st = storage.open_regular(path)
+    except (OSError, ReplicationError):
         return None
     return fd_sha256(fd)
 
@@ -128,6 +144,15 @@ def fd_sha256(fd: int) -> str | None:
     return digest.hexdigest()
 
 
+def _acceptable(rel: str) -> bool:
+    """Only paths a receiver accepts are listed (a path beyond PATH_MAX would be refused forever).
+
+    `rel` is built from names the kernel listed, each already a valid component (no '/', no NUL,
+    never '.' or '..', at most NAME_MAX bytes): only the total length is left to check.
+    """
+    return len(os.fsencode(rel)) <= MAX_PATH_BYTES
+
+
 @dataclass
 class Plan:
     """What makes the replica equal to the source: send these, delete those."""
@@ -140,7 +165,11 @@ class Plan:
 
 
 def compare(source: dict[str, Entry], replica: dict[str, Entry]) -> Plan:
-    """First pass: decide from stat fields alone; `to_hash` lists the undecided paths."""
+    """First pass: decide from stat fields alone; `to_hash` lists the undecided paths.
+
+    A replica should have our mode without setuid, setgid and sticky bits: one that still has
+    them (from before they were stripped) gets its attributes sent again.
+    """
     send: list[Entry] = []
     attrs: list[Entry] = []
     to_hash: list[str] = []
@@ -153,14 +182,14 @@ def compare(source: dict[str, Entry], replica: dict[str, Entry]) -> Plan:
                 send.append(mine)
             elif theirs.mtime_ns != mine.mtime_ns:
                 to_hash.append(path)
-            elif theirs.mode != mine.mode:
+            elif theirs.mode != replicated_mode(mine.mode):
                 attrs.append(mine)
         elif mine.type == "symlink":
             if theirs.target != mine.target:
                 send.append(mine)
             elif theirs.mtime_s != mine.mtime_s:
                 attrs.append(mine)
-        elif theirs.mode != mine.mode:
+        elif theirs.mode != replicated_mode(mine.mode):
             attrs.append(mine)
     delete = _topmost(p for p in replica if p not in source)
     return Plan(send=send, attrs_only=attrs, delete=delete, to_hash=to_hash, compared=len(source))

@@ -43,6 +43,26 @@ class ReplicationMetrics:
             ["reason"],
             registry=registry,
         )
+        self.peer_input_refused = Counter(
+            "plugin_sync_peer_input_refused",
+            "Master: entries of replica answers refused (a path outside the storage or not asked about, "
+            "a list or answer beyond its bound, an epoch or sequence out of range, a malformed value).",
+            ["reason"],
+            registry=registry,
+        )
+        self.special_files_skipped = Counter(
+            "plugin_sync_special_files_skipped",
+            "FIFOs, sockets and devices met in STORAGE_PATH and skipped (never opened, never replicated).",
+            ["type"],
+            registry=registry,
+        )
+        self.mode_bits_stripped = Counter(
+            "plugin_sync_mode_bits_stripped",
+            "Modes replicated without their setuid, setgid or sticky bits: sent (master) or received "
+            "with them and stripped again (slave).",
+            ["side"],
+            registry=registry,
+        )
         self.storage_full = Gauge(
             "plugin_sync_storage_full",
             "Slave: 1 while its last write into STORAGE_PATH failed for lack of disk space (ENOSPC, "

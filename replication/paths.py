@@ -1,9 +1,12 @@
 """Relative paths on the wire and their containment inside STORAGE_PATH.
 
 Every path a peer sends is checked here before any system call sees it, and
-the receiver then reaches it only through directory file descriptors opened
+both sides then reach it only through directory file descriptors opened
 with O_NOFOLLOW from the storage root: a symlinked parent directory can
-never redirect a write outside the root, even if it appears after the check.
+never redirect a write (receiver) or a read (sender) outside the root, even
+if it appears after the check. Files are opened for reading only when they
+are regular files, with O_NONBLOCK, and checked again with fstat after the
+open: a FIFO, socket or device is never read, and never blocks the caller.
 """
 
 from __future__ import annotations
@@ -12,16 +15,24 @@ import contextlib
 import errno
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
-from replication.errors import ContainmentError
+from replication.errors import ContainmentError, NotRegularFileError
 
 MAX_PATH_BYTES = 4096
 MAX_NAME_BYTES = 255
+MAX_HELD_DIR_FDS = 64
+"""A walk keeps at most this many ancestor folders open (deeper ones are reopened from the root)."""
 TEMP_PREFIX = ".hs~"
 """Names starting with this are the receiver's in-flight temp files: never replicated, swept on start."""
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+"""O_NONBLOCK: opening a FIFO that replaced a file after our lstat returns at once instead of
+waiting for a writer (the fstat that follows then refuses it)."""
+_GONE = (FileNotFoundError, NotADirectoryError, ContainmentError)
+"""What "not there for us" looks like: missing, a file where a folder was, or a symlinked folder."""
 
 
 def validate_relpath(path: object) -> str:
@@ -71,8 +82,44 @@ def split_parent(path: str) -> tuple[str, str]:
     return parent, name
 
 
+@dataclass(frozen=True, slots=True)
+class DirEntry:
+    """One name in a folder, as lstat saw it; `target` is a symlink's text (never followed)."""
+
+    name: str
+    st: os.stat_result
+    target: str | None = None
+
+
+def file_kind(mode: int) -> str:
+    """A short name for the type in `mode` (metric labels, logs)."""
+    for test, name in (
+        (stat.S_ISREG, "file"),
+        (stat.S_ISDIR, "dir"),
+        (stat.S_ISLNK, "symlink"),
+        (stat.S_ISFIFO, "fifo"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISCHR, "char_device"),
+        (stat.S_ISBLK, "block_device"),
+    ):
+        if test(mode):
+            return name
+    return "other"
+
+
+def is_special(mode: int) -> bool:
+    """FIFOs, sockets, devices: never opened, never replicated."""
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode))
+
+
 class StorageRoot:
-    """The receiving side's STORAGE_PATH, reached only through no-follow directory fds."""
+    """STORAGE_PATH, reached only through no-follow directory fds, on both sides of the link.
+
+    The receiver writes through it; the sender, the manifest scan, hashing and
+    signatures read through it. A path is resolved one component at a time
+    from the root, each folder opened with O_NOFOLLOW, so a folder swapped for
+    a symlink at any moment is refused rather than followed.
+    """
 
     def __init__(self, root: str) -> None:
         self.root = os.path.abspath(root)
@@ -86,6 +133,13 @@ class StorageRoot:
         symlink on the way is refused; a non-directory on the way is replaced
         (the sender's tree is authoritative).
         """
+        fd = self._open_dir_fd(rel_dir, create=create, created=created)
+        try:
+            yield fd
+        finally:
+            os.close(fd)
+
+    def _open_dir_fd(self, rel_dir: str, *, create: bool, created: list[str] | None = None) -> int:
         fd = os.open(self.root, _DIR_FLAGS)
         try:
             if rel_dir:
@@ -98,9 +152,10 @@ class StorageRoot:
                         created.append("/".join(parts[:depth]))
                     os.close(fd)
                     fd = child
-            yield fd
-        finally:
+        except BaseException:
             os.close(fd)
+            raise
+        return fd
 
     def remove_created(self, created: list[str]) -> None:
         """Take back directories that `open_dir` created, deepest first, if still empty."""
@@ -110,10 +165,134 @@ class StorageRoot:
                 os.rmdir(name, dir_fd=fd)
 
     def open_for_reading(self, rel: str) -> int:
-        """An fd on `rel` itself (never a symlink's target), reached without following links."""
+        """An fd on `rel` itself (never a symlink's target), reached without following links.
+
+        Opened with O_NONBLOCK, so a FIFO here cannot block; callers that read
+        must check fstat (or use `open_regular`, which does).
+        """
         parent, name = split_parent(validate_relpath(rel))
         with self.open_dir(parent, create=False) as dir_fd:
-            return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+            return os.open(name, _READ_FLAGS, dir_fd=dir_fd)
+
+    def open_regular(self, rel: str) -> tuple[int, os.stat_result]:
+        """An fd and its fstat for the regular file `rel`; NotRegularFileError for anything else.
+
+        lstat first, so a FIFO, socket or device is never even opened; then
+        open with O_NOFOLLOW | O_NONBLOCK and fstat again, so something swapped
+        in between the two is refused too. FileNotFoundError when it is gone,
+        ContainmentError when a folder on the way is a symlink.
+        """
+        parent, name = split_parent(validate_relpath(rel))
+        with self.open_dir(parent, create=False) as dir_fd:
+            before = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            _require_regular(rel, before.st_mode)
+            try:
+                fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:  # replaced by a symlink since the lstat
+                    raise NotRegularFileError(f"{rel!r} is a symlink now", st_mode=stat.S_IFLNK) from exc
+                raise
+        try:
+            st = os.fstat(fd)
+            _require_regular(rel, st.st_mode)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, st
+
+    def lstat(self, rel: str) -> os.stat_result | None:
+        """lstat of `rel` itself, or None when it is gone or a folder on its way is no real folder."""
+        try:
+            parent, name = split_parent(validate_relpath(rel))
+            with self.open_dir(parent, create=False) as dir_fd:
+                return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except _GONE:
+            return None
+
+    def readlink(self, rel: str) -> str | None:
+        """The text of the symlink `rel`, or None when it is gone or no symlink any more."""
+        try:
+            parent, name = split_parent(validate_relpath(rel))
+            with self.open_dir(parent, create=False) as dir_fd:
+                return os.readlink(name, dir_fd=dir_fd)
+        except _GONE:
+            return None
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:  # replaced by something that is no symlink
+                return None
+            raise
+
+    def list_dir(self, rel_dir: str) -> list[DirEntry] | None:
+        """The folder's entries sorted by name (lstat, link text), or None when it is not a real folder."""
+        try:
+            with self.open_dir(rel_dir, create=False) as dir_fd:
+                return sorted(_entries(dir_fd), key=lambda e: e.name)
+        except _GONE:
+            return None
+
+    def walk_dirs(
+        self, rel_dir: str = "", enter: Callable[[str], bool] = lambda _rel: True
+    ) -> Iterator[tuple[str, int, list[DirEntry]]]:
+        """(rel_dir, fd, entries sorted by name) for `rel_dir` and every real folder below it that
+        `enter` accepts, in pre-order (a folder's entries before anything deeper).
+
+        Each folder is opened with O_NOFOLLOW relative to its parent's fd, so a folder
+        swapped for a symlink during the walk is listed as what it is now and never
+        entered. Folders that vanish meanwhile are skipped. At most MAX_HELD_DIR_FDS
+        ancestors stay open; deeper folders are reopened from the root.
+        """
+        try:
+            top = self._open_dir_fd(rel_dir, create=False)
+        except _GONE:
+            return
+        frames: list[tuple[str, int | None, Iterator[str]]] = []
+        try:
+            current: tuple[str, int] | None = (rel_dir, top)
+            while True:
+                if current is not None:
+                    rel, fd = current
+                    try:
+                        entries = sorted(_entries(fd), key=lambda e: e.name)
+                        yield rel, fd, entries
+                    except BaseException:  # closed while this folder was being handled
+                        os.close(fd)
+                        raise
+                    below = [_join(rel, e.name) for e in entries if stat.S_ISDIR(e.st.st_mode)]
+                    pending = iter([r for r in below if enter(r)])
+                    if len(frames) >= MAX_HELD_DIR_FDS:
+                        os.close(fd)
+                        frames.append((rel, None, pending))
+                    else:
+                        frames.append((rel, fd, pending))
+                if not frames:
+                    return
+                _parent, parent_fd, waiting = frames[-1]
+                child = next(waiting, None)
+                if child is None:
+                    frames.pop()
+                    if parent_fd is not None:
+                        os.close(parent_fd)
+                    current = None
+                    continue
+                child_fd = self._open_below(parent_fd, child)
+                current = None if child_fd is None else (child, child_fd)
+        finally:
+            for _rel, fd_left, _pending in frames:
+                if fd_left is not None:
+                    os.close(fd_left)
+
+    def _open_below(self, parent_fd: int | None, rel: str) -> int | None:
+        """The folder `rel` opened from its parent's fd (or from the root); None if no real folder now."""
+        try:
+            if parent_fd is None:
+                return self._open_dir_fd(rel, create=False)
+            return os.open(split_parent(rel)[1], _DIR_FLAGS, dir_fd=parent_fd)
+        except _GONE:
+            return None
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):  # a symlink or a file now: not entered
+                return None
+            raise
 
     def _open_child_dir(
         self, parent_fd: int, name: str, *, create: bool, rel_dir: str, at: str
@@ -142,3 +321,28 @@ class StorageRoot:
                     raise FileNotFoundError(errno.ENOENT, "not a directory", rel_dir) from exc
                 os.unlink(name, dir_fd=parent_fd)
         raise ContainmentError(f"directory {rel_dir!r} keeps changing under us")
+
+
+def _join(rel_dir: str, name: str) -> str:
+    return f"{rel_dir}/{name}" if rel_dir else name
+
+
+def _require_regular(rel: str, mode: int) -> None:
+    if not stat.S_ISREG(mode):
+        raise NotRegularFileError(f"{rel!r} is a {file_kind(mode)}, not a regular file", st_mode=mode)
+
+
+def _entries(dir_fd: int) -> Iterator[DirEntry]:
+    """lstat (and link text) of every name in the open folder; names that vanish meanwhile are left out."""
+    with os.scandir(dir_fd) as it:
+        for child in it:
+            try:
+                st = child.stat(follow_symlinks=False)
+                target = os.readlink(child.name, dir_fd=dir_fd) if stat.S_ISLNK(st.st_mode) else None
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                if exc.errno == errno.EINVAL:  # a symlink replaced by something else between the two calls
+                    continue
+                raise
+            yield DirEntry(child.name, st, target)

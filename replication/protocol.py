@@ -19,6 +19,7 @@ ContainmentError, never another exception.
 from __future__ import annotations
 
 import json
+import stat
 import struct
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, get_args
@@ -31,6 +32,20 @@ OP_KINDS: frozenset[str] = frozenset(get_args(OpKind))
 MAX_HEADER_BYTES = 64 * 1024
 MAX_FILE_BYTES = 1 << 44
 MAX_MTIME_NS = 1 << 62
+MAX_SEQUENCE = 1 << 62
+"""Sequences fit in 63 bits (SQLite and PostgreSQL integers)."""
+MAX_EPOCH = 1 << 62
+"""The highest epoch any node may act under (the API refuses more)."""
+EPOCH_HEADROOM = 1 << 20
+"""Promotions kept possible above the highest epoch taken from outside."""
+MAX_PEER_EPOCH = MAX_EPOCH - EPOCH_HEADROOM
+"""The highest epoch taken from a peer: a node that follows it can still be promoted 2**20 times
+before reaching MAX_EPOCH, so a hostile epoch "near the top" can never wedge the cluster."""
+MAX_PATHS_PER_REQUEST = 10_000
+"""Paths in one hashes or signatures request: the receiver refuses more, the sender asks in chunks."""
+SPECIAL_MODE_BITS = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX
+"""Never replicated: a setuid file of an unprivileged user must not become a root-owned setuid file
+on a standby that runs as root."""
 TRAILER_BYTES = 33
 FLAG_COMPLETE = 0
 FLAG_DISCARD = 1
@@ -70,6 +85,11 @@ class Operation:
         return _LEN.pack(len(raw)) + raw
 
 
+def replicated_mode(mode: int) -> int:
+    """The permission bits that travel: S_IMODE without setuid, setgid and sticky."""
+    return stat.S_IMODE(mode) & ~SPECIAL_MODE_BITS
+
+
 def encode_trailer(flag: int, digest: bytes) -> bytes:
     return bytes([flag]) + digest
 
@@ -104,7 +124,7 @@ def decode_header(raw: bytes) -> Operation:
     if missing:
         raise ProtocolError(f"{op} lacks {', '.join(missing)}")
     return Operation(
-        seq=_int(data, "seq", 0, 1 << 62, required=True) or 0,
+        seq=_int(data, "seq", 0, MAX_SEQUENCE, required=True) or 0,
         op=op,  # type: ignore[arg-type]
         path=validate_relpath(data["path"]) if "path" in data else "",
         dest=validate_relpath(data["dest"]) if "dest" in data else None,

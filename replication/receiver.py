@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,7 +22,6 @@ from replication import manifest, statefile
 from replication.applier import Applier, ReadExactly, sweep_temp_files
 from replication.delta import read_instructions, signature_of_fd
 from replication.errors import (
-    ContainmentError,
     FencedError,
     ProtocolError,
     ReplicationError,
@@ -31,7 +29,14 @@ from replication.errors import (
 )
 from replication.metrics import ReplicationMetrics
 from replication.paths import StorageRoot, validate_relpath
-from replication.protocol import TRAILER_BYTES, Operation, decode_header, decode_length
+from replication.protocol import (
+    MAX_PEER_EPOCH,
+    SPECIAL_MODE_BITS,
+    TRAILER_BYTES,
+    Operation,
+    decode_header,
+    decode_length,
+)
 
 log = structlog.get_logger("replication.receiver")
 
@@ -159,6 +164,8 @@ class Receiver:
             if op.seq <= result.applied_seq:
                 await self._skip_content(op, read)
                 continue
+            if op.mode is not None and op.mode & SPECIAL_MODE_BITS:
+                self._metrics.mode_bits_stripped.labels(side="received").inc()  # the applier strips them
             try:
                 outcome = await self._applier.apply(op, lambda n: _read(read, n))
             except ReplicationError as exc:
@@ -210,22 +217,16 @@ class Receiver:
 
     def _signature(self, path: str) -> str | None:
         try:
-            fd = self._applier.root.open_for_reading(path)
-        except (OSError, ContainmentError):
-            return None
+            fd, _st = self._applier.root.open_regular(path)
+        except (OSError, ReplicationError):
+            return None  # gone, below a symlink, or no regular file (a FIFO is never opened)
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                return None
             return base64.b64encode(signature_of_fd(fd).to_bytes()).decode("ascii")
         finally:
             os.close(fd)
 
     def _hash(self, path: str) -> str | None:
-        try:
-            fd = self._applier.root.open_for_reading(path)
-        except (FileNotFoundError, NotADirectoryError, ContainmentError, OSError):
-            return None
-        return manifest.fd_sha256(fd)
+        return manifest.storage_sha256(self._applier.root, path)
 
     # -- internals ---------------------------------------------------------------
     def _note_storage_full(self, reason: str | None) -> None:
@@ -239,6 +240,9 @@ class Receiver:
         self._metrics.storage_full.set(0 if reason is None else 1)
 
     def _check_epoch(self, epoch: int) -> None:
+        if not 0 <= epoch <= MAX_PEER_EPOCH:  # the API refuses it first; never followed, never persisted
+            self._metrics.refused.labels(reason="epoch").inc()
+            raise ProtocolError(f"epoch {epoch} is outside [0, {MAX_PEER_EPOCH}]")
         if epoch < self.epoch:
             self._metrics.refused.labels(reason="fenced").inc()
             raise FencedError(

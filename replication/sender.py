@@ -10,13 +10,14 @@ between resuming from the journal and a manifest reconciliation.
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
+import json
 import os
 import random
 import ssl
 import stat
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -25,13 +26,28 @@ from typing import Any, BinaryIO
 import aiohttp
 import structlog
 
-from replication import manifest
-from replication.delta import Signature, compute_delta, encode_instructions
+from replication import manifest, peer_answers
+from replication.delta import MAX_BLOCKS, Signature, block_size_for, compute_delta, encode_instructions
 from replication.errors import FencedError, PeerError, RefusedError
 from replication.journal import Change, Journal
 from replication.metrics import ReplicationMetrics
-from replication.protocol import FLAG_COMPLETE, FLAG_DISCARD, Operation, encode_trailer
-from replication.source import SentObjects, SourceTree, next_batch
+from replication.paths import is_special
+from replication.peer_answers import (
+    MAX_ANSWER_BYTES,
+    MAX_MANIFEST_BYTES,
+    MalformedAnswerError,
+    PeerInputGuard,
+)
+from replication.protocol import (
+    FLAG_COMPLETE,
+    FLAG_DISCARD,
+    MAX_PATHS_PER_REQUEST,
+    SPECIAL_MODE_BITS,
+    Operation,
+    encode_trailer,
+    replicated_mode,
+)
+from replication.source import SentObjects, SourceTree, SpecialFiles, next_batch
 
 log = structlog.get_logger("replication.sender")
 
@@ -40,6 +56,7 @@ MAX_REFUSALS = 3
 """The same change refused this many times in a row is dropped and repaired by a rescan instead."""
 LINK_PATH = "/internal/replication"
 FULL_BACKOFF_MIN = 0.5
+ANSWER_BACKOFF_MIN = 0.1
 
 
 class ReplicaStorageFullError(PeerError):
@@ -119,10 +136,13 @@ class Sender:
         self.baseline_seq: int | None = None
         """The replica is a full copy once it has applied this sequence (set by each reconciliation)."""
         self.on_ack: Callable[[], None] = lambda: None
-        self._tree = SourceTree(root)
+        self._tree = SourceTree(root, SpecialFiles(metrics.special_files_skipped))
         self._sent = SentObjects(self._tree)
+        self._guard = PeerInputGuard(metrics.peer_input_refused, target=_public(settings.target))
+        """Every answer of the replica is checked through here before it is used (peer_answers.py)."""
         self._refusals = 0
         self._full_backoff = FULL_BACKOFF_MIN
+        self._answer_backoff = ANSWER_BACKOFF_MIN
         self._signatures: dict[str, Signature] = {}
         self._whole_next: set[str] = set()
         """Paths whose last delta failed on the replica: sent whole once."""
@@ -159,6 +179,7 @@ class Sender:
                         continue
                     except (TimeoutError, PeerError, aiohttp.ClientError, OSError) as exc:
                         self._down(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+                        backoff = max(backoff, self._refused_answer_backoff(exc))
                         log.warning(
                             "replication_link_down",
                             target=self.settings.target,
@@ -170,6 +191,16 @@ class Sender:
             finally:
                 self._down(self.last_error)
                 self._session = None
+
+    def _refused_answer_backoff(self, exc: BaseException) -> float:
+        """A replica whose answers keep being refused is retried ever more slowly (up to max_backoff),
+        not ten times a second: its hello succeeds and resets the link's backoff, so this one is
+        reset only by an acknowledged batch."""
+        if not isinstance(exc, MalformedAnswerError):
+            return 0.0
+        wait = self._answer_backoff
+        self._answer_backoff = min(wait * 2, self.settings.max_backoff)
+        return wait
 
     def _down(self, error: str | None) -> None:
         self._link_up_flag = False
@@ -207,10 +238,12 @@ class Sender:
                 "head_seq": self.journal.head,
             },
         )
-        applied = int(answer.get("applied_seq", 0))
+        with self._guard.answer("hello") as refuse:
+            hello = peer_answers.hello(answer, refuse)
+        applied = hello.applied_seq
         self._link_up_flag = True
         self.last_error = None
-        same_journal = answer.get("journal_id") == self.journal.journal_id and self.baseline_seq is not None
+        same_journal = hello.journal_id == self.journal.journal_id and self.baseline_seq is not None
         if same_journal and self.journal.can_resume_from(applied):
             self.journal.rewind(applied)
             log.info(
@@ -223,7 +256,7 @@ class Sender:
         reason = (
             "journal_overflow"
             if self.journal.overflowed
-            else ("initial" if answer.get("journal_id") != self.journal.journal_id else "resume_gap")
+            else ("initial" if hello.journal_id != self.journal.journal_id else "resume_gap")
         )
         if self.journal.overflowed:
             self.journal.reset()
@@ -249,20 +282,32 @@ class Sender:
         try:
             await self._send_once(batch)
         except RefusedError as exc:
-            if not self._after_refusal(exc):
+            if not self._after_refusal(exc, batch):
                 raise
             return
         self._refusals = 0
         self._full_backoff = FULL_BACKOFF_MIN
+        self._answer_backoff = ANSWER_BACKOFF_MIN
 
-    def _after_refusal(self, exc: RefusedError) -> bool:
-        """Make sure a refused change cannot block replication forever; True when handled at once."""
-        applied = exc.body.get("applied_seq")
-        if isinstance(applied, int):
-            self.journal.rewind(applied)
-        failed = exc.body.get("failed_seq")
-        symlink_at = exc.body.get("symlink_at")
-        if isinstance(symlink_at, str) and symlink_at:
+    def _after_refusal(self, exc: RefusedError, batch: list[Change]) -> bool:
+        """Make sure a refused change cannot block replication forever; True when handled at once.
+
+        What the refusal says is believed only where it fits this batch: a failed
+        sequence of one of its changes, a symlinked folder above one of its paths.
+        """
+        with self._guard.answer("refusal") as refuse:
+            said = peer_answers.refusal(
+                exc.body,
+                {change.seq for change in batch},
+                _asked(batch),
+                refuse,
+                head=self.journal.head,
+                skip=self._skip,
+            )
+        if said.applied_seq is not None:
+            self.journal.rewind(said.applied_seq)
+        failed, symlink_at = said.failed_seq, said.symlink_at
+        if symlink_at is not None:
             if self._tree.is_real_folder(symlink_at):
                 # The replica still has a symlink where we now have a folder: send the folder first.
                 log.info("replica_folder_repaired_first", symlink_at=symlink_at)
@@ -286,6 +331,7 @@ class Sender:
         answer = await self._call(
             "POST",
             "/batch",
+            limit=MAX_ANSWER_BYTES,
             data=self._tracked(self._frames(batch, end_seq, resend)),
             headers={
                 "Content-Type": "application/octet-stream",
@@ -294,11 +340,14 @@ class Sender:
                 "X-Hotstandby-Baseline": str(-1 if self.baseline_seq is None else self.baseline_seq),
             },
         )
-        applied = int(answer["applied_seq"])
-        self.journal.acknowledge(applied)
+        with self._guard.answer("batch") as refuse:
+            said = peer_answers.batch(
+                answer, _asked(batch), refuse, changes=len(batch), head=self.journal.head, skip=self._skip
+            )
+        self.journal.acknowledge(said.applied_seq)
         self.last_ack_at = time.monotonic()
         self.on_ack()
-        for path in [*resend, *answer.get("resend", [])]:
+        for path in [*resend, *said.resend]:
             if path in self._signatures:
                 self._whole_next.add(path)  # the delta did not rebuild it: send it whole next time
             if not self._record_tree(path):
@@ -324,42 +373,50 @@ class Sender:
         yield Operation(end_seq, "end").header()
 
     async def _sync_frames(self, change: Change, resend: list[str]) -> AsyncIterator[bytes]:
-        full = os.path.join(self.root, change.path)
         st = self._tree.current(change.path)
         if st is None:
             # Gone since (or a folder on the way is a symlink now): a delete that follows covers
             # it, and a rename that follows re-sends it under its new name (see vanished_below).
             self.note_vanished(change.path)
             return
+        if is_special(st.st_mode):
+            # Never opened, never replicated: for the replica there is nothing at this path.
+            self._tree.skipped.note(change.path, st.st_mode)
+            self._sent.deleted(change.path)
+            yield self._counted(Operation(change.seq, "delete", change.path)).header()
+            return
         self._sent.remember(change.path, st.st_ino)
-        mode = stat.S_IMODE(st.st_mode)
         if stat.S_ISDIR(st.st_mode):
             yield self._counted(
-                Operation(change.seq, "mkdir", change.path, mode=mode, mtime_ns=st.st_mtime_ns)
+                Operation(change.seq, "mkdir", change.path, mode=self._mode(st), mtime_ns=st.st_mtime_ns)
             ).header()
         elif stat.S_ISLNK(st.st_mode):
-            target = os.readlink(full)
+            target = self._tree.readlink(change.path)
+            if target is None:  # replaced since the lstat: its own event follows
+                return
             yield self._counted(
                 Operation(change.seq, "symlink", change.path, target=target, mtime_ns=st.st_mtime_ns)
             ).header()
-        elif stat.S_ISREG(st.st_mode):
-            if change.attr_hint == (st.st_size, st.st_mtime_ns):
-                yield self._counted(
-                    Operation(change.seq, "attr", change.path, mode=mode, mtime_ns=st.st_mtime_ns)
-                ).header()
-                return
-            async for chunk in self._put_frames(change, full, resend):
+        elif change.attr_hint == (st.st_size, st.st_mtime_ns):
+            yield self._counted(
+                Operation(change.seq, "attr", change.path, mode=self._mode(st), mtime_ns=st.st_mtime_ns)
+            ).header()
+        else:
+            async for chunk in self._put_frames(change, resend):
                 yield chunk
 
-    async def _put_frames(self, change: Change, full: str, resend: list[str]) -> AsyncIterator[bytes]:
-        try:
-            fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError:
+    def _mode(self, st: os.stat_result) -> int:
+        """The mode that travels; setuid, setgid and sticky bits are stripped (and counted)."""
+        if st.st_mode & SPECIAL_MODE_BITS:
+            self.metrics.mode_bits_stripped.labels(side="sent").inc()
+        return replicated_mode(st.st_mode)
+
+    async def _put_frames(self, change: Change, resend: list[str]) -> AsyncIterator[bytes]:
+        opened = self._tree.open_file(change.path)
+        if opened is None:
             return
+        fd, before = opened
         with os.fdopen(fd, "rb", buffering=0) as fh:
-            before = os.fstat(fd)
-            if not stat.S_ISREG(before.st_mode):
-                return
             size = before.st_size
             signature = self._signatures.get(change.path)
             self._whole_next.discard(change.path)
@@ -367,7 +424,7 @@ class Sender:
                 change.seq,
                 "delta" if signature else "put",
                 change.path,
-                mode=stat.S_IMODE(before.st_mode),
+                mode=self._mode(before),
                 mtime_ns=before.st_mtime_ns,
                 size=size,
                 block_size=signature.block_size if signature else None,
@@ -391,30 +448,34 @@ class Sender:
         yield encode_trailer(FLAG_DISCARD if torn else FLAG_COMPLETE, digest.digest())
 
     async def _fetch_signatures(self, batch: list[Change]) -> dict[str, Signature]:
-        """Block signatures of the replica's copies of the big files in this batch (for deltas)."""
-        wanted = []
+        """Block signatures of the replica's copies of the big files in this batch (for deltas).
+
+        An answer that cannot be used only costs the delta: those files go whole.
+        """
+        wanted: dict[str, int] = {}
         for change in batch:
             if change.kind != "sync" or change.path in self._whole_next:
                 continue
-            try:
-                st = os.lstat(os.path.join(self.root, change.path))
-            except OSError:
-                continue
+            st = self._tree.current(change.path)
             if (
-                stat.S_ISREG(st.st_mode)
+                st is not None
+                and stat.S_ISREG(st.st_mode)
                 and st.st_size >= self.settings.delta_min_size
                 and change.attr_hint != (st.st_size, st.st_mtime_ns)
             ):
-                wanted.append(change.path)
-        if not wanted:
-            return {}
-        answer = await self._call("POST", "/signatures", json={"paths": wanted})
+                wanted[change.path] = st.st_size
         signatures: dict[str, Signature] = {}
-        for path, encoded in answer.get("signatures", {}).items():
-            if path in wanted and isinstance(encoded, str):
-                raw = base64.b64decode(encoded)
-                self.metrics.bytes.labels(direction="signatures").inc(len(raw))
-                signatures[path] = Signature.from_bytes(raw)
+        for paths in _chunks(list(wanted), MAX_PATHS_PER_REQUEST):
+            limit = MAX_ANSWER_BYTES + sum(_signature_answer_bytes(wanted[p]) for p in paths)
+            try:
+                answer = await self._call("POST", "/signatures", json={"paths": paths}, limit=limit)
+            except MalformedAnswerError:
+                continue
+            with self._guard.answer("signatures") as refuse:
+                found = peer_answers.signatures(answer, set(paths), refuse)
+            for path, signature in found.items():
+                self.metrics.bytes.labels(direction="signatures").inc(signature.block_count * 20 + 20)
+                signatures[path] = signature
         return signatures
 
     def note_vanished(self, path: str) -> None:
@@ -431,18 +492,20 @@ class Sender:
         async with self._reconcile_lock:
             started = time.monotonic()
             self.metrics.full_rescans.labels(reason=reason).inc()
-            remote_raw = await self._call("GET", "/manifest")
-            remote = {e.path: e for e in (manifest.Entry.from_json(r) for r in remote_raw["entries"])}
-            local = await asyncio.to_thread(manifest.scan, self.root, self._skip)
+            remote_raw = await self._call("GET", "/manifest", limit=MAX_MANIFEST_BYTES)
+            with self._guard.answer("manifest") as refuse:
+                remote = peer_answers.manifest(remote_raw, refuse, skip=self._skip)
+            local = await asyncio.to_thread(manifest.scan, self.root, self._skip, self._tree.skipped.note)
             plan = manifest.compare(local, remote)
             if plan.to_hash:
-                theirs = (await self._call("POST", "/hashes", json={"paths": plan.to_hash}))["hashes"]
+                theirs = await self._their_hashes(plan.to_hash)
+                storage = self._tree.storage
                 mine = await asyncio.to_thread(
-                    lambda: {p: manifest.file_sha256(os.path.join(self.root, p)) for p in plan.to_hash}
+                    lambda: {p: manifest.storage_sha256(storage, p) for p in plan.to_hash}
                 )
                 manifest.resolve_hashes(plan, local, mine, theirs)
             for path in plan.delete:
-                if not _exists(os.path.join(self.root, path)):
+                if not self._tree.exists(path):  # re-created since the scan: it stays
                     self.journal.record_delete(path)
             for entry in sorted(plan.send, key=lambda e: e.path.split("/")):
                 self.journal.record_sync(entry.path)
@@ -461,6 +524,21 @@ class Sender:
             log.info("reconciliation_planned", **summary.to_json())
             return summary
 
+    async def _their_hashes(self, paths: list[str]) -> dict[str, str | None]:
+        """The replica's SHA-256 of `paths`, asked for in requests of at most MAX_PATHS_PER_REQUEST paths.
+
+        A path without a usable answer counts as different (it is sent whole).
+        """
+        theirs: dict[str, str | None] = {}
+        for chunk in _chunks(paths, MAX_PATHS_PER_REQUEST):
+            try:
+                answer = await self._call("POST", "/hashes", json={"paths": chunk}, limit=MAX_ANSWER_BYTES)
+            except MalformedAnswerError:
+                continue
+            with self._guard.answer("hashes") as refuse:
+                theirs.update(peer_answers.hashes(answer, set(chunk), refuse))
+        return theirs
+
     async def wait_acked(self, seq: int, timeout: float) -> None:
         """Wait until the slave holds every change recorded up to `seq` (PeerError on timeout)."""
         async with self._acked:
@@ -470,7 +548,10 @@ class Sender:
                 raise PeerError(f"the slave did not acknowledge sequence {seq} within {timeout:g}s") from None
 
     # -- HTTP ----------------------------------------------------------------------
-    async def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+    async def _call(
+        self, method: str, path: str, *, limit: int = MAX_ANSWER_BYTES, **kwargs: Any
+    ) -> dict[str, Any]:
+        """One request to the replica; its answer is read up to `limit` bytes and must be a JSON object."""
         if self._session is None:
             raise PeerError("the replication link is not running")
         headers = dict(kwargs.pop("headers", {}))
@@ -478,29 +559,93 @@ class Sender:
             headers["Authorization"] = f"Bearer {self.settings.server_key}"
         url = f"{self.settings.target}{LINK_PATH}{path}"
         async with self._session.request(method, url, headers=headers, **kwargs) as resp:
-            try:
-                body = await resp.json(content_type=None)
-            except ValueError:
-                body = {}
+            raw = await _read_bounded(resp, limit)
             self._progress()
-            if resp.status == 409 and isinstance(body, dict) and isinstance(body.get("peer_epoch"), int):
-                peer_epoch = int(body["peer_epoch"])
-                if peer_epoch > self._epoch():
-                    raise FencedError(str(body.get("detail", "fenced by the peer")), peer_epoch=peer_epoch)
-            if resp.status >= 400 or not isinstance(body, dict):
-                detail = body.get("detail") if isinstance(body, dict) else None
-                message = f"{method} {path} answered {resp.status}: {detail or resp.reason}"
-                if 400 <= resp.status < 500 and isinstance(body, dict):
+            if raw is None:
+                with self._guard.answer(path.lstrip("/")) as refuse:
+                    raise refuse.malformed(
+                        "too_large",
+                        f"{resp.content_length or 'more than limit'} bytes",
+                        f"answer over {limit} bytes",
+                    )
+            body = _json_object(raw)
+            if resp.status == 409 and "peer_epoch" in body:
+                self._check_fenced(path, body)
+            if resp.status >= 400:
+                message = (
+                    f"{method} {path} answered {resp.status}: {peer_answers.detail(body) or resp.reason}"
+                )
+                if 400 <= resp.status < 500:
                     raise RefusedError(message, status=resp.status, body=body)
                 if resp.status == HTTPStatus.INSUFFICIENT_STORAGE:
                     raise ReplicaStorageFullError(message)
                 raise PeerError(message)
             return body
 
+    def _check_fenced(self, path: str, body: dict[str, Any]) -> None:
+        """A 409 names the epoch the replica follows: a higher one than ours fences us, one out of
+        bounds is refused (never followed, never persisted)."""
+        raw = body["peer_epoch"]
+        peer_epoch = peer_answers.peer_epoch(raw)
+        if peer_epoch is None:
+            with self._guard.answer(path.lstrip("/")) as refuse:
+                raise refuse.malformed("epoch", raw, "the peer's epoch is out of bounds")
+        if peer_epoch > self._epoch():
+            raise FencedError(peer_answers.detail(body) or "fenced by the peer", peer_epoch=peer_epoch)
 
-def _exists(path: str) -> bool:
-    """lexists, checked just before recording a delete: a path re-created since the scan stays."""
-    return os.path.lexists(path)
+
+def _asked(batch: list[Change]) -> set[str]:
+    """The paths a batch is about: all that an answer to it may name."""
+    asked = {change.path for change in batch}
+    asked.update(change.dest for change in batch if change.dest is not None)
+    return asked
+
+
+def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _signature_answer_bytes(size: int) -> int:
+    """Room for an honest signature of a replica copy up to four times our file's size (base64, JSON)."""
+    basis = 4 * size + (64 << 20)
+    blocks = min(-(-basis // block_size_for(basis)), MAX_BLOCKS)
+    return (20 + blocks * 20) * 4 // 3 + 8192
+
+
+async def _read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes | None:
+    """The whole answer body, or None as soon as it is known to exceed `limit` bytes."""
+    if resp.content_length is not None and resp.content_length > limit:
+        return None
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in resp.content.iter_any():
+        total += len(chunk)
+        if total > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    """The answer as a JSON object; {} for anything else (the parsers then refuse what they miss)."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _public(url: str) -> str:
+    """`url` without credentials, for log lines."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "?"
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 def _whole(fh: BinaryIO, size: int, digest: hashlib._Hash) -> Iterator[bytes]:

@@ -32,9 +32,11 @@ from replication import manifest
 from replication.errors import ContainmentError, PeerError
 from replication.journal import Change, Journal
 from replication.metrics import ReplicationMetrics
+from replication.paths import is_special
+from replication.protocol import SPECIAL_MODE_BITS, replicated_mode
 from replication.sender import MAX_REFUSALS, SyncSummary
 from replication.sftp_remote import RemoteTree
-from replication.source import SentObjects, SourceTree, next_batch
+from replication.source import SentObjects, SourceTree, SpecialFiles, next_batch
 from replication.ssh_target import SshTarget
 
 log = structlog.get_logger("replication.sftp_link")
@@ -84,7 +86,7 @@ class SftpSender:
         self._skip = skip
         self._epoch = epoch  # unused: a plain host has no epoch to fence us with
         self._record_tree = record_tree
-        self._tree = SourceTree(root)
+        self._tree = SourceTree(root, SpecialFiles(metrics.special_files_skipped))
         self._sent = SentObjects(self._tree)
         self._remote: RemoteTree | None = None
         self._remote_lock = asyncio.Lock()
@@ -291,14 +293,23 @@ class SftpSender:
         if st is None:
             self._sent.note_vanished(change.path)
             return
+        if is_special(st.st_mode):
+            # Never opened, never replicated: for the remote there is nothing at this path.
+            self._tree.skipped.note(change.path, st.st_mode)
+            self._sent.deleted(change.path)
+            await self._remote.delete(change.path)
+            self._count("delete")
+            return
         self._sent.remember(change.path, st.st_ino)
-        mode = stat.S_IMODE(st.st_mode)
+        mode = self._mode(st)
         times = (int(st.st_atime), st.st_mtime_ns // NS)
         if stat.S_ISDIR(st.st_mode):
             await self._remote.make_dir(change.path, mode)
             self._count("mkdir")
         elif stat.S_ISLNK(st.st_mode):
-            target = os.readlink(self._tree.full(change.path))
+            target = self._tree.readlink(change.path)
+            if target is None:  # replaced since the lstat: its own event follows
+                return
             await self._remote.put_symlink(change.path, target, times)
             self._count("symlink")
         elif stat.S_ISREG(st.st_mode):
@@ -310,17 +321,14 @@ class SftpSender:
 
     async def _put(self, path: str, resend: list[str]) -> None:
         assert self._remote is not None
-        try:
-            fd = os.open(self._tree.full(path), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError:
+        opened = self._tree.open_file(path)
+        if opened is None:
             self._sent.note_vanished(path)
             return
+        fd, st = opened
         try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                return
             times = (int(st.st_atime), st.st_mtime_ns // NS)
-            sent = await self._remote.put_file(path, fd, st.st_size, stat.S_IMODE(st.st_mode), times)
+            sent = await self._remote.put_file(path, fd, st.st_size, self._mode(st), times)
         finally:
             os.close(fd)
         if sent is None:
@@ -329,6 +337,12 @@ class SftpSender:
         self._count("put")
         self.bytes_sent += sent
         self.metrics.bytes.labels(direction="sent").inc(sent)
+
+    def _mode(self, st: os.stat_result) -> int:
+        """The mode that travels; setuid, setgid and sticky bits are stripped (and counted)."""
+        if st.st_mode & SPECIAL_MODE_BITS:
+            self.metrics.mode_bits_stripped.labels(side="sent").inc()
+        return replicated_mode(st.st_mode)
 
     def _count(self, op: str) -> None:
         self.metrics.operations.labels(op=op).inc()
@@ -349,10 +363,10 @@ class SftpSender:
             listing = await remote.listing(self._skip)
             for temp in listing.temps:
                 await remote.remove(temp)  # left by an interrupted transfer
-            local = await asyncio.to_thread(manifest.scan, self.root, self._skip)
+            local = await asyncio.to_thread(manifest.scan, self.root, self._skip, self._tree.skipped.note)
             plan = quick_check(local, listing.entries)
             for path in plan.delete:
-                if not _lexists(self._tree.full(path)):
+                if not self._tree.exists(path):  # re-created since the scan: it stays
                     self.journal.record_delete(path)
             for entry in sorted(plan.send, key=lambda e: e.path.split("/")):
                 self.journal.record_sync(entry.path)
@@ -420,8 +434,3 @@ def segments(
     if run:
         found.append(run)
     return found
-
-
-def _lexists(path: str) -> bool:
-    """Checked just before recording a delete: a path re-created since the scan stays."""
-    return os.path.lexists(path)

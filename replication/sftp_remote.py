@@ -31,6 +31,7 @@ import asyncssh
 from asyncssh import SFTPAttrs, SFTPClient
 
 from replication import manifest
+from replication.errors import ContainmentError
 from replication.paths import TEMP_PREFIX, is_temp_name, validate_relpath
 
 CHUNK = 1024 * 1024
@@ -86,6 +87,8 @@ class RemoteTree:
                 if filename in (".", "..") or "/" in filename:
                     continue
                 rel = f"{rel_dir}/{filename}" if rel_dir else filename
+                if not _acceptable(rel):  # the server's names are peer input too
+                    continue
                 if is_temp_name(rel):
                     found.temps.append(rel)
                     continue
@@ -303,3 +306,12 @@ def _entry(rel: str, attrs: SFTPAttrs) -> manifest.Entry | None:
     if stat.S_ISLNK(kind):
         return manifest.Entry(rel, "symlink", mode, mtime_ns)
     return None
+
+
+def _acceptable(rel: str) -> bool:
+    """A name from the server that is a path we could send or delete (no NUL, within PATH_MAX)."""
+    try:
+        validate_relpath(rel)
+    except ContainmentError:
+        return False
+    return True

@@ -12,17 +12,21 @@ import asyncio
 import contextlib
 import os
 import stat
+import threading
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
 import structlog
+from prometheus_client import Counter
 
+from replication.errors import ContainmentError, NotRegularFileError
 from replication.journal import Change, Journal
-from replication.paths import is_within, rebase
+from replication.paths import StorageRoot, file_kind, is_special, is_within, rebase
 
 log = structlog.get_logger("replication.source")
 
 SENT_INODES_KEPT = 100_000
+SPECIAL_PATHS_LOGGED = 10_000
 
 
 async def next_batch(
@@ -56,50 +60,78 @@ async def next_batch(
 
 
 class SourceTree:
-    """STORAGE_PATH on the leader, read with lstat only."""
+    """STORAGE_PATH on the leader, read through StorageRoot: lstat, readlink and opens of regular
+    files only, never through a symlinked folder, never opening a FIFO, socket or device."""
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, skipped: SpecialFiles | None = None) -> None:
         self.root = root
-
-    def full(self, path: str) -> str:
-        return os.path.join(self.root, path)
-
-    def under_real_folders(self, path: str) -> bool:
-        """Every folder above `path` is a real directory here (we never read through a symlink)."""
-        parts = path.split("/")[:-1]
-        current = self.root
-        for part in parts:
-            current = os.path.join(current, part)
-            try:
-                if not stat.S_ISDIR(os.lstat(current).st_mode):
-                    return False
-            except OSError:
-                return False
-        return True
+        self.storage = StorageRoot(root)
+        self.skipped = skipped or SpecialFiles(None)
 
     def current(self, path: str) -> os.stat_result | None:
         """lstat of `path` now, or None when it is gone or a folder on its way is no folder any more."""
-        try:
-            if not self.under_real_folders(path):
-                return None
-            return os.lstat(self.full(path))
-        except (FileNotFoundError, NotADirectoryError):
-            return None
+        return self.storage.lstat(path)
 
     def is_real_folder(self, path: str) -> bool:
+        st = self.storage.lstat(path)
+        return st is not None and stat.S_ISDIR(st.st_mode)
+
+    def exists(self, path: str) -> bool:
+        """Something we replicate is at `path` now (checked before recording a delete: a path
+        re-created since a scan stays). A FIFO, socket or device counts as nothing: the replica
+        must not keep a stale file where the leader has one of those."""
+        st = self.storage.lstat(path)
+        return st is not None and not is_special(st.st_mode)
+
+    def readlink(self, path: str) -> str | None:
+        return self.storage.readlink(path)
+
+    def open_file(self, path: str) -> tuple[int, os.stat_result] | None:
+        """An fd and fstat of the regular file `path`, or None when it is gone or no regular file now.
+
+        A FIFO, socket or device found here is never opened: it is counted and logged once.
+        """
         try:
-            return self.under_real_folders(path) and stat.S_ISDIR(os.lstat(self.full(path)).st_mode)
-        except OSError:
-            return False
+            return self.storage.open_regular(path)
+        except NotRegularFileError as exc:
+            if is_special(exc.st_mode):
+                self.skipped.note(path, exc.st_mode)
+            return None
+        except (FileNotFoundError, NotADirectoryError, ContainmentError):
+            return None
 
     def size_of(self, change: Change) -> int:
         """Bytes a change will move (for batch limits)."""
         if change.kind != "sync":
             return 0
-        try:
-            return os.lstat(self.full(change.path)).st_size
-        except OSError:
-            return 0
+        st = self.storage.lstat(change.path)
+        return st.st_size if st is not None else 0
+
+
+class SpecialFiles:
+    """FIFOs, sockets and devices met in the storage: each skip counted, each path logged once.
+
+    They are never opened (reading a FIFO blocks until a writer comes, a device may do
+    anything) and never replicated. The set of paths already logged is bounded.
+    """
+
+    def __init__(self, counter: Counter | None) -> None:
+        self._counter = counter
+        self._logged: OrderedDict[str, None] = OrderedDict()
+        self._lock = threading.Lock()
+        """Scans run in worker threads, sends on the loop."""
+
+    def note(self, path: str, mode: int) -> None:
+        kind = file_kind(mode)
+        if self._counter is not None:
+            self._counter.labels(type=kind).inc()
+        with self._lock:
+            if path in self._logged:
+                return
+            self._logged[path] = None
+            while len(self._logged) > SPECIAL_PATHS_LOGGED:
+                self._logged.popitem(last=False)
+        log.warning("special_file_skipped", path=path, type=kind)
 
 
 class SentObjects:
@@ -131,10 +163,10 @@ class SentObjects:
         send `dest` in full instead when they differ.
         """
         sent = self._inodes.pop(src, None)
-        try:
-            now = os.lstat(self._tree.full(dest)).st_ino
-        except OSError:
+        st = self._tree.current(dest)
+        if st is None:
             return False
+        now = st.st_ino
         if sent is not None and sent != now:
             log.info("rename_replaced_by_send", src=src, dest=dest)
             return True

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -41,7 +42,7 @@ from replication import manifest
 from replication.envinit import EnvInitTracker
 from replication.journal import Recorder
 from replication.losses import WatchdogAlarm, directories_below, inotify_watches_held, watch_shortfall
-from replication.paths import is_temp_name, is_within, rebase
+from replication.paths import StorageRoot, is_temp_name, is_within, rebase
 
 log = structlog.get_logger("replication.watcher")
 
@@ -91,6 +92,7 @@ class Watcher:
 
     def __init__(self, root: str, journal: Recorder, skip: Callable[[str], bool]) -> None:
         self.root = os.path.abspath(root)
+        self._storage = StorageRoot(self.root)
         self.journal = journal
         self._skip = skip
         self._observer: BaseObserver | None = None
@@ -252,13 +254,18 @@ class Watcher:
             self.journal.record_sync(rel)
         elif isinstance(event, DirCreatedEvent):
             self.record_tree(rel, appeared=True)
-        elif isinstance(event, FileCreatedEvent) and os.path.islink(os.path.join(self.root, rel)):
+        elif isinstance(event, FileCreatedEvent) and self._is_symlink(rel):
             self.journal.record_sync(rel)  # a symlink is complete when it appears
         elif isinstance(event, (FileCreatedEvent, FileModifiedEvent)):
             self._mark_dirty(rel)
         elif isinstance(event, (FileDeletedEvent, DirDeletedEvent)):
             self._settle(rel)
             self.journal.record_delete(rel)
+
+    def _is_symlink(self, rel: str) -> bool:
+        """lstat through no-follow folder fds: never looks past a symlinked folder."""
+        st = self._storage.lstat(rel)
+        return st is not None and stat.S_ISLNK(st.st_mode)
 
     def _track_env_init(self, event: FileSystemEvent, rel: str) -> None:
         assert self.env_init is not None

@@ -202,9 +202,33 @@ async def test_put_replaces_an_existing_file(env: Env):
     assert st_.st_mtime_ns == MTIME2
 
 
-async def test_put_keeps_special_mode_bits(env: Env):
-    await env.apply(put(1, "tool", b"#!/bin/sh\n", mode=0o4750) + end(1))
-    assert stat.S_IMODE((env.storage / "tool").stat().st_mode) == 0o4750
+def mode_bits_stripped(env: Env) -> float:
+    sample = env.registry.get_sample_value("plugin_sync_mode_bits_stripped_total", {"side": "received"})
+    return sample or 0.0
+
+
+async def test_setuid_setgid_and_sticky_bits_never_land_on_the_replica(env: Env):
+    # A setuid file of an unprivileged user on the master must not become a root-owned setuid
+    # file here: the bits are stripped again on the receiver, whatever the sender says.
+    await env.apply(
+        put(1, "tool", b"#!/bin/sh\n", mode=0o4750)
+        + put(2, "group-tool", b"x", mode=0o2755)
+        + mkdir(3, "shared", mode=0o3775)
+        + mkdir(4, "tmp", mode=0o1777)
+        + end(4)
+    )
+    assert stat.S_IMODE((env.storage / "tool").stat().st_mode) == 0o750
+    assert stat.S_IMODE((env.storage / "group-tool").stat().st_mode) == 0o755
+    assert stat.S_IMODE((env.storage / "shared").stat().st_mode) == 0o775
+    assert stat.S_IMODE((env.storage / "tmp").stat().st_mode) == 0o777
+    assert mode_bits_stripped(env) == 4
+
+
+async def test_an_attr_change_cannot_add_a_setuid_bit(env: Env):
+    write(env.storage / "tool", b"#!/bin/sh\n", 0o755)
+    await env.apply(attr(1, "tool", mode=0o6755) + end(1))
+    assert stat.S_IMODE((env.storage / "tool").stat().st_mode) == 0o755
+    assert mode_bits_stripped(env) == 1
 
 
 async def test_put_of_a_name_with_colons_and_at_sign(env: Env):
@@ -589,6 +613,19 @@ async def test_lower_epoch_raises_fenced_error_and_applies_nothing(env: Env):
     # the same or a higher epoch is accepted
     await env.apply(put(1, "a", b"x") + end(1), epoch=5)
     assert (env.storage / "a").read_bytes() == b"x"
+
+
+@pytest.mark.parametrize("epoch", [protocol.MAX_PEER_EPOCH + 1, protocol.MAX_EPOCH, 2**63])
+async def test_an_epoch_beyond_the_peer_bound_is_refused_and_never_persisted(env: Env, epoch: int):
+    with pytest.raises(ProtocolError):
+        env.receiver.hello(journal_id=JOURNAL, epoch=epoch, node_id="evil")
+    with pytest.raises(ProtocolError):
+        await env.receiver.apply_batch(
+            journal_id=JOURNAL, epoch=epoch, read=Stream(put(1, "a", b"x") + end(1))
+        )
+    assert env.receiver.epoch == 0 and env.new_receiver().epoch == 0
+    assert not (env.storage / "a").exists()
+    assert env.refused("epoch") == 2
 
 
 # --- containment ------------------------------------------------------------------------------

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
+import stat
+import threading
+import time
 
 import pytest
 
-from replication.errors import ContainmentError
+from replication.errors import ContainmentError, NotRegularFileError, ReplicationError
 from replication.paths import (
+    MAX_HELD_DIR_FDS,
     MAX_NAME_BYTES,
     MAX_PATH_BYTES,
     TEMP_PREFIX,
     StorageRoot,
+    file_kind,
     is_temp_name,
     is_within,
     rebase,
@@ -301,3 +308,204 @@ def test_no_file_descriptor_leaks_on_success_or_failure(root, outside):
     with pytest.raises(RuntimeError), storage.open_dir("x/y", create=False):
         raise RuntimeError("body failed")
     assert _open_fds() == before
+
+
+# --- StorageRoot: the reading side (the master's sender, scans, hashes) ------------------
+
+
+MARKER = b"OUTSIDE-MARKER-9b1f"
+
+
+def _fifo(path) -> None:
+    os.mkfifo(path)
+
+
+def _socket(path) -> socket.socket:
+    """A bound unix socket at `path` (bound from its folder: sun_path is short)."""
+    sock = socket.socket(socket.AF_UNIX)
+    folder = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        sock.bind(f"/proc/self/fd/{folder}/{os.path.basename(path)}")
+    finally:
+        os.close(folder)
+    return sock
+
+
+def _in_thread_within(seconds: float, call):
+    """Run `call` in a thread; fail (instead of hanging the run) when it does not return in time."""
+    result: dict[str, object] = {}
+
+    def target():
+        try:
+            result["value"] = call()
+        except BaseException as exc:
+            result["error"] = exc
+
+    worker = threading.Thread(target=target, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert not worker.is_alive(), f"the call blocked for more than {seconds}s"
+    if "error" in result:
+        raise result["error"]  # type: ignore[misc]
+    return result.get("value")
+
+
+def test_open_regular_returns_an_fd_and_its_fstat(root):
+    (root / "a").mkdir()
+    (root / "a" / "f").write_bytes(b"content")
+    fd, st = StorageRoot(str(root)).open_regular("a/f")
+    try:
+        assert os.read(fd, 100) == b"content"
+        assert stat.S_ISREG(st.st_mode) and st.st_size == 7
+    finally:
+        os.close(fd)
+
+
+def test_open_regular_never_opens_a_fifo_and_never_blocks(root):
+    _fifo(root / "pipe")
+    with pytest.raises(NotRegularFileError) as caught:
+        _in_thread_within(5, lambda: StorageRoot(str(root)).open_regular("pipe"))
+    assert stat.S_ISFIFO(caught.value.st_mode)
+
+
+def test_open_regular_refuses_a_socket(root):
+    sock = _socket(str(root / "sock"))
+    try:
+        with pytest.raises(NotRegularFileError) as caught:
+            StorageRoot(str(root)).open_regular("sock")
+        assert stat.S_ISSOCK(caught.value.st_mode)
+    finally:
+        sock.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mknod of a device needs root")
+def test_open_regular_refuses_a_device(root):
+    os.mknod(root / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    with pytest.raises(NotRegularFileError) as caught:
+        StorageRoot(str(root)).open_regular("null")
+    assert file_kind(caught.value.st_mode) == "char_device"
+
+
+def test_open_for_reading_a_fifo_does_not_block(root):
+    # The receiver's older call: O_NONBLOCK, so even a caller that opens first and fstats after
+    # is never stuck on a FIFO.
+    _fifo(root / "pipe")
+    fd = _in_thread_within(5, lambda: StorageRoot(str(root)).open_for_reading("pipe"))
+    try:
+        assert stat.S_ISFIFO(os.fstat(fd).st_mode)
+    finally:
+        os.close(fd)
+
+
+def test_open_regular_refuses_a_symlink_and_a_symlinked_folder(root, outside):
+    (outside / "secret").write_bytes(MARKER)
+    (root / "link").symlink_to(outside / "secret")
+    (root / "dir").symlink_to(outside, target_is_directory=True)
+    storage = StorageRoot(str(root))
+    with pytest.raises(NotRegularFileError):
+        storage.open_regular("link")
+    with pytest.raises(ContainmentError):
+        storage.open_regular("dir/secret")
+    with pytest.raises(ContainmentError):
+        storage.open_regular("../outside/secret")
+
+
+def test_lstat_and_readlink_never_look_past_a_symlinked_folder(root, outside):
+    (outside / "secret").write_bytes(MARKER)
+    (outside / "inner-link").symlink_to("/etc/passwd")
+    (root / "dir").symlink_to(outside, target_is_directory=True)
+    storage = StorageRoot(str(root))
+    assert stat.S_ISLNK(storage.lstat("dir").st_mode)
+    assert storage.readlink("dir") == str(outside)
+    assert storage.lstat("dir/secret") is None
+    assert storage.readlink("dir/inner-link") is None
+    assert storage.lstat("../outside/secret") is None
+    assert storage.readlink("missing") is None
+
+
+def test_list_dir_reports_symlinks_as_they_are(root, outside):
+    (root / "d").mkdir()
+    (root / "d" / "f").write_bytes(b"x")
+    (root / "d" / "l").symlink_to(outside, target_is_directory=True)
+    entries = StorageRoot(str(root)).list_dir("d")
+    assert [(e.name, file_kind(e.st.st_mode), e.target) for e in entries] == [
+        ("f", "file", None),
+        ("l", "symlink", str(outside)),
+    ]
+    assert StorageRoot(str(root)).list_dir("d/l") is None
+
+
+def test_walk_dirs_never_enters_a_symlinked_folder(root, outside):
+    (outside / "secret").write_bytes(MARKER)
+    (root / "a" / "b").mkdir(parents=True)
+    (root / "a" / "b" / "f").write_bytes(b"x")
+    (root / "a" / "escape").symlink_to(outside, target_is_directory=True)
+    seen = {
+        rel_dir: [e.name for e in entries] for rel_dir, _fd, entries in StorageRoot(str(root)).walk_dirs()
+    }
+    assert seen == {"": ["a"], "a": ["b", "escape"], "a/b": ["f"]}
+
+
+def test_walk_dirs_in_pre_order_and_skipping_what_enter_refuses(root):
+    for rel in ("a/x", "a/y", "b", "skip/deep"):
+        (root / rel).mkdir(parents=True)
+    walked = [rel for rel, _fd, _e in StorageRoot(str(root)).walk_dirs(enter=lambda r: r != "skip")]
+    assert walked == ["", "a", "a/x", "a/y", "b"]
+
+
+def test_walk_dirs_reopens_from_the_root_below_the_held_fd_limit(root):
+    deep = "/".join(f"d{i}" for i in range(MAX_HELD_DIR_FDS + 10))
+    (root / deep).mkdir(parents=True)
+    (root / deep / "f").write_bytes(b"x")
+    before = _open_fds()
+    walked = [rel for rel, _fd, _e in StorageRoot(str(root)).walk_dirs()]
+    assert walked[-1] == deep
+    assert len(walked) == MAX_HELD_DIR_FDS + 11
+    assert _open_fds() == before
+
+
+def test_walk_dirs_closes_its_fds_when_abandoned(root):
+    for rel in ("a/b/c", "d"):
+        (root / rel).mkdir(parents=True)
+    before = _open_fds()
+    walk = StorageRoot(str(root)).walk_dirs()
+    next(walk), next(walk), next(walk)
+    walk.close()
+    assert _open_fds() == before
+
+
+def test_a_folder_swapped_for_a_symlink_is_never_read_through(root, outside):
+    """A thread swaps a folder for a symlink to outside as fast as it can while the reader reads:
+    whatever the timing, nothing of the outside folder is ever returned."""
+    (outside / "f").write_bytes(MARKER)
+    (root / "d").mkdir()
+    (root / "d" / "f").write_bytes(b"inside")
+    storage = StorageRoot(str(root))
+    stop = threading.Event()
+
+    def swap() -> None:
+        while not stop.is_set():
+            os.rename(root / "d", root / "d.real")
+            os.symlink(outside, root / "d")
+            os.unlink(root / "d")
+            os.rename(root / "d.real", root / "d")
+
+    swapper = threading.Thread(target=swap, daemon=True)
+    swapper.start()
+    reads = 0
+    try:
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError, ReplicationError):
+                fd, _st = storage.open_regular("d/f")
+                with os.fdopen(fd, "rb") as fh:
+                    assert fh.read() == b"inside"
+                reads += 1
+            for _rel, _fd, entries in storage.walk_dirs():
+                assert "f" not in [e.name for e in entries] or _rel in ("d", "d.real")
+            st = storage.lstat("d/f")
+            assert st is None or st.st_size == len(b"inside")
+    finally:
+        stop.set()
+        swapper.join(5)
+    assert reads > 0

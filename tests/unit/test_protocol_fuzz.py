@@ -1,24 +1,41 @@
-"""Wire framing: headers round trip, and decoding anything else fails only with the documented errors."""
+"""Wire framing: headers round trip, and decoding anything else fails only with the documented errors.
+
+Also the other direction: whatever the replica answers, the master's sender fails only with the
+documented errors and never reads or sends anything from outside its storage.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import contextlib
 import hashlib
 import json
 import os
 import struct
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 
-from replication.errors import ContainmentError, ProtocolError
-from replication.paths import MAX_NAME_BYTES, validate_relpath
+from replication import manifest
+from replication.delta import signature_of_fd
+from replication.errors import ContainmentError, FencedError, PeerError, ProtocolError
+from replication.exclude import ReadyMarkers
+from replication.journal import Journal
+from replication.metrics import ReplicationMetrics
+from replication.paths import MAX_NAME_BYTES, is_temp_name, is_within, validate_relpath
 from replication.protocol import (
     FLAG_COMPLETE,
     FLAG_DISCARD,
     MAX_FILE_BYTES,
     MAX_HEADER_BYTES,
     MAX_MTIME_NS,
+    MAX_PEER_EPOCH,
     OP_KINDS,
     TRAILER_BYTES,
     Operation,
@@ -27,6 +44,7 @@ from replication.protocol import (
     decode_trailer,
     encode_trailer,
 )
+from replication.sender import LinkSettings, Sender
 
 FUZZ = settings(
     max_examples=300,
@@ -433,3 +451,258 @@ def test_decode_header_on_corrupted_valid_headers_never_raises_anything_else(op,
     raw = op.header()[4:]
     where = min(where, len(raw))
     _assert_decodes_safely(raw[:where] + junk + raw[where + len(junk) :])
+
+
+# --- the replica's answers, as the master parses them -----------------------------------
+#
+# A real Sender runs its hello, one batch and a reconciliation against a fake replica whose
+# answers (status and body) are drawn by hypothesis: honest-looking, hostile (paths climbing out
+# of the storage, absolute, NUL, through the storage's symlink to an outside folder, huge
+# numbers, wrong types) or not JSON at all. Promises: nothing but the documented errors leaves
+# the sender (PeerError family: the link retries; FencedError only for an in-bounds epoch), the
+# journal only ever holds valid paths that are not below the symlink, and the marker in the
+# outside folder never appears in anything the master sent.
+
+ANSWER_MARKER = b"ANSWER-FUZZ-OUTSIDE-7d1e4a"
+ROUTES = ("hello", "batch", "manifest", "hashes", "signatures")
+OUR_EPOCH = 5
+
+
+@dataclass
+class AnswerTree:
+    root: str
+    outside: str
+    entries: list[list[Any]]
+    signature: str
+
+
+@pytest.fixture(scope="module")
+def answer_tree(tmp_path_factory: pytest.TempPathFactory) -> AnswerTree:
+    base = tmp_path_factory.mktemp("answers")
+    outside, root = base / "outside", base / "storage"
+    (outside / "sub").mkdir(parents=True)
+    (outside / "secret").write_bytes(ANSWER_MARKER)
+    (outside / "sub" / "secret").write_bytes(ANSWER_MARKER * 100)
+    (root / "data").mkdir(parents=True)
+    (root / "data" / "a.txt").write_bytes(b"alpha")
+    (root / "big.bin").write_bytes(os.urandom(8192))
+    (root / "escape").symlink_to(outside, target_is_directory=True)
+    entries = [e.to_json() for e in manifest.walk(str(root))]
+    with open(root / "big.bin", "rb") as fh:
+        signature = base64.b64encode(signature_of_fd(fh.fileno()).to_bytes()).decode()
+    return AnswerTree(str(root), str(outside), entries, signature)
+
+
+class _Content:
+    def __init__(self, raw: bytes) -> None:
+        self._raw = raw
+
+    async def iter_any(self) -> AsyncIterator[bytes]:
+        for start in range(0, len(self._raw), 7):
+            yield self._raw[start : start + 7]
+
+
+class _Response:
+    def __init__(self, status: int, raw: bytes, declared: bool) -> None:
+        self.status = status
+        self.reason = "Reason"
+        self.content_length = len(raw) if declared else None
+        self.content = _Content(raw)
+
+
+class FakeReplica:
+    """Stands in for aiohttp's session: records what the master sends, answers what it was told to."""
+
+    def __init__(self, answers: dict[str, tuple[int, bytes, bool]]) -> None:
+        self.answers = answers
+        self.sent = bytearray()
+        self.routes: list[str] = []
+
+    def request(self, method: str, url: str, **kwargs: Any) -> contextlib.AbstractAsyncContextManager[Any]:
+        return self._exchange(url, kwargs)
+
+    @contextlib.asynccontextmanager
+    async def _exchange(self, url: str, kwargs: dict[str, Any]) -> AsyncIterator[_Response]:
+        if kwargs.get("data") is not None:
+            async for chunk in kwargs["data"]:
+                self.sent += chunk
+        if kwargs.get("json") is not None:
+            self.sent += json.dumps(kwargs["json"]).encode()
+        route = url.rsplit("/", 1)[1]
+        self.routes.append(route)
+        status, raw, declared = self.answers.get(route, (200, b"{}", True))
+        yield _Response(status, raw, declared)
+
+
+_answer_paths = (
+    st.sampled_from(
+        [
+            "data/a.txt",
+            "big.bin",
+            "escape",
+            "data",
+            "escape/secret",
+            "escape/sub/secret",
+            "escape/sub",
+            "../outside/secret",
+            "data/../../outside/secret",
+            "/etc/passwd",
+            "a\x00b",
+            ".hs~x.1",
+            "",
+        ]
+    )
+    | valid_relpaths
+)
+_str_keys = _answer_paths | st.text(max_size=12)
+_small_ints = st.integers(0, 40) | st.sampled_from([OUR_EPOCH + 1, (1 << 62) - (1 << 32), 1 << 62, 2**63, -1])
+_answer_ints = _small_ints | _ints
+
+
+def _answer_bodies(tree: AnswerTree) -> dict[str, st.SearchStrategy[Any]]:
+    paths = _answer_paths | json_values
+    entry = st.tuples(
+        paths,
+        st.sampled_from(["file", "dir", "symlink", "fifo"]) | json_values,
+        _answer_ints,
+        _answer_ints,
+        _answer_ints,
+        _targets,
+    ).map(list)
+    files = [e for e in tree.entries if e[1] == "file"]
+    near = st.sampled_from(files).map(lambda e: [e[0], e[1], e[2], e[3] + 1, e[4], e[5]])  # asks hashes
+    entries = st.lists(near | st.sampled_from(tree.entries) | entry, max_size=12)
+    hashes = st.dictionaries(_str_keys, st.sampled_from(["ab" * 32, "zz", None]) | json_values, max_size=6)
+    signatures = st.dictionaries(
+        _str_keys, st.sampled_from([tree.signature, "!!", None]) | json_values, max_size=6
+    )
+    refusal = {
+        "failed_seq": _answer_ints,
+        "applied_seq": _answer_ints,
+        "symlink_at": paths,
+        "peer_epoch": _answer_ints,
+        "detail": st.text(max_size=30) | json_values,
+    }
+    return {
+        "hello": st.fixed_dictionaries(
+            {}, optional={"journal_id": st.sampled_from(["", "J"]) | json_values, "applied_seq": _answer_ints}
+        ),
+        "batch": st.fixed_dictionaries(
+            {},
+            optional={
+                "applied_seq": _answer_ints,
+                "resend": st.lists(paths, max_size=20) | json_values,
+                **refusal,
+            },
+        ),
+        "manifest": st.fixed_dictionaries({"entries": entries | entries | json_values}, optional=refusal),
+        "hashes": st.fixed_dictionaries({}, optional={"hashes": hashes | json_values, **refusal}),
+        "signatures": st.fixed_dictionaries({}, optional={"signatures": signatures | json_values, **refusal}),
+    }
+
+
+@st.composite
+def replica_answers(draw: st.DrawFn, tree: AnswerTree) -> dict[str, tuple[int, bytes, bool]]:
+    bodies = _answer_bodies(tree)
+    answers = {}
+    for route in ROUTES:
+        status = draw(st.sampled_from([200] * 6 + [400, 404, 409, 500, 507]))
+        if draw(st.integers(0, 9)) == 0:
+            raw = draw(st.binary(max_size=40))
+        else:
+            body = draw(st.one_of(bodies[route], bodies[route], json_values))
+            raw = json.dumps(body).encode("utf-8", errors="surrogatepass")
+        answers[route] = (status, raw, draw(st.booleans()))
+    return answers
+
+
+def _run_sender_against(tree: AnswerTree, answers: dict[str, tuple[int, bytes, bool]]) -> None:
+    journal = Journal("J", ReadyMarkers([]))
+    replica = FakeReplica(answers)
+    record_tree_calls: list[str] = []
+
+    def record_tree(rel: str) -> int:
+        record_tree_calls.append(rel)
+        count = 0
+        for entry in manifest.walk(tree.root, rel):
+            journal.record_sync(entry.path)
+            count += 1
+        return count
+
+    sender = Sender(
+        LinkSettings(target="http://replica.invalid", server_key="k", node_id="n", delta_min_size=1024),
+        tree.root,
+        journal,
+        ReplicationMetrics(CollectorRegistry()),
+        skip=lambda _p: False,
+        epoch=lambda: OUR_EPOCH,
+        record_tree=record_tree,
+    )
+    sender._session = replica  # type: ignore[assignment]
+    for path in ("data", "data/a.txt", "big.bin", "escape"):
+        journal.record_sync(path)
+
+    async def exchanges() -> None:
+        for step in (
+            sender._link_up,
+            lambda: sender._send(journal.take_batch(100, 1 << 30, lambda _c: 0)),
+            lambda: sender.reconcile("requested"),
+        ):
+            try:
+                await step()
+            except PeerError:
+                pass  # the link would reconnect and try again
+            except FencedError as exc:
+                assert OUR_EPOCH < exc.peer_epoch <= MAX_PEER_EPOCH
+
+    asyncio.run(exchanges())
+    for route in sorted(set(replica.routes)):
+        event(f"the master asked for {route}")  # hypothesis statistics: is every kind of answer reached?
+    assert ANSWER_MARKER not in replica.sent
+    for change in journal._entries.values():
+        for path in (change.path, change.dest):
+            if path is not None:
+                assert (validate_relpath(path) == path and not is_within(path, "escape")) or path == "escape"
+                assert not is_temp_name(path)
+    for rel in record_tree_calls:
+        assert validate_relpath(rel) == rel and not rel.startswith("escape/")
+    assert sender.fenced_by is None
+
+
+@settings(FUZZ, max_examples=300)
+@given(data=st.data())
+def test_the_master_survives_any_answer_of_its_replica_and_never_reads_outside(answer_tree, data):
+    _run_sender_against(answer_tree, data.draw(replica_answers(answer_tree)))
+
+
+def test_the_fake_replica_exchange_works_with_honest_answers(answer_tree):
+    """Positive control: with plausible answers the sender really sends content (the fuzz is not
+    just watching a sender that gives up at once)."""
+    honest = {
+        "hello": (200, b'{"journal_id": "", "applied_seq": 0}', True),
+        "manifest": (200, b'{"entries": []}', True),
+        "batch": (200, b'{"applied_seq": 0, "resend": []}', True),
+        "signatures": (200, b'{"signatures": {}}', True),
+        "hashes": (200, b'{"hashes": {}}', True),
+    }
+    replica = FakeReplica(honest)
+    journal = Journal("J", ReadyMarkers([]))
+    sender = Sender(
+        LinkSettings(target="http://replica.invalid", server_key="k", node_id="n"),
+        answer_tree.root,
+        journal,
+        ReplicationMetrics(CollectorRegistry()),
+        skip=lambda _p: False,
+        epoch=lambda: OUR_EPOCH,
+        record_tree=lambda _rel: 0,
+    )
+    sender._session = replica  # type: ignore[assignment]
+
+    async def exchange() -> None:
+        await sender._link_up()
+        await sender._send(journal.take_batch(100, 1 << 30, lambda _c: 0))
+
+    asyncio.run(exchange())
+    assert b"alpha" in replica.sent
+    assert b'"target":"' + os.fsencode(answer_tree.outside) + b'"' in replica.sent  # the link itself
+    assert ANSWER_MARKER not in replica.sent

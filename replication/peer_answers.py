@@ -1,0 +1,367 @@
+"""What a replica answers, checked before the master uses any of it.
+
+A replica, or anything between it and the master on a plain-http link, may
+answer anything. Nothing from an answer is used before it passed here:
+every path is validated exactly as the receiver validates incoming ones
+(validate_relpath, no temp names, no EXCLUDE match) and must be one the
+master asked about; lists and whole answers have bounds; epochs and
+sequences are bounded as in requests. Bad entries are dropped and counted in
+`plugin_sync_peer_input_refused_total{reason}`, with one warning per answer
+(and at most one a minute per reason), never one per entry. An answer that
+cannot be used at all raises MalformedAnswerError, a PeerError: the link
+reconnects and tries again, as after any failed request.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import re
+import reprlib
+import time
+from collections import Counter as Tally
+from collections.abc import Callable, Collection, Iterator
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import structlog
+from prometheus_client import Counter
+
+from replication.delta import Signature
+from replication.errors import ContainmentError, PeerError, ProtocolError
+from replication.manifest import Entry, EntryType
+from replication.paths import is_temp_name, is_within, validate_relpath
+from replication.protocol import MAX_FILE_BYTES, MAX_MTIME_NS, MAX_PEER_EPOCH, MAX_SEQUENCE
+
+log = structlog.get_logger("replication.peer_answers")
+
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
+"""Hello, batch, hashes answers and refusals: far beyond any honest one (a resend list names at most
+the paths of one batch)."""
+MAX_MANIFEST_BYTES = 1 << 30
+"""A manifest answer: about 150 bytes an entry, so room for millions of files."""
+MAX_MANIFEST_ENTRIES = 10_000_000
+MAX_TARGET_BYTES = 4096
+MAX_DETAIL_CHARS = 300
+"""A peer's problem `detail` is quoted in logs and status answers only this far."""
+LOG_INTERVAL = 60.0
+"""A reason already logged is logged again only after this long (it is counted every time)."""
+_HEX64 = re.compile(r"[0-9a-f]{64}\Z")
+_ENTRY_TYPES = frozenset({"file", "dir", "symlink"})
+
+Skip = Callable[[str], bool]
+
+
+class MalformedAnswerError(PeerError):
+    """The replica's answer cannot be used at all; the link retries as after any failed request."""
+
+
+class Refusals:
+    """What one answer had refused, by reason: counted at once, logged together when the answer is done."""
+
+    def __init__(self, where: str, counter: Counter | None) -> None:
+        self.where = where
+        self._counter = counter
+        self.counts: Tally[str] = Tally()
+        self.examples: dict[str, str] = {}
+
+    def __call__(self, reason: str, value: object, count: int = 1) -> None:
+        if self._counter is not None:
+            self._counter.labels(reason=reason).inc(count)
+        self.counts[reason] += count
+        if reason not in self.examples:
+            self.examples[reason] = _quote(value)
+
+    def malformed(self, reason: str, value: object, message: str) -> MalformedAnswerError:
+        """Refuse the whole answer: count it and return the error to raise."""
+        self(reason, value)
+        return MalformedAnswerError(f"{self.where}: {message}")
+
+
+@dataclass
+class PeerInputGuard:
+    """Counts refused peer input and logs it without flooding: a line per answer, one a minute per reason."""
+
+    counter: Counter | None
+    target: str = ""
+    clock: Callable[[], float] = time.monotonic
+    _logged_at: dict[str, float] = field(default_factory=dict)
+    _suppressed: Tally[str] = field(default_factory=Tally)
+
+    @contextlib.contextmanager
+    def answer(self, where: str) -> Iterator[Refusals]:
+        refusals = Refusals(where, self.counter)
+        try:
+            yield refusals
+        finally:
+            self._report(refusals)
+
+    def _report(self, refusals: Refusals) -> None:
+        now = self.clock()
+        due = {
+            reason: count
+            for reason, count in refusals.counts.items()
+            if now - self._logged_at.get(reason, -LOG_INTERVAL) >= LOG_INTERVAL
+        }
+        for reason, count in refusals.counts.items():
+            if reason not in due:
+                self._suppressed[reason] += count
+        if not due:
+            return
+        for reason in due:
+            self._logged_at[reason] = now
+        log.warning(
+            "peer_input_refused",
+            target=self.target,
+            answer=refusals.where,
+            refused=dict(due),
+            examples={reason: refusals.examples[reason] for reason in due},
+            refused_since_last_log={r: self._suppressed.pop(r) for r in due if r in self._suppressed},
+        )
+
+
+# -- single values -----------------------------------------------------------------------------------
+def peer_epoch(value: object) -> int | None:
+    """`value` as an epoch a node may follow, or None when it is no integer in [0, MAX_PEER_EPOCH]."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_PEER_EPOCH:
+        return None
+    return value
+
+
+def sequence(value: object, refuse: Refusals, *, high: int = MAX_SEQUENCE, what: str = "applied_seq") -> int:
+    """An acknowledged sequence in [0, high]; anything else makes the answer unusable."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= high:
+        raise refuse.malformed("sequence", value, f"{what} {_quote(value)} is not an integer in [0, {high}]")
+    return value
+
+
+def checked_path(value: object, refuse: Refusals, skip: Skip) -> str | None:
+    """`value` if the receiver itself would accept it as a path, else None (refused and counted)."""
+    try:
+        path = validate_relpath(value)
+    except ContainmentError:
+        refuse("path", value)
+        return None
+    if is_temp_name(path):
+        refuse("path", value)
+        return None
+    if skip(path):
+        refuse("excluded", value)
+        return None
+    return path
+
+
+def detail(body: object) -> str | None:
+    """A peer's problem detail, shortened: it is quoted in our logs and status answers."""
+    text = body.get("detail") if isinstance(body, dict) else None
+    return None if text is None else _quote(text, MAX_DETAIL_CHARS)
+
+
+# -- answers -------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class HelloAnswer:
+    journal_id: str | None
+    applied_seq: int
+
+
+def hello(body: dict[str, Any], refuse: Refusals) -> HelloAnswer:
+    journal_id = body.get("journal_id")
+    if journal_id is not None and not isinstance(journal_id, str):
+        refuse("malformed", journal_id)
+        journal_id = None
+    return HelloAnswer(journal_id, sequence(body.get("applied_seq", 0), refuse))
+
+
+@dataclass(frozen=True)
+class BatchAnswer:
+    applied_seq: int
+    resend: list[str]
+
+
+def batch(
+    body: dict[str, Any], asked: Collection[str], refuse: Refusals, *, changes: int, head: int, skip: Skip
+) -> BatchAnswer:
+    """The acknowledged sequence (at most our head) and the resend list, reduced to paths of this batch.
+
+    An honest replica names at most one path per operation (`changes` of them; a path may come
+    back several times, e.g. after a folder renamed back and forth).
+    """
+    applied = sequence(body.get("applied_seq"), refuse, high=head)
+    return BatchAnswer(applied, paths_asked(body.get("resend", []), asked, refuse, limit=changes, skip=skip))
+
+
+def paths_asked(
+    value: object, asked: Collection[str], refuse: Refusals, *, limit: int, skip: Skip
+) -> list[str]:
+    """The first `limit` entries of a path list, kept when they are valid paths the master asked about."""
+    if not isinstance(value, list):
+        refuse("malformed", value)
+        return []
+    if len(value) > limit:
+        refuse("too_many", f"{len(value)} entries for at most {limit}", len(value) - limit)
+        value = value[:limit]
+    found: list[str] = []
+    for item in value:
+        path = checked_path(item, refuse, skip)
+        if path is None:
+            continue
+        if path not in asked:
+            refuse("unsolicited", path)
+            continue
+        found.append(path)
+    return found
+
+
+@dataclass(frozen=True)
+class RefusalAnswer:
+    """What a 4xx answer to a batch says, where it can be believed."""
+
+    applied_seq: int | None = None
+    failed_seq: int | None = None
+    symlink_at: str | None = None
+
+
+def refusal(
+    body: dict[str, Any],
+    seqs: Collection[int],
+    asked: Collection[str],
+    refuse: Refusals,
+    *,
+    head: int,
+    skip: Skip,
+) -> RefusalAnswer:
+    """applied_seq at most our head, failed_seq one of the batch's, symlink_at a folder above its paths."""
+    applied = body.get("applied_seq")
+    if applied is not None and (
+        isinstance(applied, bool) or not isinstance(applied, int) or not 0 <= applied <= head
+    ):
+        refuse("sequence", applied)
+        applied = None
+    failed = body.get("failed_seq")
+    if failed is not None and (isinstance(failed, bool) or not isinstance(failed, int) or failed not in seqs):
+        refuse("sequence", failed)
+        failed = None
+    at = body.get("symlink_at")
+    symlink_at = None
+    if at is not None and at != "":
+        symlink_at = checked_path(at, refuse, skip)
+        if symlink_at is not None and not any(p != symlink_at and is_within(p, symlink_at) for p in asked):
+            refuse("unsolicited", symlink_at)
+            symlink_at = None
+    return RefusalAnswer(applied, failed, symlink_at)
+
+
+def manifest(body: dict[str, Any], refuse: Refusals, *, skip: Skip) -> dict[str, Entry]:
+    """The replica's entries that describe a path it may hold, each field in range."""
+    entries = body.get("entries")
+    if not isinstance(entries, list):
+        raise refuse.malformed("malformed", entries, "entries must be a list")
+    if len(entries) > MAX_MANIFEST_ENTRIES:
+        refuse("too_many", f"{len(entries)} entries", len(entries) - MAX_MANIFEST_ENTRIES)
+        entries = entries[:MAX_MANIFEST_ENTRIES]
+    found: dict[str, Entry] = {}
+    for raw in entries:
+        entry = manifest_entry(raw, refuse, skip)
+        if entry is not None:
+            found[entry.path] = entry
+    return found
+
+
+def manifest_entry(raw: object, refuse: Refusals, skip: Skip) -> Entry | None:
+    if not isinstance(raw, list) or len(raw) != 6:
+        refuse("manifest_entry", raw)
+        return None
+    path_value, kind, mode, mtime_ns, size, target = raw
+    if not (
+        isinstance(kind, str)
+        and kind in _ENTRY_TYPES
+        and _int_in(mode, 0, 0o7777)
+        and _int_in(mtime_ns, -MAX_MTIME_NS, MAX_MTIME_NS)
+        and _int_in(size, 0, MAX_FILE_BYTES)
+        and _target_ok(kind, target)
+    ):
+        refuse("manifest_entry", raw)
+        return None
+    path = checked_path(path_value, refuse, skip)
+    if path is None:
+        return None
+    return Entry(
+        path=path, type=cast(EntryType, kind), mode=mode, mtime_ns=mtime_ns, size=size, target=target
+    )
+
+
+def hashes(body: dict[str, Any], asked: Collection[str], refuse: Refusals) -> dict[str, str | None]:
+    """Hex SHA-256 per asked path; None (= send it whole) for anything unusable."""
+    raw = body.get("hashes")
+    if not isinstance(raw, dict):
+        refuse("malformed", raw)
+        return {}
+    found: dict[str, str | None] = {}
+    unsolicited = [key for key in raw if key not in asked]
+    if unsolicited:
+        refuse("unsolicited", unsolicited[0], len(unsolicited))
+    for path in asked:
+        value = raw.get(path)
+        if value is not None and not (isinstance(value, str) and _HEX64.match(value)):
+            refuse("hash", value)
+            value = None
+        found[path] = value
+    return found
+
+
+def signatures(body: dict[str, Any], asked: Collection[str], refuse: Refusals) -> dict[str, Signature]:
+    """The block signatures of asked paths that parse; a path without one is sent whole."""
+    raw = body.get("signatures")
+    if not isinstance(raw, dict):
+        refuse("malformed", raw)
+        return {}
+    found: dict[str, Signature] = {}
+    for path, encoded in raw.items():
+        if path not in asked:
+            refuse("unsolicited", path)
+        elif encoded is None:
+            continue
+        elif not isinstance(encoded, str):
+            refuse("signature", encoded)
+        else:
+            signature = _signature(encoded)
+            if signature is None:
+                refuse("signature", encoded)
+            else:
+                found[path] = signature
+    return found
+
+
+def _signature(encoded: str) -> Signature | None:
+    try:
+        return Signature.from_bytes(base64.b64decode(encoded, validate=True))
+    except (binascii.Error, ProtocolError, ValueError):
+        return None
+
+
+def _int_in(value: object, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _target_ok(kind: object, target: object) -> bool:
+    if kind != "symlink":
+        return target is None
+    return isinstance(target, str) and 0 < len(target) <= MAX_TARGET_BYTES and "\x00" not in target
+
+
+def _short_repr() -> reprlib.Repr:
+    short = reprlib.Repr()
+    short.maxlevel, short.maxlist, short.maxdict = 3, 4, 4
+    short.maxstring, short.maxother, short.maxlong = 160, 160, 40
+    return short
+
+
+_REPR = _short_repr()
+
+
+def _quote(value: object, limit: int = 120) -> str:
+    """A short, printable rendering of hostile input for a log line (never the whole of a huge value)."""
+    text = value[: limit + 1] if isinstance(value, str) else _REPR.repr(value)
+    text = text.encode("unicode_escape", errors="backslashreplace").decode("ascii")
+    return text if len(text) <= limit else text[:limit] + "..."
