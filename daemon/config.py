@@ -68,10 +68,10 @@ class Config:
     redis_url: str = field(default="", repr=False)
     database_url: str = field(default="", repr=False)
     cluster_name: str = "hotstandby"
-    lease_ttl: float = 6.0
-    lease_renew_interval: float = 2.0
-    lease_safety_margin: float = 1.0
-    election_timeout: float = 1.0
+    lease_ttl: float = 4.0  # README "Failover": a dead leader is replaced within about this long
+    lease_renew_interval: float = 4.0 / 3
+    lease_safety_margin: float = 4.0 / 6
+    election_timeout: float = 4.0 / 6
     failover: Literal["manual", "auto"] = "manual"
     failover_timeout: float = 6.0
     replica_max_lag: float = 10.0
@@ -265,7 +265,7 @@ class _Reader:
                 f"STATE_PATH={state_path!r} is inside STORAGE_PATH: "
                 "hotstandby's own files must live outside it"
             )
-        lease_ttl = self.seconds("LEASE_TTL", 6.0, 0.5, 3600)
+        lease_ttl = self.seconds("LEASE_TTL", 4.0, 0.5, 3600)
         config = Config(
             role=role,  # type: ignore[arg-type]
             storage_path=storage_path,
