@@ -51,6 +51,7 @@ class PeerView:
     failure: Failure | None = None
     was_leader: bool = False
     """Its last good answer said it was the writable leader."""
+    node_id: str | None = None
 
     def fresh(self, now: float, max_age: float) -> bool:
         return self.answered_at is not None and now - self.answered_at <= max_age
@@ -132,6 +133,7 @@ class Poller:
         epoch = self.body.get("epoch")
         journal_id = self.body.get("journal_id")
         applied = self.body.get("applied_sequence")
+        node_id = self.body.get("node_id")
         return PeerView(
             epoch=epoch if isinstance(epoch, int) else None,
             writable=bool(self.body.get("writable")),
@@ -141,4 +143,5 @@ class Poller:
             applied_sequence=applied if isinstance(applied, int) else None,
             answered_at=self.answered_at,
             was_leader=was_leader,
+            node_id=node_id if isinstance(node_id, str) else None,
         )
