@@ -66,6 +66,8 @@ class Config:
     journal_max_entries: int = 200_000
     election: Election = "static"
     redis_url: str = field(default="", repr=False)
+    redis_password: str = field(default="", repr=False)
+    """For REDIS_URL when the URL carries none (e.g. from a Docker secret: REDIS_PASSWORD_FILE)."""
     database_url: str = field(default="", repr=False)
     cluster_name: str = "hotstandby"
     lease_ttl: float = 4.0  # README "Failover": a dead leader is replaced within about this long
@@ -141,7 +143,7 @@ class Config:
                 "dify_redis_url",
             ):
                 value = hide_password(value)
-            elif f.name == "dify_redis_password":
+            elif f.name in ("dify_redis_password", "redis_password"):
                 value = "***" if value else ""
             shown.append(f"{f.name}={value!r}")
         return f"Config({', '.join(shown)})"
@@ -288,6 +290,7 @@ class _Reader:
             journal_max_entries=self.integer("JOURNAL_MAX_ENTRIES", 200_000, 100, 100_000_000),
             election=self.choice("ELECTION", "static", ("static", "redis", "postgres")),  # type: ignore[arg-type]
             redis_url=self.url("REDIS_URL", ("redis", "rediss", "unix")),
+            redis_password=self.env.get("REDIS_PASSWORD", ""),
             database_url=self.url("DATABASE_URL", ("postgresql", "postgres")),
             cluster_name=self.raw("CLUSTER_NAME", "hotstandby") or "hotstandby",
             lease_ttl=lease_ttl,

@@ -98,9 +98,12 @@ class RedisLease:
 
     name = "redis"
 
-    def __init__(self, url: str, cluster: str = "hotstandby", request_timeout: float = 1.0) -> None:
+    def __init__(
+        self, url: str, cluster: str = "hotstandby", request_timeout: float = 1.0, password: str = ""
+    ) -> None:
+        """`password` is used when the URL carries none (a password in the URL wins)."""
         self._where = _where(url)
-        self._password = _password(url)
+        self._password = _password(url) or password or None
         self._timeout = request_timeout
         self._leader_key = f"hotstandby:{cluster}:leader"
         self._term_key = f"hotstandby:{cluster}:term"
@@ -112,6 +115,7 @@ class RedisLease:
             socket_timeout=request_timeout,
             socket_connect_timeout=request_timeout,
             retry=Retry(NoBackoff(), 1),
+            password=password or None,
         )
         self._acquire = self._client.register_script(_ACQUIRE)
         self._renew = self._client.register_script(_RENEW)
