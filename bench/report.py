@@ -238,10 +238,22 @@ ROWS = {
 
 
 def table(results: dict[str, Any]) -> str:
+    text = _tools_table(results)
+    switch = results.get("switchover")
+    if switch and "error" not in switch:
+        from bench.switchover import table as switchover_table
+
+        text = "\n\n".join(part for part in (text, switchover_table(switch)) if part)
+    return text
+
+
+def _tools_table(results: dict[str, Any]) -> str:
     rows: list[Row] = []
     for name, build in ROWS.items():
         if name in results and "error" not in results[name]:
             rows += build(results[name])
+    if not rows:
+        return ""
     used = [tool for tool in COLUMNS if any(tool in cells for _label, cells in rows)]
     first = "measure (median of runs)"
     width = max([len(label) for label, _cells in rows] + [len(first)])
@@ -340,6 +352,11 @@ def targets(results: dict[str, Any]) -> list[Target]:
                     ok,
                 )
             )
+    switch = results.get("switchover")
+    if switch and "error" not in switch:
+        from bench.switchover import targets as switchover_targets
+
+        found += [Target(*t) for t in switchover_targets(switch)]
     return found
 
 

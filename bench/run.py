@@ -1,7 +1,7 @@
 """hotstandby against lsyncd and rsync, side by side: `make bench`, or
 
-    .venv/bin/python bench/run.py [--scenarios lag,full,delta,scale,burst] [--quick] [--runs N]
-                                  [--lag-rates 20,200] [--out bench/results]
+    .venv/bin/python bench/run.py [--scenarios lag,full,delta,scale,burst,switchover] [--quick] [--runs N]
+                                  [--lag-rates 20,200] [--switchover-baseline] [--out bench/results]
 
 Scenarios (each on the same seeded data for every tool, everything on 127.0.0.1):
   lag    2,000 files of 1-64 KiB written at 20/s and 200/s; per file, close() on the master to the complete
@@ -13,6 +13,10 @@ Scenarios (each on the same seeded data for every tool, everything on 127.0.0.1)
   plugins  30 plugins on a gated pair beside the plugin daemon model: kill -9 of the leader's tree to the
          first plugin call through HAProxy and to every plugin answering; against a daemon that must
          rebuild every venv with uv (bench/plugins.py)
+  switchover  kill -9 of the leader to the first write acknowledged again through HAProxy (shipped
+         template), writes every 20 ms: static+FAILOVER=auto, Redis lease, PostgreSQL lease, 5 runs each
+         (hotstandby alone: lsyncd and rsync have no failover); --switchover-baseline adds the settings
+         shipped before (HAProxy downinter 2s rise 2, LEASE_TTL 6)
 
 --quick shrinks everything for a smoke run (200 files, 100 MiB, 64 MiB, 10k files, 2k files) and says so
 in the output and the file name. The short scenarios run 3 times (median reported); lag runs once per tool
@@ -50,6 +54,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="small sizes for a smoke run (labelled quick)")
     parser.add_argument("--runs", type=int, default=None, help="runs per tool (default 3; lag: 1)")
     parser.add_argument("--lag-rates", default="20,200", help="files per second for the lag scenario")
+    parser.add_argument(
+        "--switchover-baseline", action="store_true", help="switchover: also the settings shipped before"
+    )
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--tmp", type=Path, default=Path("/tmp"), help="where the temporary trees go")
     args = parser.parse_args(argv)
@@ -113,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         runs=args.runs or 3,
         lag_runs=args.runs or 1,
         lag_rates=args.rates,
+        switchover_baseline=args.switchover_baseline,
     )
     results: dict[str, Any] = {}
     document: dict[str, Any] = {

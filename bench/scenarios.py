@@ -62,6 +62,8 @@ class Context:
     lag_runs: int
     lag_rates: tuple[int, ...]
     caches: Caches = field(default_factory=Caches)
+    switchover_baseline: bool = False
+    """switchover: also measure the settings shipped before issue 16."""
 
     def log(self, message: str) -> None:
         """Progress on stderr, so stdout carries only the final table."""
@@ -729,6 +731,13 @@ def burst_once(ctx: Context, tool: str, files: list[tuple[str, bytes]]) -> dict[
     return outcome
 
 
+def switchover(ctx: Context) -> dict[str, Any]:
+    """kill -9 of the leader to writes acknowledged again through HAProxy (bench/switchover.py)."""
+    from bench.switchover import switchover as measure_switchover
+
+    return measure_switchover(ctx, baseline=ctx.switchover_baseline)
+
+
 SCENARIOS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "lag": lag,
     "full": full_sync,
@@ -736,6 +745,7 @@ SCENARIOS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "scale": scale,
     "burst": burst,
     "plugins": lambda ctx: _plugins(ctx),
+    "switchover": switchover,
 }
 
 

@@ -79,6 +79,7 @@ def build_app(
     router.add_post("/internal/demote", role_request("demote"))
     router.add_post("/internal/drain", role_request("drain"))
     router.add_post("/internal/undrain", role_request("undrain"))
+    router.add_post("/internal/handover", role_request("handover"))  # ?to=<node id>: lease backends
     router.add_get("/internal/conflicts", conflicts)
     router.add_post("/internal/plugin-daemon/gate", plugin_daemon_gate)
     router.add_put("/internal/files/{path:.+}", put_file)
@@ -231,6 +232,7 @@ _GOALS: dict[str, tuple[str, bool | None]] = {
     "demote": ("replica", None),
     "drain": ("leader", True),
     "undrain": ("leader", False),
+    "handover": ("replica", None),
 }
 
 
@@ -238,8 +240,9 @@ def role_request(kind: Request) -> Handler:
     async def handler(request: web.Request) -> web.Response:
         force = request.query.get("force", "").lower() in ("1", "true", "yes")
         node = request.app[NODE]
+        target = request.query.get("to", "")
         try:
-            decision = await request.app[CONTROL].request(kind, force=force)
+            decision = await request.app[CONTROL].request(kind, force=force, target=target)
         except TimeoutError:
             raise HTTPProblem(
                 503, "control loop busy", f"the {kind} request was not decided in time; try again"

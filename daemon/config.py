@@ -60,12 +60,14 @@ class Config:
     journal_max_entries: int = 200_000
     election: Election = "static"
     redis_url: str = field(default="", repr=False)
+    redis_password: str = field(default="", repr=False)
+    """For REDIS_URL when the URL carries none (e.g. from a Docker secret: REDIS_PASSWORD_FILE)."""
     database_url: str = field(default="", repr=False)
     cluster_name: str = "hotstandby"
-    lease_ttl: float = 6.0
-    lease_renew_interval: float = 2.0
-    lease_safety_margin: float = 1.0
-    election_timeout: float = 1.0
+    lease_ttl: float = 4.0  # README "Failover": a dead leader is replaced within about this long
+    lease_renew_interval: float = 4.0 / 3
+    lease_safety_margin: float = 4.0 / 6
+    election_timeout: float = 4.0 / 6
     failover: Literal["manual", "auto"] = "manual"
     failover_timeout: float = 6.0
     replica_max_lag: float = 10.0
@@ -139,7 +141,7 @@ class Config:
 
     def redactor(self, env: Mapping[str, str] | None = None) -> Redactor:
         """What logs and answers must never show: SERVER_KEY, PGPASSWORD, the URLs' and proxies' secrets."""
-        keys = [self.server_key, self.dify_redis_password]
+        keys = [self.server_key, self.redis_password, self.dify_redis_password]
         return Redactor.from_settings(keys, self.urls, os.environ if env is None else env)
 
     def __repr__(self) -> str:
@@ -158,7 +160,7 @@ class Config:
                 "dify_redis_url",
             ):
                 value = ",".join(hide_password(url) for url in value.split(","))  # SYNC_* are lists
-            elif f.name == "dify_redis_password":
+            elif f.name in ("dify_redis_password", "redis_password"):
                 value = "***" if value else ""
             shown.append(f"{f.name}={value!r}")
         return f"Config({', '.join(shown)})"
@@ -303,7 +305,7 @@ class _Reader:
                 f"STATE_PATH={state_path!r} is inside STORAGE_PATH: "
                 "hotstandby's own files must live outside it"
             )
-        lease_ttl = self.seconds("LEASE_TTL", 6.0, 0.5, 3600)
+        lease_ttl = self.seconds("LEASE_TTL", 4.0, 0.5, 3600)
         config = Config(
             role=role,  # type: ignore[arg-type]
             storage_path=storage_path,
@@ -326,6 +328,7 @@ class _Reader:
             journal_max_entries=self.integer("JOURNAL_MAX_ENTRIES", 200_000, 100, 100_000_000),
             election=self.choice("ELECTION", "static", ("static", "redis", "postgres")),  # type: ignore[arg-type]
             redis_url=self.url("REDIS_URL", ("redis", "rediss", "unix")),
+            redis_password=self.env.get("REDIS_PASSWORD", ""),
             database_url=self.url("DATABASE_URL", ("postgresql", "postgres")),
             cluster_name=self.raw("CLUSTER_NAME", "hotstandby") or "hotstandby",
             lease_ttl=lease_ttl,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import structlog
 
@@ -41,6 +41,8 @@ log = structlog.get_logger("daemon.control")
 class _Pending:
     request: Request
     force: bool
+    target: str = ""
+    """handover: the node id the lease goes to."""
     done: asyncio.Future[Decision] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -115,9 +117,11 @@ class ControlLoop:
         if self.node.role_state.role == "leader" and self.backend is not None and self._lease_term:
             await self._release()
 
-    async def request(self, kind: Request, force: bool = False, timeout: float = 10.0) -> Decision:
+    async def request(
+        self, kind: Request, force: bool = False, timeout: float = 10.0, target: str = ""
+    ) -> Decision:
         """Queue an operator request for the next tick and wait for its decision."""
-        pending = _Pending(kind, force)
+        pending = _Pending(kind, force, target)
         await self._requests.put(pending)
         return await asyncio.wait_for(pending.done, timeout)
 
@@ -148,17 +152,48 @@ class ControlLoop:
             request=pending.request if pending else None,
             force=pending.force if pending else False,
         )
+        if pending is not None and pending.request == "handover":
+            obs = replace(
+                obs,
+                handover_to=pending.target,
+                handover_target_ready=self._caught_up(views, pending.target),
+            )
         decision = decide(state, obs, self.policy)
+        if "handover_lease" in decision.actions:
+            self.node.role_state = decision.state
+            self._log(decision)
+            lease = await self._hand_over(pending.target if pending else "")
+            decision = decide(
+                decision.state, replace(obs, now=self.clock(), lease=lease, request=None), self.policy
+            )
         await self._carry_out(decision, lease)
+        self._log(decision)
+        if pending is not None and not pending.done.done():
+            pending.done.set_result(decision)
+        self.last_tick = self.clock()
+        return decision
+
+    def _log(self, decision: Decision) -> None:
         if decision.reason != self.last_reason:
             log.info(
                 "ha_decision", reason=decision.reason, role=decision.state.role, epoch=decision.state.epoch
             )
             self.last_reason = decision.reason
-        if pending is not None and not pending.done.done():
-            pending.done.set_result(decision)
-        self.last_tick = self.clock()
-        return decision
+
+    def _caught_up(self, views: list[PeerView], node_id: str) -> bool:
+        """Whether the replica with this node id is connected to us and confirmed every change we made."""
+        parts = self.node.leader
+        if parts is None or not node_id:
+            return False
+        for peer, view in zip(self.peers, views, strict=True):
+            if view.node_id != node_id:
+                continue
+            url = peer.url.removesuffix("/internal/status").rstrip("/")
+            for link in parts.links:
+                if link.target.rstrip("/") == url:
+                    journal = link.journal
+                    return link.sender.connected and not journal.pending and journal.confirmed >= parts.head
+        return False
 
     def _note_untrusted(self, views: list[PeerView]) -> None:
         """Say in health, status and a metric which peer we cannot trust an answer from."""
@@ -296,6 +331,26 @@ class ControlLoop:
         if term is None:
             return LeaseOutcome("held_by_other", sent_at=sent)
         return LeaseOutcome("acquired", term=term, sent_at=sent)
+
+    async def _hand_over(self, to_node: str) -> LeaseOutcome:
+        """Give our lease to `to_node` under a new term (the decision checked it may take it)."""
+        sent = self.clock()
+        assert self.backend is not None  # only lease leaders decide to hand over
+        try:
+            term = await asyncio.wait_for(
+                self.backend.handover(
+                    self.node.identity.node_id, self._lease_term, to_node, self.config.lease_ttl
+                ),
+                self.config.election_timeout,
+            )
+        except (ElectionError, TimeoutError) as exc:
+            self.node.last_error = f"election: {exc}" if str(exc) else "election: handover timed out"
+            self._next_lease_call = 0.0  # renew on the next tick: that says whether it is still ours
+            return LeaseOutcome("handover_unknown", sent_at=sent)
+        if term is None:
+            return LeaseOutcome("lost", term=self._lease_term, sent_at=sent)
+        self._lease_term = 0
+        return LeaseOutcome("handed_over", term=term, sent_at=sent, holder=to_node)
 
     async def _release(self) -> None:
         if self.backend is None or not self._lease_term:

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from daemon.config import ConfigError
 from daemon.tls import TLSError, TLSFiles, client_context
@@ -269,9 +269,10 @@ def _fail(text: str) -> int:
 def switchover(
     client: Client, urls: Sequence[str], timeout: float, max_lag: float, to: str | None = None
 ) -> int:
-    """Drain the leader, wait until the chosen replica has everything, promote it, wait until every other
-    node follows it. Until the promotion nothing is lost by giving up: the leader is undrained and keeps
-    leading."""
+    """Drain the leader, wait until the chosen replica has everything, promote it (ELECTION=static) or
+    have the leader hand it the lease under a new term (redis, postgres), wait until every other node
+    follows it. Until the promotion or hand-over nothing is lost by giving up: the leader is undrained
+    and keeps leading."""
     if to is not None and to not in urls:
         raise UsageError(f"--to {to} is not one of the nodes ({', '.join(urls)})")
     steps = _Steps(5)
@@ -355,21 +356,33 @@ class _Switch:
         if head is None:
             return self.abort(f"replica {new} did not catch up within {self.timeout:g}s ({why})")
         self.steps.done(f"{new} acknowledged every change (sequence {head})")
-        epoch, why = self.promote()
-        if epoch is None:
-            return self.abort(f"promoting {new} failed: {why}")
-        promoted_at = time.monotonic()
-        self.steps.done(f"promoted {new} to epoch {epoch}")
-        stuck = self.wait_swapped(epoch)
+        if self.leased:
+            handed, why = self.hand_over()
+            if handed is None:
+                return self.abort(f"handing the lease to {new} failed: {why}")
+            self.steps.done(f"{old} handed the lease to {new} ({handed}); it takes it and leads")
+            above = self.leader.epoch + 1
+        else:
+            promoted, why = self.promote()
+            if promoted is None:
+                return self.abort(f"promoting {new} failed: {why}")
+            self.steps.done(f"promoted {new} to epoch {promoted}")
+            above = promoted
+        writable_at, epoch, stuck = self.wait_swapped(above)
         if stuck is not None:
             return _fail(f"incomplete: {new} leads at epoch {epoch}, but {stuck}")
         self.steps.done(f"{', '.join(self.followers)} follow(s) at epoch {epoch}; {new} accepts writes")
         print(
             f"switchover complete in {time.monotonic() - self.steps.began:.2f}s: {new} leads at epoch"
             f" {epoch} (was {old} at epoch {self.leader.epoch}); writes were refused for"
-            f" {promoted_at - drained_at:.2f}s"
+            f" {writable_at - drained_at:.2f}s"
         )
         return 0
+
+    @property
+    def leased(self) -> bool:
+        """With a lease backend the leader hands the lease over; with static the replica is promoted."""
+        return str(self.leader.get("election") or "static") != "static"
 
     def abort(self, why: str) -> int:
         old = self.leader.url
@@ -441,19 +454,45 @@ class _Switch:
                 return None, detail
             time.sleep(POLL_INTERVAL)
 
-    def wait_swapped(self, epoch: int) -> str | None:
-        """None once the new leader accepts writes and every other node follows it at `epoch`."""
+    def hand_over(self) -> tuple[str | None, str]:
+        """The leader's word on it, or (None, why): the drained leader gives its lease to the chosen
+        replica under a new term, and that replica takes it on its next control tick. Only the holder
+        can do this, and only to a replica it sees connected with every change confirmed."""
+        old, to = self.leader.url, self.replica.get("node_id")
+        if not to:
+            return None, f"{self.replica.url} did not report its node id"
+        path = f"/internal/handover?to={quote(str(to), safe='')}"
+        try:
+            code, body = self.client.call("POST", old, path, ROLE_REQUEST_TIMEOUT)
+        except Unreachable as exc:
+            after = fetch_status(self.client, old)  # the answer may be lost while the hand-over held
+            if after.role == "slave":
+                return "its answer was lost, but it follows now", ""
+            return None, str(exc)
+        if code == 200:
+            return str(body.get("reason") or "done"), ""
+        return None, str(body.get("detail") or f"HTTP {code}")
+
+    def wait_swapped(self, at_least: int) -> tuple[float, int, str | None]:
+        """(when the new leader was first seen accepting writes at an epoch >= `at_least`, that epoch,
+        None) once every other node follows it there; (now, its epoch, what is missing) at the deadline.
+        With a lease that epoch is the term the hand-over created."""
         deadline = time.monotonic() + self.timeout
+        writable_at: float | None = None
         while True:
             new, *others = fetch_all(self.client, [self.replica.url, *self.followers], _remaining(deadline))
+            now = time.monotonic()
+            leads = new.writable and new.epoch >= at_least
+            if writable_at is None and leads:
+                writable_at = now
             leader_id = new.get("node_id")
-            behind = [s for s in others if not _follows(s, epoch, leader_id)]
-            if not behind and new.writable and new.epoch == epoch:
-                return None
-            if time.monotonic() >= deadline:
+            behind = [s for s in others if not _follows(s, new.epoch, leader_id)]
+            if not behind and leads:
+                return writable_at or now, new.epoch, None
+            if now >= deadline:
                 writes = "accepts" if new.writable else "refuses"
                 shown = "; ".join(f"{s.url} reports {_following(s)}" for s in behind) or "every node follows"
-                return f"after {self.timeout:g}s {new.url} {writes} writes; {shown}"
+                return now, new.epoch, f"after {self.timeout:g}s {new.url} {writes} writes; {shown}"
             time.sleep(POLL_INTERVAL)
 
 

@@ -65,9 +65,11 @@ class HAProxySettings:
     timeout_check_ms: int = 1_000
     check_inter_ms: int = 1_000
     check_fastinter_ms: int = 250
-    check_downinter_ms: int = 2_000
+    # Failover time (bench/results, README "Failover"): a new leader is noticed within downinter,
+    # and one 200 on /primary is proof enough (only the writable leader answers it), so rise 1.
+    check_downinter_ms: int = 500
     check_fall: int = 2
-    check_rise: int = 2
+    check_rise: int = 1
     init_state: bool = False  # `init-state down`: HAProxy >= 3.1 only, see supports_init_state()
     tls_ca_file: str = ""  # nodes serve TLS (TLS_CERT_FILE): check them over TLS, verified against this CA
     tls_crt: str = ""  # mutual TLS (the nodes have TLS_CA_FILE): HAProxy's certificate and key, one PEM

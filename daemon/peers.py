@@ -57,6 +57,7 @@ class PeerView:
     failure: Failure | None = None
     was_leader: bool = False
     """Its last good answer said it was the writable leader."""
+    node_id: str | None = None
 
     def fresh(self, now: float, max_age: float) -> bool:
         return self.answered_at is not None and now - self.answered_at <= max_age
@@ -138,6 +139,7 @@ class Poller:
         epoch = self.body.get("epoch")
         journal_id = self.body.get("journal_id")
         applied = self.body.get("applied_sequence")
+        node_id = self.body.get("node_id")
         return PeerView(
             epoch=epoch if _integer(epoch) else None,  # bounded by the control loop (daemon/epochs.py)
             writable=bool(self.body.get("writable")),
@@ -147,6 +149,7 @@ class Poller:
             applied_sequence=applied if _integer(applied) else None,
             answered_at=self.answered_at,
             was_leader=was_leader,
+            node_id=node_id if isinstance(node_id, str) else None,
         )
 
 

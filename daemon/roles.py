@@ -21,8 +21,8 @@ from daemon.epochs import MAX_EPOCH
 
 Role = Literal["leader", "replica"]
 Election = Literal["static", "redis", "postgres"]
-Request = Literal["promote", "demote", "drain", "undrain"]
-Action = Literal["become_leader", "become_replica", "persist_epoch", "release_lease"]
+Request = Literal["promote", "demote", "drain", "undrain", "handover"]
+Action = Literal["become_leader", "become_replica", "persist_epoch", "release_lease", "handover_lease"]
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,11 @@ class RoleState:
 class LeaseOutcome:
     """What this tick's lease call returned (lease backends only)."""
 
-    kind: Literal["acquired", "renewed", "lost", "held_by_other", "free", "error"]
+    kind: Literal[
+        "acquired", "renewed", "lost", "held_by_other", "free", "error", "handed_over", "handover_unknown"
+    ]
+    """handed_over: our hand-over to `holder` went through, under the new `term`. handover_unknown:
+    the hand-over call failed, so whether the lease is still ours is unknown until a renewal says."""
     term: int = 0
     sent_at: float = 0.0
     """Monotonic instant the request was sent: validity counts from here, not from the answer."""
@@ -77,6 +81,10 @@ class Observations:
     """Replica: another replica of the same leader has applied more of its history (it should lead)."""
     request: Request | None = None
     force: bool = False
+    handover_to: str = ""
+    """A handover request: the node id the lease is to go to."""
+    handover_target_ready: bool = False
+    """That node is one of our replicas, connected, and has confirmed every change we produced."""
 
 
 @dataclass(frozen=True)
@@ -125,11 +133,15 @@ def _as_leader(state: RoleState, obs: Observations, policy: Policy) -> Decision:
         decision = _leader_lease(state, obs, policy)
         if decision.state.role != "leader":
             return decision
-        return _drain_request(decision.state, obs) or decision
+        return _drain_request(decision.state, obs) or _handover(decision.state, obs) or decision
     if not state.confirmed:
         return _confirm(state, obs)
     if obs.request == "promote":
         return Decision(state, (), "already the leader")
+    if obs.request == "handover":
+        return Decision(
+            state, (), "handover refused: with ELECTION=static there is no lease; promote the replica"
+        )
     return _drain_request(state, obs) or Decision(state, (), f"leading with epoch {state.epoch}")
 
 
@@ -139,6 +151,50 @@ def _drain_request(state: RoleState, obs: Observations) -> Decision | None:
     draining = obs.request == "drain"
     reason = "draining: refusing writes until the replica caught up" if draining else "writes accepted again"
     return Decision(replace(state, draining=draining), (), reason)
+
+
+def _handover(state: RoleState, obs: Observations) -> Decision | None:
+    """Planned switchover with a lease: hand it to a caught-up replica, only while drained.
+
+    Draining first means no write is accepted between the replica's last confirmation and the
+    hand-over; the backend gives the lease a new term the old holder cannot renew."""
+    if obs.request != "handover":
+        return None
+    target = obs.handover_to
+    if not target:
+        return Decision(state, (), "handover refused: no node named to take the lease")
+    if not state.draining:
+        return Decision(state, (), "handover refused: drain the leader first (switchover does)")
+    if not obs.handover_target_ready:
+        return Decision(
+            state,
+            (),
+            f"handover refused: {target} is not a connected replica that confirmed every change",
+        )
+    return Decision(state, ("handover_lease",), f"handing the lease to {target}")
+
+
+def _handover_outcome(state: RoleState, obs: Observations, policy: Policy) -> Decision | None:
+    lease = obs.lease
+    if lease is None or lease.kind not in ("handed_over", "handover_unknown"):
+        return None
+    if lease.kind == "handed_over":
+        # Our epoch stays: the new term becomes an epoch when the new holder takes the lease and leads
+        # with it (a replica that learned it from us first would move one past it).
+        new_state = RoleState(
+            role="replica", epoch=state.epoch, hold_off_until=obs.now + policy.lease_ttl * 2
+        )
+        return Decision(
+            new_state,
+            ("become_replica",),
+            f"handed the lease to {lease.holder} with term {lease.term}; following it",
+        )
+    # The call failed: maybe the lease moved, maybe not. Accept no write until a renewal says it is ours.
+    return Decision(
+        replace(state, lease_valid_until=min(obs.now, state.lease_valid_until or obs.now)),
+        (),
+        "handover failed (the election service did not answer); not leading until the lease is renewed",
+    )
 
 
 def _confirm(state: RoleState, obs: Observations) -> Decision:
@@ -164,6 +220,9 @@ def _confirm(state: RoleState, obs: Observations) -> Decision:
 
 
 def _leader_lease(state: RoleState, obs: Observations, policy: Policy) -> Decision:
+    handed = _handover_outcome(state, obs, policy)
+    if handed is not None:
+        return handed
     lease = obs.lease
     if lease is not None and lease.kind == "renewed":
         until = lease.sent_at + policy.lease_ttl - policy.safety_margin
@@ -224,6 +283,8 @@ def _as_replica(state: RoleState, obs: Observations, policy: Policy) -> Decision
         return _promote(state, obs, state.epoch + 1, "promoted on request", lease_until=None)
     if obs.request == "demote":
         return Decision(state, persist, "already a replica")
+    if obs.request == "handover":
+        return Decision(state, persist, "handover refused: this node is not the leader")
     if not policy.failover_auto:
         return Decision(state, persist, _following(state, obs))
     leader_gone = not obs.link_up and obs.peer_is_leader is not True
@@ -274,8 +335,13 @@ def _replica_lease(
         )
     if obs.request == "promote":
         return Decision(
-            state, persist, f"promotion refused: with ELECTION={policy.election} the lease decides"
+            state,
+            persist,
+            f"promotion refused: with ELECTION={policy.election} the lease decides"
+            " (a switchover hands it over)",
         )
+    if obs.request == "handover":
+        return Decision(state, persist, "handover refused: this node is not the leader")
     if lease is not None and lease.kind == "error":
         return Decision(state, persist, "the election service is unreachable; staying a replica")
     return Decision(state, persist, _following(state, obs))

@@ -47,6 +47,7 @@ class Server:
             database_url=config.database_url,
             cluster=config.cluster_name,
             request_timeout=config.election_timeout,
+            redis_password=config.redis_password,
         )
         self.control = ControlLoop(self.node, backend)
         self.plugin_daemon: Poller | None = None

@@ -38,7 +38,8 @@ The quarterly failover drill. Under a client load through HAProxy (writes of kno
 stop the leader, measure when HAProxy marks it down, when a replica answers 200 on /primary and when
 writes succeed again; verify that every acknowledged write survived; start the old leader and check that
 it rejoins as a replica, and that every node follows the new leader and has every acknowledged write;
-optionally fail back (--failback). Two or more nodes: with more than one replica, the new leader is
+optionally fail back (--failback), or make N failovers in a row (--repeat N: their median, p95 and
+worst switchover and the lost writes summed). Two or more nodes: with more than one replica, the new leader is
 whichever the election promotes. Refuses to start unless the nodes are healthy; always starts again
 what it stopped. Writes report.json, report.md and timeline.png to
 --out/hotstandby-drill-<id>/, prints the summary, records it in the event history.
@@ -138,7 +139,12 @@ def _measure(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--warmup", type=float, default=3.0, metavar="SECONDS", help="load before the stop; 3")
     group.add_argument("--settle", type=float, default=5.0, metavar="SECONDS", help="load after resume; 5")
     group.add_argument("--poll-interval", type=float, default=0.1, metavar="SECONDS", help="0.1")
-    group.add_argument("--failback", action="store_true", help="then fail back the same way")
+    group.add_argument("--failback", action="store_true", help="then fail back the same way (--repeat 2)")
+    group.add_argument(
+        "--repeat", type=int, default=1, metavar="N",
+        help="N failovers, each stopping whichever node leads (so they alternate); the report gives the"
+        " median, p95 and worst switchover and the lost writes summed; 1",
+    )  # fmt: skip
 
 
 def _plugin_call(group: argparse._ArgumentGroup) -> None:
@@ -257,6 +263,7 @@ def build_config(args: argparse.Namespace, environ: Mapping[str, str]) -> DrillC
         settle=args.settle,
         poll_interval=args.poll_interval,
         failback=args.failback,
+        repeat=args.repeat,
         out_dir=os.path.expanduser(args.out),
         history_file=None if args.no_history_file else args.history_file,
         record_catalogue=not args.no_catalogue,

@@ -23,6 +23,7 @@ DEFAULT_PREFIX = ".hotstandby-drill"
 """Where the drill's writes land, relative to STORAGE_PATH: a dot folder at the top, which the plugin
 daemon never reads (never inside plugin/ or plugin_packages/)."""
 DEFAULT_HISTORY_FILE = os.path.join("~", ".hotstandby", "drills.jsonl")
+MAX_REPEAT = 100
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,8 @@ class DrillConfig:
     settle: float = 5.0
     poll_interval: float = 0.1
     failback: bool = False
+    repeat: int = 1
+    """--repeat N: N failovers, each stopping whichever node leads then (so they alternate direction)."""
     out_dir: str = "."
     history_file: str | None = DEFAULT_HISTORY_FILE
     record_catalogue: bool = True
@@ -166,6 +169,11 @@ class DrillConfig:
 
     def __post_init__(self) -> None:
         validate(self)
+
+    @property
+    def runs(self) -> int:
+        """How many failovers the drill makes: --repeat, or two with --failback."""
+        return max(self.repeat, 2 if self.failback else 1)
 
     def __repr__(self) -> str:
         shown = []
@@ -197,6 +205,10 @@ def validate(config: DrillConfig) -> None:
     for flag, value in positive.items():
         if not value > 0:
             raise UsageError(f"{flag} must be a positive number of seconds")
+    if not 1 <= config.repeat <= MAX_REPEAT:
+        raise UsageError(f"--repeat must be a number of failovers from 1 to {MAX_REPEAT}")
+    if config.failback and config.repeat not in (1, 2):
+        raise UsageError("--failback is --repeat 2: give one or the other")
     for flag, value in {"--warmup": config.warmup, "--settle": config.settle}.items():
         if value < 0:
             raise UsageError(f"{flag} must not be negative")

@@ -26,6 +26,8 @@ def markdown(report: DrillReport) -> str:
     ]
     if report.reasons:
         lines += ["", "**Why it did not pass:**", ""] + [f"- {r}" for r in report.reasons]
+    if len(report.phases) > 1:
+        lines += ["", *_distribution_markdown(report)]
     if report.preflight is not None:
         lines += ["", "## Preflight", "", "| check | result | detail |", "|---|---|---|"]
         lines += [
@@ -137,6 +139,38 @@ def _phase_markdown(p: PhaseReport, config: DrillConfig) -> list[str]:
     lines += [
         f"- conflict ({c['class']}): {c.get('path')} ({c.get('size')} bytes) on {c.get('node')}"
         for c in notable[:20]
+    ]
+    return lines
+
+
+def _distribution_markdown(report: DrillReport) -> list[str]:
+    """Every failover in one table, then the distribution of the switchover time over them."""
+    d = report.distribution()
+
+    def seconds(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}s"
+
+    probed = any(p.plugin_probe is not None for p in report.phases)
+    plugin = (" first plugin call |", "---|") if probed else ("", "")
+    lines = [
+        f"## {d['runs']} failovers",
+        "",
+        f"| run | from -> to | switchover |{plugin[0]} writes unavailable | acknowledged lost | result |",
+        f"|---|---|---|{plugin[1]}---|---|---|",
+    ]
+    for p in report.phases:
+        lost = "not verified" if p.verification is None else str(p.verification.lost)
+        call = f" {seconds(p.plugin_switchover)} |" if probed else ""
+        lines.append(
+            f"| {p.number} | {p.old_url} -> {p.new_url or '(none)'} | {seconds(p.switchover)} |{call}"
+            f" {seconds(p.write_gap())} | {lost} | {'pass' if p.passed else 'FAIL'} |"
+        )
+    unverified = f" ({d['unverified_runs']} run(s) not verified)" if d["unverified_runs"] else ""
+    lines += [
+        "",
+        f"- switchover over {d['measured']} measured run(s): median **{seconds(d['median'])}**, p95"
+        f" **{seconds(d['p95'])}**, worst **{seconds(d['worst'])}** (best {seconds(d['best'])})",
+        f"- acknowledged writes lost, summed over every run: **{d['lost_writes']}**{unverified}",
     ]
     return lines
 

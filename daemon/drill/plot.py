@@ -38,8 +38,14 @@ OUTCOME_STYLES = {
 
 
 def render(report: dict[str, Any], path: str) -> None:
-    figure = Figure(figsize=(13, 9), layout="constrained")
-    requests, roles = figure.subplots(2, 1, sharex=True, height_ratios=[3, 2])
+    repeated = len(report["phases"]) > 1
+    figure = Figure(figsize=(13, 12 if repeated else 9), layout="constrained")
+    grid = figure.add_gridspec(3 if repeated else 2, 1, height_ratios=[3, 2, 2] if repeated else [3, 2])
+    requests = figure.add_subplot(grid[0])
+    roles = figure.add_subplot(grid[1], sharex=requests)
+    requests.tick_params(labelbottom=False)
+    if repeated:
+        _distribution(figure.add_subplot(grid[2]), report)
     drill = report["drill"]
     figure.suptitle(f"hotstandby failover drill {drill['started_at']}: {drill['result'].upper()}")
     end = float(drill.get("finished_seconds") or 0.0)
@@ -113,6 +119,46 @@ def _moments(all_axes: list[Any], report: dict[str, Any]) -> None:
                 f"{phase['number']}", (at, 1.0), xycoords=("data", "axes fraction"), fontsize=7, color=colour,
                 ha="center", va="bottom",
             )  # fmt: skip
+
+
+DIRECTION_COLOURS = ("#2e7d32", "#1565c0", "#6a1b9a", "#ef6c00")
+
+
+def _distribution(axes: Any, report: dict[str, Any]) -> None:
+    """One bar per failover (coloured by direction), with the median, p95 and worst as lines."""
+    phases = report["phases"]
+    names = {n["url"]: n["name"] for n in report["settings"]["nodes"]}
+    directions: dict[str, str] = {}
+    for phase in phases:
+        label = f"{names.get(phase['old_leader'], phase['old_leader'])} -> "
+        label += names.get(phase["new_leader"], phase["new_leader"] or "none")
+        colour = directions.setdefault(label, DIRECTION_COLOURS[len(directions) % len(DIRECTION_COLOURS)])
+        seconds = phase["durations"]["switchover"]
+        if seconds is None:
+            axes.plot(phase["number"], 0, marker="x", color="#c62828", markersize=10)
+            continue
+        axes.bar(phase["number"], seconds, color=colour, alpha=0.8)
+        lost = (phase.get("verification") or {}).get("lost")
+        if lost:
+            axes.annotate(
+                f"{lost} lost", (phase["number"], seconds), ha="center", va="bottom", color="#c62828"
+            )
+    d = report.get("distribution") or {}
+    for key, style in (("median", "-"), ("p95", "--"), ("worst", ":")):
+        if d.get(key) is not None:
+            axes.axhline(d[key], color="#424242", linestyle=style, linewidth=1, label=f"{key} {d[key]:.2f}s")
+    handles = [Patch(color=c, alpha=0.8, label=label) for label, c in directions.items()]
+    axes.legend(handles=[*handles, *axes.get_legend_handles_labels()[0]], fontsize=8, loc="upper right")
+    axes.set_xticks([p["number"] for p in phases])
+    axes.set_xlabel("failover (run number)")
+    axes.set_ylabel("switchover (s)")
+    axes.set_title(
+        f"switchover per failover (stop to first write acknowledged); acknowledged writes lost in all:"
+        f" {d.get('lost_writes', '?')}",
+        loc="left",
+        fontsize=10,
+    )
+    axes.grid(True, axis="y", alpha=0.3)
 
 
 def _legend(figure: Figure, requests: Any) -> None:

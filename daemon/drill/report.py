@@ -8,6 +8,8 @@ start) of the old leader.
 from __future__ import annotations
 
 import datetime as dt
+import math
+import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,7 +96,24 @@ class DrillReport:
 
     @property
     def expected_phases(self) -> int:
-        return 2 if self.config.failback else 1
+        return self.config.runs
+
+    def distribution(self) -> dict[str, Any]:
+        """Over every failover of the drill (--repeat): the switchover's median, p95 and worst, and
+        the sum of acknowledged writes lost."""
+        times = [p.switchover for p in self.phases if p.switchover is not None]
+        lost = [p.verification.lost for p in self.phases if p.verification is not None]
+        return {
+            "runs": len(self.phases),
+            "measured": len(times),
+            "median": _round(statistics.median(times)) if times else None,
+            "p95": _round(percentile(times, 95)) if times else None,
+            "worst": _round(max(times)) if times else None,
+            "best": _round(min(times)) if times else None,
+            "lost_writes": sum(lost),
+            "unverified_runs": len(self.phases) - len(lost),
+            "switchovers": [_round(p.switchover) for p in self.phases],
+        }
 
     @property
     def exit_status(self) -> int:
@@ -129,6 +148,7 @@ class DrillReport:
                 }
                 for p in self.phases
             ],
+            "distribution": self.distribution(),
             "not_restored": [r.node for r in self.restore if not r.ok],
             "report_dir": self.files.get("dir"),
         }
@@ -170,7 +190,9 @@ class DrillReport:
                 "settle": config.settle,
                 "poll_interval": config.poll_interval,
                 "failback": config.failback,
+                "repeat": config.runs,
             },
+            "distribution": self.distribution(),
             "preflight": None if self.preflight is None else self.preflight.to_json(),
             "phases": [phase_json(p, config) for p in self.phases],
             "restore": [r.to_json() for r in self.restore],
@@ -190,6 +212,16 @@ def _thresholds(config: DrillConfig) -> dict[str, float]:
         "max_lag": t.max_lag,
         "rejoin_timeout": t.rejoin_timeout,
     }
+
+
+def percentile(values: list[float], pct: float) -> float:
+    """Nearest-rank percentile (one of the values, never an interpolation)."""
+    ordered = sorted(values)
+    return ordered[max(1, math.ceil(len(ordered) * pct / 100)) - 1]
+
+
+def _shown(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds:.1f}s"
 
 
 def _round(value: float | None) -> float | None:
@@ -267,6 +299,12 @@ def one_line(report: DrillReport) -> str:
         parts.append(f"{p.name} {s}, {lost} lost")
     verdict = "passed" if report.passed else "FAILED"
     limits = report.config.thresholds
+    if len(report.phases) > 2:
+        d = report.distribution()
+        parts = [
+            f"{d['runs']} failovers: switchover median {_shown(d['median'])}, p95 {_shown(d['p95'])},"
+            f" worst {_shown(d['worst'])}; {d['lost_writes']} lost"
+        ]
     text = f"drill {verdict}: {'; '.join(parts) or 'no phase ran'}"
     text += f" (bound {limits.max_switchover:g}s, target {limits.target_switchover:g}s)"
     if not report.passed:

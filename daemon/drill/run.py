@@ -90,17 +90,28 @@ async def run_drill(
 
 
 async def _drive(ctx: Context, report: DrillReport) -> None:
-    first = await _preflight(ctx, report, "preflight", both=ctx.config.failback)
-    if not first.ok:
-        return
-    phase = await run_phase(ctx, first, 1, "failover")
-    report.phases.append(phase)
-    if not ctx.config.failback or not phase.passed:
-        return
-    second = await _preflight(ctx, report, "preflight before fail-back", both=False)
-    if not second.ok:
-        return
-    report.phases.append(await run_phase(ctx, second, 2, "failback"))
+    """The failovers, one after another: each stops whichever node leads by then, so with two nodes
+    they alternate direction. A phase that fails ends the drill (what follows would measure a broken
+    pair)."""
+    runs = ctx.config.runs
+    pre = await _preflight(ctx, report, "preflight", both=runs > 1)
+    for number in range(1, runs + 1):
+        if number > 1:
+            before = "fail-back" if runs == 2 else phase_name(number, runs)
+            pre = await _preflight(ctx, report, f"preflight before {before}", both=False)
+        if not pre.ok:
+            return
+        phase = await run_phase(ctx, pre, number, phase_name(number, runs))
+        report.phases.append(phase)
+        if not phase.passed:
+            return
+
+
+def phase_name(number: int, runs: int) -> str:
+    """failover (and failback, its return) for one or two; run N for a repeated drill."""
+    if runs <= 2:
+        return "failover" if number == 1 else "failback"
+    return f"run {number}"
 
 
 async def _preflight(ctx: Context, report: DrillReport, name: str, both: bool) -> Preflight:

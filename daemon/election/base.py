@@ -50,11 +50,21 @@ class LeaseBackend(Protocol):
     name: str
 
     async def try_acquire(self, node_id: str, ttl: float) -> int | None:
-        """Take the lease if nobody holds it; return the new term (fencing token), else None."""
+        """Take the lease if nobody holds it, or if its holder handed it to us (`handover`); return
+        the term (fencing token: new, or the one the handover created), else None."""
         ...
 
     async def renew(self, node_id: str, term: int, ttl: float) -> bool:
         """Extend our lease to `ttl` from now; False if it is no longer ours (expired or taken)."""
+        ...
+
+    async def handover(self, node_id: str, term: int, to_node: str, ttl: float) -> int | None:
+        """Planned switchover: if we still hold the lease at `term`, hand it to `to_node` under a new,
+        higher term, in one atomic step; return that term, else None (the lease is not ours).
+
+        Until `to_node` takes it with `try_acquire` nobody holds it and nobody else can take it; if
+        `to_node` never does, it expires after `ttl` like any lease. The old holder cannot renew it.
+        """
         ...
 
     async def release(self, node_id: str, term: int) -> None:

@@ -6,7 +6,13 @@ from daemon.election.base import LeaseBackend
 
 
 def make_backend(
-    kind: str, *, redis_url: str, database_url: str, cluster: str, request_timeout: float
+    kind: str,
+    *,
+    redis_url: str,
+    database_url: str,
+    cluster: str,
+    request_timeout: float,
+    redis_password: str = "",
 ) -> LeaseBackend | None:
     """The backend for `kind`; None for "static", where ROLE decides and nothing is leased.
 
@@ -18,7 +24,9 @@ def make_backend(
     if kind == "redis":
         from daemon.election.redis import RedisLease
 
-        return RedisLease(redis_url, cluster=cluster, request_timeout=request_timeout)
+        return RedisLease(
+            redis_url, cluster=cluster, request_timeout=request_timeout, password=redis_password
+        )
     if kind == "postgres":
         from daemon.election.postgres import PostgresLease
 

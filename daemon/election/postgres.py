@@ -3,9 +3,10 @@
 One row per cluster in `hotstandby_lease`. Every statement is a single
 conditional write, so the database decides who wins, and every time is the
 database's `clock_timestamp()`: the nodes' clocks never enter into it. The term
-column grows by one with each acquisition and is never reset, so it serves as
-the fencing token. (Advisory locks would tie the lease to one session and
-give no term.)
+column grows by one with each acquisition (and each hand-over) and is never
+reset, so it serves as the fencing token. A lease handed over to a node and not
+yet taken has the holder `'>' || node_id`: only that node can take it.
+(Advisory locks would tie the lease to one session and give no term.)
 """
 
 from __future__ import annotations
@@ -34,12 +35,25 @@ CREATE TABLE IF NOT EXISTS hotstandby_lease (
 )
 """
 
+# A free (expired) lease gets a new term; a lease handed to us (holder '>' || node, see _HANDOVER)
+# is taken at the term the handover created.
 _ACQUIRE = """
 INSERT INTO hotstandby_lease AS lease (cluster, holder, term, expires_at)
 VALUES (%(cluster)s, %(node)s, 1, clock_timestamp() + make_interval(secs => %(ttl)s))
 ON CONFLICT (cluster) DO UPDATE
-    SET holder = EXCLUDED.holder, term = lease.term + 1, expires_at = EXCLUDED.expires_at
-    WHERE lease.expires_at < clock_timestamp()
+    SET holder = EXCLUDED.holder,
+        term = CASE WHEN lease.holder = '>' || EXCLUDED.holder AND lease.expires_at > clock_timestamp()
+                    THEN lease.term ELSE lease.term + 1 END,
+        expires_at = EXCLUDED.expires_at
+    WHERE lease.expires_at < clock_timestamp() OR lease.holder = '>' || EXCLUDED.holder
+RETURNING term
+"""
+
+# Planned switchover: only the holder, at its term, hands the lease to a named node under a new term.
+_HANDOVER = """
+UPDATE hotstandby_lease
+SET holder = '>' || %(to)s, term = term + 1, expires_at = clock_timestamp() + make_interval(secs => %(ttl)s)
+WHERE cluster = %(cluster)s AND holder = %(node)s AND term = %(term)s AND expires_at > clock_timestamp()
 RETURNING term
 """
 
@@ -55,7 +69,7 @@ WHERE cluster = %(cluster)s AND holder = %(node)s AND term = %(term)s AND expire
 """
 
 _HOLDER = """
-SELECT holder, term, EXTRACT(EPOCH FROM expires_at - clock_timestamp())::float8
+SELECT ltrim(holder, '>'), term, EXTRACT(EPOCH FROM expires_at - clock_timestamp())::float8
 FROM hotstandby_lease WHERE cluster = %(cluster)s AND expires_at > clock_timestamp()
 """
 
@@ -107,6 +121,17 @@ class PostgresLease:
     async def renew(self, node_id: str, term: int, ttl: float) -> bool:
         params = {"cluster": self._cluster, "node": node_id, "term": term, "ttl": _seconds(ttl)}
         return await self._call("renew", _RENEW, params) is not None
+
+    async def handover(self, node_id: str, term: int, to_node: str, ttl: float) -> int | None:
+        params = {
+            "cluster": self._cluster,
+            "node": node_id,
+            "term": term,
+            "to": to_node,
+            "ttl": _seconds(ttl),
+        }
+        row = await self._call("handover", _HANDOVER, params)
+        return None if row is None else self._term(row[0])
 
     async def release(self, node_id: str, term: int) -> None:
         await self._call("release", _RELEASE, {"cluster": self._cluster, "node": node_id, "term": term})

@@ -1,8 +1,9 @@
 """The leader lease as a Redis key with a TTL, and the term as an INCR counter.
 
-`hotstandby:{cluster}:leader` holds `"{node_id}:{term}"` and expires on its
-own; `hotstandby:{cluster}:term` only ever grows. Acquisition, renewal and
-release are each one Lua script, so Redis runs the check and the write as one
+`hotstandby:{cluster}:leader` holds `"{node_id}:{term}"` (or `">{node_id}:{term}"` while
+handed over to that node and not yet taken) and expires on its own;
+`hotstandby:{cluster}:term` only ever grows. Acquisition, renewal,
+hand-over and release are each one Lua script, so Redis runs the check and the write as one
 step and two nodes can never both see the key free.
 
 Terms survive only as long as Redis keeps its data: run it with persistence
@@ -28,15 +29,34 @@ from daemon.election.base import ElectionError, LeaseHolder, checked_term
 
 T = TypeVar("T")
 
-# Only if nobody holds the lease: a new term, and the lease stamped with it. The term is read back
-# as a string: a Lua number is a double, exact only up to 2**53 (and printed as 4.6e+18 beyond).
+# Only if nobody holds the lease: a new term, and the lease stamped with it. A lease handed to us
+# (">{node_id}:{term}", see _HANDOVER) is taken at the term the handover created. Terms travel as
+# strings: a Lua number is a double, exact only up to 2**53 (and printed as 4.6e+18 beyond).
 _ACQUIRE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  return false
+local current = redis.call('GET', KEYS[1])
+if current then
+  local handed = '>' .. ARGV[1] .. ':'
+  if string.sub(current, 1, string.len(handed)) ~= handed then
+    return false
+  end
+  local term = string.sub(current, string.len(handed) + 1)
+  redis.call('SET', KEYS[1], ARGV[1] .. ':' .. term, 'PX', ARGV[2])
+  return term
 end
 redis.call('INCR', KEYS[2])
 local term = redis.call('GET', KEYS[2])
 redis.call('SET', KEYS[1], ARGV[1] .. ':' .. term, 'PX', ARGV[2])
+return term
+"""
+
+# Planned switchover: only the holder, at its term, hands the lease to a named node under a new term.
+_HANDOVER = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return false
+end
+redis.call('INCR', KEYS[2])
+local term = redis.call('GET', KEYS[2])
+redis.call('SET', KEYS[1], '>' .. ARGV[2] .. ':' .. term, 'PX', ARGV[3])
 return term
 """
 
@@ -81,9 +101,12 @@ class RedisLease:
 
     name = "redis"
 
-    def __init__(self, url: str, cluster: str = "hotstandby", request_timeout: float = 1.0) -> None:
+    def __init__(
+        self, url: str, cluster: str = "hotstandby", request_timeout: float = 1.0, password: str = ""
+    ) -> None:
+        """`password` is used when the URL carries none (a password in the URL wins)."""
         self._where = _where(url)
-        self._password = _password(url)
+        self._password = _password(url) or password or None
         self._timeout = request_timeout
         self._leader_key = f"hotstandby:{cluster}:leader"
         self._term_key = f"hotstandby:{cluster}:term"
@@ -95,10 +118,12 @@ class RedisLease:
             socket_timeout=request_timeout,
             socket_connect_timeout=request_timeout,
             retry=Retry(NoBackoff(), 1),
+            password=password or None,
         )
         self._acquire = self._client.register_script(_ACQUIRE)
         self._renew = self._client.register_script(_RENEW)
         self._release = self._client.register_script(_RELEASE)
+        self._handover = self._client.register_script(_HANDOVER)
 
     async def try_acquire(self, node_id: str, ttl: float) -> int | None:
         keys = [self._leader_key, self._term_key]
@@ -109,6 +134,12 @@ class RedisLease:
         args: list[str | int] = [f"{node_id}:{term}", _millis(ttl)]
         return bool(await self._call("renew", self._renew(keys=[self._leader_key], args=args)))
 
+    async def handover(self, node_id: str, term: int, to_node: str, ttl: float) -> int | None:
+        keys = [self._leader_key, self._term_key]
+        args: list[str | int] = [f"{node_id}:{term}", to_node, _millis(ttl)]
+        new_term = await self._call("handover", self._handover(keys=keys, args=args))
+        return None if new_term is None else self._term(new_term)
+
     async def release(self, node_id: str, term: int) -> None:
         await self._call("release", self._release(keys=[self._leader_key], args=[f"{node_id}:{term}"]))
 
@@ -116,7 +147,7 @@ class RedisLease:
         value, pttl = await self._call("holder", self._get_with_ttl())
         if value is None or pttl == -2:
             return None
-        node_id, _, term = str(value).rpartition(":")
+        node_id, _, term = str(value).removeprefix(">").rpartition(":")
         if not node_id or not term.isdigit():
             raise ElectionError(f"redis at {self._where}: {self._leader_key} holds {value!r}, not node:term")
         ttl_left = float("inf") if pttl == -1 else pttl / 1000

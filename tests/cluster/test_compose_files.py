@@ -4,6 +4,7 @@ given to hotstandby is one it reads and valid, and the runner reads the files as
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -66,6 +67,14 @@ def test_docker_compose_accepts_the_dify_override() -> None:
         assert services[node]["environment"]["EXCLUDE"] == ",".join(UV_CACHES)
         assert services[node]["environment"]["PLUGIN_DAEMON_GATE"] == "true"
         assert services[node]["environment"]["DIFY_REDIS_URL"].startswith("redis://")
+        # The pair elects through Dify's own Redis, with the password from the existing secret.
+        environment = services[node]["environment"]
+        assert (environment["ELECTION"], environment["FAILOVER"]) == ("redis", "manual")
+        assert environment["REDIS_URL"] == environment["DIFY_REDIS_URL"]
+        assert environment["REDIS_PASSWORD_FILE"] == "/run/secrets/dify_redis_password"
+        assert "REDIS_PASSWORD" in environment["SECRET_VARS"].split()
+        assert environment["CLUSTER_NAME"] == "dify-plugin-daemon"
+        assert {"source": "dify_redis_password"} in services[node]["secrets"]
         command = services[daemon]["command"]
         assert command[:2] == ["python3", "/usr/local/bin/plugin-gate"], "the daemon runs under its gate"
         assert command[command.index("--") + 1 :] == ["/bin/bash", "-c", "/app/entrypoint.sh"]
@@ -175,6 +184,48 @@ def test_hotstandby_reads_every_variable_the_compose_file_gives_it(node: str, en
     if env_file is None:
         assert (config.election, config.failover) == ("static", "auto")
         assert config.failover_timeout <= 6
+
+
+@pytest.mark.parametrize("node", NODES)
+def test_the_dify_override_elects_through_difys_redis_with_a_key_prefix_per_pair(node: str) -> None:
+    services = compose_config(BASE, DIFY)["services"]
+    environment = {k: str(v) for k, v in services[node]["environment"].items()}
+    entrypoint_only = {
+        "SERVER_KEY_FILE",
+        "PGPASSWORD_FILE",
+        "DIFY_REDIS_PASSWORD_FILE",
+        "REDIS_PASSWORD_FILE",
+    }
+    env = {k: v for k, v in environment.items() if k not in entrypoint_only}
+    # What hotstandby-entrypoint loads from the secrets named in SECRET_VARS.
+    env.update(SERVER_KEY="a-key-of-32-characters-0123456789", REDIS_PASSWORD="dify-redis-password")
+    config = Config.from_env(env)
+    assert (config.election, config.failover) == ("redis", "manual")
+    assert config.redis_url == "redis://redis:6379/0" and config.redis_password == "dify-redis-password"
+    assert config.cluster_name == "dify-plugin-daemon"
+    assert "dify-redis-password" not in repr(config)
+    other_pair = compose_config_with(BASE, DIFY, HOTSTANDBY_CLUSTER_NAME="second-pair")["services"]
+    assert other_pair[node]["environment"]["CLUSTER_NAME"] == "second-pair"
+
+
+def compose_config_with(*files: Path, **variables: str) -> dict[str, Any]:
+    args = ["docker-compose", *(a for path in files for a in ("-f", str(path))), "config"]
+    env = {**os.environ, **variables}
+    done = subprocess.run(args, capture_output=True, text=True, timeout=60, check=False, env=env)
+    assert done.returncode == 0, done.stderr
+    config: dict[str, Any] = yaml.safe_load(done.stdout)
+    return config
+
+
+def test_the_plain_pair_keeps_static_auto_only_with_the_readme_saying_why_and_the_risk() -> None:
+    comments = "\n".join(line for line in BASE.read_text().splitlines() if line.startswith("#"))
+    assert "ELECTION=static with FAILOVER=auto" in comments and 'README "Failover"' in comments
+    assert "partition" in comments and "conflicts" in comments
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("### Which election", 1)[1].split("\n## ", 1)[0]
+    assert "compose/docker-compose.yml" in section and "static" in section and "FAILOVER=auto" in section
+    assert "why" in section.lower() and "risk" in section.lower() and "partition" in section
+    assert "docker-compose.dify.yml" in section and "Redis" in section
 
 
 def test_interpolation_follows_compose() -> None:

@@ -8,6 +8,7 @@ folder rename must, once restarted, converge without a visible temp file (`.hs~*
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
@@ -19,6 +20,7 @@ import pytest
 
 from tests.support.cluster import Pair, make_pair, tree_diff, wait_until
 from tests.support.ha import FAST, PrimarySampler, primary
+from tests.support.services import running_redis
 
 BIG = 200 << 20
 pytestmark = pytest.mark.timeout(120)
@@ -190,3 +192,47 @@ def test_standby_killed_during_a_big_folder_rename_converges_after_restart(pair:
     assert temp_files(replica) == []
     assert pair.master.status()["acknowledged_sequence"] > acked
     assert tree_diff(root, replica) == []
+
+
+@pytest.mark.parametrize(
+    ("election", "frozen_for"),
+    [
+        # FAILOVER_TIMEOUT 3 starts only after 3 s of silence (no certain sign of death): 4 s is safe.
+        pytest.param("static-auto", 4.0, id="static-auto-frozen-past-FAILOVER_TIMEOUT"),
+        # The default 4 s lease, renewed every 1.33 s: a stop shorter than TTL - renewal keeps it.
+        pytest.param("redis", 1.5, id="redis-lease-frozen-within-the-lease"),
+    ],
+)
+def test_a_frozen_but_living_leader_is_not_replaced(tmp_path: Path, election: str, frozen_for: float) -> None:
+    """SIGSTOP looks like a hung host (its sockets open, nothing answering), not like a dead one (a closed
+    connection and a refused port): the daemons' default timings must not fail over within these."""
+    with contextlib.ExitStack() as stack:
+        env = {"SYNC_MODE": "sync", "SYNC_MODE_FALLBACK": "async"}
+        if election == "redis":
+            redis = stack.enter_context(running_redis(tmp_path / "redis"))
+            env.update(ELECTION="redis", REDIS_URL=redis.url)
+        else:
+            env.update(FAILOVER="auto", FAILOVER_TIMEOUT="3", HEARTBEAT_INTERVAL="1")
+        pair = make_pair(tmp_path, master_env=env, slave_env=dict(env))
+        stack.callback(pair.stop)
+        stack.callback(lambda: pair.master.proc and pair.master.proc.send_signal(signal.SIGCONT))
+        pair.start()
+        wait_until(lambda: primary(pair.master), 15, message="the master to lead")
+        wait_until(lambda: pair.slave.status()["synced"], 15, message="the standby to be synced")
+        epoch = pair.master.status()["epoch"]
+        with PrimarySampler(pair) as sampler:
+            assert pair.master.proc is not None
+            pair.master.proc.send_signal(signal.SIGSTOP)
+            try:
+                deadline = time.monotonic() + frozen_for
+                while time.monotonic() < deadline:
+                    assert not primary(pair.slave), "the standby took over from a living leader"
+                    time.sleep(0.1)
+            finally:
+                pair.master.proc.send_signal(signal.SIGCONT)
+            wait_until(lambda: primary(pair.master), 10, message="the thawed master to answer /primary")
+            time.sleep(1.0)
+        assert sampler.both == [] and not primary(pair.slave)
+        status = pair.master.status()
+        assert (status["role"], status["epoch"]) == ("master", epoch), status
+        assert pair.slave.status()["role"] == "slave"

@@ -280,3 +280,39 @@ async def test_a_term_above_the_epoch_bound_is_refused_and_never_becomes_an_epoc
     error, _ = await timed(a.holder())
     assert isinstance(error, ElectionError), "nor is it reported as a holder's term"
     assert await rig.node().try_acquire("b", 5.0) is None, "the lease is left to expire: no new term per tick"
+
+
+# -- planned switchover: the holder hands the lease to a named node under a new term -------------------
+async def test_only_the_holder_hands_the_lease_over_and_only_the_named_node_takes_it(rig: Rig) -> None:
+    a, b, c = rig.node(), rig.node(), rig.node()
+    term = await a.try_acquire("a", 5.0)
+    assert term is not None
+    assert await b.handover("b", term, "b", 5.0) is None, "a non-holder handed the lease over"
+    assert await a.handover("a", term + 1, "b", 5.0) is None, "the holder handed over a term it never had"
+    new_term = await a.handover("a", term, "b", 5.0)
+    assert new_term is not None and new_term > term
+    holder = await c.holder()
+    assert holder is not None and (holder.node_id, holder.term) == ("b", new_term)
+    # The old holder cannot win it back, nobody else can take it, and it cannot be handed on again.
+    assert not await a.renew("a", term, 5.0)
+    assert await a.try_acquire("a", 5.0) is None
+    assert await c.try_acquire("c", 5.0) is None
+    assert await a.handover("a", term, "c", 5.0) is None
+    assert not await b.renew("b", new_term, 5.0), "renewed before it was taken"
+    # The named node takes it at the term the hand-over created, and then holds it like any lease.
+    assert await b.try_acquire("b", 5.0) == new_term
+    assert await b.renew("b", new_term, 5.0)
+    assert await b.try_acquire("b", 5.0) is None
+    assert await c.try_acquire("c", 5.0) is None
+
+
+async def test_a_lease_handed_over_and_never_taken_expires_like_any_other(rig: Rig) -> None:
+    a, c = rig.node(), rig.node()
+    term = await a.try_acquire("a", 5.0)
+    assert term is not None
+    handed = await a.handover("a", term, "b", 0.4)
+    assert handed is not None
+    assert await c.try_acquire("c", 5.0) is None
+    await asyncio.sleep(0.6)
+    later = await c.try_acquire("c", 5.0)
+    assert later is not None and later > handed

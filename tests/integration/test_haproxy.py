@@ -75,7 +75,7 @@ def test_plugin_daemon_example_keeps_streams_alive_and_checks_hotstandby() -> No
         "http-check send meth HEAD uri /primary",
         "http-check expect status 200",
         "server master hotstandby-master:5002 check port 5003",
-        "inter 1s fastinter 250ms downinter 2s fall 2 rise 2 on-marked-down shutdown-sessions",
+        "inter 1s fastinter 250ms downinter 500ms fall 2 rise 1 on-marked-down shutdown-sessions",
     ):
         assert line in text
     assert "http-buffer-request" not in text.replace("`option http-buffer-request`", "")

@@ -206,6 +206,11 @@ def test_the_drill_times_the_first_plugin_call_after_the_leader_dies(
                 MASTER_HOST, STANDBY_HOST, daemon_port, check_port=pair.master.port, mode="plugin-daemon"
             )
         )
+        # The drill's preflight refuses a pair whose leader does not answer /primary yet (its daemon's
+        # health is polled once a second) or that HAProxy has not marked up yet: wait for both first.
+        wait_until(lambda: primary(pair.master), 15, message="the master to answer /primary")
+        for proxy in (api, plugins):
+            proxy.wait_for_state({"master": "UP", "standby": "DOWN"}, timeout=10)
         config = DrillConfig(
             targets=tuple(Target(n.url, n.name, n.host) for n in (pair.master, pair.slave)),
             server_key=SERVER_KEY,

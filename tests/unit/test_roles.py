@@ -39,6 +39,7 @@ REPLICA = RoleState(role="replica", epoch=3)
 LOST_AT_100 = RoleState(role="replica", epoch=3, leader_lost_since=NOW)
 # A lease holder whose lease (as this node counts it) runs until 105.
 HOLDER = RoleState(role="leader", epoch=7, lease_valid_until=105.0)
+DRAINING_HOLDER = replace(HOLDER, draining=True)
 
 
 def obs(now: float = NOW, **kwargs: Any) -> Observations:
@@ -150,6 +151,49 @@ TABLE = [
     row("leader-lease-drain-keeps-a-renewal-made-on-the-same-tick", HOLDER,
         obs(104.0, request="drain", lease=lease("renewed", 7, sent_at=104.0)), REDIS,
         "leader", 7, False, (), "draining", draining=True, lease_valid_until=109.0),
+    # ---- leader, lease backend: planned hand-over ----------------------------------------------------
+    row("leader-lease-handover-to-a-caught-up-replica-while-drained", DRAINING_HOLDER,
+        obs(102.0, request="handover", handover_to="node-b", handover_target_ready=True), REDIS,
+        "leader", 7, False, ("handover_lease",), "handing the lease to node-b", draining=True),
+    row("leader-lease-handover-refused-unless-drained", HOLDER,
+        obs(102.0, request="handover", handover_to="node-b", handover_target_ready=True), POSTGRES,
+        "leader", 7, True, (), "handover refused: drain the leader first"),
+    row("leader-lease-handover-refused-to-a-replica-not-caught-up", DRAINING_HOLDER,
+        obs(102.0, request="handover", handover_to="node-b"), REDIS,
+        "leader", 7, False, (), "handover refused: node-b is not a connected replica that confirmed"),
+    row("leader-lease-handover-refused-without-a-target", DRAINING_HOLDER,
+        obs(102.0, request="handover", handover_target_ready=True), REDIS,
+        "leader", 7, False, (), "handover refused: no node named"),
+    row("leader-lease-handover-refused-once-the-lease-ended", DRAINING_HOLDER,
+        obs(105.0, request="handover", handover_to="node-b", handover_target_ready=True), REDIS,
+        "replica", 7, False, ("become_replica", "release_lease"), "could not renew the lease"),
+    row("leader-lease-handed-over-follows-at-the-new-term-and-holds-off", DRAINING_HOLDER,
+        obs(102.0, lease=LeaseOutcome("handed_over", term=8, sent_at=101.9, holder="node-b")), REDIS,
+        "replica", 7, False, ("become_replica",), "handed the lease to node-b with term 8",
+        hold_off_until=102.0 + 12.0, lease_valid_until=None),
+    row("leader-lease-handover-unknown-accepts-nothing-until-renewed", DRAINING_HOLDER,
+        obs(102.0, lease=lease("handover_unknown")), POSTGRES,
+        "leader", 7, False, (), "handover failed", lease_valid_until=102.0, draining=True),
+    row("leader-lease-handover-unknown-then-renewed-leads-again-once-undrained",
+        replace(DRAINING_HOLDER, lease_valid_until=102.0),
+        obs(102.3, request="undrain", lease=lease("renewed", 7, sent_at=102.25)), REDIS,
+        "leader", 7, True, (), "writes accepted again", lease_valid_until=107.25),
+    row("leader-lease-handover-unknown-then-renewal-fails-demotes",
+        replace(DRAINING_HOLDER, lease_valid_until=102.0), obs(102.3, lease=lease("error")), REDIS,
+        "replica", 7, False, ("become_replica", "release_lease"), "could not renew the lease"),
+    row("leader-lease-handover-that-found-the-lease-gone-demotes", DRAINING_HOLDER,
+        obs(102.0, lease=lease("lost", 7)), REDIS,
+        "replica", 7, False, ("become_replica", "release_lease"), "the lease is no longer ours"),
+    row("leader-static-handover-refused", LEADER, obs(request="handover", handover_to="node-b"), STATIC,
+        "leader", 3, True, (), "handover refused: with ELECTION=static there is no lease"),
+    row("replica-lease-handover-refused-not-the-leader", REPLICA, obs(request="handover", handover_to="x"),
+        REDIS, "replica", 3, False, (), "handover refused: this node is not the leader"),
+    row("replica-static-handover-refused-not-the-leader", REPLICA, obs(request="handover", handover_to="x"),
+        STATIC, "replica", 3, False, (), "handover refused: this node is not the leader"),
+    row("replica-lease-takes-a-handed-lease-at-its-term", REPLICA,
+        obs(102.2, synced=True, lease=lease("acquired", 8, sent_at=102.0)), REDIS,
+        "leader", 8, True, ("become_leader", "persist_epoch"), "acquired the lease with term 8",
+        lease_valid_until=107.0),
     # ---- replica, ELECTION=static --------------------------------------------------------------------
     row("replica-static-promote-refused-when-never-synced", REPLICA, obs(request="promote"), STATIC,
         "replica", 3, False, (), "promotion refused: this replica never completed a full sync"),
@@ -218,7 +262,7 @@ TABLE = [
         obs(100.2, request="promote", lease=lease("acquired", 9, sent_at=100.0)), REDIS,
         "leader", 9, True, ("become_leader", "persist_epoch"), "acquired the lease"),
     row("replica-lease-promote-request-refused-redis", REPLICA, obs(request="promote", synced=True), REDIS,
-        "replica", 3, False, (), "promotion refused: with ELECTION=redis the lease decides"),
+        "replica", 3, False, (), "promotion refused: with ELECTION=redis the lease decides (a switchover"),
     row("replica-lease-promote-request-refused-postgres", REPLICA,
         obs(request="promote", synced=True, force=True), POSTGRES,
         "replica", 3, False, (), "with ELECTION=postgres the lease decides"),
@@ -367,11 +411,12 @@ TICK = st.tuples(
     st.booleans(),  # peer_checked
     st.booleans(),  # link_up
     st.booleans(),  # synced
-    st.sampled_from([None, None, None, "promote", "demote", "drain", "undrain"]),
+    st.sampled_from([None, None, None, "promote", "demote", "drain", "undrain", "handover"]),
     st.booleans(),  # force
-    st.integers(0, 3),  # which lease outcome (0: no lease call this tick)
+    st.integers(0, 5),  # which lease outcome (0: no lease call this tick)
     st.integers(-3, 3),  # lease term, relative to our epoch
     st.sampled_from([0.0, 0.1, 1.0, 3.0]),  # how long before now the lease request was sent
+    st.booleans(),  # handover: the named replica is caught up
 )
 ROLES = st.sampled_from(["leader", "replica"])
 RUNS = st.tuples(POLICIES, ROLES, st.integers(0, 5), st.lists(TICK, max_size=30))
@@ -382,13 +427,14 @@ LEASE_RUNS = st.tuples(LEASE_POLICIES, ROLES, st.integers(0, 5), st.lists(TICK, 
 
 LEASE_KINDS = {
     "leader": (None, "renewed", "lost", "error"),
+    "draining": (None, "renewed", "lost", "error", "handed_over", "handover_unknown"),
     "competing": (None, "acquired", "held_by_other", "error"),
     "replica": (None, "held_by_other", "free", "error"),
 }
 
 
 def observe(state: RoleState, now: float, policy: Policy, tick: tuple[Any, ...]) -> Observations:
-    _, peer, peer_is_leader, checked, link_up, synced, request, force, kind_index, term, delay = tick
+    _, peer, peer_is_leader, checked, link_up, synced, request, force, kind_index, term, delay, ready = tick
     observations = Observations(
         now=now,
         peer_epoch=None if peer is None else max(0, state.epoch + peer),
@@ -398,14 +444,18 @@ def observe(state: RoleState, now: float, policy: Policy, tick: tuple[Any, ...])
         synced=synced,
         request=request,
         force=force,
+        handover_to="node-b" if request == "handover" else "",
+        handover_target_ready=ready,
     )
     if policy.election == "static":
         return observations
-    if state.role == "leader":
+    if state.role == "leader" and state.draining and request is None:
+        kinds = LEASE_KINDS["draining"]  # with what the control loop feeds back after a hand-over
+    elif state.role == "leader":
         kinds = LEASE_KINDS["leader"]
     else:
         kinds = LEASE_KINDS["competing" if may_compete(state, observations, policy) else "replica"]
-    kind = kinds[kind_index]
+    kind = kinds[kind_index % len(kinds)]
     if kind is None:
         return observations
     outcome = LeaseOutcome(kind=kind, term=max(0, state.epoch + term), sent_at=now - delay)
@@ -446,19 +496,30 @@ def test_invariants_hold_over_any_sequence_of_observations(run: tuple[Any, ...])
             assert after.epoch > before.epoch or from_lease_term
         if before.role == "leader" and after.role == "replica":
             assert "become_replica" in decision.actions
+        if "handover_lease" in decision.actions:
+            assert before.role == after.role == "leader" and after.draining, decision.reason
+            assert observations.handover_target_ready  # a renewal on the same tick may extend the lease
+            assert after == replace(before, lease_valid_until=after.lease_valid_until)
         if "release_lease" in decision.actions:
             assert before.lease_valid_until is not None and after.role == "replica"
         assert ("persist_epoch" in decision.actions) == (after.epoch != before.epoch), decision.reason
         assert decision.reason.strip() and "\n" not in decision.reason and "\r" not in decision.reason
 
 
-ACQUIRE = (0.0, None, None, True, False, True, None, False, 1, 1, 0.0)
-UNDRAIN_AS_THE_LEASE_IS_LOST = (1.0, None, None, True, False, True, "undrain", False, 2, 0, 0.0)
+ACQUIRE = (0.0, None, None, True, False, True, None, False, 1, 1, 0.0, False)
+UNDRAIN_AS_THE_LEASE_IS_LOST = (1.0, None, None, True, False, True, "undrain", False, 2, 0, 0.0, False)
+DRAIN = (0.5, None, None, True, True, True, "drain", False, 1, 0, 0.0, False)
+HANDOVER = (0.2, None, None, True, True, True, "handover", False, 0, 0, 0.0, True)
+HANDED_OVER = (0.0, None, None, True, True, True, None, False, 4, 1, 0.0, True)
+UNKNOWN_THEN_UNDRAIN = (0.1, None, None, True, True, True, "undrain", False, 0, 0, 0.0, True)
+HANDOVER_UNKNOWN = (0.0, None, None, True, True, True, None, False, 5, 0, 0.0, True)
 
 
 @settings(max_examples=300, deadline=None, database=None)
 @given(LEASE_RUNS)
 @example((REDIS, "replica", 0, [ACQUIRE, UNDRAIN_AS_THE_LEASE_IS_LOST]))
+@example((REDIS, "replica", 0, [ACQUIRE, DRAIN, HANDOVER, HANDED_OVER]))
+@example((POSTGRES, "replica", 0, [ACQUIRE, DRAIN, HANDOVER, HANDOVER_UNKNOWN, UNKNOWN_THEN_UNDRAIN]))
 def test_a_lease_leader_never_writes_without_its_lease(run: tuple[Any, ...]) -> None:
     _, steps = replay(run)
     for _, observations, decision in steps:
@@ -467,9 +528,13 @@ def test_a_lease_leader_never_writes_without_its_lease(run: tuple[Any, ...]) -> 
             continue
         assert after.lease_valid_until is not None and observations.now < after.lease_valid_until
         outcome = observations.lease
-        assert outcome is None or outcome.kind not in ("lost", "held_by_other", "free"), (
-            f"writable right after the lease was {outcome.kind}: {decision.reason}"
-        )
+        assert outcome is None or outcome.kind not in (
+            "lost",
+            "held_by_other",
+            "free",
+            "handed_over",
+            "handover_unknown",
+        ), f"writable right after the lease was {outcome.kind}: {decision.reason}"
 
 
 # -- a peer that refuses our key or TLS: its role is unknown ---------------------------------------
