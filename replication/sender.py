@@ -30,6 +30,7 @@ from replication.delta import Signature, compute_delta, encode_instructions
 from replication.errors import FencedError, PeerError, RefusedError
 from replication.journal import Change, Journal
 from replication.metrics import ReplicationMetrics
+from replication.progress import Progress
 from replication.protocol import FLAG_COMPLETE, FLAG_DISCARD, Operation, encode_trailer
 from replication.source import SentObjects, SourceTree, next_batch
 
@@ -126,6 +127,8 @@ class Sender:
         self._signatures: dict[str, Signature] = {}
         self._whole_next: set[str] = set()
         """Paths whose last delta failed on the replica: sent whole once."""
+        self.progress = Progress()
+        """Seeding and catch-up: files and bytes done of the total known so far (status shows it)."""
 
     # -- lifecycle ---------------------------------------------------------------
     async def run(self) -> None:
@@ -295,7 +298,11 @@ class Sender:
             },
         )
         applied = int(answer["applied_seq"])
+        pending_before = self.journal.pending
         self.journal.acknowledge(applied)
+        self.progress.acknowledged(
+            pending_before - self.journal.pending, self.journal.pending, self.bytes_sent
+        )
         self.last_ack_at = time.monotonic()
         self.on_ack()
         for path in [*resend, *answer.get("resend", [])]:
@@ -361,6 +368,7 @@ class Sender:
             if not stat.S_ISREG(before.st_mode):
                 return
             size = before.st_size
+            self.progress.sending(change.path)
             signature = self._signatures.get(change.path)
             self._whole_next.discard(change.path)
             op = Operation(
@@ -449,6 +457,8 @@ class Sender:
             for entry in plan.attrs_only:
                 self.journal.record_sync(entry.path, attr_hint=(entry.size, entry.mtime_ns))
             self.baseline_seq = self.journal.last_held  # not the head: see Journal.last_held
+            sizes = {entry.path: entry.size for entry in plan.send}
+            self.progress.planned(reason, sizes, self.journal.pending, self.bytes_sent)
             summary = SyncSummary(
                 reason=reason,
                 compared=plan.compared,
