@@ -29,6 +29,7 @@ from daemon.problems import HTTPProblem, problem, problem_middleware
 from daemon.roles import Request
 from daemon.store.routes import add_store_routes
 from daemon.store.store import PluginStore
+from daemon.ui.routes import add_ui_routes
 from replication.errors import ContainmentError
 from replication.paths import StorageRoot, validate_relpath
 from replication.receiver import Receiver
@@ -87,6 +88,7 @@ def build_app(
     router.add_post("/internal/replication/signatures", replication_signatures)
     if store is not None:
         add_store_routes(app, store)
+    add_ui_routes(app, node, control, app[GATE], store)
     return app
 
 

@@ -55,6 +55,8 @@ class Config:
     ssh_key_file: str = ""
     ssh_known_hosts: str = ""
     server_key: str = field(default="", repr=False)
+    status_key: str = field(default="", repr=False)
+    """Read-only: the status page (/ui) and nothing else; SERVER_KEY is still needed to act."""
     exclude: tuple[str, ...] = ()
     ready_markers: tuple[str, ...] = DEFAULT_READY_MARKERS
     log_level: str = "INFO"
@@ -129,7 +131,7 @@ class Config:
         shown = []
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "server_key":
+            if f.name in ("server_key", "status_key"):
                 value = "***" if value else ""
             elif f.name in (
                 "sync_target",
@@ -277,6 +279,7 @@ class _Reader:
             ssh_key_file=self.ssh_file("SSH_KEY_FILE"),
             ssh_known_hosts=self.ssh_file("SSH_KNOWN_HOSTS"),
             server_key=self.env.get("SERVER_KEY", ""),
+            status_key=self.env.get("STATUS_KEY", ""),
             exclude=self.globs("EXCLUDE", ()),
             ready_markers=self.globs("READY_MARKERS", DEFAULT_READY_MARKERS),
             log_level=self.choice("LOG_LEVEL", "INFO", LOG_LEVELS, upper=True),
@@ -325,6 +328,7 @@ class _Reader:
             )
         if "\n" in config.server_key or (config.server_key and len(config.server_key) < 8):
             raise ConfigError("SERVER_KEY must be at least 8 characters on one line")
+        _check_status_key(config)
         if config.require_auth and not config.server_key:
             raise ConfigError("REQUIRE_AUTH=true but SERVER_KEY is not set: /internal and the link need one")
         return config
@@ -425,6 +429,19 @@ class _Reader:
             raise ConfigError(
                 "FAILOVER=auto applies to ELECTION=static; with a lease backend failover is automatic"
             )
+
+
+def _check_status_key(config: Config) -> None:
+    """STATUS_KEY opens the status page read-only; it only means something beside a SERVER_KEY."""
+    key = config.status_key
+    if not key:
+        return
+    if "\n" in key or len(key) < 8:
+        raise ConfigError("STATUS_KEY must be at least 8 characters on one line")
+    if not config.server_key:
+        raise ConfigError("STATUS_KEY is set but SERVER_KEY is not: without it /internal is open to anyone")
+    if key == config.server_key:
+        raise ConfigError("STATUS_KEY must differ from SERVER_KEY: it is the key that may look but not act")
 
 
 def _is_within(path: str, root: str) -> bool:

@@ -8,6 +8,7 @@ import sys
 import structlog
 
 from daemon.config import Config
+from daemon.ui.recent import RECENT
 
 
 def configure(config: Config) -> None:
@@ -21,6 +22,7 @@ def configure(config: Config) -> None:
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        RECENT,  # the status page's "last errors"
     ]
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],
