@@ -5,8 +5,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 # Debian packages the tests and the demo run for real; installed only when missing.
-SYSTEM_PACKAGES := haproxy redis-server postgresql iproute2 rsync lsyncd prometheus docker-compose tini openssh-server
-SYSTEM_COMMANDS := haproxy redis-server pg_ctlcluster ip rsync lsyncd promtool docker-compose tini
+SYSTEM_PACKAGES := haproxy redis-server postgresql iproute2 rsync lsyncd prometheus docker-compose tini openssh-server \
+	chromium chromium-driver
+SYSTEM_COMMANDS := haproxy redis-server pg_ctlcluster ip rsync lsyncd promtool docker-compose tini chromium chromedriver
 
 .PHONY: install system-deps test lint demo up down clean bench chaos
 

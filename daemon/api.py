@@ -29,6 +29,7 @@ from daemon.redact import Redactor
 from daemon.roles import Request
 from daemon.store.routes import add_store_routes
 from daemon.store.store import PluginStore
+from daemon.ui.routes import add_ui_routes
 from replication.errors import ReplicationError
 from replication.paths import StorageRoot, validate_relpath
 from replication.protocol import MAX_PATHS_PER_REQUEST, MAX_PEER_EPOCH, MAX_SEQUENCE
@@ -91,6 +92,7 @@ def build_app(
     router.add_post("/internal/replication/signatures", replication_signatures)
     if store is not None:
         add_store_routes(app, store)
+    add_ui_routes(app, node, control, app[GATE], store)
     return app
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from daemon import netns
 from daemon.compose_runner import DEFAULT_FILE, Cluster, Printer, Reply
 from replication import manifest
 
@@ -163,9 +164,28 @@ def _following(status: dict[str, Any] | None, epoch: Any) -> bool:
     return status is not None and status.get("role") == "slave" and status.get("epoch") == epoch
 
 
+def status_pages(cluster: Cluster, out: Printer = print) -> None:
+    """Where each node's status page is (printed only: nothing is opened), and how to reach it."""
+    _step(out, "status pages (GET /ui on every node; sign in with the key below)")
+    network = cluster.network
+    namespaces = network if isinstance(network, netns.NamespaceNetwork) else None
+    for service in (MASTER, SLAVE):
+        address = network.addresses.get(service, "?") if network is not None else "?"
+        out(
+            f"  {service:<18} http://{address}:5002/ui/"
+            + ("  (inside the client namespace)" if namespaces else "")
+        )
+    if namespaces is not None:
+        client = namespaces.namespace(netns.CLIENT)
+        out(f"  they are reachable from the client namespace: ip netns exec {client} <browser> URL")
+    key_file = cluster.secret_files.get("server_key")
+    out(f"  key: the SERVER_KEY secret ({key_file or 'compose/secrets/server_key'})")
+
+
 def story(cluster: Cluster, out: Printer = print) -> None:
     """Everything after `up`: write, failover, rejoin."""
     view = PairView(cluster)
+    status_pages(cluster, out)
     wait_for(lambda: (view.status(SLAVE) or {}).get("synced", False), 30, "the standby's first full sync")
     wait_for(lambda: view.haproxy_states().get("master") == "UP", 15, "HAProxy to mark the master up")
     _show_states(out, view)

@@ -49,6 +49,8 @@ class Config:
     ssh_key_file: str = ""
     ssh_known_hosts: str = ""
     server_key: str = field(default="", repr=False)
+    status_key: str = field(default="", repr=False)
+    """Read-only: the status page (/ui) and nothing else; SERVER_KEY is still needed to act."""
     exclude: tuple[str, ...] = ()
     ready_markers: tuple[str, ...] = DEFAULT_READY_MARKERS
     log_level: str = "INFO"
@@ -148,7 +150,7 @@ class Config:
         shown = []
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "server_key":
+            if f.name in ("server_key", "status_key"):
                 value = "***" if value else ""
             elif f.name in (
                 "sync_target",
@@ -317,6 +319,7 @@ class _Reader:
             ssh_key_file=self.ssh_file("SSH_KEY_FILE"),
             ssh_known_hosts=self.ssh_file("SSH_KNOWN_HOSTS"),
             server_key=self.env.get("SERVER_KEY", ""),
+            status_key=self.env.get("STATUS_KEY", ""),
             exclude=self.globs("EXCLUDE", ()),
             ready_markers=self.globs("READY_MARKERS", DEFAULT_READY_MARKERS),
             log_level=self.choice("LOG_LEVEL", "INFO", LOG_LEVELS, upper=True),
@@ -367,6 +370,7 @@ class _Reader:
         if "\n" in config.server_key or (config.server_key and len(config.server_key) < 8):
             raise ConfigError("SERVER_KEY must be at least 8 characters on one line")
         _check_exposure(config)
+        _check_status_key(config)
         return config
 
     def _security(self) -> dict[str, Any]:
@@ -501,6 +505,19 @@ def _check_exposure(config: Config) -> None:
         "set SERVER_KEY (8+ characters; in a container, SERVER_KEY_FILE names a file the entrypoint reads), "
         "or ALLOW_UNAUTHENTICATED=true to let anyone who reaches the port write into STORAGE_PATH"
     )
+
+
+def _check_status_key(config: Config) -> None:
+    """STATUS_KEY opens the status page read-only; it only means something beside a SERVER_KEY."""
+    key = config.status_key
+    if not key:
+        return
+    if "\n" in key or len(key) < 8:
+        raise ConfigError("STATUS_KEY must be at least 8 characters on one line")
+    if not config.server_key:
+        raise ConfigError("STATUS_KEY is set but SERVER_KEY is not: without it /internal is open to anyone")
+    if key == config.server_key:
+        raise ConfigError("STATUS_KEY must differ from SERVER_KEY: it is the key that may look but not act")
 
 
 def _is_within(path: str, root: str) -> bool:

@@ -19,7 +19,7 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TextIO
 from urllib.parse import quote, urlsplit
 
 from daemon.config import ConfigError
@@ -177,28 +177,98 @@ def assess(statuses: Sequence[NodeStatus], max_lag: float) -> str | None:
     return None
 
 
-COLUMNS = ("NODE", "ROLE", "EPOCH", "WRITABLE", "LEASE LEFT", "LAG", "PENDING", "PEER", "LAST ERROR")
+COLUMNS = (
+    "NODE",
+    "ROLE",
+    "EPOCH",
+    "WRITABLE",
+    "LEASE LEFT",
+    "LAG",
+    "PENDING",
+    "PEER",
+    "PROGRESS",
+    "LAST ERROR",
+)
 
 
-def _row(node: NodeStatus) -> tuple[str, ...]:
+def _size(count: float) -> str:
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
+
+
+def _duration(seconds: float) -> str:
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+
+
+def describe_progress(progress: Mapping[str, Any]) -> str:
+    """One line: what is being done, files and bytes of the total known so far, the rate, time left."""
+    kind = "seeding" if progress.get("kind") == "seeding" else "catching up"
+    files_done, files_total = int(progress.get("files_done") or 0), int(progress.get("files_total") or 0)
+    parts = [f"{files_done:,} of {files_total:,} files"]
+    bytes_done, bytes_total = int(progress.get("bytes_done") or 0), int(progress.get("bytes_total") or 0)
+    if bytes_total:
+        parts.append(f"{_size(bytes_done)} of {_size(bytes_total)}")
+    files_rate, bytes_rate = progress.get("files_per_second") or 0, progress.get("bytes_per_second") or 0
+    if progress.get("stalled"):
+        parts.append("stalled")
+    elif files_rate or bytes_rate:
+        parts.append(f"{files_rate:,.0f} files/s" + (f" ({_size(bytes_rate)}/s)" if bytes_rate else ""))
+    eta = progress.get("eta_seconds")
+    parts.append("time left unknown" if eta is None else f"about {_duration(float(eta))} left")
+    return f"{kind}: {', '.join(parts)}"
+
+
+def describe_backlog(item: Mapping[str, Any]) -> str:
+    """A replica that is not in step: its long work's progress, else how many changes it lacks."""
+    progress = item.get("progress")
+    if isinstance(progress, Mapping):
+        return describe_progress(progress)
+    return f"behind: {int(item.get('pending_changes') or 0):,} change(s) pending"
+
+
+def _row(node: NodeStatus, link: Mapping[str, Any] | None) -> tuple[str, ...]:
     if not node.reachable:
-        return (node.url, "unreachable", "-", "-", "-", "-", "-", "-", node.error or "")
+        return (node.url, "unreachable", "-", "-", "-", "-", "-", "-", "-", node.error or "")
     lease = node.get("lease_seconds_left")
+    source: Mapping[str, Any] = link if link is not None else (node.body or {})
+    progress = "-"
+    if link is not None:
+        progress = (
+            describe_backlog(link) if link.get("pending_changes") or link.get("progress") else "in step"
+        )
     return (
         node.url,
         node.role or "?",
         str(node.epoch),
         "yes" if node.writable else "no",
         "-" if lease is None else f"{float(lease):.1f}s",
-        f"{node.lag:.1f}s",
-        str(node.get("pending_changes") or 0),
+        f"{float(source.get('lag_seconds') or 0.0):.1f}s",
+        f"{int(source.get('pending_changes') or 0):,}",
         "connected" if node.get("peer_connected") else "disconnected",
+        progress,
         str(node.get("last_error") or "-"),
     )
 
 
+def _links(statuses: Sequence[NodeStatus]) -> list[Mapping[str, Any] | None]:
+    """For each replica, the writable leader's link to it (pending changes, lag, progress)."""
+    leader = next((s for s in statuses if s.reachable and s.writable and s.role == "master"), None)
+    if leader is None:
+        return [None for _ in statuses]
+    return [None if s is leader or not s.reachable else link_to(leader, s.url) for s in statuses]
+
+
 def format_table(statuses: Sequence[NodeStatus]) -> str:
-    rows = [COLUMNS, *(_row(s) for s in statuses)]
+    rows = [COLUMNS, *(_row(s, link) for s, link in zip(statuses, _links(statuses), strict=True))]
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
     lines = ("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) for row in rows)
     return "\n".join(line.rstrip() for line in lines)
@@ -212,21 +282,82 @@ def _print_warnings(statuses: Sequence[NodeStatus]) -> None:
             print(f"warning: {node.url}: {warning}", file=sys.stderr)
 
 
+def summary_line(statuses: Sequence[NodeStatus], max_lag: float) -> tuple[str, str | None]:
+    """("healthy: ..." or "unhealthy: ...", the problem or None). A replica is "in step" only when
+    its leader has nothing pending for it; one behind is named with its progress."""
+    problem = assess(statuses, max_lag)
+    if problem is not None:
+        return f"unhealthy: {problem}", problem
+    leader = next(s for s in statuses if s.writable)
+    text = f"healthy: {leader.url} leads at epoch {leader.epoch}"
+    behind = [
+        (s, link)
+        for s, link in zip(statuses, _links(statuses), strict=True)
+        if link is not None and (link.get("pending_changes") or link.get("progress"))
+    ]
+    in_step = len(statuses) - 1 - len(behind)
+    if in_step:
+        text += f", {in_step} replica(s) in step"
+    for replica, link in behind:
+        text += f"; {replica.url} {describe_backlog(link)}"
+    return text, None
+
+
 def status(client: Client, urls: Sequence[str], max_lag: float, as_json: bool) -> int:
     statuses = fetch_all(client, urls)
-    problem = assess(statuses, max_lag)
     if as_json:
+        problem = assess(statuses, max_lag)
         nodes = [{"url": s.url, "error": s.error, "status": s.body} for s in statuses]
         print(json.dumps({"healthy": problem is None, "reason": problem, "nodes": nodes}, indent=2))
         return 0 if problem is None else 1
     print(format_table(statuses))
     _print_warnings(statuses)
-    if problem is not None:
-        print(f"unhealthy: {problem}", file=sys.stderr)
-        return 1
-    leader = next(s for s in statuses if s.writable)
-    print(f"healthy: {leader.url} leads at epoch {leader.epoch}, {len(statuses) - 1} replica(s) in step")
-    return 0
+    line, problem = summary_line(statuses, max_lag)
+    print(line, file=sys.stderr if problem is not None else sys.stdout)
+    return 0 if problem is None else 1
+
+
+HOME, CLEAR_LINE, CLEAR_BELOW = "\x1b[H", "\x1b[K", "\x1b[J"
+
+
+def watch(
+    client: Client,
+    urls: Sequence[str],
+    max_lag: float,
+    interval: float,
+    out: TextIO | None = None,
+    count: int | None = None,
+) -> int:
+    """`status --watch`: the table again every `interval` seconds, drawn over the last one in a
+    terminal (one block after another otherwise), until Ctrl-C or `count` refreshes; the exit status
+    is the last verdict's."""
+    out = out or sys.stdout
+    in_place = out.isatty()
+    code, shown = 0, 0
+    try:
+        while True:
+            statuses = fetch_all(client, urls)
+            line, problem = summary_line(statuses, max_lag)
+            code = 0 if problem is None else 1
+            stamp = time.strftime("%H:%M:%S")
+            lines = [
+                f"hotstandby status, every {interval:g}s, {stamp} (Ctrl-C to stop)",
+                "",
+                format_table(statuses),
+                line,
+            ]
+            if in_place:
+                out.write(HOME + "".join(f"{text}{CLEAR_LINE}\n" for text in "\n".join(lines).split("\n")))
+                out.write(CLEAR_BELOW)
+            else:
+                out.write("\n".join(lines) + "\n\n")
+            out.flush()
+            shown += 1
+            if count is not None and shown >= count:
+                return code
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        return code
 
 
 # -- promote and demote ---------------------------------------------------------------------------
@@ -544,6 +675,15 @@ def add_arguments(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     show = commands.add_parser("status", help="show every node; exit 0 only when they are healthy")
     add_nodes(show)
     show.add_argument("--json", action="store_true", help="print the nodes' status as JSON")
+    show.add_argument(
+        "--watch",
+        nargs="?",
+        type=float,
+        const=2.0,
+        metavar="SECONDS",
+        help="refresh in place every SECONDS (2) until Ctrl-C",
+    )
+    show.add_argument("--count", type=int, metavar="N", help=argparse.SUPPRESS)  # --watch: stop after N
     add_common(show)
     promote = commands.add_parser("promote", help="promote the replica at URL")
     promote.add_argument("url", metavar="URL")
@@ -575,6 +715,10 @@ def run(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> in
     urls = node_urls(args.nodes, environ)
     max_lag = _max_lag(args.max_lag, environ)
     if args.command == "status":
+        if args.watch is not None:
+            if args.json or args.watch <= 0:
+                raise UsageError("--watch takes a positive number of seconds and no --json")
+            return watch(client, urls, max_lag, args.watch, count=args.count)
         return status(client, urls, max_lag, args.json)
     if args.timeout <= 0:
         raise UsageError("--timeout must be a positive number of seconds")

@@ -9,6 +9,7 @@ import structlog
 
 from daemon import redact
 from daemon.config import Config
+from daemon.ui.recent import RECENT
 
 
 def redacted(_logger: object, _method: str, event: structlog.typing.EventDict) -> structlog.typing.EventDict:
@@ -28,6 +29,7 @@ def configure(config: Config) -> None:
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        RECENT,  # the status page's "last errors"
     ]
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, redacted, renderer],

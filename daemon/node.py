@@ -411,6 +411,15 @@ class Node:
     def watcher_failure(self) -> str | None:
         return self.leader.watcher.failure if self.leader is not None else None
 
+    def health_without_probe(self) -> tuple[str, str | None]:
+        """/health's verdict without its write probe: the watcher sees an O_TMPFILE as a closed file
+        (a journal entry per probe), and status is asked several times a second by the peer."""
+        path = self.config.storage_path
+        if not os.path.isdir(path) or not os.access(path, os.W_OK | os.X_OK):
+            return "unhealthy", f"STORAGE_PATH {path} is missing or not writable"
+        degraded = self.watcher_failure() or (self.receiver.storage_full if self.leader is None else None)
+        return ("degraded", degraded) if degraded else ("healthy", None)
+
     def health_report(self) -> dict[str, Any]:
         ok, reason = self.health()
         degraded = (
@@ -452,6 +461,7 @@ class Node:
             "uptime_seconds": round(time.monotonic() - self.started_at, 1),
             "warnings": [w for w in (unguarded_warning(self.config),) if w],
         }
+        status["health"], status["health_reason"] = self.health_without_probe()
         if self.leader is not None:
             status["produced_sequence"] = self.leader.head
             status["replicas"] = [self._link_status(link) for link in self.leader.links]
@@ -476,6 +486,7 @@ class Node:
 
     @staticmethod
     def _link_status(link: ReplicaLink) -> dict[str, Any]:
+        progress = getattr(link.sender, "progress", None)  # an SFTP link keeps none
         return {
             "target": hide_password(link.target),
             "connected": link.sender.connected,
@@ -483,6 +494,8 @@ class Node:
             "pending_changes": link.journal.pending,
             "lag_seconds": round(link.journal.oldest_unacked_age(), 3),
             "last_error": link.sender.last_error,
+            "progress": None if progress is None else progress.snapshot(link.journal.pending),
+            "last_long_work": None if progress is None else progress.last,
         }
 
     async def writes_settled(self, timeout: float) -> None:

@@ -38,6 +38,7 @@ from replication.peer_answers import (
     MalformedAnswerError,
     PeerInputGuard,
 )
+from replication.progress import Progress
 from replication.protocol import (
     FLAG_COMPLETE,
     FLAG_DISCARD,
@@ -146,6 +147,8 @@ class Sender:
         self._signatures: dict[str, Signature] = {}
         self._whole_next: set[str] = set()
         """Paths whose last delta failed on the replica: sent whole once."""
+        self.progress = Progress()
+        """Seeding and catch-up: files and bytes done of the total known so far (status shows it)."""
 
     # -- lifecycle ---------------------------------------------------------------
     async def run(self) -> None:
@@ -344,7 +347,11 @@ class Sender:
             said = peer_answers.batch(
                 answer, _asked(batch), refuse, changes=len(batch), head=self.journal.head, skip=self._skip
             )
+        pending_before = self.journal.pending
         self.journal.acknowledge(said.applied_seq)
+        self.progress.acknowledged(
+            pending_before - self.journal.pending, self.journal.pending, self.bytes_sent
+        )
         self.last_ack_at = time.monotonic()
         self.on_ack()
         for path in [*resend, *said.resend]:
@@ -418,6 +425,7 @@ class Sender:
         fd, before = opened
         with os.fdopen(fd, "rb", buffering=0) as fh:
             size = before.st_size
+            self.progress.sending(change.path)
             signature = self._signatures.get(change.path)
             self._whole_next.discard(change.path)
             op = Operation(
@@ -512,6 +520,8 @@ class Sender:
             for entry in plan.attrs_only:
                 self.journal.record_sync(entry.path, attr_hint=(entry.size, entry.mtime_ns))
             self.baseline_seq = self.journal.last_held  # not the head: see Journal.last_held
+            sizes = {entry.path: entry.size for entry in plan.send}
+            self.progress.planned(reason, sizes, self.journal.pending, self.bytes_sent)
             summary = SyncSummary(
                 reason=reason,
                 compared=plan.compared,

@@ -28,21 +28,57 @@ async def record(
     summary = report.summary()
     done: dict[str, str] = {}
     if report.config.record_catalogue:
-        done["catalogue"] = await _post(nodes, leader, summary)
+        done["catalogue"] = await _post(nodes, leader, summary, attachment(report, summary))
     if history_file:
         done["file"] = append(history_file, summary)
     return done
 
 
-async def _post(nodes: Nodes, leader: str | None, summary: dict[str, Any]) -> str:
+async def _post(
+    nodes: Nodes, leader: str | None, summary: dict[str, Any], attachment: dict[str, Any] | None = None
+) -> str:
     if leader is None:
         return "not recorded: no node leads now"
-    status, body = await nodes.send_json("POST", leader, "/internal/events", {"kind": EVENT_KIND, **summary})
+    event = {"kind": EVENT_KIND, **summary, **(attachment or {})}
+    status, body = await nodes.send_json("POST", leader, "/internal/events", event)
     if status in (200, 201):
         return f"recorded on {leader} (event {body.get('id')})"
     if status in (404, 405):
         return f"not recorded: {leader} does not serve POST /internal/events (HTTP {status})"
     return f"not recorded: {leader} answered HTTP {status}: {body.get('detail') or body.get('title') or body}"
+
+
+ATTACHMENT_BUDGET = 56 * 1024
+"""An event is at most 64 KiB of JSON (daemon/store/routes.py): the summary, then this much more."""
+
+
+def attachment(report: DrillReport, summary: dict[str, Any]) -> dict[str, Any]:
+    """What the nodes' status page shows of a drill beyond its summary: the Markdown report and a
+    timeline (each phase's moments, each node's role and HAProxy's view over time), cut to fit."""
+    from daemon.drill.markdown import markdown  # imports the report's modules; not needed to read
+
+    timeline = {
+        "nodes": [t.url for t in report.config.targets],
+        "phases": [
+            {"name": p.name, "moments": {k: None if v is None else round(v, 3) for k, v in p.moments.items()}}
+            for p in report.phases
+        ],
+        "roles": report.timeline.get("nodes") or [],
+        "haproxy": report.timeline.get("haproxy") or [],
+        "finished": round(report.finished, 3),
+    }
+    text = markdown(report)
+    budget = ATTACHMENT_BUDGET - len(json.dumps(summary))
+    if len(json.dumps(timeline)) > budget // 2:
+        timeline["roles"], timeline["haproxy"] = [], []  # the moments alone still draw the switchover
+    room = budget - len(json.dumps(timeline))
+    if len(json.dumps(text)) > room:
+        cut = "\n\n(cut here to fit the event history; report.md holds the whole report)\n"
+        keep = len(text)
+        while keep > 0 and len(json.dumps(text[:keep] + cut)) > room:
+            keep -= max(256, len(json.dumps(text[:keep] + cut)) - room)
+        text = text[: max(0, keep)] + cut
+    return {"report_md": text, "timeline": timeline}
 
 
 def append(path: str, summary: dict[str, Any]) -> str:

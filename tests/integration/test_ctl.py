@@ -276,3 +276,60 @@ def test_haproxy_config_check_renders_a_config_haproxy_accepts(tmp_path: Path) -
     text = (tmp_path / "haproxy.cfg").read_text()
     assert "127.0.0.2:5002" in text and "127.0.0.3:5002" in text
     assert ctl("haproxy-config", "--bind", "nowhere").returncode == 2
+
+
+def _read_pty(fd: int, proc: subprocess.Popen[bytes], until: bytes, timeout: float) -> bytes:
+    """What the command wrote to its terminal, until `until` appeared, it exited, or the timeout."""
+    import select
+
+    out = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and until not in out:
+        ready, _w, _x = select.select([fd], [], [], 0.2)
+        if not ready:
+            if proc.poll() is not None:
+                break
+            continue
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # EIO: the command closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    return out
+
+
+def test_status_watch_redraws_in_place_in_a_terminal(pair: Pair) -> None:
+    import pty
+
+    argv = [sys.executable, "-m", "daemon", "status", "--nodes", nodes(pair), "--watch", "0.2"]
+    leader, terminal = pty.openpty()
+    proc = subprocess.Popen([*argv, "--count", "3"], env=ctl_env(), stdout=terminal, stderr=subprocess.PIPE)
+    os.close(terminal)
+    try:
+        out = _read_pty(leader, proc, b"never", timeout=30).decode()
+        assert proc.wait(30) == 0
+    finally:
+        os.close(leader)
+    assert out.count("\x1b[H") == 3 and out.count("\x1b[J") == 3, out
+    assert out.count("1 replica(s) in step") == 3 and "PROGRESS" in out
+
+    leader, terminal = pty.openpty()
+    proc = subprocess.Popen(argv, env=ctl_env(), stdout=terminal, stderr=subprocess.PIPE)
+    os.close(terminal)
+    try:
+        first = _read_pty(leader, proc, b"in step", timeout=30)
+        assert b"in step" in first
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(15) == 0  # Ctrl-C ends the watch with the last verdict, no traceback
+    finally:
+        os.close(leader)
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.stderr is not None and b"Traceback" not in proc.stderr.read()
+
+    plain = ctl("status", "--nodes", nodes(pair), "--watch", "0.1", "--count", "2")
+    assert plain.returncode == 0 and "\x1b[" not in plain.stdout
+    assert plain.stdout.count("hotstandby status, every 0.1s") == 2
+    assert ctl("status", "--nodes", nodes(pair), "--watch", "0").returncode == 2

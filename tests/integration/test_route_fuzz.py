@@ -86,6 +86,8 @@ def _param(rng: random.Random, name: str) -> str:
     choices = {
         "path": ["a.txt", "dir/b.bin", "../escape", "a/../../x", "/abs", ".hs~tmp", "x" * 300, "a//b"],
         "identifier": [IDENTIFIER, IDENTIFIER + "/../../x", "../../etc/passwd:1.0@" + "a" * 64, "openai"],
+        "name": ["app.js", "index.html", "../api.py", "%2e%2e%2fapi.py", "app.js.map", ".hidden"],
+        "drill_id": ["20260101T000000Z-abcdef", "../../x", "a" * 200, "node#1", "x y"],
     }.get(name, ["x"])
     value = rng.choice(choices) if rng.random() < 0.6 else _text(rng, 40) or "z"
     return urllib.parse.quote(value, safe="/" if rng.random() < 0.5 else "")
@@ -93,7 +95,7 @@ def _param(rng: random.Random, name: str) -> str:
 
 def _target(rng: random.Random, route: Route) -> str:
     path = route.canonical
-    for name in ("path", "identifier"):
+    for name in ("path", "identifier", "name", "drill_id"):
         if "{" + name + "}" in path:
             path = path.replace("{" + name + "}", _param(rng, name))
     identifier = urllib.parse.quote(rng.choice([IDENTIFIER, _text(rng, 20)]))
@@ -277,6 +279,7 @@ def nodes(tmp_path: Path) -> Iterator[list[Node]]:
 def test_every_route_survives_random_and_truncated_requests(nodes: list[Node], tmp_path: Path) -> None:
     routes = app_routes(tmp_path)
     assert len(routes) >= 40 and Route("POST", "/internal/replication/batch") in routes
+    assert Route("GET", "/ui/api/cluster") in routes and Route("GET", "/") in routes
     before = outside_roots(tmp_path / "nodes")
     rng = random.Random(SEED)
     problems: list[str] = []
@@ -301,4 +304,14 @@ def test_every_route_survives_random_and_truncated_requests(nodes: list[Node], t
     assert outside_roots(tmp_path / "nodes") == before, (
         "something was written outside STORAGE_PATH/STATE_PATH"
     )
+    for node in nodes:  # the status page's data needs a key; its page and login facts do not
+        for route in routes:
+            if route.method != "GET" or not route.canonical.startswith("/ui"):
+                continue
+            path = route.canonical.replace("{name}", "app.js").replace(
+                "{drill_id}", "20260101T000000Z-abcdef"
+            )
+            code = http("GET", f"{node.url}{path}")[0]
+            public = not path.startswith("/ui/api/") or path == "/ui/api/login"
+            assert code == (200 if public else 401), f"{node.name}: GET {path} without a key answered {code}"
     print(f"fuzzed {sent} requests over {len(routes)} routes on {len(nodes)} nodes (seed {SEED})")
