@@ -38,8 +38,9 @@ from tests.support.services import running_redis
 REBUILD = "rebuild"
 SDK = "dify_plugin\n"
 """What every real plugin requires (about 40 MB and 1,500 files in its venv): fetched from PyPI."""
-ONLINE = ("--pip-extra-args", "")
-"""The model installs offline by default; here uv may reach the index, as the real daemon does."""
+ONLINE = ("--pip-extra-args=--system-certs",)
+"""The model installs offline by default; here uv may reach the index (with the system CAs, which this
+machine's TLS proxy needs), as the real daemon does."""
 
 
 def plugins(ctx: Context) -> dict[str, Any]:
