@@ -89,6 +89,7 @@ async def leader(tmp_path: Path) -> AsyncIterator[tuple[ControlLoop, ManualClock
     env = {
         "ROLE": "master",
         "STORAGE_PATH": str(tmp_path / "storage"),
+        "SERVER_HOST": "127.0.0.1",  # no key: loopback only
         "STATE_PATH": str(tmp_path / "state"),
         "ELECTION": "redis",
         "REDIS_URL": "redis://127.0.0.1:1/0",  # never dialled: the lease below stands in for it
