@@ -110,7 +110,11 @@ def test_status_key_shows_the_page_and_opens_no_action(node: Node) -> None:
 
 
 def test_status_key_needs_a_server_key_and_must_differ_from_it(tmp_path: Path) -> None:
-    base = {"STORAGE_PATH": str(tmp_path / "s"), "STATE_PATH": str(tmp_path / "st"), "SERVER_HOST": "127.0.0.1"}
+    base = {
+        "STORAGE_PATH": str(tmp_path / "s"),
+        "STATE_PATH": str(tmp_path / "st"),
+        "SERVER_HOST": "127.0.0.1",
+    }
     with pytest.raises(ConfigError, match="STATUS_KEY is set but SERVER_KEY is not"):
         Config.from_env({**base, "STATUS_KEY": STATUS_KEY})
     with pytest.raises(ConfigError, match="must differ from SERVER_KEY"):
