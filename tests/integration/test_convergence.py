@@ -48,7 +48,7 @@ def test_a_file_still_being_written_in_a_new_folder_never_reaches_the_slave_half
             with open(folder / "payload.bin", "wb") as writer:  # created now, written after the scan
                 writer.write(b"a" * 1000)
                 writer.flush()
-                time.sleep(0.15)
+                time.sleep(0.08)  # well within QUIET_SECONDS (0.2 s), even when the machine is busy
                 writer.write(b"b" * 1000)
         pair.wait_converged(15)
     finally:

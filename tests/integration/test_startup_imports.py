@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tests.support.cluster import Node
 
-NOT_AT_START = ("daemon.drill", "daemon.ctl", "daemon.store.preload_cli", "asyncssh", "psycopg", "matplotlib")
+NOT_AT_START = ("daemon.drill", "daemon.store.preload_cli", "asyncssh", "psycopg", "matplotlib")
 
 
 def imported(log: str) -> set[str]:
