@@ -727,13 +727,16 @@ def run(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> in
 
 
 def _server_key(key_file: str | None, environ: Mapping[str, str]) -> str:
-    if not key_file:
-        return environ.get("SERVER_KEY", "")
+    return read_key_file(key_file, "--key-file") if key_file else environ.get("SERVER_KEY", "")
+
+
+def read_key_file(path: str, flag: str) -> str:
+    """A key given as a file (a secret mounted by Docker or Kubernetes), its trailing newline dropped."""
     try:
-        with open(key_file, encoding="utf-8") as fh:
+        with open(path, encoding="utf-8") as fh:
             return fh.read().strip()
     except OSError as exc:
-        raise UsageError(f"--key-file: cannot read {key_file}: {exc.strerror}") from None
+        raise UsageError(f"{flag}: cannot read {path}: {exc.strerror}") from None
 
 
 def tls_files(environ: Mapping[str, str]) -> TLSFiles:

@@ -90,10 +90,7 @@ class PluginDaemon:
         self.reported_running, self.reported_pid = running, pid
         self.stop_bound = min(max(stop_bound, 0.0), MAX_STOP_BOUND)
         permit = await self._decide()
-        if permit.run or running:
-            self.may_be_running = True
-        else:
-            self.may_be_running = False
+        self.may_be_running = permit.run or running
         return permit
 
     async def _decide(self) -> Permit:

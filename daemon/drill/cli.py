@@ -279,11 +279,7 @@ def _plugin_call_settings(args: argparse.Namespace, environ: Mapping[str, str]) 
         return None
     key = environ.get("PLUGIN_DAEMON_KEY", "")
     if args.plugin_call_key_file:
-        try:
-            with open(args.plugin_call_key_file, encoding="utf-8") as fh:
-                key = fh.read().strip()
-        except OSError as exc:
-            raise UsageError(f"--plugin-call-key-file {args.plugin_call_key_file}: {exc.strerror}") from None
+        key = ctl.read_key_file(args.plugin_call_key_file, "--plugin-call-key-file")
     if not key:
         raise UsageError(
             "--plugin-call needs the plugin daemon's key: --plugin-call-key-file or PLUGIN_DAEMON_KEY"
