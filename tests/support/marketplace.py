@@ -49,10 +49,14 @@ def dify_checksum(files: dict[str, bytes]) -> str:
 
 
 def build_zip(files: dict[str, bytes]) -> bytes:
+    """The same bytes every time: entries carry a fixed timestamp, not the clock's (Plugin.data is built
+    on each access, and a test comparing two accesses across a second boundary would see two zips)."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for path, content in files.items():
-            archive.writestr(path, content)
+            archive.writestr(
+                zipfile.ZipInfo(path, date_time=(2026, 1, 1, 0, 0, 0)), content, zipfile.ZIP_DEFLATED
+            )
     return buffer.getvalue()
 
 
