@@ -30,6 +30,7 @@ from tests.support.plugin_cluster import (
     call_through,
     gated_pair,
     launched,
+    seconds_until_answered,
 )
 from tests.support.plugin_daemon_driver import running_model
 from tests.support.plugin_package import PluginPackage, build_package, install_package
@@ -100,12 +101,7 @@ def _rebuild_once(root: Path, packages: list[PluginPackage]) -> dict[str, Any]:
 
 
 def _until_answered(url: str, packages: list[PluginPackage], since: float, timeout: float = 600) -> float:
-    waiting = list(packages)
-    deadline = time.monotonic() + timeout
-    while waiting and time.monotonic() < deadline:
-        waiting = [p for p in waiting if call_through(url, p.identifier)[0] != 200]
-        if waiting:
-            time.sleep(0.05)
-    if waiting:
-        raise AssertionError(f"{len(waiting)} plugin(s) still not answering after {timeout:g}s")
-    return time.time() - since
+    seconds = seconds_until_answered(url, [p.identifier for p in packages], since, timeout)
+    if seconds is None:
+        raise AssertionError(f"plugins still not answering after {timeout:g}s")
+    return seconds

@@ -47,6 +47,7 @@ from tests.support.plugin_cluster import (
     gated_pair,
     launched,
     same_trees,
+    seconds_until_answered,
 )
 from tests.support.plugin_daemon_driver import running_model
 from tests.support.plugin_daemon_model import DEFAULT_SERVER_KEY, LOCK_PREFIX
@@ -149,12 +150,7 @@ def test_after_failover_the_promoted_daemon_launches_replicated_venvs_without_uv
         gates["master"].kill_tree()
         pair.master.kill()
         wait_until(lambda: primary(pair.slave), 15, message="the standby to take over")
-        first_call = None
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and first_call is None:
-            if call_through(proxy.url, packages[1].identifier)[0] == 200:
-                first_call = time.time() - killed
-            time.sleep(0.05)
+        first_call = seconds_until_answered(proxy.url, [packages[1].identifier], killed, timeout=30)
         assert first_call is not None, gates["slave"].log()[-3000:]
         wait_until(
             lambda: launched(pair.slave, killed) == wanted, 30, message="every plugin on the new leader"

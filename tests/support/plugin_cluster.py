@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -130,3 +131,14 @@ def gated_pair(
         for gate in gates.values():
             gate.stop()
         pair.stop()
+
+
+def seconds_until_answered(url: str, identifiers: list[str], since: float, timeout: float) -> float | None:
+    """Seconds from `since` (wall clock) until every plugin answered a call at `url`; None at the timeout."""
+    waiting = list(identifiers)
+    deadline = time.monotonic() + timeout
+    while waiting and time.monotonic() < deadline:
+        waiting = [identifier for identifier in waiting if call_through(url, identifier)[0] != 200]
+        if waiting:
+            time.sleep(0.05)
+    return None if waiting else time.time() - since
