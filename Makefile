@@ -35,21 +35,21 @@ test: install
 	$(BIN)/pytest
 
 lint: install
-	$(BIN)/ruff check daemon replication tests scripts bench
-	$(BIN)/ruff format --check daemon replication tests scripts bench
+	$(BIN)/ruff check daemon replication harness tests scripts bench
+	$(BIN)/ruff format --check daemon replication harness tests scripts bench
 	$(BIN)/mypy
 
-# compose/docker-compose.yml without Docker (daemon/compose_runner.py): a network namespace per service
+# compose/docker-compose.yml without Docker (harness/compose_runner.py): a network namespace per service
 # (or 127.x.y.n addresses where namespaces are not permitted). `demo` runs a failover and tears down;
 # `up` leaves the services running (state, logs and volumes in compose/.run/) until `down`.
 demo: install
-	$(BIN)/python -m daemon.compose_runner demo
+	$(BIN)/python -m harness.compose_runner demo
 
 up: install
-	$(BIN)/python -m daemon.compose_runner up
+	$(BIN)/python -m harness.compose_runner up
 
 down: install
-	$(BIN)/python -m daemon.compose_runner down
+	$(BIN)/python -m harness.compose_runner down
 
 # Not part of `make test`: hotstandby against lsyncd and rsync (see bench/run.py --help; --quick for a smoke run).
 bench: install

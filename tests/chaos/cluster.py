@@ -1,6 +1,6 @@
 """The chaos cluster: two `hotstandby serve` nodes, Redis and HAProxy, each in its own namespace.
 
-daemon/netns.py's NamespaceNetwork gives every host a network namespace plugged into a bridge
+harness/netns.py's NamespaceNetwork gives every host a network namespace plugged into a bridge
 that lives in a namespace of its own; the client (this runner's worker threads, see nsthread.py)
 has one too. A partition takes a node's veth end down *in the bridge namespace*: the node loses
 the other node, Redis, HAProxy and the client at once, while a sampler running inside the node's
@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from daemon.haproxy_config import HAProxySettings, render
-from daemon.netns import NamespaceNetwork
+from harness.netns import NamespaceNetwork
 from tests.chaos.checks import Sample, read_samples
 from tests.chaos.nsthread import NamespaceCaller
 from tests.support.cluster import SERVER_KEY, http

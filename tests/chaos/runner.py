@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from daemon.netns import NetworkError
+from harness.netns import NetworkError
 from tests.chaos.checks import (
     CheckResult,
     Recovery,

@@ -1,6 +1,6 @@
 """compose/docker-compose.yml's pair and HAProxy, run as real processes without Docker.
 
-daemon/compose_runner.py starts each service from the file (its own environment, entrypoint and
+harness/compose_runner.py starts each service from the file (its own environment, entrypoint and
 command, volumes as folders, the secret as a file) in a network namespace of its own, plugged
 into a private bridge with an address in 198.18.0.0/24, service names resolved through
 per-namespace hosts files. Every request comes from a client namespace on the same bridge.
@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from daemon import compose_runner, netns
-from daemon.compose_demo import HAPROXY_URL, MASTER, SLAVE, PairView, wait_for
-from daemon.compose_runner import DEFAULT_FILE, Cluster
-from daemon.netns import NETNS_ETC, LoopbackNetwork, NamespaceNetwork
+from harness.compose_demo import HAPROXY_URL, MASTER, SLAVE, PairView, wait_for
+from harness.compose_runner import DEFAULT_FILE, Cluster
+from harness.netns import NETNS_ETC, LoopbackNetwork, NamespaceNetwork
 from tests.support.cluster import tree_diff
 
 FAILOVER_BOUND = 15.0

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 import yaml
 
-from daemon.compose_file import ComposeError, interpolate, load, read_dockerfile
-from daemon.compose_runner import Translator
 from daemon.config import Config
+from harness.compose_file import ComposeError, interpolate, load, read_dockerfile
+from harness.compose_runner import Translator
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -1,6 +1,6 @@
 """A hotstandby pair and a Redis server, each in its own network namespace, for fault tests.
 
-Built on daemon/netns.py's `NamespaceNetwork`: one namespace per host plus a client namespace,
+Built on harness/netns.py's `NamespaceNetwork`: one namespace per host plus a client namespace,
 all plugged into a bridge that lives in a namespace of its own, addresses in 198.18.0.0/24.
 Nothing is added to the root namespace: the test process itself moves its main thread into the
 client namespace (`setns(2)` is per thread) for as long as the cluster runs, so every request the
@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from daemon.netns import CLIENT, NamespaceNetwork, NetworkError
+from harness.netns import CLIENT, NamespaceNetwork, NetworkError
 from tests.support.cluster import SERVER_KEY, Node, http, wait_until
 
 CLONE_NEWNET = 0x40000000

@@ -14,7 +14,7 @@ as root, as the process its compose entry describes:
   their files (a missing secret file is generated under WORKDIR/secrets/ and reported). Container
   paths under a mount, in the environment, the argv and the copied files, become host paths;
 - network: one namespace per service with an address on a private bridge and a hosts file naming
-  every service (daemon/netns.py), or where namespaces are not permitted, a 127.a.b.n address
+  every service (harness/netns.py), or where namespaces are not permitted, a 127.a.b.n address
   each, with service names (`name:port`), 0.0.0.0 and 127.0.0.1 rewritten to addresses;
 - depends_on: started in dependency order, waiting for service_healthy (the healthcheck, run
   in the service's namespace with its environment) and service_completed_successfully.
@@ -44,9 +44,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from daemon import netns
-from daemon.compose_file import ComposeError, Project, Service, load
-from daemon.sessions import Process, proc_stat
+from harness import netns
+from harness.compose_file import ComposeError, Project, Service, load
+from harness.sessions import Process, proc_stat
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_FILE = REPO / "compose" / "docker-compose.yml"
@@ -552,7 +552,7 @@ def _print_reach(cluster: Cluster) -> None:
             f"reach it from the client namespace: ip netns exec {ns} curl -s http://haproxy:5002/primary"
         )
         cluster.out(
-            "  or: .venv/bin/python -m daemon.compose_runner exec -- curl -s http://haproxy:5002/primary"
+            "  or: .venv/bin/python -m harness.compose_runner exec -- curl -s http://haproxy:5002/primary"
         )
     else:
         address = cluster.network.addresses.get("haproxy", "?")
@@ -602,7 +602,7 @@ def _exec(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m daemon.compose_runner",
+        prog="python -m harness.compose_runner",
         description="Run compose/docker-compose.yml's services as processes, without Docker.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
@@ -642,7 +642,7 @@ def main(argv: list[str] | None = None) -> int:
             return _ps(args)
         if args.command == "exec":
             return _exec(args)
-        from daemon.compose_demo import run_demo
+        from harness.compose_demo import run_demo
 
         return run_demo(
             args.file, env_file=args.env_file, profiles=tuple(args.profile), network_mode=args.network

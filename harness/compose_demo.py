@@ -1,6 +1,6 @@
 """`make demo`: the compose deployment, without Docker, through a failover and a rejoin.
 
-Brings up compose/docker-compose.yml with daemon/compose_runner.py (a network namespace per
+Brings up compose/docker-compose.yml with harness/compose_runner.py (a network namespace per
 service, or loopback addresses where namespaces are not permitted), writes a file through
 HAProxy and shows it on both nodes, kills the master's whole process tree, times until HAProxy
 serves from the promoted standby, restarts the old master and shows it rejoin as a replica, and
@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from daemon import netns
-from daemon.compose_runner import DEFAULT_FILE, Cluster, Printer, Reply
+from harness import netns
+from harness.compose_runner import DEFAULT_FILE, Cluster, Printer, Reply
 from replication import manifest
 
 MASTER, SLAVE, HAPROXY = "hotstandby-master", "hotstandby-slave", "haproxy"

@@ -1,6 +1,6 @@
 """Read a docker-compose file (and the Dockerfile of services it builds) into plain data.
 
-Only what daemon/compose_runner.py needs to run services as processes: interpolation
+Only what harness/compose_runner.py needs to run services as processes: interpolation
 (`${VAR}`, `${VAR:-default}`, `${VAR-default}`, `${VAR:?message}`, `$$`) from the environment
 over the `.env` or `--env-file` file, `env_file`, environment lists and maps, YAML merge keys,
 volumes (short and long syntax), secrets, depends_on with conditions, healthchecks and profiles.
