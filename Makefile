@@ -31,8 +31,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test,lint]'
 	@touch $(STAMP)
 
+# Most tests wait on real processes, sockets and timers rather than on the CPU: three workers (whole files
+# each, so a file's fixtures stay together) then, alone, the few that change machine-wide state.
+TEST_WORKERS ?= 3
 test: install
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile -m "not serial"
+	$(BIN)/pytest -m serial
 
 lint: install
 	$(BIN)/ruff check daemon replication harness tests scripts bench

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon import compose_runner, netns
+from harness import compose_runner, netns
 from harness.compose_demo import HAPROXY_URL, MASTER, SLAVE, PairView, wait_for
 from harness.compose_runner import DEFAULT_FILE, Cluster
 from harness.netns import NETNS_ETC, LoopbackNetwork, NamespaceNetwork

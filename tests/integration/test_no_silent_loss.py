@@ -8,6 +8,8 @@ import signal
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 from tests.support.cluster import Pair, running_pair, wait_until
 
 MAX_WATCHES = Path("/proc/sys/fs/inotify/max_user_watches")
@@ -67,6 +69,7 @@ def few_inotify_watches(spare: int) -> Iterator[None]:
         MAX_WATCHES.write_text(original)
 
 
+@pytest.mark.serial
 def test_running_out_of_inotify_watches_is_reported_and_covered_by_rescans(tmp_path: Path) -> None:
     master_storage = tmp_path / "master" / "storage"
     for i in range(300):
