@@ -159,7 +159,9 @@ class Gate:
     def start_child(self, reason: str) -> None:
         say("starting_daemon", why=reason)
         try:
-            self.child = subprocess.Popen(self.settings.command, start_new_session=True)
+            self.child = subprocess.Popen(
+                self.settings.command, start_new_session=True, preexec_fn=_die_with_the_gate
+            )
         except OSError as exc:
             say("daemon_not_started", error=str(exc))
             self._after_exit()
@@ -201,6 +203,21 @@ class Gate:
         deadline = time.monotonic() + seconds
         while not self.should_exit and (left := deadline - time.monotonic()) > 0:
             time.sleep(min(left, 0.05))
+
+
+def _die_with_the_gate() -> None:
+    """In the daemon's process before exec: SIGKILL it when the gate dies, even by SIGKILL.
+
+    The daemon runs in a session of its own (so that stopping it reaches its plugins), which a
+    kill of the gate's session does not reach: without this a gate killed outside a container
+    (the no-Docker runner, an OOM kill of the wrapper) would leave an unsupervised daemon writing
+    into storage that replication must own, and the replica would refuse to apply until it went.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL))
 
 
 def _signal_group(child: subprocess.Popen[bytes], sig: signal.Signals) -> None:

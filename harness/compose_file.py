@@ -15,7 +15,7 @@ import json
 import os
 import re
 import shlex
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -30,7 +30,7 @@ _VARIABLE = re.compile(
 )
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(us|ms|s|m|h)")
 _DURATION_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-_UNSUPPORTED = ("extends", "network_mode", "pid", "ipc")
+_UNSUPPORTED = ("extends", "pid", "ipc")
 
 
 class ComposeError(ValueError):
@@ -83,6 +83,7 @@ class Service:
     hostname: str = ""
     ports: tuple[str, ...] = ()
     user: str = ""
+    network_of: str = ""  # network_mode: service:NAME: runs in NAME's network namespace, at its address
     unsupported: tuple[str, ...] = ()  # keys the runner cannot honour; an error only if selected
 
     @property
@@ -153,24 +154,24 @@ class Project:
 
 
 def load(
-    path: str | Path,
+    path: str | Path | Sequence[str | Path],
     *,
     env_file: str | Path | None = None,
     profiles: tuple[str, ...] = (),
     environ: Mapping[str, str] | None = None,
 ) -> Project:
-    """Read and interpolate a compose file. Variables come from `environ` (default: os.environ)
-    over `env_file` (default: `.env` beside the compose file, when present)."""
-    path = Path(path).resolve()
-    base = path.parent
+    """Read and interpolate a compose file, or several merged in order as `docker compose -f A -f B`
+    does (relative paths are resolved from the first file's folder, the project folder). Variables
+    come from `environ` (default: os.environ) over `env_file` (default: `.env` beside the first file,
+    when present)."""
+    paths = [Path(p).resolve() for p in ([path] if isinstance(path, str | Path) else path)]
+    if not paths:
+        raise ComposeError("no compose file given")
+    base = paths[0].parent
     variables = _interpolation_variables(base, env_file, os.environ if environ is None else environ)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise ComposeError(f"{path}: {exc}") from None
-    if not isinstance(raw, dict) or not isinstance(raw.get("services"), dict):
-        raise ComposeError(f"{path}: no services")
-    document = _interpolate_tree(raw, variables, "")
+    document: dict[str, Any] = {}
+    for one in paths:
+        document = merge_documents(document, _interpolate_tree(_read(one), variables, ""))
     active = profiles or tuple(p for p in variables.get("COMPOSE_PROFILES", "").split(",") if p)
     services = {
         name: _service(str(name), spec or {}, base, variables) for name, spec in document["services"].items()
@@ -179,9 +180,102 @@ def load(
         str(name): _host_path(base, str((spec or {}).get("file", "")), f"secret {name}")
         for name, spec in (document.get("secrets") or {}).items()
     }
-    project = Project(path, services, secrets, tuple(document.get("volumes") or ()), active)
+    project = Project(paths[0], services, secrets, tuple(document.get("volumes") or ()), active)
     _check_references(project)
     return project
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ComposeError(f"{path}: {exc}") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("services"), dict):
+        raise ComposeError(f"{path}: no services")
+    return raw
+
+
+# --- merging an override file -----------------------------------------------------------------
+
+# Compose's merge rules: sequences of these keys are appended (duplicates once); `volumes` and
+# `secrets` are merged by their container path; any other sequence (command, entrypoint, a
+# healthcheck's test) is replaced; mappings are merged key by key; scalars are replaced.
+_APPENDED = frozenset({"ports", "expose", "dns", "dns_search", "env_file", "profiles", "cap_add", "cap_drop"})
+
+
+def merge_documents(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if key == "services":
+            services = dict(merged.get("services") or {})
+            for name, spec in (value or {}).items():
+                services[name] = _merge_service(services.get(name) or {}, spec or {})
+            merged["services"] = services
+        elif isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge_mapping(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _merge_service(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        old = merged.get(key)
+        if old is None:
+            merged[key] = value
+        elif key == "environment":
+            merged[key] = {**_env_mapping(old), **_env_mapping(value)}
+        elif key == "depends_on":
+            merged[key] = _merge_mapping(_depends_mapping(old), _depends_mapping(value))
+        elif key in ("volumes", "secrets"):
+            by_target = {_target(item, key): item for item in _as_list(old)}
+            by_target.update({_target(item, key): item for item in _as_list(value)})
+            merged[key] = list(by_target.values())
+        elif key in _APPENDED:
+            merged[key] = list(dict.fromkeys([*map(str, _as_list(old)), *map(str, _as_list(value))]))
+        elif isinstance(old, dict) and isinstance(value, dict):
+            merged[key] = _merge_mapping(old, value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _merge_mapping(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        old = merged.get(key)
+        merged[key] = (
+            _merge_mapping(old, value) if isinstance(old, dict) and isinstance(value, dict) else value
+        )
+    return merged
+
+
+def _env_mapping(value: Any) -> dict[str, Any]:
+    if isinstance(value, dict):
+        return dict(value)
+    result: dict[str, Any] = {}
+    for item in _as_list(value):
+        key, sep, rest = str(item).partition("=")
+        result[key] = rest if sep else None
+    return result
+
+
+def _depends_mapping(value: Any) -> dict[str, Any]:
+    if isinstance(value, dict):
+        return dict(value)
+    return {str(name): {"condition": "service_started"} for name in _as_list(value)}
+
+
+def _target(item: Any, key: str) -> str:
+    """The container path of a volume or secret entry: an override replaces the entry on the same path."""
+    if isinstance(item, dict):
+        return str(item.get("target") or item.get("source", ""))
+    text = str(item)
+    if key == "secrets":
+        return text
+    parts = text.split(":")
+    return parts[0] if len(parts) == 1 else parts[1]
 
 
 def _interpolation_variables(
@@ -274,14 +368,25 @@ def _service(name: str, spec: dict[str, Any], base: Path, variables: Mapping[str
         environment=environment,
         mounts=tuple(_mount(v, base, where) for v in _as_list(spec.get("volumes"))),
         secrets=tuple(_secret(v, where) for v in _as_list(spec.get("secrets"))),
-        depends_on=_depends_on(spec.get("depends_on"), where),
+        depends_on=_depends_on(spec.get("depends_on"), where, _network_of(spec.get("network_mode"), where)),
         healthcheck=_healthcheck(spec.get("healthcheck"), where),
         profiles=tuple(str(p) for p in _as_list(spec.get("profiles"))),
         hostname=str(spec.get("hostname", "")),
         ports=tuple(str(p) for p in _as_list(spec.get("ports"))),
         user=str(spec.get("user", "")),
+        network_of=_network_of(spec.get("network_mode"), where),
         unsupported=tuple(key for key in _UNSUPPORTED if key in spec),
     )
+
+
+def _network_of(value: Any, where: str) -> str:
+    """Only `service:NAME` is run (sharing NAME's namespace); host, none and container:ID are not."""
+    if value is None:
+        return ""
+    text = str(value)
+    if not text.startswith("service:") or not text.removeprefix("service:"):
+        raise ComposeError(f"{where} network_mode: {text!r}: only service:NAME can be run as a process")
+    return text.removeprefix("service:")
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -358,10 +463,11 @@ def _secret(value: Any, where: str) -> tuple[str, str]:
     return name, target if target.startswith("/") else f"/run/secrets/{target}"
 
 
-def _depends_on(value: Any, where: str) -> dict[str, Condition]:
+def _depends_on(value: Any, where: str, network_of: str = "") -> dict[str, Condition]:
+    """A service in another's network namespace depends on it, as compose makes it."""
+    result: dict[str, Condition] = {network_of: "service_started"} if network_of else {}
     if isinstance(value, list):
-        return {str(name): "service_started" for name in value}
-    result: dict[str, Condition] = {}
+        return result | {str(name): "service_started" for name in value}
     for name, spec in (value or {}).items():
         condition = (spec or {}).get("condition", "service_started")
         if condition not in CONDITIONS:
@@ -395,6 +501,10 @@ def _check_references(project: Project) -> None:
         for dependency in service.depends_on:
             if dependency not in project.services:
                 raise ComposeError(f"service {service.name}: depends on unknown service {dependency!r}")
+        if service.network_of and service.network_of not in project.services:
+            raise ComposeError(
+                f"service {service.name}: network_mode names unknown service {service.network_of!r}"
+            )
         for mount in service.mounts:
             if mount.volume is not None and mount.volume not in project.volumes:
                 raise ComposeError(f"service {service.name}: volume {mount.volume!r} is not declared")

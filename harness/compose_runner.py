@@ -19,6 +19,11 @@ as root, as the process its compose entry describes:
 - depends_on: started in dependency order, waiting for service_healthy (the healthcheck, run
   in the service's namespace with its environment) and service_completed_successfully.
 
+Several files merge as `docker compose -f A -f B` merges them (harness/compose_file.py), and a
+service with `network_mode: service:NAME` runs in NAME's namespace (at its address). An image that
+is not built here cannot be run; `--image-file CONTAINER_PATH=HOST_PATH` supplies the files of it
+that a service's command names (the Dify plugin daemon's /app/entrypoint.sh).
+
 Not emulated: `restart:` (nothing restarts a process that exits), `user:` (everything runs as
 the caller), `ports:` (reach services from the client namespace: `exec`), image entrypoints of
 services that are not built here. State (pids, namespaces, addresses) is kept in
@@ -81,6 +86,11 @@ class Translator:
     def __call__(self, text: str) -> str:
         return self._pattern.sub(self._replace, text) if self._pattern is not None else text
 
+    def variable(self, name: str, value: str) -> str:
+        """An environment value; a *_HOST variable naming a service (`REDIS_HOST: redis`) also
+        becomes its address (only there: `ELECTION: redis` is a word, not the service)."""
+        return (self.hosts.get(value) if name.endswith("_HOST") else None) or self(value)
+
     @functools.cached_property
     def _pattern(self) -> re.Pattern[str] | None:
         def choice(words: Sequence[str]) -> str:
@@ -136,9 +146,13 @@ class Cluster:
         workdir: Path,
         *,
         network_mode: str = "auto",
+        image_files: Mapping[str, Path] | None = None,
         out: Printer = print,
     ) -> None:
         self.project = project
+        # Container path -> host file, for services whose image is not built here (the runner
+        # cannot run a pulled image; e.g. the plugin daemon's /app/entrypoint.sh).
+        self.image_files = {k: Path(v).resolve() for k, v in (image_files or {}).items()}
         self.services = {s.name: s for s in services}
         self.workdir = workdir.resolve()
         self.network_mode = network_mode
@@ -149,25 +163,39 @@ class Cluster:
         self.secret_files: dict[str, Path] = {}
         self.launches: dict[str, Launch] = {}
         self.env_file: Path | None = None
+        self.compose_files: list[Path] = [project.path]
         self.completed: set[str] = set()
         self.skipped: set[str] = set()
 
     @classmethod
     def from_file(
         cls,
-        compose_file: str | Path = DEFAULT_FILE,
+        compose_file: str | Path | Sequence[str | Path] = DEFAULT_FILE,
         workdir: str | Path = DEFAULT_WORKDIR,
         *,
         env_file: str | Path | None = None,
         profiles: tuple[str, ...] = (),
         services: tuple[str, ...] = (),
         network_mode: str = "auto",
+        image_files: Mapping[str, Path] | None = None,
         out: Printer = print,
     ) -> Cluster:
         project = load(compose_file, env_file=env_file, profiles=profiles)
-        cluster = cls(project, project.selected(services), Path(workdir), network_mode=network_mode, out=out)
+        cluster = cls(
+            project,
+            project.selected(services),
+            Path(workdir),
+            network_mode=network_mode,
+            image_files=image_files,
+            out=out,
+        )
+        cluster.compose_files = _as_paths(compose_file)
         cluster.env_file = Path(env_file).resolve() if env_file else None
         return cluster
+
+    def host(self, name: str) -> str:
+        """The network host a service runs on: its own, or the one its network_mode names."""
+        return self.services[name].network_of or name
 
     # -- bringing it up -------------------------------------------------------------------------
 
@@ -177,8 +205,12 @@ class Cluster:
         for sub in ("volumes", "logs", "secrets", "files", "bin", "home"):
             (self.workdir / sub).mkdir(parents=True, exist_ok=True)
         self._resolve_secrets()
-        names = list(self.services)
-        aliases = {s.name: (s.hostname,) for s in self.services.values() if s.hostname not in ("", s.name)}
+        names = [name for name, service in self.services.items() if not service.network_of]
+        aliases = {
+            s.name: (s.hostname,)
+            for s in self.services.values()
+            if s.hostname not in ("", s.name) and not s.network_of
+        }
         self.network, reason = netns.create(self.run_id, names, aliases, self.network_mode)
         if reason:
             self.out(f"note: network namespaces are not permitted here ({reason});")
@@ -189,7 +221,7 @@ class Cluster:
             if self._needs_root(service):
                 continue
             self.start(service.name)
-            self.out(f"  started {service.name:<22} {self.network.describe(service.name)}")
+            self.out(f"  started {service.name:<22} {self.describe(service.name)}")
         for service in self.services.values():
             if service.healthcheck is not None and not self._one_shot(service.name):
                 self.wait_healthy(service.name)
@@ -248,7 +280,11 @@ class Cluster:
         assert self.network is not None
         translate = self._translator(service)
         image_env = service.built.env if service.built is not None else {}
-        env = {k: translate(v) for k, v in {**image_env, **service.environment}.items() if k != "PATH"}
+        env = {
+            k: translate.variable(k, v)
+            for k, v in {**image_env, **service.environment}.items()
+            if k != "PATH"
+        }
         bin_dir = self.workdir / "bin" / service.name
         bin_dir.mkdir(parents=True, exist_ok=True)
         for command, source in (service.built.bin_files if service.built else {}).items():
@@ -284,12 +320,16 @@ class Cluster:
             paths[mount.target] = str(host)
         for secret, target in service.secrets:
             paths[target] = str(self.secret_files[secret])
+        if service.built is None:
+            paths.update({target: str(host) for target, host in self.image_files.items()})
         translator = Translator(paths)
         if isinstance(self.network, netns.LoopbackNetwork):
             addresses = self.network.addresses
-            hosts = {name: addresses[name] for name in self.services}
-            hosts.update({s.hostname: addresses[s.name] for s in self.services.values() if s.hostname})
-            translator = Translator(paths, hosts, addresses[service.name])
+            hosts = {name: addresses[self.host(name)] for name in self.services}
+            hosts.update(
+                {s.hostname: addresses[self.host(s.name)] for s in self.services.values() if s.hostname}
+            )
+            translator = Translator(paths, hosts, addresses[self.host(service.name)])
         for source, copy in copies:
             copy.parent.mkdir(parents=True, exist_ok=True)
             copy.write_text(translator(source.read_text(encoding="utf-8")), encoding="utf-8")
@@ -302,7 +342,7 @@ class Cluster:
         launch = self.launch(name)
         with open(launch.log, "ab") as log:
             popen = subprocess.Popen(
-                self.network.wrap(name, launch.argv),
+                self.network.wrap(self.host(name), launch.argv),
                 env=launch.env,
                 cwd=launch.home,
                 stdin=subprocess.DEVNULL,
@@ -315,6 +355,15 @@ class Cluster:
         self.processes[name] = process
         self.save_state()
         return process
+
+    def describe(self, name: str) -> str:
+        assert self.network is not None
+        shared = self.services[name].network_of
+        return (
+            f"{self.network.describe(shared)} (network of {shared})"
+            if shared
+            else self.network.describe(name)
+        )
 
     def kill(self, name: str) -> None:
         self.processes[name].kill()
@@ -336,7 +385,7 @@ class Cluster:
         argv = [launch.translate(word) for word in check.test]
         try:
             done = subprocess.run(
-                self.network.wrap(name, argv),
+                self.network.wrap(self.host(name), argv),
                 env=launch.env,
                 cwd=launch.home,
                 stdin=subprocess.DEVNULL,
@@ -436,6 +485,8 @@ class Cluster:
         assert self.network is not None
         state = {
             "compose_file": str(self.project.path),
+            "compose_files": [str(path) for path in self.compose_files],
+            "image_files": {target: str(host) for target, host in self.image_files.items()},
             "env_file": str(self.env_file) if self.env_file else None,
             "profiles": list(self.project.profiles),
             "run_id": self.run_id,
@@ -499,11 +550,14 @@ def attach(workdir: str | Path = DEFAULT_WORKDIR, *, out: Printer = print) -> Cl
         state = json.loads((workdir / STATE_FILE).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise RunnerError(f"nothing is up (no {workdir / STATE_FILE}): run `make up` first") from None
-    project = load(
-        state["compose_file"], env_file=state.get("env_file"), profiles=tuple(state.get("profiles", ()))
-    )
+    files = state.get("compose_files") or [state["compose_file"]]
+    project = load(files, env_file=state.get("env_file"), profiles=tuple(state.get("profiles", ())))
     names = tuple(state["services"])
-    cluster = Cluster(project, [project.services[n] for n in names], workdir, out=out)
+    image_files = {k: Path(v) for k, v in state.get("image_files", {}).items()}
+    cluster = Cluster(
+        project, [project.services[n] for n in names], workdir, image_files=image_files, out=out
+    )
+    cluster.compose_files = [Path(f) for f in files]
     cluster.run_id = state["run_id"]
     cluster.network = netns.from_json(state["network"])
     cluster.secret_files = {k: Path(v) for k, v in state.get("secrets", {}).items()}
@@ -541,7 +595,7 @@ def _print_ps(cluster: Cluster) -> None:
         state = "running" if cluster.running(name) else f"exited ({cluster.processes[name].exit_code()})"
         if cluster.running(name) and cluster.services[name].healthcheck is not None:
             state += " (healthy)" if cluster.healthy(name) else " (unhealthy)"
-        cluster.out(f"  {name:<22} {state:<20} {cluster.network.describe(name)}")
+        cluster.out(f"  {name:<22} {state:<20} {cluster.describe(name)}")
 
 
 def _print_reach(cluster: Cluster) -> None:
@@ -568,12 +622,13 @@ def _up(args: argparse.Namespace) -> int:
             return 1
         down(workdir, out=lambda _line: None)  # a stale state: clear its namespaces
     cluster = Cluster.from_file(
-        args.file,
+        args.file or [DEFAULT_FILE],
         workdir,
         env_file=args.env_file,
         profiles=tuple(args.profile),
         services=tuple(args.services),
         network_mode=args.network,
+        image_files=_image_files(args.image_file),
     )
     print(f"up: {cluster.project.path} without Docker, state in {workdir}")
     try:
@@ -611,7 +666,13 @@ def main(argv: list[str] | None = None) -> int:
         ("demo", "up, write through HAProxy, kill the master, fail over, rejoin, down"),
     ):
         sub = commands.add_parser(name, help=text)
-        sub.add_argument("--file", "-f", default=str(DEFAULT_FILE), help="compose file")
+        sub.add_argument(
+            "--file",
+            "-f",
+            action="append",
+            default=[],
+            help="compose file (repeatable: later files override earlier ones, as docker compose -f)",
+        )
         sub.add_argument("--env-file", help="variables for interpolation (default: .env beside the file)")
         sub.add_argument("--profile", action="append", default=[], help="enable a profile (repeatable)")
         sub.add_argument(
@@ -621,6 +682,14 @@ def main(argv: list[str] | None = None) -> int:
             help="auto: a network namespace per service, else 127.x.y.n addresses",
         )
         if name == "up":
+            sub.add_argument(
+                "--image-file",
+                action="append",
+                default=[],
+                metavar="CONTAINER_PATH=HOST_PATH",
+                help="a file of an image this runner cannot run (not built here), e.g. "
+                "/app/entrypoint.sh=/opt/dify-plugin-daemon/run.sh (repeatable)",
+            )
             sub.add_argument("--workdir", default=str(DEFAULT_WORKDIR), help="state, logs and volumes")
             sub.add_argument("services", nargs="*", help="services to start (default: all enabled)")
     stop = commands.add_parser("down", help="stop everything `up` started")
@@ -645,16 +714,38 @@ def main(argv: list[str] | None = None) -> int:
         from harness.compose_demo import run_demo
 
         return run_demo(
-            args.file, env_file=args.env_file, profiles=tuple(args.profile), network_mode=args.network
+            args.file[0] if args.file else DEFAULT_FILE,
+            env_file=args.env_file,
+            profiles=tuple(args.profile),
+            network_mode=args.network,
         )
     except (ComposeError, RunnerError, netns.NetworkError) as exc:
         print(f"compose_runner {args.command}: {exc}", file=sys.stderr)
         return 1
 
 
+def _as_paths(compose_file: str | Path | Sequence[str | Path]) -> list[Path]:
+    files = [compose_file] if isinstance(compose_file, str | Path) else list(compose_file)
+    return [Path(f).resolve() for f in files]
+
+
+def _image_files(pairs: Sequence[str]) -> dict[str, Path]:
+    result: dict[str, Path] = {}
+    for pair in pairs:
+        target, sep, host = pair.partition("=")
+        if not sep or not target.startswith("/") or not host:
+            raise RunnerError(f"--image-file {pair!r}: expected CONTAINER_PATH=HOST_PATH")
+        if not Path(host).exists():
+            raise RunnerError(f"--image-file {pair!r}: {host} does not exist")
+        result[target] = Path(host)
+    return result
+
+
 @contextlib.contextmanager
 def running(
-    compose_file: str | Path = DEFAULT_FILE, workdir: str | Path = DEFAULT_WORKDIR, **kwargs: Any
+    compose_file: str | Path | Sequence[str | Path] = DEFAULT_FILE,
+    workdir: str | Path = DEFAULT_WORKDIR,
+    **kwargs: Any,
 ) -> Iterator[Cluster]:
     """Up on entry, down on exit, whatever happens in between."""
     with Cluster.from_file(compose_file, workdir, **kwargs) as cluster:

@@ -252,8 +252,65 @@ def test_the_runner_reads_the_services_as_docker_would(tmp_path: Path) -> None:
         "services:\n  a: {image: x, command: [x]}\n  b: {image: y, network_mode: 'service:a'}\n"
     )
     assert [s.name for s in load(shared, environ={}).selected(("a",))] == ["a"]
-    with pytest.raises(ComposeError, match="service b: network_mode cannot be run as a process"):
-        load(shared, environ={}).selected(("b",))
+    shared_b = load(shared, environ={}).services["b"]
+    assert shared_b.network_of == "a" and shared_b.depends_on == {"a": "service_started"}
+    assert [s.name for s in load(shared, environ={}).selected(("b",))] == ["a", "b"]
+    shared.write_text("services:\n  a: {image: x, command: [x], network_mode: host}\n")
+    with pytest.raises(ComposeError, match="service a network_mode: 'host': only service:NAME"):
+        load(shared, environ={})
+
+
+def test_override_files_merge_as_docker_compose_merges_them(tmp_path: Path) -> None:
+    """The rules docker-compose.dify.yml relies on: environment merged by name, volumes and secrets
+    by container path, command replaced, lists such as ports appended, new services added."""
+    base, override = tmp_path / "base.yml", tmp_path / "override.yml"
+    base.write_text(
+        "services:\n"
+        "  a:\n"
+        "    image: x\n"
+        "    command: [serve, --old]\n"
+        "    environment: [KEEP=1, PORT=5002]\n"
+        "    volumes: [data:/app/storage, ./one.cfg:/etc/app.cfg:ro]\n"
+        "    ports: ['5002:5002']\n"
+        "    depends_on: [b]\n"
+        "  b: {image: y, command: [y]}\n"
+        "volumes: {data: {}}\n"
+    )
+    (tmp_path / "one.cfg").write_text("one")
+    (tmp_path / "two.cfg").write_text("two")
+    override.write_text(
+        "services:\n"
+        "  a:\n"
+        "    command: [serve]\n"
+        "    environment: {PORT: '5003', NEW: x}\n"
+        "    volumes: [./two.cfg:/etc/app.cfg:ro]\n"
+        "    ports: ['8404:8404']\n"
+        "    depends_on: {c: {condition: service_healthy}}\n"
+        "  c: {image: z, command: [z]}\n"
+    )
+    project = load([base, override], environ={})
+    a = project.services["a"]
+    assert a.command == ("serve",)
+    assert a.environment == {"KEEP": "1", "PORT": "5003", "NEW": "x"}
+    assert {m.target: (m.volume or m.source) for m in a.mounts} == {
+        "/app/storage": "data",
+        "/etc/app.cfg": (tmp_path / "two.cfg").resolve(),
+    }
+    assert a.ports == ("5002:5002", "8404:8404")
+    assert a.depends_on == {"b": "service_started", "c": "service_healthy"}
+    assert set(project.services) == {"a", "b", "c"}
+
+
+def test_the_dify_override_merges_onto_the_pair() -> None:
+    project = load([BASE, BASE.parent / "docker-compose.dify.yml"], environ={})
+    master = project.services["hotstandby-master"]
+    assert master.environment["SERVER_PORT"] == "5003" and master.environment["ELECTION"] == "redis"
+    assert master.environment["STORAGE_PATH"] == "/app/storage"  # kept from the base file
+    daemon = project.services["plugin-daemon-master"]
+    assert daemon.network_of == "hotstandby-master"
+    haproxy_cfg = [m for m in project.services["haproxy"].mounts if m.target.endswith("haproxy.cfg")]
+    assert len(haproxy_cfg) == 1 and haproxy_cfg[0].source is not None
+    assert haproxy_cfg[0].source.name == "dify-plugin-daemon.cfg"
 
 
 def test_container_paths_and_names_are_translated_on_boundaries_only() -> None:

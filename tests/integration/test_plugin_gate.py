@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.support.cluster import Node, Pair, free_port, make_pair, wait_until
-from tests.support.gated import Gate
+from tests.support.gated import Gate, descendants
 from tests.support.ha import FAST
 
 GATED = {**FAST, "PLUGIN_DAEMON_GATE": "true"}
@@ -119,3 +119,24 @@ def test_a_demoted_leader_stops_its_daemon_before_it_applies_anything(
         writer.join(5)
     assert named(pair.master, "foreign_file_while_running") == [], gates["master"].log()
     assert len(named(pair.master, "started")) == 1, "the old leader's daemon must stay stopped"
+
+
+def test_a_gate_killed_by_sigkill_takes_its_daemon_with_it(gated_pair: tuple[Pair, dict[str, Gate]]) -> None:
+    """The daemon runs in a session of its own: only the gate's death signal ends it when the gate
+    is killed outright (outside a container nothing else would, and the replica would then refuse
+    to apply for as long as the orphan answers)."""
+    pair, gates = gated_pair
+    wait_until(lambda: bool(named(pair.master, "started")), 10, message="the leader's daemon to start")
+    pid = int(named(pair.master, "started")[0]["pid"])
+    gate = gates["master"].proc
+    assert gate is not None and pid in descendants(gate.pid)
+    gate.kill()
+    gate.wait(10)
+    wait_until(lambda: not Path(f"/proc/{pid}").exists() or _zombie(pid), 10, message="the daemon to die")
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
