@@ -24,7 +24,7 @@ import pytest
 from harness.compose_demo import HAPROXY_URL, MASTER, SLAVE, PairView, wait_for
 from harness.compose_runner import DEFAULT_FILE, Cluster
 from tests.support.cluster import tree_diff
-from tests.support.plugin_cluster import BUILD_EVENTS
+from tests.support.plugin_cluster import BUILD_EVENTS, TOOL_CALL, TOOL_CALL_PATH, tool_call_headers
 from tests.support.plugin_daemon_driver import parse_sse
 from tests.support.plugin_package import PluginPackage, build_package, install_package
 
@@ -76,19 +76,11 @@ def _launched(cluster: Cluster, node: str, since: float = 0.0) -> set[str]:
 
 def _call(cluster: Cluster, package: PluginPackage) -> tuple[int, list[dict[str, Any]]]:
     """A tool call through HAProxy to whichever plugin daemon runs, as Dify's API makes it."""
-    body = {
-        "user_id": "user-1",
-        "data": {"provider": "hsplug", "tool": "echo", "tool_parameters": {"text": "hi"}, "credentials": {}},
-    }
     reply = cluster.request(
         "POST",
-        f"{HAPROXY_URL}/plugin/tenant-1/dispatch/tool/invoke",
-        body=json.dumps(body).encode(),
-        headers={
-            "Content-Type": "application/json",
-            "X-Api-Key": cluster.secret("plugin_daemon_key"),
-            "X-Plugin-ID": package.identifier,
-        },
+        f"{HAPROXY_URL}{TOOL_CALL_PATH}",
+        body=TOOL_CALL,
+        headers=tool_call_headers(package.identifier, cluster.secret("plugin_daemon_key")),
         timeout=5,
     )
     return reply.status, parse_sse(reply.body.decode(errors="replace")) if reply.status == 200 else []

@@ -63,20 +63,23 @@ def same_trees(pair: Pair) -> list[str]:
     return [d for d in tree_diff(pair.master.storage, pair.slave.storage) if ".uv-cache" not in d]
 
 
-def call_through(url: str, identifier: str) -> tuple[int, list[dict[str, Any]]]:
-    body = {
+TOOL_CALL_PATH = "/plugin/tenant-1/dispatch/tool/invoke"
+TOOL_CALL = json.dumps(
+    {
         "user_id": "user-1",
         "data": {"provider": "hsplug", "tool": "echo", "tool_parameters": {"text": "hi"}, "credentials": {}},
     }
+).encode()
+"""A tool call as Dify's API sends it to the plugin daemon (the test plugins' echo tool)."""
+
+
+def tool_call_headers(identifier: str, key: str = DEFAULT_SERVER_KEY) -> dict[str, str]:
+    return {"Content-Type": "application/json", "X-Api-Key": key, "X-Plugin-ID": identifier}
+
+
+def call_through(url: str, identifier: str) -> tuple[int, list[dict[str, Any]]]:
     request = urllib.request.Request(
-        f"{url}/plugin/tenant-1/dispatch/tool/invoke",
-        data=json.dumps(body).encode(),
-        headers={
-            "Content-Type": "application/json",
-            "X-Api-Key": DEFAULT_SERVER_KEY,
-            "X-Plugin-ID": identifier,
-        },
-        method="POST",
+        f"{url}{TOOL_CALL_PATH}", data=TOOL_CALL, headers=tool_call_headers(identifier), method="POST"
     )
     try:
         with urllib.request.urlopen(request, timeout=5) as answer:
