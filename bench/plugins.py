@@ -61,6 +61,9 @@ def plugins(ctx: Context) -> dict[str, Any]:
             "plugins": count,
             "daemon": "tests/support/plugin_daemon_model.py (the real daemon's launch path, modelled)",
             "hotstandby": "kill -9 of the leader's tree (node, gate, daemon, plugins) to calls via HAProxy",
+            "timings": "daemon and gate defaults; static election, FAILOVER=auto, FAILOVER_TIMEOUT=3",
+            "installs": "one plugin at a time on the leader, each launched before the next; the kill "
+            "once the replica's tree is identical",
             "rebuild": "a daemon with the packages but no ready venvs: uv builds each, from its start",
             "requirements": "each plugin requires dify_plugin (from PyPI) and a vendored wheel",
         },
@@ -72,7 +75,8 @@ def _failover_once(root: Path, packages: list[PluginPackage]) -> dict[str, Any]:
     wanted = {p.identifier for p in packages}
     with ExitStack() as stack:
         redis = stack.enter_context(running_redis(root))
-        pair, gates, daemon_port = stack.enter_context(gated_pair(root, redis.url, ONLINE))
+        started = gated_pair(root, redis.url, ONLINE, shipped_timings=True)
+        pair, gates, daemon_port = stack.enter_context(started)
         proxy = stack.enter_context(
             running_haproxy(
                 MASTER_HOST, STANDBY_HOST, daemon_port, check_port=pair.master.port, mode="plugin-daemon"
@@ -82,6 +86,8 @@ def _failover_once(root: Path, packages: list[PluginPackage]) -> dict[str, Any]:
             install_package(pair.master.storage, package)  # all at once overloads the 2-core machine
             at_least = partial(_launched_at_least, pair.master, wanted, n)
             wait_until(at_least, 300, message=f"launch {n}/{len(packages)}")
+            if pair.slave.status()["role"] != "slave":  # a loaded machine can fail over falsely: say so
+                raise AssertionError(f"the standby took over during the installs (plugin {n})")
         wait_until(lambda: launched(pair.master) == wanted, 60, message="the leader's launches")
         # The failover is measured from a caught-up replica (the venvs and their markers are there):
         # killing the leader mid-copy measures a rebuild after data loss, not a failover.
