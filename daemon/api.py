@@ -19,7 +19,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from daemon.control import ControlLoop
+from daemon.ha_loop import ControlLoop
 from daemon.limits import body_deadline
 from daemon.node import Node
 from daemon.peers import Poller

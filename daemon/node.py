@@ -2,7 +2,7 @@
 
 A leader watches STORAGE_PATH, records changes in a journal and streams them
 to its peer; a replica applies what its leader sends. The control loop
-(daemon/control.py) decides the role; this class carries the decision out
+(daemon/ha_loop.py) decides the role; this class carries the decision out
 and answers the HTTP layer's questions from state it already holds.
 """
 
@@ -341,8 +341,9 @@ class Node:
             log.warning("epoch_refused", source=source, epoch=shown, bound=MAX_PEER_EPOCH)
         return epoch
 
-    def check_sender(self) -> None:
-        """Surface a sender task or watcher thread that died instead of letting it vanish."""
+    def supervise_replication_tasks(self) -> None:
+        """Each tick: a dead watcher thread is marked failed (a loss, so the tree is rescanned), and a sender
+        task that died is logged, kept as last_error and started again, instead of vanishing."""
         parts = self.leader
         if parts is None:
             return

@@ -18,10 +18,10 @@ from aiohttp import web
 
 from daemon.api import build_app
 from daemon.config import Config
-from daemon.control import ControlLoop
 from daemon.election.factory import make_backend
 from daemon.env_init_locks import RedisLockClearer
 from daemon.exposure import unguarded_warning
+from daemon.ha_loop import ControlLoop
 from daemon.node import Node, ReplicaLink
 from daemon.peers import Poller
 from daemon.plugin_daemon import PluginDaemon

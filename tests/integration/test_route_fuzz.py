@@ -30,7 +30,7 @@ import pytest
 
 from daemon.api import build_app
 from daemon.config import Config
-from daemon.control import ControlLoop
+from daemon.ha_loop import ControlLoop
 from daemon.node import Node as DaemonNode
 from daemon.store.routes import add_store_routes
 from tests.support.cluster import SERVER_KEY, Node, http, snapshot

@@ -34,7 +34,7 @@ from daemon.roles import (
 )
 from replication.ssh_target import is_ssh_url
 
-log = structlog.get_logger("daemon.control")
+log = structlog.get_logger("daemon.ha_loop")
 
 
 @dataclass
@@ -128,7 +128,7 @@ class ControlLoop:
     # -- one tick ----------------------------------------------------------------------
     async def tick(self) -> Decision:
         pending = None if self._requests.empty() else self._requests.get_nowait()
-        self.node.check_sender()
+        self.node.supervise_replication_tasks()
         state = self.node.role_state
         synced = self.node.receiver.synced or self._may_bootstrap()
         views = [peer.peer_view(max_age=max(2.0, 4 * self.config.control_interval)) for peer in self.peers]
