@@ -104,7 +104,9 @@ class Node:
         self.registry = CollectorRegistry()
         self.metrics = ReplicationMetrics(self.registry)
         self.healthy_gauge = Gauge(
-            "plugin_daemon_healthy", "1 when this node reports healthy.", registry=self.registry
+            "plugin_sync_node_healthy",
+            "1 while this node's STORAGE_PATH is writable (GET /health is not 503).",
+            registry=self.registry,
         )
         self.conflicts_total = Counter(
             "plugin_sync_conflicts", "Divergent files preserved after a demotion.", registry=self.registry

@@ -24,7 +24,7 @@ from daemon.exposure import unguarded_warning
 from daemon.ha_loop import ControlLoop
 from daemon.node import Node, ReplicaLink
 from daemon.peers import Poller
-from daemon.plugin_daemon import PluginDaemon
+from daemon.plugin_daemon import PluginDaemon, plugin_daemon_gauge
 from daemon.roles import Decision
 from daemon.store.factory import open_store
 from daemon.store.store import PluginStore
@@ -53,6 +53,7 @@ class Server:
         self.plugin_daemon: Poller | None = None
         if config.plugin_daemon_url:
             self.plugin_daemon = Poller(f"{config.plugin_daemon_url}/health/check", interval=1.0, timeout=2.0)
+            plugin_daemon_gauge(self.plugin_daemon, self.node.registry)
         locks = None
         if config.dify_redis_url:
             locks = RedisLockClearer(config.dify_redis_url, config.dify_redis_password, config.plugin_dir)
