@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from daemon.errors import ConfigError as ConfigError  # its home is daemon/errors.py; imported from here too
 from daemon.exposure import is_loopback
 from daemon.redact import Redactor, hide_password
 from daemon.tls import TLSError, TLSFiles
@@ -31,10 +32,6 @@ DEFAULT_RETENTION_AGE = 90 * 86400.0
 """Events and preserved conflicts older than this (90 days) are deleted (0: no age limit)."""
 _TEN_YEARS = 10 * 365 * 86400.0
 _BOOLEANS = ("true", "false", "1", "0", "yes", "no")
-
-
-class ConfigError(ValueError):
-    """A configuration value is missing or invalid; the message names the variable."""
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 from urllib.parse import quote, urlsplit
 
-from daemon.config import ConfigError
+from daemon.errors import HotstandbyError, UsageError
 from daemon.tls import TLSError, TLSFiles, client_context
 
 REQUEST_TIMEOUT = 3.0
@@ -34,11 +34,7 @@ that passed the leader's check just before the drain, or a late watcher event, l
 DEFAULT_MAX_LAG = 10.0
 
 
-class UsageError(ConfigError):
-    """Bad nodes, key or flags: one line and exit status 2."""
-
-
-class Unreachable(Exception):
+class Unreachable(HotstandbyError):
     """The node did not answer usefully: connection refused, timed out, or not JSON."""
 
 

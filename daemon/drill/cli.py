@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from daemon import ctl
-from daemon.ctl import UsageError
 from daemon.drill.config import (
     DEFAULT_HISTORY_FILE,
     DEFAULT_MAX_SWITCHOVER,
@@ -29,6 +28,7 @@ from daemon.drill.config import (
     Target,
     Thresholds,
 )
+from daemon.errors import UsageError
 
 if TYPE_CHECKING:
     from daemon.drill.report import DrillReport

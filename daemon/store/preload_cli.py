@@ -23,8 +23,8 @@ from typing import Any
 
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
 
-from daemon.config import ConfigError
 from daemon.ctl import _server_key, tls_context
+from daemon.errors import ConfigError, HotstandbyError, UsageError
 
 DEFAULT_RETRIES = 5
 DEFAULT_TIMEOUT = 900.0
@@ -33,11 +33,7 @@ RETRY_STATUSES = frozenset({502, 503, 504})
 FINAL_TITLES = frozenset({"marketplace download failed", "checksum mismatch", "invalid package"})
 
 
-class UsageError(ConfigError):
-    """Bad flags, file or key: one line and exit status 2."""
-
-
-class Transient(Exception):
+class Transient(HotstandbyError):
     """The API could not be reached or had no primary: worth another try."""
 
 

@@ -1,6 +1,6 @@
 """The store's HTTP routes, all under /internal (the API's auth middleware guards them).
 
-Store errors become problem responses here, in one place. A POST /internal/promote is
+Store errors reach daemon/problems.py, which turns them into problem responses. A POST /internal/promote is
 preceded by a check of the working folders' `.plugin.sha256` manifests, and its answer
 carries the report (`plugin_workdirs`), failures listed.
 """
@@ -11,7 +11,7 @@ import asyncio
 import json
 import os
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import structlog
@@ -36,26 +36,16 @@ def add_store_routes(app: web.Application, store: PluginStore) -> None:
     app[STORE] = store
     app.middlewares.append(promotion_check)
     router = app.router
-    router.add_post("/internal/preload", _handled(preload))
-    router.add_post("/internal/verify", _handled(verify))
-    router.add_get("/internal/workdirs", _handled(workdirs))
-    router.add_get("/internal/events", _handled(events))
-    router.add_post("/internal/events", _handled(add_event))
-    router.add_get("/internal/plugins", _handled(list_plugins))
-    router.add_delete("/internal/plugins/corrupted", _handled(purge))
-    router.add_get(f"/internal/plugins/{IDENTIFIER}/package", _handled(package))
-    router.add_get(f"/internal/plugins/{IDENTIFIER}", _handled(get_plugin))
-    router.add_put(f"/internal/plugins/{IDENTIFIER}", _handled(upload))
-
-
-def _handled(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> Handler:
-    async def wrapper(request: web.Request) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except StoreError as exc:
-            raise HTTPProblem(exc.status, exc.title, str(exc), **exc.extra) from None
-
-    return wrapper
+    router.add_post("/internal/preload", preload)
+    router.add_post("/internal/verify", verify)
+    router.add_get("/internal/workdirs", workdirs)
+    router.add_get("/internal/events", events)
+    router.add_post("/internal/events", add_event)
+    router.add_get("/internal/plugins", list_plugins)
+    router.add_delete("/internal/plugins/corrupted", purge)
+    router.add_get(f"/internal/plugins/{IDENTIFIER}/package", package)
+    router.add_get(f"/internal/plugins/{IDENTIFIER}", get_plugin)
+    router.add_put(f"/internal/plugins/{IDENTIFIER}", upload)
 
 
 async def _identifier_field(request: web.Request) -> str:

@@ -10,6 +10,7 @@ import pytest
 
 from daemon import ctl
 from daemon.config import Config, ConfigError
+from daemon.errors import UsageError
 from daemon.exposure import is_loopback, unguarded_warning
 from daemon.haproxy_config import HAProxySettings, SettingsError, render
 from daemon.tls import TLSFiles, client_context, server_context
@@ -85,7 +86,7 @@ def test_the_operator_commands_read_the_same_variables(pki: tuple[CertificateAut
     ca, node = pki
     files = ctl.tls_files(node.env(ca.cert_file))
     assert files == TLSFiles(str(node.cert), str(node.key), str(ca.cert_file))
-    with pytest.raises(ctl.UsageError, match="TLS_KEY_FILE is set but TLS_CERT_FILE is not"):
+    with pytest.raises(UsageError, match="TLS_KEY_FILE is set but TLS_CERT_FILE is not"):
         ctl.tls_files({"TLS_KEY_FILE": str(node.key)})
 
 
