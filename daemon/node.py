@@ -17,6 +17,7 @@ import os
 import random
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -161,6 +162,9 @@ class Node:
         self.peer_epoch_seen = 0
         """Highest epoch a peer announced to us (its hello or batch while we lead)."""
         self.last_error: str | None = None
+        self.promotion_checks: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {}
+        """Run before an operator's promotion (POST /internal/promote); each report is added to its answer
+        under its name. The plugin store adds `plugin_workdirs` (daemon/store/factory.py)."""
         self._writes_in_flight = 0
         self._writes_idle = asyncio.Condition()
         self.metrics.track(
@@ -342,6 +346,10 @@ class Node:
             self.epochs_refused.labels(source=source).inc()
             log.warning("epoch_refused", source=source, epoch=shown, bound=MAX_PEER_EPOCH)
         return epoch
+
+    async def promotion_reports(self) -> dict[str, Any]:
+        """The promotion checks' reports, in the order they were added; a check reports its own failures."""
+        return {name: await check() for name, check in self.promotion_checks.items()}
 
     def supervise_replication_tasks(self) -> None:
         """Each tick: a dead watcher thread is marked failed (a loss, so the tree is rescanned), and a sender
