@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 
 import structlog
 
+from daemon.client import auth_headers
 from daemon.config import Config
 from daemon.election.base import ElectionError, LeaseBackend
 from daemon.node import Node
@@ -61,7 +62,7 @@ class ControlLoop:
             lease_ttl=self.config.lease_ttl,
             safety_margin=self.config.lease_safety_margin,
         )
-        headers = {"Authorization": f"Bearer {self.config.server_key}"} if self.config.server_key else {}
+        headers = auth_headers(self.config.server_key)
         self.peers = [
             Poller(
                 f"{url}/internal/status",

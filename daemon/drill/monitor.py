@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from daemon import ctl
+from daemon.client import Unreachable
 from daemon.drill.config import Target
 from daemon.drill.haproxy import HAProxyError, View
 from daemon.drill.nodes import Nodes
@@ -122,7 +123,7 @@ class Monitor:
     ) -> tuple[tuple[str | None, ...], str | None]:
         try:
             code, body = await self.nodes.call("GET", url, "/internal/status", PROBE_TIMEOUT)
-        except (ctl.Unreachable, UsageError) as exc:
+        except (Unreachable, UsageError) as exc:
             return ("not serving",) * len(node_ids), str(exc)
         answered = body.get("node_id") if code == 200 else None
         states = tuple(
