@@ -144,7 +144,7 @@ def _check(request: web.Request, ok: bool, body: dict[str, Any]) -> web.Response
 
 # -- health and role checks ----------------------------------------------------------------
 async def health(request: web.Request) -> web.Response:
-    report = request.app[NODE].health_report()
+    report = await request.app[NODE].health_report()
     return web.json_response(report, status=503 if report["status"] == "unhealthy" else 200)
 
 
