@@ -486,6 +486,7 @@ class Node:
             status["journal_id"] = self.receiver.journal_id or None
             status["master_node"] = self.receiver.master_node or None
             status["synced"] = self.receiver.synced
+            status["protocol"] = self.receiver.protocol
         return status
 
     def _replica_views(self) -> list[ReplicaView]:
@@ -512,6 +513,7 @@ class Node:
             "last_error": link.sender.last_error,
             "progress": None if progress is None else progress.snapshot(link.journal.pending),
             "last_long_work": None if progress is None else progress.last,
+            "protocol": getattr(link.sender, "protocol", None),
         }
 
     async def writes_settled(self, timeout: float) -> None:
