@@ -38,7 +38,7 @@ def test_slave_killed_mid_transfer_resumes_without_resending_everything(pair: Pa
     assert temp_files(pair) == []
     sent = pair.master.metric("plugin_sync_bytes_total", {"direction": "sent"}) - before
     # Only what was in flight when the slave died is sent twice (a loaded machine had 84 MiB in flight), not
-    # the whole set: resending everything would cost the 150+ MiB received before the kill on top of the total.
+    # the whole set: resending everything would cost the 150+ MiB received before the kill, on top.
     assert sent < total + 100 * MIB, f"sent {sent / MIB:.0f} MiB for {total / MIB:.0f} MiB of changes"
     assert pair.master.metric("plugin_sync_full_rescans_total") == rescans_before
 
