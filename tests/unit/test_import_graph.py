@@ -145,3 +145,37 @@ def test_installed_packages_never_import_the_harness_or_the_tests() -> None:
 def test_the_role_state_machine_imports_neither_io_nor_the_engine() -> None:
     imports = import_graph()[STATE_MACHINE]
     assert imports <= STATE_MACHINE_MAY_IMPORT, sorted(imports - STATE_MACHINE_MAY_IMPORT)
+
+
+def private_uses(path: Path) -> list[str]:
+    """`from x import _name` and `module._name` on an imported module of ours: another module's internals."""
+    tree = ast.parse(path.read_text(), str(path))
+    modules: set[str] = set()
+    found: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            ours = (node.module or "").split(".")[0] in PACKAGES or node.level > 0
+            for alias in node.names:
+                if ours and alias.name.startswith("_") and not alias.name.startswith("__"):
+                    found.append(f"from {node.module} import {alias.name}")
+                elif ours:
+                    modules.add(alias.asname or alias.name)
+        elif isinstance(node, ast.Import):
+            modules.update(
+                a.asname or a.name.split(".")[0] for a in node.names if a.name.split(".")[0] in PACKAGES
+            )
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in modules
+            and node.attr.startswith("_")
+            and not node.attr.startswith("__")
+        ):
+            found.append(f"{node.value.id}.{node.attr}")
+    return found
+
+
+def test_no_module_reaches_into_another_modules_private_names() -> None:
+    wrong = {name: uses for name, path in source_modules().items() if (uses := private_uses(path))}
+    assert not wrong, wrong
