@@ -32,7 +32,7 @@ from daemon.exposure import unguarded_warning
 from daemon.identity import NodeIdentity
 from daemon.problems import HTTPProblem
 from daemon.redact import hide_password
-from daemon.roles import RoleState
+from daemon.roles import SHOWN_AS, RoleState
 from daemon.tls import client_context
 from replication.applier import Applier
 from replication.envinit import EnvInitTracker
@@ -48,8 +48,6 @@ from replication.sender import LinkSettings, SyncSummary
 from replication.watcher import Watcher
 
 log = structlog.get_logger("daemon.node")
-
-ROLE_NAMES = {"leader": "master", "replica": "slave"}
 
 
 WATCHER_FAILED_RESCAN_INTERVAL = 30.0
@@ -384,7 +382,7 @@ class Node:
 
     @property
     def role(self) -> str:
-        return ROLE_NAMES[self.role_state.role]
+        return SHOWN_AS[self.role_state.role]
 
     @property
     def epoch(self) -> int:
