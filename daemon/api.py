@@ -30,6 +30,7 @@ from daemon.roles import Request
 from daemon.store.routes import store_app
 from daemon.store.store import PluginStore
 from daemon.ui.routes import add_ui_routes
+from replication import versions
 from replication.errors import ReplicationError
 from replication.paths import StorageRoot, validate_relpath
 from replication.protocol import MAX_PATHS_PER_REQUEST, MAX_PEER_EPOCH, MAX_SEQUENCE
@@ -144,7 +145,7 @@ def _check(request: web.Request, ok: bool, body: dict[str, Any]) -> web.Response
 
 # -- health and role checks ----------------------------------------------------------------
 async def health(request: web.Request) -> web.Response:
-    report = request.app[NODE].health_report()
+    report = await request.app[NODE].health_report()
     return web.json_response(report, status=503 if report["status"] == "unhealthy" else 200)
 
 
@@ -384,9 +385,18 @@ async def replication_hello(request: web.Request) -> web.Response:
     data = await _json_object(request)
     epoch = _peer_epoch(request, data, "epoch")
     receiver = _receiver(request, epoch, applies=True)
-    answer = receiver.hello(
-        journal_id=str(data.get("journal_id", "")), epoch=epoch, node_id=str(data.get("node_id", ""))
-    )
+    try:
+        offered = versions.offered(data)
+        answer = receiver.hello(
+            journal_id=str(data.get("journal_id", "")),
+            epoch=epoch,
+            node_id=str(data.get("node_id", "")),
+            protocol=offered,
+        )
+    except versions.IncompatibleProtocolError as exc:
+        request.app[NODE].metrics.refused.labels(reason="protocol").inc()
+        low, high = versions.ours()
+        raise HTTPProblem(400, versions.MISMATCH_TITLE, str(exc), protocol_min=low, protocol=high) from None
     return web.json_response(answer)
 
 

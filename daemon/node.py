@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import errno
 import hashlib
 import os
 import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +33,7 @@ from daemon.identity import NodeIdentity
 from daemon.problems import HTTPProblem
 from daemon.redact import hide_password
 from daemon.roles import SHOWN_AS, RoleState
+from daemon.storage_probe import StorageProbe
 from daemon.tls import client_context
 from replication.applier import Applier
 from replication.envinit import EnvInitTracker
@@ -148,6 +149,9 @@ class Node:
         self.receiver = Receiver(config.storage_path, config.state_path, self.metrics, self.excluded.matches)
         self.receiver.accepting = False
         self.tracker = DivergenceTracker(config.state_path)
+        self.storage_probe = StorageProbe(config.storage_path)
+        self._write_through = ThreadPoolExecutor(max_workers=4, thread_name_prefix="write-through")
+        """API writes apply here, not in the shared pool a stalled disk would use up."""
         self.env_init = EnvInitTracker(
             ReadyMarkers(config.ready_markers),
             self.metrics.env_init_duration,
@@ -415,7 +419,8 @@ class Node:
         return float(self.leader.confirmed() if self.leader else self.receiver.applied_seq)
 
     def health(self) -> tuple[bool, str]:
-        return storage_writable(self.config.storage_path)
+        """The write probe's latest verdict (the metrics gauge); `health_report` runs a new one."""
+        return self.storage_probe.last
 
     def watcher_failure(self) -> str | None:
         return self.leader.watcher.failure if self.leader is not None else None
@@ -429,8 +434,8 @@ class Node:
         degraded = self.watcher_failure() or (self.receiver.storage_full if self.leader is None else None)
         return ("degraded", degraded) if degraded else ("healthy", None)
 
-    def health_report(self) -> dict[str, Any]:
-        ok, reason = self.health()
+    async def health_report(self) -> dict[str, Any]:
+        ok, reason = await self.storage_probe.check()
         degraded = (
             self.watcher_failure()
             or (self.receiver.storage_full if self.leader is None else None)
@@ -479,6 +484,7 @@ class Node:
             status["journal_id"] = self.receiver.journal_id or None
             status["master_node"] = self.receiver.master_node or None
             status["synced"] = self.receiver.synced
+            status["protocol"] = self.receiver.protocol
         return status
 
     def _replica_views(self) -> list[ReplicaView]:
@@ -505,6 +511,7 @@ class Node:
             "last_error": link.sender.last_error,
             "progress": None if progress is None else progress.snapshot(link.journal.pending),
             "last_long_work": None if progress is None else progress.last,
+            "protocol": getattr(link.sender, "protocol", None),
         }
 
     async def writes_settled(self, timeout: float) -> None:
@@ -540,8 +547,13 @@ class Node:
             return chunk
 
         op = Operation(seq=0, op="put", path=path, mode=mode, mtime_ns=time.time_ns(), size=len(content))
-        await applier.apply(op, read)
-        applier.flush()
+
+        def apply_and_flush() -> None:
+            asyncio.run(applier.apply(op, read))
+            applier.flush()
+
+        # Off the loop: a stalled disk blocks this write, not the node's heartbeats, lease and API.
+        await asyncio.get_running_loop().run_in_executor(self._write_through, apply_and_flush)
         parts.recorder.record_sync(path)
         return parts.head
 
@@ -589,17 +601,3 @@ class Node:
         await sender.wait_acked(summary.up_to_seq, timeout)
         summary.bytes = sender.bytes_sent - bytes_before
         return summary
-
-
-def storage_writable(path: str) -> tuple[bool, str]:
-    """Probe with an unnamed O_TMPFILE: a real write check that leaves no name and no inotify event."""
-    if not os.path.isdir(path):
-        return False, f"STORAGE_PATH {path} is missing or not a directory"
-    try:
-        os.close(os.open(path, os.O_TMPFILE | os.O_WRONLY, 0o600))
-    except OSError as exc:
-        if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR):
-            return False, f"STORAGE_PATH {path} is not writable: {exc.strerror}"
-        if not os.access(path, os.W_OK | os.X_OK):
-            return False, f"STORAGE_PATH {path} is not writable"
-    return True, ""

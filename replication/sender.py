@@ -25,10 +25,10 @@ from typing import Any, BinaryIO
 import aiohttp
 import structlog
 
-from replication import manifest, peer_answers
+from replication import manifest, peer_answers, versions
 from replication.backoff import Backoff
 from replication.delta import MAX_BLOCKS, Signature, block_size_for, compute_delta, encode_instructions
-from replication.errors import FencedError, PeerError, RefusedError
+from replication.errors import FencedError, PeerError, ProtocolError, RefusedError
 from replication.journal import Change, Journal
 from replication.metrics import ReplicationMetrics
 from replication.paths import is_special
@@ -149,6 +149,8 @@ class Sender:
         """Paths whose last delta failed on the replica: sent whole once."""
         self.progress = Progress()
         """Seeding and catch-up: files and bytes done of the total known so far (status shows it)."""
+        self.protocol: int | None = None
+        """The protocol version the replica chose at the last hello (versions.py)."""
 
     # -- lifecycle ---------------------------------------------------------------
     async def run(self) -> None:
@@ -230,16 +232,28 @@ class Sender:
 
     # -- the link ----------------------------------------------------------------
     async def _link_up(self) -> None:
-        answer = await self._call(
-            "POST",
-            "/hello",
-            json={
-                "journal_id": self.journal.journal_id,
-                "epoch": self._epoch(),
-                "node_id": self.settings.node_id,
-                "head_seq": self.journal.head,
-            },
-        )
+        try:
+            answer = await self._call(
+                "POST",
+                "/hello",
+                json={
+                    "journal_id": self.journal.journal_id,
+                    "epoch": self._epoch(),
+                    "node_id": self.settings.node_id,
+                    "head_seq": self.journal.head,
+                    **versions.offer(),
+                },
+            )
+            self.protocol = versions.answered(answer)
+        except RefusedError as exc:
+            if exc.body.get("title") == versions.MISMATCH_TITLE:
+                log.error(
+                    "replication_protocol_mismatch", target=_public(self.settings.target), error=str(exc)
+                )
+            raise
+        except ProtocolError as exc:  # the replica chose a version we did not offer
+            log.error("replication_protocol_mismatch", target=_public(self.settings.target), error=str(exc))
+            raise PeerError(str(exc)) from exc
         with self._guard.answer("hello") as refuse:
             hello = peer_answers.hello(answer, refuse)
         applied = hello.applied_seq

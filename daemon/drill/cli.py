@@ -200,7 +200,8 @@ def main(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> i
         return 130
     print(markdown(report))
     for kind in ("json", "markdown", "png"):
-        print(f"{kind}: {report.files.get(kind)}", file=sys.stderr)
+        if kind in report.files:
+            print(f"{kind}: {report.files[kind]}", file=sys.stderr)
     for error in report.file_errors:
         print(f"hotstandby drill: {error}", file=sys.stderr)
     return report.exit_status
