@@ -26,8 +26,13 @@ from tests.integration.test_drill import STATIC_AUTO, Site, config_for, drill_si
 pytestmark = pytest.mark.timeout(90)
 
 
+WARMUP = 3.0
+"""Seconds of load before the stop: the first write through HAProxy must be acknowledged within it, and a
+loaded machine (other test workers) has been seen to need more than test_drill.py's 1 s."""
+
+
 def _drill(site: Site, tmp_path: Path, stopper: CallableStopper, **overrides: object) -> DrillReport:
-    config = config_for(site, tmp_path, StopperSettings("python"), **overrides)
+    config = config_for(site, tmp_path, StopperSettings("python"), **{"warmup": WARMUP, **overrides})
     return asyncio.run(run_drill(config, stopper=stopper))
 
 
