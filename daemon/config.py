@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal, TypeVar, get_args
+from typing import Any, Literal, TypedDict, TypeVar, get_args
 from urllib.parse import urlsplit
 
 from daemon.errors import ConfigError as ConfigError  # its home is daemon/errors.py; imported from here too
@@ -27,6 +27,48 @@ Failover = Literal["manual", "auto"]
 SyncMode = Literal["async", "sync"]
 SyncFallback = Literal["none", "async"]
 _Choice = TypeVar("_Choice", bound=str)
+
+
+class _SecurityFields(TypedDict):
+    """Config's TLS, key-rule and request-timeout fields, as EnvReader._security reads them."""
+
+    tls_cert_file: str
+    tls_key_file: str
+    tls_ca_file: str
+    require_auth: bool
+    allow_unauthenticated: bool
+    request_header_timeout: float
+    request_body_timeout: float
+
+
+class _StoreFolders(TypedDict):
+    plugin_storage_root: str
+    package_dir: str
+    plugin_dir: str
+    working_path: str
+    quarantine_dir: str
+
+
+class _RetentionFields(TypedDict):
+    events_keep: int
+    events_max_age: float
+    conflicts_keep: int
+    conflicts_max_age: float
+
+
+class _StoreFields(_StoreFolders, _RetentionFields):
+    """Config's plugin-store fields: its folders, downloads, periodic jobs and retention."""
+
+    marketplace_url: str
+    download_connect_timeout: float
+    download_read_timeout: float
+    download_retries: int
+    download_backoff: float
+    max_plugin_package_size: int
+    verify_interval: float
+    workdir_scan_interval: float
+
+
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DEFAULT_STORAGE_PATH = "/app/storage/cwd"
 DEFAULT_READY_MARKERS = ("**/.venv/dify/plugin.json",)
@@ -380,7 +422,7 @@ class EnvReader:
         _check_status_key(config)
         return config
 
-    def _security(self) -> dict[str, Any]:
+    def _security(self) -> _SecurityFields:
         """TLS files (checked: cert and key together, readable, loadable), the key rule, request timeouts."""
         files = self.tls_files()
         return {
@@ -393,7 +435,7 @@ class EnvReader:
             "request_body_timeout": self.seconds("REQUEST_BODY_TIMEOUT", 60.0, 0.5, 3600),
         }
 
-    def _store(self, storage_path: str, state_path: str) -> dict[str, Any]:
+    def _store(self, storage_path: str, state_path: str) -> _StoreFields:
         """The plugin store's settings: its folders under the plugin daemon's root, and downloads."""
         return {
             **self._store_folders(storage_path, state_path),
@@ -412,7 +454,7 @@ class EnvReader:
             **self._retention(),
         }
 
-    def _retention(self) -> dict[str, Any]:
+    def _retention(self) -> _RetentionFields:
         """How much history is kept: the catalogue's events, and divergent writes in STATE_PATH/conflicts."""
         return {
             "events_keep": self.integer("EVENTS_KEEP", 10_000, 100, 100_000_000),
@@ -421,7 +463,7 @@ class EnvReader:
             "conflicts_max_age": self.seconds("CONFLICTS_MAX_AGE", DEFAULT_RETENTION_AGE, 0.0, _TEN_YEARS),
         }
 
-    def _store_folders(self, storage_path: str, state_path: str) -> dict[str, str]:
+    def _store_folders(self, storage_path: str, state_path: str) -> _StoreFolders:
         """PLUGIN_STORAGE_ROOT (default: the parent of a STORAGE_PATH named cwd) and four folders in it."""
         default_root = (
             os.path.dirname(storage_path) if os.path.basename(storage_path) == "cwd" else storage_path
