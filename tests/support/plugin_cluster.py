@@ -92,10 +92,14 @@ def call_through(url: str, identifier: str) -> tuple[int, list[dict[str, Any]]]:
 
 @contextlib.contextmanager
 def gated_pair(
-    tmp_path: Path, redis_url: str, model_extra: tuple[str, ...] = ()
+    tmp_path: Path,
+    redis_url: str,
+    model_extra: tuple[str, ...] = (),
+    node_env: dict[str, str] | None = None,
 ) -> Iterator[tuple[Pair, dict[str, Gate], int]]:
     """A started pair (FAILOVER=auto on the standby), each node's daemon model under its gate,
-    started with `model_extra` (e.g. the bench's online package index settings) after MODEL_FAST."""
+    started with `model_extra` (e.g. the bench's online package index settings) after MODEL_FAST;
+    `node_env` is added to both nodes' environment."""
     daemon_port = free_port()
     env = {
         **FAST,
@@ -103,6 +107,7 @@ def gated_pair(
         "PLUGIN_DAEMON_GATE": "true",
         "DIFY_REDIS_URL": redis_url,
         "HEARTBEAT_INTERVAL": "0.5",
+        **(node_env or {}),
     }
     pair = make_pair(
         tmp_path,
