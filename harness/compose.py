@@ -90,7 +90,8 @@ def _exec(args: argparse.Namespace) -> int:
     return attach(args.workdir).exec(argv, args.host)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """up and demo (with the compose files and how to network), down, ps and exec."""
     parser = argparse.ArgumentParser(
         prog="python -m harness.compose",
         description="Run compose/docker-compose.yml's services as processes, without Docker.",
@@ -136,7 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--workdir", default=str(DEFAULT_WORKDIR))
     run.add_argument("--host", default=netns.CLIENT)
     run.add_argument("argv", nargs=argparse.REMAINDER)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         if args.command == "up":
             return _up(args)
