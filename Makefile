@@ -47,13 +47,13 @@ lint: install
 # (or 127.x.y.n addresses where namespaces are not permitted). `demo` runs a failover and tears down;
 # `up` leaves the services running (state, logs and volumes in compose/.run/) until `down`.
 demo: install
-	$(BIN)/python -m harness.compose_runner demo
+	$(BIN)/python -m harness.compose demo
 
 up: install
-	$(BIN)/python -m harness.compose_runner up
+	$(BIN)/python -m harness.compose up
 
 down: install
-	$(BIN)/python -m harness.compose_runner down
+	$(BIN)/python -m harness.compose down
 
 # Not part of `make test`: hotstandby against lsyncd and rsync (see bench/run.py --help; --quick for a smoke run).
 bench: install
