@@ -534,7 +534,7 @@ class Node:
 
         op = Operation(seq=0, op="put", path=path, mode=mode, mtime_ns=time.time_ns(), size=len(content))
         await applier.apply(op, read)
-        applier.flush()
+        await applier.finish()
         parts.recorder.record_sync(path)
         return parts.head
 
