@@ -6,8 +6,8 @@ STAMP := $(VENV)/.installed
 
 # Debian packages the tests and the demo run for real; installed only when missing.
 SYSTEM_PACKAGES := haproxy redis-server postgresql iproute2 rsync lsyncd prometheus docker-compose tini openssh-server \
-	chromium chromium-driver
-SYSTEM_COMMANDS := haproxy redis-server pg_ctlcluster ip rsync lsyncd promtool docker-compose tini chromium chromedriver
+	chromium chromium-driver util-linux mount e2fsprogs
+SYSTEM_COMMANDS := haproxy redis-server pg_ctlcluster ip rsync lsyncd promtool docker-compose tini chromium chromedriver losetup fsfreeze mkfs.ext4
 
 .PHONY: install system-deps test lint demo up down clean bench chaos
 

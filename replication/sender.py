@@ -13,7 +13,6 @@ import asyncio
 import hashlib
 import json
 import os
-import random
 import ssl
 import stat
 import time
@@ -27,6 +26,7 @@ import aiohttp
 import structlog
 
 from replication import manifest, peer_answers, versions
+from replication.backoff import Backoff
 from replication.delta import MAX_BLOCKS, Signature, block_size_for, compute_delta, encode_instructions
 from replication.errors import FencedError, PeerError, ProtocolError, RefusedError
 from replication.journal import Change, Journal
@@ -159,14 +159,14 @@ class Sender:
             total=None, connect=self.settings.connect_timeout, sock_read=self.settings.read_timeout
         )
         connector = aiohttp.TCPConnector(limit=4, force_close=False, ssl=self.settings.ssl_context or True)
-        backoff = 0.1
+        backoff = Backoff(self.settings.max_backoff)
         async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
             self._session = session
             try:
                 while True:
                     try:
                         await self._link_up()
-                        backoff = 0.1
+                        backoff.reset()
                         await self._stream()
                     except FencedError as exc:
                         self._down(str(exc))
@@ -184,15 +184,14 @@ class Sender:
                         continue
                     except (TimeoutError, PeerError, aiohttp.ClientError, OSError) as exc:
                         self._down(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
-                        backoff = max(backoff, self._refused_answer_backoff(exc))
+                        backoff.at_least(self._refused_answer_backoff(exc))
                         log.warning(
                             "replication_link_down",
                             target=self.settings.target,
                             error=self.last_error,
-                            retry_in=round(backoff, 2),
+                            retry_in=round(backoff.current, 2),
                         )
-                    await asyncio.sleep(backoff * (0.5 + random.random()))
-                    backoff = min(backoff * 2, self.settings.max_backoff)
+                    await backoff.sleep()
             finally:
                 self._down(self.last_error)
                 self._session = None

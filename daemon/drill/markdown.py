@@ -24,6 +24,8 @@ def markdown(report: DrillReport) -> str:
         f"- switchover bound {config.thresholds.max_switchover:g}s (the seeds); our target"
         f" {config.thresholds.target_switchover:g}s",
     ]
+    if report.plot_skipped:
+        lines.append(f"- timeline plot skipped: {report.plot_skipped}")
     if report.reasons:
         lines += ["", "**Why it did not pass:**", ""] + [f"- {r}" for r in report.reasons]
     if len(report.phases) > 1:
