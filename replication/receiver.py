@@ -20,7 +20,7 @@ import structlog
 
 from replication import manifest, statefile, versions
 from replication.applier import Applier, ReadExactly, sweep_temp_files
-from replication.delta import read_instructions, signature_of_fd
+from replication.delta import DIGEST_BYTES, read_instructions, signature_of_fd
 from replication.errors import (
     FencedError,
     ProtocolError,
@@ -242,17 +242,20 @@ class Receiver:
         """SHA-256 of each path, read through no-follow fds; None where there is no regular file."""
         return {p: self._hash(validate_relpath(p)) for p in paths}
 
-    def signatures(self, paths: list[str]) -> dict[str, str | None]:
-        """Block signatures (base64) of our copies, for the sender's deltas; None where we have no file."""
-        return {p: self._signature(validate_relpath(p)) for p in paths}
+    def signatures(self, paths: list[str], digest_bytes: int = DIGEST_BYTES) -> dict[str, str | None]:
+        """Block signatures (base64) of our copies, for the sender's deltas; None where we have no file.
 
-    def _signature(self, path: str) -> str | None:
+        `digest_bytes`: the strong digests' width the sender asked for (protocol 2 asks for 8)."""
+        return {p: self._signature(validate_relpath(p), digest_bytes) for p in paths}
+
+    def _signature(self, path: str, digest_bytes: int) -> str | None:
         try:
             fd, _st = self._applier.root.open_regular(path)
         except (OSError, ReplicationError):
             return None  # gone, below a symlink, or no regular file (a FIFO is never opened)
         try:
-            return base64.b64encode(signature_of_fd(fd).to_bytes()).decode("ascii")
+            signature = signature_of_fd(fd, digest_bytes=digest_bytes)
+            return base64.b64encode(signature.to_bytes()).decode("ascii")
         finally:
             os.close(fd)
 

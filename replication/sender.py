@@ -27,7 +27,14 @@ import structlog
 
 from replication import manifest, peer_answers, versions
 from replication.backoff import Backoff
-from replication.delta import MAX_BLOCKS, Signature, block_size_for, compute_delta, encode_instructions
+from replication.delta import (
+    MAX_BLOCKS,
+    SHORT_DIGEST_BYTES,
+    Signature,
+    block_size_for,
+    compute_delta,
+    encode_instructions,
+)
 from replication.errors import FencedError, PeerError, ProtocolError, RefusedError
 from replication.journal import Change, Journal
 from replication.metrics import ReplicationMetrics
@@ -489,15 +496,26 @@ class Sender:
         for paths in _chunks(list(wanted), MAX_PATHS_PER_REQUEST):
             limit = MAX_ANSWER_BYTES + sum(_signature_answer_bytes(wanted[p]) for p in paths)
             try:
-                answer = await self._call("POST", "/signatures", json={"paths": paths}, limit=limit)
+                answer = await self._call(
+                    "POST", "/signatures", json=self._signature_request(paths), limit=limit
+                )
             except MalformedAnswerError:
                 continue
             with self._guard.answer("signatures") as refuse:
                 found = peer_answers.signatures(answer, set(paths), refuse)
             for path, signature in found.items():
-                self.metrics.bytes.labels(direction="signatures").inc(signature.block_count * 20 + 20)
+                self.metrics.bytes.labels(direction="signatures").inc(
+                    signature.block_count * (4 + signature.digest_bytes) + 20
+                )
                 signatures[path] = signature
         return signatures
+
+    def _signature_request(self, paths: list[str]) -> dict[str, Any]:
+        """Protocol 2 asks for short strong digests (delta.SHORT_DIGEST_BYTES); a replica of the
+        previous release does not know the field and answers full ones, which parse too."""
+        if (self.protocol or 1) >= 2:
+            return {"paths": paths, "digest_bytes": SHORT_DIGEST_BYTES}
+        return {"paths": paths}
 
     def note_vanished(self, path: str) -> None:
         """`path` disappeared before its content could be read or sent."""
