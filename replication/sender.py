@@ -60,6 +60,9 @@ from replication.source import SentObjects, SourceTree, SpecialFiles, next_batch
 log = structlog.get_logger("replication.sender")
 
 CHUNK = 1024 * 1024
+PIECE = 256 * 1024
+"""The batch body goes out in pieces of at least this size (a frame header of a few dozen bytes, a
+small file and its trailer would each be one socket write otherwise)."""
 MAX_REFUSALS = 3
 """The same change refused this many times in a row is dropped and repaired by a rescan instead."""
 LINK_PATH = "/internal/replication"
@@ -355,7 +358,7 @@ class Sender:
             "POST",
             "/batch",
             limit=MAX_ANSWER_BYTES,
-            data=self._tracked(self._frames(batch, end_seq, resend)),
+            data=self._tracked(_pieces(self._frames(batch, end_seq, resend))),
             headers={
                 "Content-Type": "application/octet-stream",
                 "X-Hotstandby-Journal": self.journal.journal_id,
@@ -687,6 +690,20 @@ def _public(url: str) -> str:
     if parts.port is not None:
         host = f"{host}:{parts.port}"
     return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+async def _pieces(chunks: AsyncIterator[bytes], size: int = PIECE) -> AsyncIterator[bytes]:
+    """`chunks` joined into pieces of at least `size` bytes (the last one may be smaller)."""
+    pending: list[bytes] = []
+    held = 0
+    async for chunk in chunks:
+        pending.append(chunk)
+        held += len(chunk)
+        if held >= size:
+            yield pending[0] if len(pending) == 1 else b"".join(pending)
+            pending, held = [], 0
+    if pending:
+        yield b"".join(pending)
 
 
 def _whole(fh: BinaryIO, size: int, digest: hashlib._Hash) -> Iterator[bytes]:
