@@ -8,8 +8,8 @@ STAMP := $(VENV)/.installed
 # buildah and mmdebstrap build the image without a Docker engine (make image, tests/image/); uidmap
 # gives buildah newuidmap/newgidmap when it runs as a user other than root.
 SYSTEM_PACKAGES := haproxy redis-server postgresql iproute2 rsync lsyncd prometheus docker-compose tini openssh-server \
-	chromium chromium-driver buildah mmdebstrap uidmap
-SYSTEM_COMMANDS := haproxy redis-server pg_ctlcluster ip rsync lsyncd promtool docker-compose tini chromium chromedriver \
+	chromium chromium-driver util-linux mount e2fsprogs buildah mmdebstrap uidmap
+SYSTEM_COMMANDS := haproxy redis-server pg_ctlcluster ip rsync lsyncd promtool docker-compose tini chromium chromedriver losetup fsfreeze mkfs.ext4 \
 	buildah mmdebstrap newuidmap
 
 .PHONY: install system-deps test lint demo demo-image image image-sizes up down clean bench chaos

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from daemon.errors import ConfigError as ConfigError  # its home is daemon/errors.py; imported from here too
 from daemon.exposure import is_loopback
 from daemon.redact import Redactor, hide_password
 from daemon.tls import TLSError, TLSFiles
@@ -31,10 +32,8 @@ DEFAULT_RETENTION_AGE = 90 * 86400.0
 """Events and preserved conflicts older than this (90 days) are deleted (0: no age limit)."""
 _TEN_YEARS = 10 * 365 * 86400.0
 _BOOLEANS = ("true", "false", "1", "0", "yes", "no")
-
-
-class ConfigError(ValueError):
-    """A configuration value is missing or invalid; the message names the variable."""
+REPLICA_MAX_LAG_RANGE = (0.1, 86400.0)
+"""Seconds: the bounds of REPLICA_MAX_LAG, for the daemon and the operator commands alike."""
 
 
 @dataclass(frozen=True)
@@ -170,11 +169,12 @@ class Config:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
         """Build and validate the configuration from `env` (default: os.environ)."""
-        return _Reader(os.environ if env is None else env).build()
+        return EnvReader(os.environ if env is None else env).build()
 
 
-class _Reader:
-    """Reads one variable at a time so every error names its variable."""
+class EnvReader:
+    """Reads one variable at a time so every error names its variable; the operator commands read their
+    own settings with it too (daemon/client.py), so a variable has one parser and one message."""
 
     def __init__(self, env: Mapping[str, str]) -> None:
         self.env = env
@@ -286,6 +286,15 @@ class _Reader:
             raise ConfigError(f"{name}={value!r} is not a readable file ({why})")
         return path
 
+    def tls_files(self) -> TLSFiles:
+        """TLS_CERT_FILE, TLS_KEY_FILE and TLS_CA_FILE, checked: cert and key together, readable, loadable."""
+        files = TLSFiles(self.raw("TLS_CERT_FILE"), self.raw("TLS_KEY_FILE"), self.raw("TLS_CA_FILE"))
+        try:
+            files.check()
+        except TLSError as exc:
+            raise ConfigError(str(exc)) from None
+        return files
+
     def path(self, name: str, default: str) -> str:
         value = self.raw(name, default)
         if not value or "\x00" in value:
@@ -340,7 +349,7 @@ class _Reader:
             election_timeout=self.seconds("ELECTION_TIMEOUT", min(1.0, lease_ttl / 6), 0.05, 60),
             failover=self.choice("FAILOVER", "manual", ("manual", "auto")),  # type: ignore[arg-type]
             failover_timeout=self.seconds("FAILOVER_TIMEOUT", 6.0, 0.5, 3600),
-            replica_max_lag=self.seconds("REPLICA_MAX_LAG", 10.0, 0.1, 86400),
+            replica_max_lag=self.seconds("REPLICA_MAX_LAG", 10.0, *REPLICA_MAX_LAG_RANGE),
             plugin_daemon_url=self.url("PLUGIN_DAEMON_URL"),
             plugin_daemon_gate=self.boolean("PLUGIN_DAEMON_GATE"),
             dify_redis_url=self.url("DIFY_REDIS_URL", ("redis", "rediss", "unix")),
@@ -375,11 +384,7 @@ class _Reader:
 
     def _security(self) -> dict[str, Any]:
         """TLS files (checked: cert and key together, readable, loadable), the key rule, request timeouts."""
-        files = TLSFiles(self.raw("TLS_CERT_FILE"), self.raw("TLS_KEY_FILE"), self.raw("TLS_CA_FILE"))
-        try:
-            files.check()
-        except TLSError as exc:
-            raise ConfigError(str(exc)) from None
+        files = self.tls_files()
         return {
             "tls_cert_file": files.cert and os.path.abspath(files.cert),
             "tls_key_file": files.key and os.path.abspath(files.key),

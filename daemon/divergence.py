@@ -16,6 +16,7 @@ counts each one, so nothing preserved goes unnoticed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -27,6 +28,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from replication import manifest, statefile
+from replication.errors import ContainmentError, NotRegularFileError
+from replication.paths import StorageRoot
+
+COPY_CHUNK = 1 << 20
 
 PERSIST_EVERY = 1.0
 MARGIN = 1.0
@@ -76,23 +81,28 @@ class DivergenceTracker:
             self._set(self.replicated_until, force=True)
 
     def preserve(self, root: str, epoch: int, skip: Callable[[str], bool]) -> list[Conflict]:
-        """Copy files changed after the mark to conflicts/<epoch>/ and report them; then forget the mark."""
+        """Copy files changed after the mark to conflicts/<epoch>/ and report them; then forget the mark.
+
+        The storage is read only through StorageRoot (no-follow at every component,
+        regular files opened non-blocking and type-checked again on the fd), so a
+        folder swapped for a symlink, or a file swapped for a FIFO, while this runs
+        is skipped, never followed or waited on. Runs in a worker thread.
+        """
         if self.replicated_until is None:
             return []
         since = self.replicated_until - MARGIN
         target = os.path.join(self.conflicts_root, str(epoch))
+        storage = StorageRoot(root)
         found: list[Conflict] = []
         for entry in manifest.walk(root, "", skip):
             if entry.type == "dir":
                 continue
-            full = os.path.join(root, entry.path)
-            try:
-                st = os.lstat(full)
-            except FileNotFoundError:
+            st = storage.lstat(entry.path)
+            if st is None or max(st.st_mtime, st.st_ctime) <= since:
                 continue
-            if max(st.st_mtime, st.st_ctime) <= since:
-                continue
-            found.append(self._copy(full, entry.path, st, target))
+            conflict = self._copy(storage, entry.path, st, target)
+            if conflict is not None:
+                found.append(conflict)
         if found:
             report = os.path.join(target, "report.json")
             existing = _load_report(report)
@@ -148,19 +158,27 @@ class DivergenceTracker:
             statefile.save(self._file, {"replicated_until": value})
             self._persisted_at = now
 
-    def _copy(self, full: str, rel: str, st: os.stat_result, target: str) -> Conflict:
+    def _copy(self, storage: StorageRoot, rel: str, st: os.stat_result, target: str) -> Conflict | None:
+        """Preserve `rel` under target/files/; None when it vanished or is no symlink or regular file now."""
         dest = os.path.join(target, "files", rel)
-        os.makedirs(os.path.dirname(dest), exist_ok=True)
         digest: str | None = None
         if stat.S_ISLNK(st.st_mode):
+            link = storage.readlink(rel)
+            if link is None:
+                return None
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
             if os.path.lexists(dest):
                 os.unlink(dest)
-            os.symlink(os.readlink(full), dest)
+            os.symlink(link, dest)
             kind = "symlink"
         else:
-            shutil.copy2(full, dest, follow_symlinks=False)
-            with open(dest, "rb") as fh:
-                digest = hashlib.file_digest(fh, "sha256").hexdigest()
+            try:
+                fd, st = storage.open_regular(rel)
+            except (FileNotFoundError, NotADirectoryError, NotRegularFileError, ContainmentError):
+                return None
+            with open(fd, "rb") as src:
+                os.makedirs(os.path.dirname(dest), exist_ok=True)
+                digest = _copy_from(src, dest, st)
             kind = "file"
         return Conflict(
             path=rel,
@@ -170,6 +188,22 @@ class DivergenceTracker:
             mtime=st.st_mtime,
             preserved_as=os.path.relpath(dest, self.conflicts_root),
         )
+
+
+def _copy_from(src: Any, dest: str, st: os.stat_result) -> str:
+    """Copy the open source file to `dest` (replacing what is there, never through a symlink),
+    keep its mode bits (no setuid/setgid/sticky) and times; return the sha256 of what was copied."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(dest)
+    digest = hashlib.sha256()
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    with open(os.open(dest, flags, 0o600), "wb") as fh:
+        while chunk := src.read(COPY_CHUNK):
+            digest.update(chunk)
+            fh.write(chunk)
+        os.fchmod(fh.fileno(), stat.S_IMODE(st.st_mode) & 0o777)
+    os.utime(dest, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+    return digest.hexdigest()
 
 
 def _load_report(path: str) -> list[dict[str, Any]]:

@@ -2,7 +2,7 @@
 
 A leader watches STORAGE_PATH, records changes in a journal and streams them
 to its peer; a replica applies what its leader sends. The control loop
-(daemon/control.py) decides the role; this class carries the decision out
+(daemon/ha_loop.py) decides the role; this class carries the decision out
 and answers the HTTP layer's questions from state it already holds.
 """
 
@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import errno
 import hashlib
 import os
 import random
 import time
 import uuid
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,7 @@ from daemon.identity import NodeIdentity
 from daemon.problems import HTTPProblem
 from daemon.redact import hide_password
 from daemon.roles import RoleState
+from daemon.storage_probe import StorageProbe
 from daemon.tls import client_context
 from replication.applier import Applier
 from replication.envinit import EnvInitTracker
@@ -104,7 +106,9 @@ class Node:
         self.registry = CollectorRegistry()
         self.metrics = ReplicationMetrics(self.registry)
         self.healthy_gauge = Gauge(
-            "plugin_daemon_healthy", "1 when this node reports healthy.", registry=self.registry
+            "plugin_sync_node_healthy",
+            "1 while this node's STORAGE_PATH is writable (GET /health is not 503).",
+            registry=self.registry,
         )
         self.conflicts_total = Counter(
             "plugin_sync_conflicts", "Divergent files preserved after a demotion.", registry=self.registry
@@ -147,6 +151,9 @@ class Node:
         self.receiver = Receiver(config.storage_path, config.state_path, self.metrics, self.excluded.matches)
         self.receiver.accepting = False
         self.tracker = DivergenceTracker(config.state_path)
+        self.storage_probe = StorageProbe(config.storage_path)
+        self._write_through = ThreadPoolExecutor(max_workers=4, thread_name_prefix="write-through")
+        """API writes apply here, not in the shared pool a stalled disk would use up."""
         self.env_init = EnvInitTracker(
             ReadyMarkers(config.ready_markers),
             self.metrics.env_init_duration,
@@ -159,6 +166,9 @@ class Node:
         self.peer_epoch_seen = 0
         """Highest epoch a peer announced to us (its hello or batch while we lead)."""
         self.last_error: str | None = None
+        self.promotion_checks: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {}
+        """Run before an operator's promotion (POST /internal/promote); each report is added to its answer
+        under its name. The plugin store adds `plugin_workdirs` (daemon/store/factory.py)."""
         self._writes_in_flight = 0
         self._writes_idle = asyncio.Condition()
         self.metrics.track(
@@ -341,8 +351,13 @@ class Node:
             log.warning("epoch_refused", source=source, epoch=shown, bound=MAX_PEER_EPOCH)
         return epoch
 
-    def check_sender(self) -> None:
-        """Surface a sender task or watcher thread that died instead of letting it vanish."""
+    async def promotion_reports(self) -> dict[str, Any]:
+        """The promotion checks' reports, in the order they were added; a check reports its own failures."""
+        return {name: await check() for name, check in self.promotion_checks.items()}
+
+    def supervise_replication_tasks(self) -> None:
+        """Each tick: a dead watcher thread is marked failed (a loss, so the tree is rescanned), and a sender
+        task that died is logged, kept as last_error and started again, instead of vanishing."""
         parts = self.leader
         if parts is None:
             return
@@ -406,7 +421,8 @@ class Node:
         return float(self.leader.confirmed() if self.leader else self.receiver.applied_seq)
 
     def health(self) -> tuple[bool, str]:
-        return storage_writable(self.config.storage_path)
+        """The write probe's latest verdict (the metrics gauge); `health_report` runs a new one."""
+        return self.storage_probe.last
 
     def watcher_failure(self) -> str | None:
         return self.leader.watcher.failure if self.leader is not None else None
@@ -420,8 +436,8 @@ class Node:
         degraded = self.watcher_failure() or (self.receiver.storage_full if self.leader is None else None)
         return ("degraded", degraded) if degraded else ("healthy", None)
 
-    def health_report(self) -> dict[str, Any]:
-        ok, reason = self.health()
+    async def health_report(self) -> dict[str, Any]:
+        ok, reason = await self.storage_probe.check()
         degraded = (
             self.watcher_failure()
             or (self.receiver.storage_full if self.leader is None else None)
@@ -470,6 +486,7 @@ class Node:
             status["journal_id"] = self.receiver.journal_id or None
             status["master_node"] = self.receiver.master_node or None
             status["synced"] = self.receiver.synced
+            status["protocol"] = self.receiver.protocol
         return status
 
     def _replica_views(self) -> list[ReplicaView]:
@@ -496,6 +513,7 @@ class Node:
             "last_error": link.sender.last_error,
             "progress": None if progress is None else progress.snapshot(link.journal.pending),
             "last_long_work": None if progress is None else progress.last,
+            "protocol": getattr(link.sender, "protocol", None),
         }
 
     async def writes_settled(self, timeout: float) -> None:
@@ -531,8 +549,13 @@ class Node:
             return chunk
 
         op = Operation(seq=0, op="put", path=path, mode=mode, mtime_ns=time.time_ns(), size=len(content))
-        await applier.apply(op, read)
-        applier.flush()
+
+        def apply_and_flush() -> None:
+            asyncio.run(applier.apply(op, read))
+            applier.flush()
+
+        # Off the loop: a stalled disk blocks this write, not the node's heartbeats, lease and API.
+        await asyncio.get_running_loop().run_in_executor(self._write_through, apply_and_flush)
         parts.recorder.record_sync(path)
         return parts.head
 
@@ -580,17 +603,3 @@ class Node:
         await sender.wait_acked(summary.up_to_seq, timeout)
         summary.bytes = sender.bytes_sent - bytes_before
         return summary
-
-
-def storage_writable(path: str) -> tuple[bool, str]:
-    """Probe with an unnamed O_TMPFILE: a real write check that leaves no name and no inotify event."""
-    if not os.path.isdir(path):
-        return False, f"STORAGE_PATH {path} is missing or not a directory"
-    try:
-        os.close(os.open(path, os.O_TMPFILE | os.O_WRONLY, 0o600))
-    except OSError as exc:
-        if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR):
-            return False, f"STORAGE_PATH {path} is not writable: {exc.strerror}"
-        if not os.access(path, os.W_OK | os.X_OK):
-            return False, f"STORAGE_PATH {path} is not writable"
-    return True, ""

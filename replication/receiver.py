@@ -18,7 +18,7 @@ from typing import Any
 
 import structlog
 
-from replication import manifest, statefile
+from replication import manifest, statefile, versions
 from replication.applier import Applier, ReadExactly, sweep_temp_files
 from replication.delta import read_instructions, signature_of_fd
 from replication.errors import (
@@ -86,6 +86,8 @@ class Receiver:
         self.started_at = clock()
         self.last_error: str | None = None
         self.storage_full: str | None = None
+        self.protocol: int | None = None
+        """The protocol version chosen at the last sender's hello (versions.py)."""
         """Why the last write failed for lack of space; None once a write succeeds again."""
 
     def sweep(self) -> int:
@@ -96,7 +98,11 @@ class Receiver:
         return removed
 
     # -- link handshake ----------------------------------------------------------
-    def hello(self, *, journal_id: str, epoch: int, node_id: str) -> dict[str, Any]:
+    def hello(
+        self, *, journal_id: str, epoch: int, node_id: str, protocol: tuple[int, int] = (1, 1)
+    ) -> dict[str, Any]:
+        """Answer a sender's hello; `protocol` is the range it offered (IncompatibleProtocolError)."""
+        chosen = versions.negotiate(protocol, "sender")
         self._check_epoch(epoch)
         self.last_contact = self._clock()
         if node_id != self.master_node or epoch != self.epoch:
@@ -109,8 +115,15 @@ class Receiver:
             journal_id=journal_id,
             resume_journal=self.journal_id,
             applied_seq=self.applied_seq,
+            protocol=chosen,
         )
-        return {"journal_id": self.journal_id, "applied_seq": self.applied_seq, "epoch": self.epoch}
+        self.protocol = chosen
+        return {
+            "journal_id": self.journal_id,
+            "applied_seq": self.applied_seq,
+            "epoch": self.epoch,
+            "protocol": chosen,
+        }
 
     def lag_seconds(self) -> float:
         since = self.last_contact if self.last_contact is not None else self.started_at

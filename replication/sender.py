@@ -13,7 +13,6 @@ import asyncio
 import hashlib
 import json
 import os
-import random
 import ssl
 import stat
 import time
@@ -26,9 +25,10 @@ from typing import Any, BinaryIO
 import aiohttp
 import structlog
 
-from replication import manifest, peer_answers
+from replication import manifest, peer_answers, versions
+from replication.backoff import Backoff
 from replication.delta import MAX_BLOCKS, Signature, block_size_for, compute_delta, encode_instructions
-from replication.errors import FencedError, PeerError, RefusedError
+from replication.errors import FencedError, PeerError, ProtocolError, RefusedError
 from replication.journal import Change, Journal
 from replication.metrics import ReplicationMetrics
 from replication.paths import is_special
@@ -149,6 +149,8 @@ class Sender:
         """Paths whose last delta failed on the replica: sent whole once."""
         self.progress = Progress()
         """Seeding and catch-up: files and bytes done of the total known so far (status shows it)."""
+        self.protocol: int | None = None
+        """The protocol version the replica chose at the last hello (versions.py)."""
 
     # -- lifecycle ---------------------------------------------------------------
     async def run(self) -> None:
@@ -157,14 +159,14 @@ class Sender:
             total=None, connect=self.settings.connect_timeout, sock_read=self.settings.read_timeout
         )
         connector = aiohttp.TCPConnector(limit=4, force_close=False, ssl=self.settings.ssl_context or True)
-        backoff = 0.1
+        backoff = Backoff(self.settings.max_backoff)
         async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
             self._session = session
             try:
                 while True:
                     try:
                         await self._link_up()
-                        backoff = 0.1
+                        backoff.reset()
                         await self._stream()
                     except FencedError as exc:
                         self._down(str(exc))
@@ -182,15 +184,14 @@ class Sender:
                         continue
                     except (TimeoutError, PeerError, aiohttp.ClientError, OSError) as exc:
                         self._down(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
-                        backoff = max(backoff, self._refused_answer_backoff(exc))
+                        backoff.at_least(self._refused_answer_backoff(exc))
                         log.warning(
                             "replication_link_down",
                             target=self.settings.target,
                             error=self.last_error,
-                            retry_in=round(backoff, 2),
+                            retry_in=round(backoff.current, 2),
                         )
-                    await asyncio.sleep(backoff * (0.5 + random.random()))
-                    backoff = min(backoff * 2, self.settings.max_backoff)
+                    await backoff.sleep()
             finally:
                 self._down(self.last_error)
                 self._session = None
@@ -231,16 +232,28 @@ class Sender:
 
     # -- the link ----------------------------------------------------------------
     async def _link_up(self) -> None:
-        answer = await self._call(
-            "POST",
-            "/hello",
-            json={
-                "journal_id": self.journal.journal_id,
-                "epoch": self._epoch(),
-                "node_id": self.settings.node_id,
-                "head_seq": self.journal.head,
-            },
-        )
+        try:
+            answer = await self._call(
+                "POST",
+                "/hello",
+                json={
+                    "journal_id": self.journal.journal_id,
+                    "epoch": self._epoch(),
+                    "node_id": self.settings.node_id,
+                    "head_seq": self.journal.head,
+                    **versions.offer(),
+                },
+            )
+            self.protocol = versions.answered(answer)
+        except RefusedError as exc:
+            if exc.body.get("title") == versions.MISMATCH_TITLE:
+                log.error(
+                    "replication_protocol_mismatch", target=_public(self.settings.target), error=str(exc)
+                )
+            raise
+        except ProtocolError as exc:  # the replica chose a version we did not offer
+            log.error("replication_protocol_mismatch", target=_public(self.settings.target), error=str(exc))
+            raise PeerError(str(exc)) from exc
         with self._guard.answer("hello") as refuse:
             hello = peer_answers.hello(answer, refuse)
         applied = hello.applied_seq

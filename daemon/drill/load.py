@@ -21,8 +21,8 @@ from urllib.parse import quote
 
 import aiohttp
 
+from daemon.client import auth_headers
 from daemon.drill.config import LoadSettings
-from daemon.drill.nodes import auth
 from daemon.drill.steps import Clock
 from daemon.tls import TLSFiles, client_context
 
@@ -225,7 +225,7 @@ class Load:
         timeout = aiohttp.ClientTimeout(total=self.settings.request_timeout)
         try:
             async with self._session.request(
-                method, self.url + path, data=data, headers=auth(self.key), timeout=timeout
+                method, self.url + path, data=data, headers=auth_headers(self.key), timeout=timeout
             ) as resp:
                 raw = await resp.read()
                 error = None if resp.status == 200 else f"HTTP {resp.status}"

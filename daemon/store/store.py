@@ -46,6 +46,8 @@ from replication.applier import sweep_temp_files
 log = structlog.get_logger("daemon.store")
 
 CATALOGUE_STARTUP_WAIT = 3.0
+PROMOTION_CHECK_TIMEOUT = 15.0
+"""An operator's promotion waits this long at most for the working folders' check."""
 PRUNE_EVERY = 100
 """Events recorded between two applications of the retention (EVENTS_KEEP, EVENTS_MAX_AGE) at write."""
 EVENT_LIST_LIMIT = 100
@@ -324,6 +326,15 @@ class PluginStore:
     async def check_workdirs(self, trigger: str = "request") -> dict[str, Any]:
         """Check the `.plugin.sha256` manifests now (before a promotion); the report lists failures."""
         return await self.verifier.check_workdirs(trigger)
+
+    async def promotion_report(self) -> dict[str, Any]:
+        """The node's promotion check (Node.promotion_checks): the working folders, checked within
+        PROMOTION_CHECK_TIMEOUT; a check that cannot run is reported, and the promotion goes on."""
+        try:
+            return await asyncio.wait_for(self.check_workdirs("promotion"), PROMOTION_CHECK_TIMEOUT)
+        except (StoreError, TimeoutError, OSError) as exc:
+            log.error("promotion_check_failed", error=str(exc) or type(exc).__name__)
+            return {"error": str(exc) or type(exc).__name__}
 
     # -- helpers -----------------------------------------------------------------------
     def lock(self, identifier: PluginIdentifier) -> asyncio.Lock:

@@ -94,7 +94,8 @@ def call_through(url: str, identifier: str) -> tuple[int, list[dict[str, Any]]]:
 def gated_pair(
     tmp_path: Path, redis_url: str, model_extra: tuple[str, ...] = ()
 ) -> Iterator[tuple[Pair, dict[str, Gate], int]]:
-    """A started pair (FAILOVER=auto on the standby), each node's daemon model under its gate."""
+    """A started pair (FAILOVER=auto on the standby), each node's daemon model under its gate,
+    started with `model_extra` (e.g. the bench's online package index settings) after MODEL_FAST."""
     daemon_port = free_port()
     env = {
         **FAST,
@@ -119,7 +120,7 @@ def gated_pair(
                 sys.executable,
                 "-m",
                 "tests.support.plugin_daemon_model",
-                *model_args(node, daemon_port, redis_url),
+                *model_args(node, daemon_port, redis_url, model_extra),
             ],
             env={"PYTHONPATH": str(REPO_ROOT)},
         )

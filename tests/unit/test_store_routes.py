@@ -13,8 +13,8 @@ from yarl import URL
 
 from daemon.api import build_app
 from daemon.config import Config
-from daemon.control import ControlLoop
 from daemon.epochs import MAX_PEER_EPOCH
+from daemon.ha_loop import ControlLoop
 from daemon.node import Node
 from daemon.store.catalogue_sqlite import SqliteCatalogue
 from daemon.store.identifier import PATTERN

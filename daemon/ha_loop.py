@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 
 import structlog
 
+from daemon.client import auth_headers
 from daemon.config import Config
 from daemon.election.base import ElectionError, LeaseBackend
 from daemon.node import Node
@@ -34,7 +35,7 @@ from daemon.roles import (
 )
 from replication.ssh_target import is_ssh_url
 
-log = structlog.get_logger("daemon.control")
+log = structlog.get_logger("daemon.ha_loop")
 
 
 @dataclass
@@ -61,7 +62,7 @@ class ControlLoop:
             lease_ttl=self.config.lease_ttl,
             safety_margin=self.config.lease_safety_margin,
         )
-        headers = {"Authorization": f"Bearer {self.config.server_key}"} if self.config.server_key else {}
+        headers = auth_headers(self.config.server_key)
         self.peers = [
             Poller(
                 f"{url}/internal/status",
@@ -128,7 +129,7 @@ class ControlLoop:
     # -- one tick ----------------------------------------------------------------------
     async def tick(self) -> Decision:
         pending = None if self._requests.empty() else self._requests.get_nowait()
-        self.node.check_sender()
+        self.node.supervise_replication_tasks()
         state = self.node.role_state
         synced = self.node.receiver.synced or self._may_bootstrap()
         views = [peer.peer_view(max_age=max(2.0, 4 * self.config.control_interval)) for peer in self.peers]
