@@ -19,7 +19,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from daemon.control import ControlLoop
+from daemon.ha_loop import ControlLoop
 from daemon.limits import body_deadline
 from daemon.node import Node
 from daemon.peers import Poller
@@ -27,9 +27,11 @@ from daemon.plugin_daemon import PluginDaemon
 from daemon.problems import HTTPProblem, problem, problem_middleware
 from daemon.redact import Redactor
 from daemon.roles import Request
-from daemon.store.routes import add_store_routes
+from daemon.store.routes import store_app
 from daemon.store.store import PluginStore
 from daemon.ui.routes import add_ui_routes
+from replication import versions
+from replication.delta import DIGEST_BYTES, DIGEST_WIDTHS
 from replication.errors import ReplicationError
 from replication.paths import StorageRoot, validate_relpath
 from replication.protocol import MAX_PATHS_PER_REQUEST, MAX_PEER_EPOCH, MAX_SEQUENCE
@@ -91,7 +93,7 @@ def build_app(
     router.add_post("/internal/replication/hashes", replication_hashes)
     router.add_post("/internal/replication/signatures", replication_signatures)
     if store is not None:
-        add_store_routes(app, store)
+        app.add_subapp("/internal", store_app(store))  # its routes, and its lifecycle in cleanup_ctx
     add_ui_routes(app, node, control, app[GATE], store)
     return app
 
@@ -243,6 +245,7 @@ def role_request(kind: Request) -> Handler:
         force = request.query.get("force", "").lower() in ("1", "true", "yes")
         node = request.app[NODE]
         target = request.query.get("to", "")
+        reports = await node.promotion_reports() if kind == "promote" else {}
         try:
             decision = await request.app[CONTROL].request(kind, force=force, target=target)
         except TimeoutError:
@@ -262,7 +265,7 @@ def role_request(kind: Request) -> Handler:
         }
         if not reached:
             raise HTTPProblem(409, f"{kind} refused", decision.reason, **body)
-        return web.json_response(body)
+        return web.json_response({**body, **reports})
 
     return handler
 
@@ -383,9 +386,18 @@ async def replication_hello(request: web.Request) -> web.Response:
     data = await _json_object(request)
     epoch = _peer_epoch(request, data, "epoch")
     receiver = _receiver(request, epoch, applies=True)
-    answer = receiver.hello(
-        journal_id=str(data.get("journal_id", "")), epoch=epoch, node_id=str(data.get("node_id", ""))
-    )
+    try:
+        offered = versions.offered(data)
+        answer = receiver.hello(
+            journal_id=str(data.get("journal_id", "")),
+            epoch=epoch,
+            node_id=str(data.get("node_id", "")),
+            protocol=offered,
+        )
+    except versions.IncompatibleProtocolError as exc:
+        request.app[NODE].metrics.refused.labels(reason="protocol").inc()
+        low, high = versions.ours()
+        raise HTTPProblem(400, versions.MISMATCH_TITLE, str(exc), protocol_min=low, protocol=high) from None
     return web.json_response(answer)
 
 
@@ -426,7 +438,10 @@ async def replication_hashes(request: web.Request) -> web.Response:
 async def replication_signatures(request: web.Request) -> web.Response:
     receiver = _receiver(request, 0)
     paths = await _path_list(request)
-    return web.json_response({"signatures": await asyncio.to_thread(receiver.signatures, paths)})
+    width = (await _json_object(request)).get("digest_bytes", DIGEST_BYTES)
+    if isinstance(width, bool) or width not in DIGEST_WIDTHS:
+        raise HTTPProblem(400, "bad request", f"digest_bytes must be an integer in {DIGEST_WIDTHS}")
+    return web.json_response({"signatures": await asyncio.to_thread(receiver.signatures, paths, width)})
 
 
 async def _path_list(request: web.Request) -> list[str]:

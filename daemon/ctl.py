@@ -8,91 +8,25 @@ is kept between runs. Exit status: 0 done or healthy, 1 refused, unhealthy or ab
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
-import ssl
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TextIO
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
-from daemon.config import ConfigError
-from daemon.tls import TLSError, TLSFiles, client_context
+from daemon.client import REQUEST_TIMEOUT, Client, ClientSettings, Unreachable, base_url
+from daemon.errors import UsageError
+from daemon.roles import shown_as_leader, shown_as_replica
 
-REQUEST_TIMEOUT = 3.0
 ROLE_REQUEST_TIMEOUT = 15.0  # the daemon waits up to 10 s for its control loop to take a request
 POLL_INTERVAL = 0.1
 SETTLE_SECONDS = 0.5
 """Switchover: how long the replica must stay caught up, with no new change, before promotion (a write
 that passed the leader's check just before the drain, or a late watcher event, lands within this)."""
-DEFAULT_MAX_LAG = 10.0
-
-
-class UsageError(ConfigError):
-    """Bad nodes, key or flags: one line and exit status 2."""
-
-
-class Unreachable(Exception):
-    """The node did not answer usefully: connection refused, timed out, or not JSON."""
-
-
-# -- talking to one node -------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Client:
-    key: str
-    timeout: float = REQUEST_TIMEOUT
-    ssl_context: ssl.SSLContext | None = None
-    """For https:// nodes (tls_context); None: urllib's default verification."""
-
-    def call(
-        self, method: str, url: str, path: str, timeout: float | None = None
-    ) -> tuple[int, dict[str, Any]]:
-        """One request to the node's API: (status, JSON body); 401 is a UsageError (wrong key)."""
-        headers = {"Authorization": f"Bearer {self.key}"} if self.key else {}
-        data = b"" if method == "POST" else None
-        request = urllib.request.Request(url + path, data=data, method=method, headers=headers)
-        handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]  # traffic is direct
-        if self.ssl_context is not None:
-            handlers.append(urllib.request.HTTPSHandler(context=self.ssl_context))
-        opener = urllib.request.build_opener(*handlers)
-        try:
-            with opener.open(request, timeout=timeout or self.timeout) as resp:
-                status, raw = resp.status, resp.read()
-        except urllib.error.HTTPError as exc:
-            status, raw = exc.code, _read_error_body(exc)
-        except (OSError, http.client.HTTPException) as exc:
-            raise Unreachable(_describe(exc)) from None
-        if status == 401:
-            raise UsageError(f"{url} refused the key (HTTP 401): set SERVER_KEY or --key-file")
-        try:
-            body = json.loads(raw) if raw else {}
-        except ValueError:
-            raise Unreachable(f"answered HTTP {status} without JSON") from None
-        return status, body if isinstance(body, dict) else {"value": body}
-
-
-def _read_error_body(exc: urllib.error.HTTPError) -> bytes:
-    try:
-        return exc.read()
-    except (OSError, http.client.HTTPException):
-        return b""
-
-
-def _describe(exc: BaseException) -> str:
-    reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-    if isinstance(reason, TimeoutError):
-        return "timed out"
-    if isinstance(reason, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(reason, OSError) and reason.strerror:
-        return reason.strerror.lower()
-    return str(reason) or type(reason).__name__
 
 
 def _remaining(deadline: float) -> float:
@@ -157,7 +91,7 @@ def assess(statuses: Sequence[NodeStatus], max_lag: float) -> str | None:
             if isinstance(peer, dict) and peer.get("failure") == "untrusted":
                 why = f"{peer.get('error')} (check SERVER_KEY and TLS)"
                 return f"{node.url} cannot trust {peer.get('url')}: {why}"
-    leaders = [s for s in statuses if s.role == "master"]
+    leaders = [s for s in statuses if shown_as_leader(s.role)]
     writable = [s for s in leaders if s.writable]
     if len(leaders) > 1:
         return f"two leaders: {' and '.join(s.url for s in leaders)} both report role master"
@@ -168,7 +102,7 @@ def assess(statuses: Sequence[NodeStatus], max_lag: float) -> str | None:
     for node in statuses:
         if node is writable[0]:
             continue
-        if node.role != "slave":
+        if not shown_as_replica(node.role):
             return f"{node.url} reports role {node.role!r}, not slave"
         if not node.get("peer_connected"):
             return f"replica {node.url} disconnected from the leader"
@@ -261,7 +195,7 @@ def _row(node: NodeStatus, link: Mapping[str, Any] | None) -> tuple[str, ...]:
 
 def _links(statuses: Sequence[NodeStatus]) -> list[Mapping[str, Any] | None]:
     """For each replica, the writable leader's link to it (pending changes, lag, progress)."""
-    leader = next((s for s in statuses if s.reachable and s.writable and s.role == "master"), None)
+    leader = next((s for s in statuses if s.reachable and s.writable and shown_as_leader(s.role)), None)
     if leader is None:
         return [None for _ in statuses]
     return [None if s is leader or not s.reachable else link_to(leader, s.url) for s in statuses]
@@ -552,7 +486,7 @@ class _Switch:
             return None, f"leader unreachable: {leader.error}"
         if not replica.reachable:
             return None, f"replica unreachable: {replica.error}"
-        if replica.role != "slave" or not replica.get("peer_connected"):
+        if not shown_as_replica(replica.role) or not replica.get("peer_connected"):
             return None, "replica disconnected"
         produced = int(leader.get("produced_sequence") or 0)
         link = link_to(leader, replica.url)
@@ -561,7 +495,7 @@ class _Switch:
         key = "acknowledged_sequence" if link is None else "confirmed_sequence"
         acked = int(source.get(key) or 0)
         pending = int(source.get("pending_changes") or 0)
-        if leader.role != "master" or acked != produced or pending:
+        if not shown_as_leader(leader.role) or acked != produced or pending:
             return None, f"{pending} change(s) pending, acknowledged {acked} of {produced}"
         return produced, ""
 
@@ -575,7 +509,7 @@ class _Switch:
                 code, body = self.client.call("POST", url, "/internal/promote", ROLE_REQUEST_TIMEOUT)
             except Unreachable as exc:
                 after = fetch_status(self.client, url)  # the answer may be lost while the promotion held
-                if after.role == "master" and after.epoch > self.leader.epoch:
+                if shown_as_leader(after.role) and after.epoch > self.leader.epoch:
                     return after.epoch, ""
                 return None, str(exc)
             if code == 200:
@@ -597,7 +531,7 @@ class _Switch:
             code, body = self.client.call("POST", old, path, ROLE_REQUEST_TIMEOUT)
         except Unreachable as exc:
             after = fetch_status(self.client, old)  # the answer may be lost while the hand-over held
-            if after.role == "slave":
+            if shown_as_replica(after.role):
                 return "its answer was lost, but it follows now", ""
             return None, str(exc)
         if code == 200:
@@ -639,7 +573,7 @@ def link_to(leader: NodeStatus, url: str) -> Mapping[str, Any] | None:
 
 def _follows(node: NodeStatus, epoch: int, leader_id: Any) -> bool:
     return (
-        node.role == "slave"
+        shown_as_replica(node.role)
         and node.epoch == epoch
         and bool(node.get("peer_connected"))
         and (leader_id is None or node.get("master_node") == leader_id)
@@ -709,11 +643,14 @@ COMMANDS = ("status", "promote", "demote", "switchover")
 
 
 def run(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> int:
-    client = Client(_server_key(args.key_file, environ), ssl_context=tls_context(environ))
+    settings = ClientSettings.from_env(
+        environ, key_file=args.key_file, max_lag=getattr(args, "max_lag", None)
+    )
+    client = settings.client()
     if args.command in ("promote", "demote"):
-        return role_request(client, _url(args.url, "URL"), args.command, getattr(args, "force", False))
+        return role_request(client, base_url(args.url, "URL"), args.command, getattr(args, "force", False))
     urls = node_urls(args.nodes, environ)
-    max_lag = _max_lag(args.max_lag, environ)
+    max_lag = settings.max_lag
     if args.command == "status":
         if args.watch is not None:
             if args.json or args.watch <= 0:
@@ -722,39 +659,8 @@ def run(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> in
         return status(client, urls, max_lag, args.json)
     if args.timeout <= 0:
         raise UsageError("--timeout must be a positive number of seconds")
-    to = None if args.to is None else _url(args.to, "--to")
+    to = None if args.to is None else base_url(args.to, "--to")
     return switchover(client, urls, args.timeout, max_lag, to)
-
-
-def _server_key(key_file: str | None, environ: Mapping[str, str]) -> str:
-    return read_key_file(key_file, "--key-file") if key_file else environ.get("SERVER_KEY", "")
-
-
-def read_key_file(path: str, flag: str) -> str:
-    """A key given as a file (a secret mounted by Docker or Kubernetes), its trailing newline dropped."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return fh.read().strip()
-    except OSError as exc:
-        raise UsageError(f"{flag}: cannot read {path}: {exc.strerror}") from None
-
-
-def tls_files(environ: Mapping[str, str]) -> TLSFiles:
-    """TLS_CA_FILE verifies https:// nodes; TLS_CERT_FILE and TLS_KEY_FILE answer mutual TLS."""
-    files = TLSFiles(
-        environ.get("TLS_CERT_FILE", "").strip(),
-        environ.get("TLS_KEY_FILE", "").strip(),
-        environ.get("TLS_CA_FILE", "").strip(),
-    )
-    try:
-        files.check()
-    except TLSError as exc:
-        raise UsageError(str(exc)) from None
-    return files
-
-
-def tls_context(environ: Mapping[str, str]) -> ssl.SSLContext:
-    return client_context(tls_files(environ))
 
 
 def node_urls(given: str | None, environ: Mapping[str, str]) -> list[str]:
@@ -767,7 +673,7 @@ def node_urls(given: str | None, environ: Mapping[str, str]) -> list[str]:
         text = ",".join([local, environ.get("SYNC_TARGET", "") or environ.get("SYNC_SOURCE", "")])
     urls: list[str] = []
     for part in text.split(","):
-        if part.strip() and (url := _url(part, source)) not in urls:
+        if part.strip() and (url := base_url(part, source)) not in urls:
             urls.append(url)
     if len(urls) < 2:
         found = ", ".join(urls) or "none"
@@ -776,29 +682,3 @@ def node_urls(given: str | None, environ: Mapping[str, str]) -> list[str]:
             " HOTSTANDBY_NODES"
         )
     return urls
-
-
-def _url(text: str, source: str) -> str:
-    url = text.strip().rstrip("/")
-    parts = urlsplit(url)
-    try:
-        parts.port  # noqa: B018 - validates the port
-    except ValueError:
-        raise UsageError(f"{source}: {url!r} has an invalid port") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path or parts.query:
-        raise UsageError(f"{source}: {url!r} is not a node URL like http://host:port")
-    return url
-
-
-def _max_lag(given: float | None, environ: Mapping[str, str]) -> float:
-    if given is not None:
-        value, source = given, "--max-lag"
-    else:
-        text, source = environ.get("REPLICA_MAX_LAG", "").strip(), "REPLICA_MAX_LAG"
-        try:
-            value = float(text) if text else DEFAULT_MAX_LAG
-        except ValueError:
-            raise UsageError(f"REPLICA_MAX_LAG={text!r} is invalid: expected a number of seconds") from None
-    if value <= 0:
-        raise UsageError(f"{source} must be a positive number of seconds")
-    return value

@@ -13,12 +13,13 @@ per promotion or lease acquisition and stay far below either bound.
 
 from __future__ import annotations
 
+from replication.errors import HotstandbyError
 from replication.protocol import EPOCH_HEADROOM, MAX_EPOCH, MAX_PEER_EPOCH
 
 __all__ = ["EPOCH_HEADROOM", "MAX_EPOCH", "MAX_PEER_EPOCH", "EpochError", "checked_own", "from_outside"]
 
 
-class EpochError(ValueError):
+class EpochError(HotstandbyError, ValueError):
     """An epoch outside the bounds above (a corrupted state file, a hostile peer)."""
 
 

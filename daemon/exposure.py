@@ -10,10 +10,7 @@ warning and shown in /internal/status, for as long as the node runs that way.
 from __future__ import annotations
 
 import ipaddress
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # config imports is_loopback from here
-    from daemon.config import Config
+from typing import Protocol
 
 LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
 
@@ -29,7 +26,18 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def unguarded_warning(config: Config) -> str | None:
+class Listener(Protocol):
+    """What the warning needs of a Config (daemon/config.py imports this module, not the reverse)."""
+
+    @property
+    def server_key(self) -> str: ...
+    @property
+    def server_host(self) -> str: ...
+    @property
+    def server_port(self) -> int: ...
+
+
+def unguarded_warning(config: Listener) -> str | None:
     """The sentence to log and show when the node listens beyond loopback without SERVER_KEY, else None."""
     if config.server_key or is_loopback(config.server_host):
         return None

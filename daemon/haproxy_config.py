@@ -1,4 +1,5 @@
-"""HAProxy configuration for a hotstandby pair, rendered from haproxy/haproxy.cfg.template.
+"""HAProxy configuration for a hotstandby pair, rendered from daemon/haproxy.cfg.template
+(package data, read with importlib.resources so an installed wheel or an image has it too).
 
 Two modes. "api": HAProxy fronts hotstandby's own API on both nodes. "plugin-daemon": HAProxy
 fronts the real Dify plugin daemon on both nodes and asks hotstandby beside it (`check port`)
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib.resources
 import os
 import re
 import shlex
@@ -29,7 +31,7 @@ from daemon.config import ConfigError
 Mode = Literal["api", "plugin-daemon"]
 MODES: tuple[Mode, ...] = ("api", "plugin-daemon")
 INIT_STATE_CHOICES = ("auto", "on", "off")
-TEMPLATE_PATH = Path(__file__).resolve().parent.parent / "haproxy" / "haproxy.cfg.template"
+TEMPLATE = "haproxy.cfg.template"  # package data of `daemon` (haproxy/haproxy.cfg.template links to it)
 DESCRIPTION = "Render the HAProxy configuration for a hotstandby pair."
 STREAMING_MS = 600_000  # streaming plugin calls can run this long
 _ADDRESS = re.compile(r"^[A-Za-z0-9._:\[\]-]+$")
@@ -191,7 +193,11 @@ def render(settings: HAProxySettings) -> str:
             "\n", "\n    # "
         ),
     }
-    return string.Template(TEMPLATE_PATH.read_text(encoding="utf-8")).substitute(values)
+    return string.Template(template_text()).substitute(values)
+
+
+def template_text() -> str:
+    return importlib.resources.files("daemon").joinpath(TEMPLATE).read_text(encoding="utf-8")
 
 
 def _check_tls(settings: HAProxySettings) -> str:

@@ -25,10 +25,12 @@ import structlog
 from aiohttp import StreamReader, web
 from aiohttp.typedefs import Handler, Middleware
 
+from replication.errors import HotstandbyError
+
 log = structlog.get_logger("daemon.limits")
 
 
-class AnswerTooLarge(ValueError):
+class AnswerTooLarge(HotstandbyError, ValueError):
     """A JSON answer beyond the reader's limit: not worth a retry."""
 
 

@@ -2,7 +2,7 @@
 
 A leader watches STORAGE_PATH, records changes in a journal and streams them
 to its peer; a replica applies what its leader sends. The control loop
-(daemon/control.py) decides the role; this class carries the decision out
+(daemon/ha_loop.py) decides the role; this class carries the decision out
 and answers the HTTP layer's questions from state it already holds.
 """
 
@@ -16,6 +16,7 @@ import os
 import random
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +32,7 @@ from daemon.exposure import unguarded_warning
 from daemon.identity import NodeIdentity
 from daemon.problems import HTTPProblem
 from daemon.redact import hide_password
-from daemon.roles import RoleState
+from daemon.roles import SHOWN_AS, RoleState
 from daemon.storage_probe import StorageProbe
 from daemon.tls import client_context
 from replication.applier import Applier
@@ -48,8 +49,6 @@ from replication.sender import LinkSettings, SyncSummary
 from replication.watcher import Watcher
 
 log = structlog.get_logger("daemon.node")
-
-ROLE_NAMES = {"leader": "master", "replica": "slave"}
 
 
 WATCHER_FAILED_RESCAN_INTERVAL = 30.0
@@ -104,41 +103,9 @@ class Node:
         self.config = config
         self.registry = CollectorRegistry()
         self.metrics = ReplicationMetrics(self.registry)
-        self.healthy_gauge = Gauge(
-            "plugin_daemon_healthy", "1 when this node reports healthy.", registry=self.registry
-        )
-        self.conflicts_total = Counter(
-            "plugin_sync_conflicts", "Divergent files preserved after a demotion.", registry=self.registry
-        )
-        self.conflicts_expired = Counter(
-            "plugin_sync_conflicts_expired",
-            "Epoch folders of the conflicts area deleted by its retention (CONFLICTS_KEEP, _MAX_AGE).",
-            registry=self.registry,
-        )
-        self.is_leader_gauge = Gauge(
-            "plugin_sync_is_leader", "1 while this node accepts writes.", registry=self.registry
-        )
-        self.watcher_gauge = Gauge(
-            "plugin_sync_watcher_healthy",
-            "0 while the inotify watcher cannot be trusted (rescans cover it).",
-            registry=self.registry,
-        )
-        self.peer_untrusted_gauge = Gauge(
-            "plugin_sync_peer_role_unknown",
-            "Peers that refuse our key or fail TLS: their role is unknown, so no failover or confirmation.",
-            registry=self.registry,
-        )
+        self._define_metrics()
         self.peer_problem: str | None = None
         """Set by the control loop while a peer refuses our key or TLS."""
-        self.epoch_gauge = Gauge(
-            "plugin_sync_epoch", "The fencing epoch this node acts under.", registry=self.registry
-        )
-        self.epochs_refused = Counter(
-            "plugin_sync_refused_epochs",
-            "Epochs from outside refused as out of range (above MAX_PEER_EPOCH), by source.",
-            ["source"],
-            registry=self.registry,
-        )
         self._refused_epochs: dict[str, str] = {}
         self.identity = NodeIdentity.load(config.state_path)
         self.client_tls = client_context(config.tls)
@@ -163,8 +130,53 @@ class Node:
         self.peer_epoch_seen = 0
         """Highest epoch a peer announced to us (its hello or batch while we lead)."""
         self.last_error: str | None = None
+        self.promotion_checks: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {}
+        """Run before an operator's promotion (POST /internal/promote); each report is added to its answer
+        under its name. The plugin store adds `plugin_workdirs` (daemon/store/factory.py)."""
         self._writes_in_flight = 0
         self._writes_idle = asyncio.Condition()
+        self._track_metrics()
+
+    def _define_metrics(self) -> None:
+        """The node's own metrics, beside the engine's (ReplicationMetrics)."""
+        self.healthy_gauge = Gauge(
+            "plugin_sync_node_healthy",
+            "1 while this node's STORAGE_PATH is writable (GET /health is not 503).",
+            registry=self.registry,
+        )
+        self.conflicts_total = Counter(
+            "plugin_sync_conflicts", "Divergent files preserved after a demotion.", registry=self.registry
+        )
+        self.conflicts_expired = Counter(
+            "plugin_sync_conflicts_expired",
+            "Epoch folders of the conflicts area deleted by its retention (CONFLICTS_KEEP, _MAX_AGE).",
+            registry=self.registry,
+        )
+        self.is_leader_gauge = Gauge(
+            "plugin_sync_is_leader", "1 while this node accepts writes.", registry=self.registry
+        )
+        self.watcher_gauge = Gauge(
+            "plugin_sync_watcher_healthy",
+            "0 while the inotify watcher cannot be trusted (rescans cover it).",
+            registry=self.registry,
+        )
+        self.peer_untrusted_gauge = Gauge(
+            "plugin_sync_peer_role_unknown",
+            "Peers that refuse our key or fail TLS: their role is unknown, so no failover or confirmation.",
+            registry=self.registry,
+        )
+        self.epoch_gauge = Gauge(
+            "plugin_sync_epoch", "The fencing epoch this node acts under.", registry=self.registry
+        )
+        self.epochs_refused = Counter(
+            "plugin_sync_refused_epochs",
+            "Epochs from outside refused as out of range (above MAX_PEER_EPOCH), by source.",
+            ["source"],
+            registry=self.registry,
+        )
+
+    def _track_metrics(self) -> None:
+        """Gauges read when scraped, from state the node already holds."""
         self.metrics.track(
             lag=self.lag_seconds,
             pending=lambda: self.leader.pending if self.leader else 0,
@@ -345,8 +357,13 @@ class Node:
             log.warning("epoch_refused", source=source, epoch=shown, bound=MAX_PEER_EPOCH)
         return epoch
 
-    def check_sender(self) -> None:
-        """Surface a sender task or watcher thread that died instead of letting it vanish."""
+    async def promotion_reports(self) -> dict[str, Any]:
+        """The promotion checks' reports, in the order they were added; a check reports its own failures."""
+        return {name: await check() for name, check in self.promotion_checks.items()}
+
+    def supervise_replication_tasks(self) -> None:
+        """Each tick: a dead watcher thread is marked failed (a loss, so the tree is rescanned), and a sender
+        task that died is logged, kept as last_error and started again, instead of vanishing."""
         parts = self.leader
         if parts is None:
             return
@@ -377,7 +394,7 @@ class Node:
 
     @property
     def role(self) -> str:
-        return ROLE_NAMES[self.role_state.role]
+        return SHOWN_AS[self.role_state.role]
 
     @property
     def epoch(self) -> int:
@@ -475,6 +492,7 @@ class Node:
             status["journal_id"] = self.receiver.journal_id or None
             status["master_node"] = self.receiver.master_node or None
             status["synced"] = self.receiver.synced
+            status["protocol"] = self.receiver.protocol
         return status
 
     def _replica_views(self) -> list[ReplicaView]:
@@ -501,6 +519,7 @@ class Node:
             "last_error": link.sender.last_error,
             "progress": None if progress is None else progress.snapshot(link.journal.pending),
             "last_long_work": None if progress is None else progress.last,
+            "protocol": getattr(link.sender, "protocol", None),
         }
 
     async def writes_settled(self, timeout: float) -> None:
@@ -537,12 +556,12 @@ class Node:
 
         op = Operation(seq=0, op="put", path=path, mode=mode, mtime_ns=time.time_ns(), size=len(content))
 
-        def apply_and_flush() -> None:
-            asyncio.run(applier.apply(op, read))
-            applier.flush()
+        async def apply_and_commit() -> None:
+            await applier.apply(op, read)
+            await applier.finish()  # group commit: the file is in place and durable
 
         # Off the loop: a stalled disk blocks this write, not the node's heartbeats, lease and API.
-        await asyncio.get_running_loop().run_in_executor(self._write_through, apply_and_flush)
+        await asyncio.get_running_loop().run_in_executor(self._write_through, asyncio.run, apply_and_commit())
         parts.recorder.record_sync(path)
         return parts.head
 

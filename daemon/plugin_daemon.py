@@ -22,8 +22,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import structlog
+from prometheus_client import CollectorRegistry, Gauge
 
 from daemon.peers import Poller
+from daemon.roles import shown_as_replica
 
 log = structlog.get_logger("daemon.plugin_daemon")
 
@@ -142,5 +144,21 @@ class PluginDaemon:
             "gate_seconds_since_report": silent,
             "health_ok": None if self.health is None else self.health.fresh_ok(HEALTH_MAX_AGE),
             "env_init_locks_cleared": self.locks_cleared,
-            "blocks_applying": self.blocks_applying() if self.node.role == "slave" else None,
+            "blocks_applying": self.blocks_applying() if shown_as_replica(self.node.role) else None,
         }
+
+
+def plugin_daemon_gauge(health: Poller, registry: CollectorRegistry) -> Gauge:
+    """`plugin_daemon_healthy`: the plugin daemon behind PLUGIN_DAEMON_URL, as /primary sees it.
+
+    Exported only when PLUGIN_DAEMON_URL is set (without it nothing is measured). Formerly this
+    name reported the node's own storage; that is now `plugin_sync_node_healthy` (README, Metrics).
+    """
+    gauge = Gauge(
+        "plugin_daemon_healthy",
+        f"1 while the plugin daemon at PLUGIN_DAEMON_URL answered /health/check with 200 in the last "
+        f"{HEALTH_MAX_AGE:g} s (it runs on the leader only).",
+        registry=registry,
+    )
+    gauge.set_function(lambda: float(health.fresh_ok(HEALTH_MAX_AGE)))
+    return gauge

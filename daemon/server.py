@@ -18,15 +18,15 @@ from aiohttp import web
 
 from daemon.api import build_app
 from daemon.config import Config
-from daemon.control import ControlLoop
 from daemon.election.factory import make_backend
 from daemon.env_init_locks import RedisLockClearer
 from daemon.exposure import unguarded_warning
+from daemon.ha_loop import ControlLoop
 from daemon.node import Node, ReplicaLink
 from daemon.peers import Poller
-from daemon.plugin_daemon import PluginDaemon
+from daemon.plugin_daemon import PluginDaemon, plugin_daemon_gauge
 from daemon.roles import Decision
-from daemon.store.factory import open_store
+from daemon.store.factory import make_store
 from daemon.store.store import PluginStore
 from daemon.tls import server_context
 from replication.errors import PeerError
@@ -53,6 +53,7 @@ class Server:
         self.plugin_daemon: Poller | None = None
         if config.plugin_daemon_url:
             self.plugin_daemon = Poller(f"{config.plugin_daemon_url}/health/check", interval=1.0, timeout=2.0)
+            plugin_daemon_gauge(self.plugin_daemon, self.node.registry)
         locks = None
         if config.dify_redis_url:
             locks = RedisLockClearer(config.dify_redis_url, config.dify_redis_password, config.plugin_dir)
@@ -82,7 +83,7 @@ class Server:
         self.node.prepare_storage()
         await asyncio.to_thread(self.node.expire_conflicts)
         await self.control.start()
-        self.store = await open_store(self.config, self.node)
+        self.store = make_store(self.config, self.node)  # opened and closed by the app (its cleanup_ctx)
         self.control.on_transition = self._record_transition
         app = build_app(self.node, self.control, self.plugin_daemon, self.store, self.gate)
         self._runner = web.AppRunner(
@@ -145,9 +146,7 @@ class Server:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=max(0.1, self.config.shutdown_timeout / 4))
         if self._runner is not None:
-            await self._runner.cleanup()
-        if self.store is not None:
-            await self.store.close()
+            await self._runner.cleanup()  # closes the store too
         if self.control.backend is not None:
             await self.control.backend.close()
         log.info("stopped", seconds=round(time.monotonic() - started, 3))

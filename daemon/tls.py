@@ -15,10 +15,12 @@ import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from replication.errors import HotstandbyError
+
 CERT, KEY, CA = "TLS_CERT_FILE", "TLS_KEY_FILE", "TLS_CA_FILE"
 
 
-class TLSError(ValueError):
+class TLSError(HotstandbyError, ValueError):
     """A TLS file is missing, unreadable or does not load; the message names the variable.
 
     daemon/config.py turns it into a ConfigError (exit status 2), daemon/ctl.py into a UsageError."""

@@ -1,4 +1,4 @@
-"""Named failures of the replication engine.
+"""Named failures of the replication engine, and the root of every named failure of hotstandby.
 
 The daemon maps each class to an HTTP problem response in one place
 (`daemon/problems.py`); the engine itself knows nothing about HTTP.
@@ -7,7 +7,12 @@ The daemon maps each class to an HTTP problem response in one place
 from __future__ import annotations
 
 
-class ReplicationError(Exception):
+class HotstandbyError(Exception):
+    """Root of every named failure, engine and daemon alike (the daemon's own start in daemon/errors.py):
+    one `except HotstandbyError` separates what we foresaw from a bug."""
+
+
+class ReplicationError(HotstandbyError):
     """Base class: a replication step failed and nothing was half-applied."""
 
     applied_seq: int | None = None

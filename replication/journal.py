@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
 from replication.exclude import ReadyMarkers
-from replication.paths import is_within, rebase
+from replication.paths import rebase
 
 ChangeKind = Literal["sync", "delete", "rename"]
 
@@ -254,10 +254,23 @@ class Journal:
         self.changed.set()
 
     def _keep_markers_last(self, change: Change) -> None:
-        for plugin_dir, marker_seq in list(self._unsent_markers.items()):
-            if marker_seq == change.seq:
+        """Move every unsent marker whose plugin folder holds `change` behind it.
+
+        Looked up by the folders above the changed paths (a few dict lookups), not by
+        walking every unsent marker: a burst installing many plugins stays linear.
+        """
+        if not self._unsent_markers:
+            return
+        holding: dict[str, int] = {}
+        for path in (change.path, change.dest):
+            if not path:
                 continue
-            if any(is_within(p, plugin_dir) if plugin_dir else True for p in (change.path, change.dest) if p):
+            for folder in ("", *_ancestors(path), path):
+                marker_seq = self._unsent_markers.get(folder)
+                if marker_seq is not None and marker_seq != change.seq:
+                    holding[folder] = marker_seq
+        for marker_seq in sorted(holding.values()):
+            if marker_seq in self._entries:
                 marker = self._entries[marker_seq]
                 self._drop(marker_seq)
                 self._append(replace(marker, seq=0))
@@ -288,47 +301,70 @@ class Journal:
 
 
 class _UnsentIndex:
-    """Unsent sync changes by path, counting those below each folder so subtree lookups stay cheap.
+    """Unsent sync changes by path, with a tree of the folders above them so subtree lookups stay cheap.
 
-    Deleting a file in a big pending tree must not scan every pending change:
-    the count says at once whether anything is recorded below a path.
+    Deleting or renaming a folder in a big pending burst must not scan every
+    pending change (that made bursts quadratic and kept the loop busy for
+    seconds): `under` walks only the subtree below the path.
     """
 
     def __init__(self) -> None:
         self._by_path: dict[str, int] = {}
-        self._below: dict[str, int] = {}
+        self._kids: dict[str, set[str]] = {}
+        """Folder -> the paths directly below it that are pending or lead to pending ones."""
 
     def get(self, path: str) -> int | None:
         return self._by_path.get(path)
 
     def add(self, path: str, seq: int) -> None:
         if path not in self._by_path:
-            for ancestor in _ancestors(path):
-                self._below[ancestor] = self._below.get(ancestor, 0) + 1
+            self._link(path)
         self._by_path[path] = seq
 
     def discard(self, path: str, seq: int) -> None:
         if self._by_path.get(path) != seq:
             return
         del self._by_path[path]
-        for ancestor in _ancestors(path):
-            left = self._below[ancestor] - 1
-            if left:
-                self._below[ancestor] = left
-            else:
-                del self._below[ancestor]
+        self._unlink(path)
 
     def under(self, path: str) -> list[int]:
         """Sequences of unsent syncs at `path` or below it."""
         found = [self._by_path[path]] if path in self._by_path else []
-        if self._below.get(path):
-            prefix = path + "/"
-            found.extend(seq for p, seq in self._by_path.items() if p.startswith(prefix))
+        stack = [path]
+        while stack:
+            for child in self._kids.get(stack.pop(), ()):
+                seq = self._by_path.get(child)
+                if seq is not None:
+                    found.append(seq)
+                stack.append(child)
         return found
 
     def clear(self) -> None:
         self._by_path.clear()
-        self._below.clear()
+        self._kids.clear()
+
+    def _link(self, path: str) -> None:
+        child = path
+        for folder in reversed(_ancestors(path)):
+            kids = self._kids.setdefault(folder, set())
+            if child in kids:
+                return  # the folders above are linked already
+            kids.add(child)
+            child = folder
+
+    def _unlink(self, path: str) -> None:
+        child = path
+        for folder in reversed(_ancestors(path)):
+            if child in self._by_path or self._kids.get(child):
+                return  # still pending itself, or still leads to pending paths
+            kids = self._kids[folder]
+            kids.discard(child)
+            self._kids.pop(child, None)
+            if kids:
+                return
+            child = folder
+        if child not in self._by_path and not self._kids.get(child):
+            self._kids.pop(child, None)
 
 
 def _ancestors(path: str) -> list[str]:

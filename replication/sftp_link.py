@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import stat
 import time
 from collections.abc import Callable
@@ -29,6 +28,7 @@ import asyncssh
 import structlog
 
 from replication import manifest
+from replication.backoff import Backoff
 from replication.errors import ContainmentError, PeerError
 from replication.journal import Change, Journal
 from replication.metrics import ReplicationMetrics
@@ -104,7 +104,7 @@ class SftpSender:
     # -- lifecycle ---------------------------------------------------------------
     async def run(self) -> None:
         """Replicate until cancelled; reconnect with capped, jittered backoff."""
-        backoff = 0.1
+        backoff = Backoff(self.settings.max_backoff)
         try:
             while True:
                 try:
@@ -114,7 +114,7 @@ class SftpSender:
                     ):
                         self._remote = RemoteTree(sftp, self.settings.target.path)
                         await self._link_up()
-                        backoff = 0.1
+                        backoff.reset()
                         await self._stream()
                 except (asyncssh.Error, asyncssh.KeyImportError, OSError, TimeoutError, PeerError) as exc:
                     self._down(self._describe(exc))
@@ -122,12 +122,11 @@ class SftpSender:
                         "replication_link_down",
                         target=str(self.settings.target),
                         error=self.last_error,
-                        retry_in=round(backoff, 2),
+                        retry_in=round(backoff.current, 2),
                     )
                 finally:
                     self._remote = None
-                await asyncio.sleep(backoff * (0.5 + random.random()))
-                backoff = min(backoff * 2, self.settings.max_backoff)
+                await backoff.sleep()
         finally:
             self._down(self.last_error)
 

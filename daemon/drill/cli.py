@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from daemon import ctl
-from daemon.ctl import UsageError
+from daemon.client import ClientSettings, base_url, read_key_file
 from daemon.drill.config import (
     DEFAULT_HISTORY_FILE,
     DEFAULT_MAX_SWITCHOVER,
@@ -29,6 +29,7 @@ from daemon.drill.config import (
     Target,
     Thresholds,
 )
+from daemon.errors import UsageError
 
 if TYPE_CHECKING:
     from daemon.drill.report import DrillReport
@@ -199,7 +200,8 @@ def main(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> i
         return 130
     print(markdown(report))
     for kind in ("json", "markdown", "png"):
-        print(f"{kind}: {report.files.get(kind)}", file=sys.stderr)
+        if kind in report.files:
+            print(f"{kind}: {report.files[kind]}", file=sys.stderr)
     for error in report.file_errors:
         print(f"hotstandby drill: {error}", file=sys.stderr)
     return report.exit_status
@@ -219,7 +221,7 @@ def show_history(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
     if args.limit < 1:
         raise UsageError("--limit must be at least 1")
-    client = ctl.Client(ctl._server_key(args.key_file, environ), ssl_context=ctl.tls_context(environ))
+    client = ClientSettings.from_env(environ, key_file=args.key_file).client()
     try:
         urls = ctl.node_urls(args.nodes, environ)
     except UsageError:
@@ -242,11 +244,12 @@ def build_config(args: argparse.Namespace, environ: Mapping[str, str]) -> DrillC
     names = _per_node(args.names, "--names", len(urls)) or tuple(_default_name(u) for u in urls)
     ssh_hosts = _per_node(args.ssh_hosts, "--ssh-hosts", len(urls)) or tuple(_host(u) for u in urls)
     targets = tuple(Target(u, n, h) for u, n, h in zip(urls, names, ssh_hosts, strict=True))
+    settings = ClientSettings.from_env(environ, key_file=args.key_file, max_lag=args.max_lag)
     return DrillConfig(
         targets=targets,
-        server_key=ctl._server_key(args.key_file, environ),
+        server_key=settings.server_key,
         haproxy=HAProxySettings(
-            url=ctl._url(args.haproxy_url, "--haproxy-url"),
+            url=base_url(args.haproxy_url, "--haproxy-url"),
             socket=args.haproxy_socket,
             stats_url=args.haproxy_stats,
             servers=_per_node(args.haproxy_servers, "--haproxy-servers", len(urls)),
@@ -256,7 +259,7 @@ def build_config(args: argparse.Namespace, environ: Mapping[str, str]) -> DrillC
         thresholds=Thresholds(
             args.max_switchover,
             args.target_switchover,
-            ctl._max_lag(args.max_lag, environ),
+            settings.max_lag,
             args.rejoin_timeout,
         ),
         warmup=args.warmup,
@@ -267,7 +270,7 @@ def build_config(args: argparse.Namespace, environ: Mapping[str, str]) -> DrillC
         out_dir=os.path.expanduser(args.out),
         history_file=None if args.no_history_file else args.history_file,
         record_catalogue=not args.no_catalogue,
-        tls=ctl.tls_files(environ),
+        tls=settings.tls,
         plugin_call=_plugin_call_settings(args, environ),
     )
 
@@ -279,7 +282,7 @@ def _plugin_call_settings(args: argparse.Namespace, environ: Mapping[str, str]) 
         return None
     key = environ.get("PLUGIN_DAEMON_KEY", "")
     if args.plugin_call_key_file:
-        key = ctl.read_key_file(args.plugin_call_key_file, "--plugin-call-key-file")
+        key = read_key_file(args.plugin_call_key_file, "--plugin-call-key-file")
     if not key:
         raise UsageError(
             "--plugin-call needs the plugin daemon's key: --plugin-call-key-file or PLUGIN_DAEMON_KEY"
@@ -292,7 +295,7 @@ def _plugin_call_settings(args: argparse.Namespace, environ: Mapping[str, str]) 
         raise UsageError("--plugin-call-params must be a JSON object")
     url = args.plugin_call_url or args.haproxy_url
     return PluginCallSettings(
-        url=ctl._url(url, "--plugin-call-url"),
+        url=base_url(url, "--plugin-call-url"),
         plugin=args.plugin_call,
         key=key,
         tool=args.plugin_call_tool or "",

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from daemon.ctl import UsageError
+from daemon.errors import UsageError
 from daemon.redact import hide_password
 from daemon.tls import TLSFiles
 

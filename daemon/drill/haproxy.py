@@ -20,11 +20,12 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from daemon.drill.config import HAProxySettings, Target
+from replication.errors import HotstandbyError
 
 TIMEOUT = 2.0
 
 
-class HAProxyError(Exception):
+class HAProxyError(HotstandbyError):
     """The stats socket or page could not be read, or its servers could not be told apart."""
 
 

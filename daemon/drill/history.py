@@ -14,7 +14,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from daemon import ctl
+from daemon.client import Client, Unreachable
 from daemon.drill.nodes import Nodes
 from daemon.drill.report import DrillReport
 
@@ -94,7 +94,7 @@ def append(path: str, summary: dict[str, Any]) -> str:
 
 # -- reading --------------------------------------------------------------------------------------------
 def gather(
-    client: ctl.Client, urls: Sequence[str], history_file: str | None, limit: int
+    client: Client, urls: Sequence[str], history_file: str | None, limit: int
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """(drills newest first, notes on what could not be read)."""
     found: dict[str, dict[str, Any]] = {}
@@ -102,7 +102,7 @@ def gather(
     for url in urls:
         try:
             status, body = client.call("GET", url, f"/internal/events?kind={EVENT_KIND}&limit={limit}")
-        except ctl.Unreachable as exc:
+        except Unreachable as exc:
             notes.append(f"{url}: {exc}")
             continue
         events = body.get("events")

@@ -21,9 +21,10 @@ from urllib.parse import quote
 
 import aiohttp
 
+from daemon.client import auth_headers
 from daemon.drill.config import LoadSettings
-from daemon.drill.nodes import auth
 from daemon.drill.steps import Clock
+from daemon.roles import shown_as_leader
 from daemon.tls import TLSFiles, client_context
 
 Kind = Literal["write", "read"]
@@ -197,7 +198,7 @@ class Load:
     async def _read_status(self) -> None:
         started = self.clock.now()
         status, body, error = await self._request("GET", "/internal/status", None)
-        ok = status == 200 and body.get("role") == "master" and bool(body.get("writable"))
+        ok = status == 200 and shown_as_leader(body.get("role")) and bool(body.get("writable"))
         if status == 200 and not ok:
             error = f"answered by a node that is {body.get('role')}, writable={body.get('writable')}"
         node = body.get("node_id")
@@ -225,7 +226,7 @@ class Load:
         timeout = aiohttp.ClientTimeout(total=self.settings.request_timeout)
         try:
             async with self._session.request(
-                method, self.url + path, data=data, headers=auth(self.key), timeout=timeout
+                method, self.url + path, data=data, headers=auth_headers(self.key), timeout=timeout
             ) as resp:
                 raw = await resp.read()
                 error = None if resp.status == 200 else f"HTTP {resp.status}"

@@ -12,10 +12,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from daemon import ctl
+from daemon.client import Unreachable
 from daemon.drill.config import Target
 from daemon.drill.haproxy import HAProxyError, View
 from daemon.drill.nodes import Nodes
 from daemon.drill.steps import Clock
+from daemon.errors import UsageError
+from daemon.roles import shown_as_leader
 
 PROBE_TIMEOUT = 1.0
 
@@ -36,7 +39,7 @@ class NodeSample:
         s = self.status
         if not s.reachable:
             return "down"
-        if s.role == "master":
+        if shown_as_leader(s.role):
             return "leader" if s.writable else "leader, not writable"
         if s.get("peer_connected"):
             return "replica"
@@ -101,7 +104,7 @@ class Monitor:
     async def _status(self, url: str) -> ctl.NodeStatus:
         try:
             return await self.nodes.status(url, PROBE_TIMEOUT)
-        except ctl.UsageError as exc:  # 401: preflight says so first; keep watching
+        except UsageError as exc:  # 401: preflight says so first; keep watching
             return ctl.NodeStatus(url, error=str(exc))
 
     async def _servers(self) -> tuple[tuple[str | None, ...], str | None]:
@@ -121,7 +124,7 @@ class Monitor:
     ) -> tuple[tuple[str | None, ...], str | None]:
         try:
             code, body = await self.nodes.call("GET", url, "/internal/status", PROBE_TIMEOUT)
-        except (ctl.Unreachable, ctl.UsageError) as exc:
+        except (Unreachable, UsageError) as exc:
             return ("not serving",) * len(node_ids), str(exc)
         answered = body.get("node_id") if code == 200 else None
         states = tuple(

@@ -1,5 +1,6 @@
-"""The nodes' API as the drill uses it: daemon.ctl's helpers (blocking, so run off the event loop), plus
-the calls ctl has no use for (request bodies, raw bytes), on one aiohttp session."""
+"""The nodes' API as the drill uses it: daemon/client.py's client and ctl's helpers (blocking, so run off the
+event loop), plus the calls ctl has no use for (request bodies, raw bytes) on one aiohttp session, with
+the same Authorization header (client.auth_headers)."""
 
 from __future__ import annotations
 
@@ -14,13 +15,10 @@ from typing import Any, TypeVar
 import aiohttp
 
 from daemon import ctl
+from daemon.client import Client, Unreachable, auth_headers
 
 THREADS = 16
 T = TypeVar("T")
-
-
-def auth(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"} if key else {}
 
 
 class Nodes:
@@ -36,7 +34,7 @@ class Nodes:
     ) -> None:
         self.key = key
         self.session = session
-        self.client = ctl.Client(key, timeout, ssl_context)
+        self.client = Client(key, timeout, ssl_context)
         self.pool = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="drill-http")
 
     def close(self) -> None:
@@ -54,14 +52,14 @@ class Nodes:
     async def call(
         self, method: str, url: str, path: str, timeout: float | None = None
     ) -> tuple[int, dict[str, Any]]:
-        """ctl's request: (status, JSON body); raises ctl.Unreachable, or UsageError on HTTP 401."""
+        """ctl's request: (status, JSON body); raises Unreachable, or UsageError on HTTP 401."""
         return await self._blocking(self.client.call, method, url, path, timeout)
 
     async def answers(self, url: str, path: str, timeout: float | None = None) -> int | None:
         """The HTTP status of GET path, None when the node does not answer."""
         try:
             return (await self.call("GET", url, path, timeout))[0]
-        except ctl.Unreachable:
+        except Unreachable:
             return None
 
     async def send_json(
@@ -73,7 +71,7 @@ class Nodes:
                 method,
                 url + path,
                 data=json.dumps(body, default=str),
-                headers={**auth(self.key), "Content-Type": "application/json"},
+                headers={**auth_headers(self.key), "Content-Type": "application/json"},
                 timeout=aiohttp.ClientTimeout(total=timeout),
             ) as resp:
                 raw = await resp.read()
@@ -83,7 +81,7 @@ class Nodes:
 
     async def get_bytes(self, url: str, path: str, timeout: float = 10.0) -> tuple[int, bytes]:
         async with self.session.get(
-            url + path, headers=auth(self.key), timeout=aiohttp.ClientTimeout(total=timeout)
+            url + path, headers=auth_headers(self.key), timeout=aiohttp.ClientTimeout(total=timeout)
         ) as resp:
             return resp.status, await resp.read()
 
@@ -102,7 +100,7 @@ async def put_bytes(
     """PUT raw bytes; (0, {"detail": why}) when nothing answered."""
     try:
         async with session.put(
-            url + path, data=data, headers=auth(key), timeout=aiohttp.ClientTimeout(total=timeout)
+            url + path, data=data, headers=auth_headers(key), timeout=aiohttp.ClientTimeout(total=timeout)
         ) as resp:
             return resp.status, _json_object(await resp.read())
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:

@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import quote
 
 from daemon import ctl
+from daemon.client import Unreachable
 from daemon.drill import verify
 from daemon.drill.context import Context
 from daemon.drill.errors import StopperError
@@ -191,7 +192,7 @@ async def _traffic(ctx: Context, result: Preflight, name: str) -> None:
     url = ctx.config.haproxy.url
     try:
         code, body = await ctx.nodes.call("GET", url, "/internal/status")
-    except ctl.Unreachable as exc:
+    except Unreachable as exc:
         result.add("traffic through HAProxy", False, f"{url}: {exc}")
         return
     served_by = body.get("node_id")
@@ -239,7 +240,7 @@ async def _stoppers(ctx: Context, result: Preflight, indexes: list[int]) -> None
 async def _conflicts(ctx: Context, url: str) -> list[dict[str, Any]] | None:
     try:
         code, body = await ctx.nodes.call("GET", url, "/internal/conflicts")
-    except ctl.Unreachable:
+    except Unreachable:
         return None
     items = body.get("conflicts")
     return (

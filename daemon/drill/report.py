@@ -60,6 +60,8 @@ class DrillReport:
     history: dict[str, Any] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
     file_errors: list[str] = field(default_factory=list)
+    plot_skipped: str | None = None
+    """Why timeline.png was not drawn on purpose (no matplotlib); not a failure."""
 
     @property
     def started_at(self) -> str:
@@ -201,6 +203,7 @@ class DrillReport:
             "timeline": self.timeline,
             "history": self.history,
             "files": self.files,
+            "plot_skipped": self.plot_skipped,
         }
 
 

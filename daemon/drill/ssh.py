@@ -16,7 +16,7 @@ import asyncssh
 
 from daemon.drill.config import StopperSettings, Target
 from daemon.drill.errors import StopperError
-from daemon.drill.stoppers import OUTPUT_LIMIT, render
+from daemon.drill.templates import OUTPUT_LIMIT, render
 
 
 class SshStopper:

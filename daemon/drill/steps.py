@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from replication.errors import HotstandbyError
+
 
 class Clock:
     """Seconds since the drill started, on the monotonic clock; `unix` turns them into wall time."""
@@ -25,7 +27,7 @@ class Clock:
         return self.unix0 + at
 
 
-class StepFailed(Exception):
+class StepFailed(HotstandbyError):
     """A step could not do what it had to; the message says what it saw."""
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
-import re
 import shlex
 import shutil
 from collections.abc import Awaitable, Callable
@@ -22,8 +21,7 @@ from daemon.drill import kube
 from daemon.drill.config import StopperSettings, Target
 from daemon.drill.errors import StopperError
 from daemon.drill.kube import Pods
-
-OUTPUT_LIMIT = 2000
+from daemon.drill.templates import OUTPUT_LIMIT, render
 
 
 class Stopper(Protocol):
@@ -40,19 +38,6 @@ class Stopper(Protocol):
     def describe(self, action: str, target: Target) -> str:
         """What `action` (stop or start) runs, for the report and for a person restoring by hand."""
         ...
-
-
-PLACEHOLDER = re.compile(r"\{(name|host|port|url)\}")
-
-
-def render(template: str, target: Target) -> str:
-    """Fill the placeholders in one pass over the template, each value shell-quoted.
-
-    One pass, so a value that itself contains `{url}` (a container named so, say) is inserted as
-    it is and never expanded again, inside or outside the quotes around it.
-    """
-    values = {"name": target.name, "host": target.host, "port": str(target.port), "url": target.url}
-    return PLACEHOLDER.sub(lambda match: shlex.quote(values[match[1]]), template)
 
 
 def node_env(target: Target) -> dict[str, str]:

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from daemon.epochs import MAX_PEER_EPOCH, from_outside
+from replication.errors import HotstandbyError
 
 
-class ElectionError(Exception):
+class ElectionError(HotstandbyError):
     """The election service could not be reached or answered unexpectedly."""
 
 

@@ -30,6 +30,7 @@ from daemon.limits import AnswerTooLarge, read_json
 from daemon.redact import hide_password
 from daemon.store.errors import InvalidPackage, MarketplaceError, NotFound, PackageTooLarge
 from daemon.store.files import PendingFile
+from replication.errors import HotstandbyError
 
 log = structlog.get_logger("daemon.store.download")
 
@@ -49,7 +50,7 @@ class DownloadSettings:
     max_size: int = 52_428_800
 
 
-class UpstreamStatus(Exception):
+class UpstreamStatus(HotstandbyError):
     """The marketplace answered with an HTTP error status."""
 
     def __init__(self, url: str, status: int, reason: str) -> None:

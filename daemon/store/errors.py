@@ -1,15 +1,14 @@
-"""Named failures of the plugin store; routes.py turns each into one problem response."""
+"""Named failures of the plugin store; daemon/problems.py's table turns each into its problem response."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
+
+from replication.errors import HotstandbyError
 
 
-class StoreError(Exception):
-    """Base class: `status` and `title` say how a client sees it, `extra` adds fields to the body."""
-
-    status: ClassVar[int] = 500
-    title: ClassVar[str] = "plugin store error"
+class StoreError(HotstandbyError):
+    """Base class: `extra` adds fields to the problem document (daemon/problems.py says status and title)."""
 
     def __init__(self, message: str, **extra: Any) -> None:
         super().__init__(message)
@@ -17,39 +16,35 @@ class StoreError(Exception):
 
 
 class InvalidIdentifier(StoreError, ValueError):
-    status, title = 400, "invalid plugin identifier"
+    """Not a plugin identifier (author/name:version@checksum) or reference."""
 
 
 class UnverifiableIdentifier(StoreError, ValueError):
-    status, title = 400, "identifier cannot be verified"
+    """An identifier whose checksum is not a full SHA-256, so the package cannot be checked against it."""
 
 
 class InvalidEvent(StoreError, ValueError):
-    status, title = 400, "invalid event"
+    """An event to record is malformed."""
 
 
 class NotFound(StoreError, LookupError):
-    status, title = 404, "not found"
+    """No such plugin or package here."""
 
 
 class NotWritable(StoreError):
     """This node must not write the replicated storage (it is not the leader)."""
 
-    status, title = 503, "not the primary"
-
 
 class PackageTooLarge(StoreError):
-    status, title = 413, "package too large"
+    """Larger than MAX_PLUGIN_PACKAGE_SIZE."""
 
 
 class InvalidPackage(StoreError):
     """Not a readable .difypkg: not a zip, no manifest.yaml, unsafe or unreadable entries."""
 
-    status, title = 422, "invalid package"
-
 
 class ChecksumMismatch(InvalidPackage):
-    status, title = 422, "checksum mismatch"
+    """The package's SHA-256 is not the one its identifier names."""
 
     def __init__(self, identifier: str, expected: str, actual: str) -> None:
         super().__init__(
@@ -63,24 +58,18 @@ class ChecksumMismatch(InvalidPackage):
 class MarketplaceError(StoreError):
     """The marketplace could not be reached, or answered with an error or with bad content."""
 
-    status, title = 502, "marketplace download failed"
-
 
 class NotConfigured(StoreError):
-    status, title = 503, "not configured"
+    """What the request needs is not configured (the marketplace, say)."""
 
 
 class Corrupted(StoreError):
     """The package is known not to match its identifier; it is not served."""
 
-    status, title = 409, "package corrupted"
-
 
 class CatalogueError(StoreError):
-    status, title = 503, "catalogue unavailable"
+    """The catalogue (SQLite or PostgreSQL) cannot be reached or refused the operation."""
 
 
 class NotReplicated(StoreError):
     """SYNC_MODE=sync: stored on the primary, but the replica did not confirm it in time."""
-
-    status, title = 504, "not confirmed by the replica"

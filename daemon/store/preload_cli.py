@@ -10,21 +10,17 @@ plugin is stored, 1 when any failed (each named, with why), 2 for usage errors.
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
-import ssl
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
 
-from daemon.config import ConfigError
-from daemon.ctl import _server_key, tls_context
+from daemon.client import Client, ClientSettings, Unreachable, refused_key
+from daemon.errors import ConfigError, HotstandbyError, UsageError
 
 DEFAULT_RETRIES = 5
 DEFAULT_TIMEOUT = 900.0
@@ -33,11 +29,7 @@ RETRY_STATUSES = frozenset({502, 503, 504})
 FINAL_TITLES = frozenset({"marketplace download failed", "checksum mismatch", "invalid package"})
 
 
-class UsageError(ConfigError):
-    """Bad flags, file or key: one line and exit status 2."""
-
-
-class Transient(Exception):
+class Transient(HotstandbyError):
     """The API could not be reached or had no primary: worth another try."""
 
 
@@ -98,9 +90,9 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     plugins = _plugins(args.from_file, args.plugin)
     if args.retries < 0 or args.timeout <= 0 or args.backoff < 0:
         raise UsageError("--retries, --backoff and --timeout must not be negative (--timeout above 0)")
-    key = _server_key(args.key_file, environ)
-    client = Client(_url(args.url, environ), key, args.timeout, tls_context(environ))
-    outcomes = [client.preload(plugin, args.retries, args.backoff) for plugin in plugins]
+    settings = ClientSettings.from_env(environ, key_file=args.key_file)
+    preloader = Preloader(_url(args.url, environ), settings.client(args.timeout))
+    outcomes = [preloader.preload(plugin, args.retries, args.backoff) for plugin in plugins]
     failed = [o for o in outcomes if not o.ok]
     if args.json:
         print(
@@ -116,12 +108,10 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 
 @dataclass(frozen=True)
-class Client:
+class Preloader:
     url: str
-    key: str
-    timeout: float
-    ssl_context: ssl.SSLContext | None = None
-    """For an https:// URL: TLS_CA_FILE (and TLS_CERT_FILE/TLS_KEY_FILE), as the operator commands."""
+    client: Client
+    """The operator commands' client (daemon/client.py): key, TLS, timeout."""
 
     def preload(self, plugin: str, retries: int, backoff: float) -> Outcome:
         retrying = Retrying(
@@ -134,8 +124,7 @@ class Client:
             status, body = retrying(self._post, plugin)
         except Transient as exc:
             return Outcome(plugin, False, {}, f"{exc} (after {retries + 1} attempts)")
-        if status == 401:
-            raise UsageError(f"{self.url} refused the key (HTTP 401): set SERVER_KEY or --key-file")
+        refused_key(status, self.url)
         if status >= 400:
             return Outcome(
                 plugin, False, {}, f"HTTP {status} {body.get('title', '')}: {body.get('detail', '')}"
@@ -143,24 +132,12 @@ class Client:
         return Outcome(plugin, True, body)
 
     def _post(self, plugin: str) -> tuple[int, dict[str, Any]]:
-        data = json.dumps({"plugin_identifier": plugin}).encode()
-        headers = {"Content-Type": "application/json"}
-        if self.key:
-            headers["Authorization"] = f"Bearer {self.key}"
-        request = urllib.request.Request(
-            f"{self.url}/internal/preload", data=data, method="POST", headers=headers
-        )
-        handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]  # traffic is direct
-        if self.ssl_context is not None:
-            handlers.append(urllib.request.HTTPSHandler(context=self.ssl_context))
-        opener = urllib.request.build_opener(*handlers)
         try:
-            with opener.open(request, timeout=self.timeout) as resp:
-                status, raw = resp.status, resp.read()
-        except urllib.error.HTTPError as exc:
-            status, raw = exc.code, exc.read()
-        except (OSError, http.client.HTTPException) as exc:
-            raise Transient(f"{self.url}: {getattr(exc, 'reason', None) or exc}") from None
+            status, raw = self.client.exchange(
+                "POST", f"{self.url}/internal/preload", {"plugin_identifier": plugin}
+            )
+        except Unreachable as exc:
+            raise Transient(f"{self.url}: {exc}") from None
         try:
             body = json.loads(raw) if raw else {}
         except ValueError:

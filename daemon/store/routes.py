@@ -1,8 +1,8 @@
 """The store's HTTP routes, all under /internal (the API's auth middleware guards them).
 
-Store errors become problem responses here, in one place. A POST /internal/promote is
-preceded by a check of the working folders' `.plugin.sha256` manifests, and its answer
-carries the report (`plugin_workdirs`), failures listed.
+Mounted by the API as a sub-application at /internal (store_app); store errors reach daemon/problems.py,
+which turns them into problem responses. What a promotion needs of the store is not here: it is a
+promotion check the node runs (Node.promotion_checks, added by daemon/store/factory.py).
 """
 
 from __future__ import annotations
@@ -11,51 +11,48 @@ import asyncio
 import json
 import os
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator
 
 import structlog
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 from daemon.epochs import MAX_PEER_EPOCH, from_outside
 from daemon.problems import HTTPProblem
 from daemon.store.catalogue import MAX_EVENTS
-from daemon.store.errors import StoreError
 from daemon.store.store import PluginStore
 
 log = structlog.get_logger("daemon.store.routes")
 
 STORE = web.AppKey("plugin_store", PluginStore)
 CHUNK = 256 * 1024
-PROMOTION_CHECK_TIMEOUT = 15.0
 IDENTIFIER = "{identifier:.+}"
 
 
-def add_store_routes(app: web.Application, store: PluginStore) -> None:
+def store_app(store: PluginStore) -> web.Application:
+    """The store as a sub-application for the API to mount at /internal (the API's middlewares, auth and
+    problem documents included, run for it too); opening and closing the store is its cleanup_ctx."""
+    app = web.Application()
     app[STORE] = store
-    app.middlewares.append(promotion_check)
+    app.cleanup_ctx.append(_store_lifecycle)
     router = app.router
-    router.add_post("/internal/preload", _handled(preload))
-    router.add_post("/internal/verify", _handled(verify))
-    router.add_get("/internal/workdirs", _handled(workdirs))
-    router.add_get("/internal/events", _handled(events))
-    router.add_post("/internal/events", _handled(add_event))
-    router.add_get("/internal/plugins", _handled(list_plugins))
-    router.add_delete("/internal/plugins/corrupted", _handled(purge))
-    router.add_get(f"/internal/plugins/{IDENTIFIER}/package", _handled(package))
-    router.add_get(f"/internal/plugins/{IDENTIFIER}", _handled(get_plugin))
-    router.add_put(f"/internal/plugins/{IDENTIFIER}", _handled(upload))
+    router.add_post("/preload", preload)
+    router.add_post("/verify", verify)
+    router.add_get("/workdirs", workdirs)
+    router.add_get("/events", events)
+    router.add_post("/events", add_event)
+    router.add_get("/plugins", list_plugins)
+    router.add_delete("/plugins/corrupted", purge)
+    router.add_get(f"/plugins/{IDENTIFIER}/package", package)
+    router.add_get(f"/plugins/{IDENTIFIER}", get_plugin)
+    router.add_put(f"/plugins/{IDENTIFIER}", upload)
+    return app
 
 
-def _handled(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> Handler:
-    async def wrapper(request: web.Request) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except StoreError as exc:
-            raise HTTPProblem(exc.status, exc.title, str(exc), **exc.extra) from None
-
-    return wrapper
+async def _store_lifecycle(app: web.Application) -> AsyncIterator[None]:
+    store = app[STORE]
+    await store.open()
+    yield
+    await store.close()
 
 
 async def _identifier_field(request: web.Request) -> str:
@@ -173,25 +170,3 @@ async def add_event(request: web.Request) -> web.Response:
         raise HTTPProblem(400, "bad request", f"'epoch' must be an integer in 0..{MAX_PEER_EPOCH}")
     event = await request.app[STORE].record_event(kind, **body)
     return web.json_response(event, status=201)
-
-
-@web.middleware
-async def promotion_check(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Check the working folders before a promotion and add the report to its answer."""
-    if request.method != "POST" or request.path != "/internal/promote":
-        return await handler(request)
-    report: dict[str, Any]
-    try:
-        report = await asyncio.wait_for(
-            request.app[STORE].check_workdirs("promotion"), PROMOTION_CHECK_TIMEOUT
-        )
-    except (StoreError, TimeoutError, OSError) as exc:
-        log.error("promotion_check_failed", error=str(exc) or type(exc).__name__)
-        report = {"error": str(exc) or type(exc).__name__}
-    response = await handler(request)
-    if not isinstance(response, web.Response) or response.content_type != "application/json":
-        return response
-    assert isinstance(response.body, bytes)
-    body = json.loads(response.body)
-    body["plugin_workdirs"] = report
-    return web.json_response(body, status=response.status)

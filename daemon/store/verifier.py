@@ -20,7 +20,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
@@ -32,7 +32,12 @@ from daemon.store.identifier import PluginIdentifier, parse
 from replication.errors import ContainmentError
 
 if TYPE_CHECKING:
-    from daemon.store.store import PluginStore
+    from daemon.config import Config
+    from daemon.store.catalogue import Catalogue
+    from daemon.store.layout import Layout
+    from daemon.store.metrics import StoreMetrics
+    from daemon.store.node_view import NodeView
+    from replication.paths import StorageRoot
 
 log = structlog.get_logger("daemon.store.verifier")
 
@@ -53,8 +58,30 @@ class Verdict:
     restored: bool = False
 
 
+class StoreParts(Protocol):
+    """What the verifier uses of the store (store.py's PluginStore), named so neither imports the other."""
+
+    config: Config
+    layout: Layout
+    root: StorageRoot
+    catalogue: Catalogue
+    node: NodeView
+    metrics: StoreMetrics
+    max_size: int
+
+    @property
+    def catalogue_ready(self) -> bool: ...
+    async def connect_catalogue(self) -> bool: ...
+    async def prune_events(self) -> int: ...
+    async def note(self, kind: str, **fields: Any) -> None: ...
+    def note_later(self, kind: str, **fields: Any) -> None: ...
+    def lock(self, identifier: PluginIdentifier) -> asyncio.Lock: ...
+    def may_write(self, rel: str) -> bool: ...
+    def require_writable(self, rel: str) -> None: ...
+
+
 class Verifier:
-    def __init__(self, store: PluginStore) -> None:
+    def __init__(self, store: StoreParts) -> None:
         self.store = store
         self.layout = store.layout
         self._task: asyncio.Task[None] | None = None
@@ -88,7 +115,7 @@ class Verifier:
                 if not self.store.catalogue_ready and clock() >= next_connect:
                     await self.store.connect_catalogue()
                     next_connect = clock() + CONNECT_RETRY
-                leader = self.store.link.writable()
+                leader = self.store.node.writable()
                 recently_checked = clock() - self._promotion_checked_at < PROMOTION_CHECK_FRESH
                 if was_leader is False and leader and not recently_checked:
                     await self.check_workdirs("became_leader")
@@ -291,7 +318,7 @@ class Verifier:
         """Re-verify every package and installed plugin now, and the working folders' manifests."""
         async with self._verifying:
             started = time.monotonic()
-            report: dict[str, Any] = {"trigger": trigger, "role": self.store.link.role}
+            report: dict[str, Any] = {"trigger": trigger, "role": self.store.node.role}
             report.update(await self._verify_items())
             report["workdirs"] = (await asyncio.to_thread(workdirs.check_all, self._working())).to_json()
             report["manifests_written"] = await self.write_manifests()

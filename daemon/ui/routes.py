@@ -20,7 +20,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from daemon import __version__
-from daemon.control import ControlLoop
+from daemon.ha_loop import ControlLoop
 from daemon.node import Node
 from daemon.plugin_daemon import PluginDaemon
 from daemon.problems import HTTPProblem, problem

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from daemon.config import Config
-from daemon.control import ControlLoop
 from daemon.election.base import ElectionError, LeaseHolder
+from daemon.ha_loop import ControlLoop
 from daemon.node import Node
 
 TTL, RENEW, MARGIN = 6.0, 2.0, 1.0

@@ -41,7 +41,8 @@ from daemon.drill.config import (
 from daemon.drill.haproxy import Server, match_servers, parse_stat
 from daemon.drill.load import content
 from daemon.drill.report import DrillReport
-from daemon.drill.stoppers import make_stopper, render
+from daemon.drill.stoppers import make_stopper
+from daemon.drill.templates import render
 from tests.support.cluster import SERVER_KEY, Node, Pair, free_port, http, make_pair, wait_until
 from tests.support.ha import LEASE, BackgroundSampler
 from tests.support.haproxy import RunningHAProxy, free_port_on, running_haproxy

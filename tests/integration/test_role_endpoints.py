@@ -72,10 +72,12 @@ def test_primary_requires_the_colocated_plugin_daemon_when_configured(tmp_path: 
     try:
         node.start()
         wait_until(lambda: primary(node), 10, message="the master to lead with a healthy plugin daemon")
+        assert node.metric("plugin_daemon_healthy") == 1 and node.metric("plugin_sync_node_healthy") == 1
         _PluginDaemon.healthy = False
         wait_until(lambda: not primary(node), 10, message="/primary to follow the plugin daemon")
         status, _h, body = http("GET", node.url + "/primary")
         assert status == 503 and b'"plugin_daemon_ok": false' in body
+        assert node.metric("plugin_daemon_healthy") == 0 and node.metric("plugin_sync_node_healthy") == 1
         _PluginDaemon.healthy = True
         wait_until(lambda: primary(node), 10, message="/primary to come back")
     finally:

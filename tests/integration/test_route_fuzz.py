@@ -27,12 +27,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from daemon.api import build_app
 from daemon.config import Config
-from daemon.control import ControlLoop
+from daemon.ha_loop import ControlLoop
 from daemon.node import Node as DaemonNode
-from daemon.store.routes import add_store_routes
+from daemon.store.routes import store_app
 from tests.support.cluster import SERVER_KEY, Node, http, snapshot
 
 pytestmark = pytest.mark.timeout(240)
@@ -60,6 +61,15 @@ class Route:
     canonical: str
 
 
+def _routes(app: web.Application) -> Iterator[Route]:
+    """The app's routes and its sub-applications' (the store's), with their full paths."""
+    for resource in app.router.resources():
+        if isinstance(resource, web.PrefixedSubAppResource):
+            yield from _routes(resource.get_info()["app"])
+        else:
+            yield from (Route(r.method, resource.canonical) for r in resource)
+
+
 def app_routes(tmp_path: Path) -> list[Route]:
     """Every route of the daemon's app, with the store's: what the server serves."""
     folder = tmp_path / "route-list"
@@ -70,8 +80,8 @@ def app_routes(tmp_path: Path) -> list[Route]:
     async def build() -> list[Route]:
         node = DaemonNode(config)
         app = build_app(node, ControlLoop(node, None))
-        add_store_routes(app, object())  # type: ignore[arg-type]  # only its routes are wanted
-        return [Route(r.method, r.resource.canonical) for r in app.router.routes() if r.resource]
+        app.add_subapp("/internal", store_app(object()))  # type: ignore[arg-type]  # only its routes are wanted
+        return list(_routes(app))
 
     return asyncio.run(build())
 

@@ -70,6 +70,8 @@ class Node:
     extra_env: dict[str, str] = field(default_factory=dict)
     host: str = "127.0.0.1"
     proc: subprocess.Popen[bytes] | None = None
+    code_root: Path | None = None
+    """Run the daemon from this source tree (another release) instead of the one under test."""
 
     @property
     def storage(self) -> Path:
@@ -103,13 +105,19 @@ class Node:
             }
         )
         env.update(self.extra_env)
+        if self.code_root is not None:
+            env["PYTHONPATH"] = str(self.code_root)
         return env
 
     def start(self, wait: bool = True) -> None:
         self.storage.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon", "serve"], env=self.env(), stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "daemon", "serve"],
+            env=self.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.code_root,
         )
         log.close()
         if wait:

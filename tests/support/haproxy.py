@@ -1,6 +1,6 @@
 """A real HAProxy in front of two nodes, for integration tests and the drill.
 
-`running_haproxy(...)` renders haproxy/haproxy.cfg.template with fast check timings, runs
+`running_haproxy(...)` renders daemon/haproxy.cfg.template with fast check timings, runs
 `haproxy -db` (foreground) on a free 127.0.0.1 port with its stats socket in a temporary folder,
 and always stops it on exit. `FakeNode` is a stand-in host whose /primary answers 200 or 503 as
 the test decides. Every address used here is in 127.0.0.0/8.

@@ -92,10 +92,16 @@ def call_through(url: str, identifier: str) -> tuple[int, list[dict[str, Any]]]:
 
 @contextlib.contextmanager
 def gated_pair(
-    tmp_path: Path, redis_url: str, model_extra: tuple[str, ...] = (), *, shipped_timings: bool = False
+    tmp_path: Path,
+    redis_url: str,
+    model_extra: tuple[str, ...] = (),
+    *,
+    shipped_timings: bool = False,
+    node_env: dict[str, str] | None = None,
 ) -> Iterator[tuple[Pair, dict[str, Gate], int]]:
     """A started pair (FAILOVER=auto on the standby), each node's daemon model under its gate,
-    started with `model_extra` (e.g. the bench's online package index settings) after MODEL_FAST.
+    started with `model_extra` (e.g. the bench's online package index settings) after MODEL_FAST;
+    `node_env` is added to both nodes' environment.
 
     Fast timings and static FAILOVER=auto by default (tests); `shipped_timings` runs what
     docker-compose.dify.yml ships, for the benchmark: the lease in Dify's Redis with the daemon's
@@ -105,10 +111,10 @@ def gated_pair(
     env = {"EXCLUDE": UV_CACHES, "PLUGIN_DAEMON_GATE": "true", "DIFY_REDIS_URL": redis_url}
     if shipped_timings:
         env.update({"ELECTION": "redis", "REDIS_URL": redis_url})
-        slave_env = dict(env)
     else:
         env.update({**FAST, "HEARTBEAT_INTERVAL": "0.5"})
-        slave_env = {**env, "FAILOVER": "auto", "FAILOVER_TIMEOUT": "2"}
+    env.update(node_env or {})
+    slave_env = dict(env) if shipped_timings else {**env, "FAILOVER": "auto", "FAILOVER_TIMEOUT": "2"}
     pair = make_pair(
         tmp_path,
         master_env=env,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import os
 import pwd
 import shutil
@@ -35,13 +36,29 @@ from pathlib import Path
 import psycopg
 import pytest
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
 PG_USER = "postgres"
 START_TIMEOUT = 20.0
 
 
 class ServiceError(RuntimeError):
     """A test service did not start or stop; the message carries its log tail."""
+
+
+@functools.cache
+def postgres_bin(root: Path = Path("/usr/lib/postgresql")) -> Path:
+    """The newest installed PostgreSQL's bin/ (Debian puts each major version in its own folder), or
+    the folder of `initdb` on PATH; whichever version the machine has, not one written here."""
+
+    def major(folder: Path) -> tuple[int, str]:
+        return (int(folder.parent.name), "") if folder.parent.name.isdigit() else (-1, folder.parent.name)
+
+    found = sorted((p.parent for p in root.glob("*/bin/postgres")), key=major)
+    if found:
+        return found[-1]
+    on_path = shutil.which("initdb")
+    if on_path:
+        return Path(on_path).parent
+    raise ServiceError(f"no PostgreSQL server found under {root} or on PATH (make system-deps installs it)")
 
 
 def free_port() -> int:
@@ -276,7 +293,7 @@ def _postgres_folder(prefix: str) -> Path:
 
 
 def _run_as_postgres(cwd: Path, program: str, *args: str, check: bool = True) -> None:
-    cmd = ["runuser", "-u", PG_USER, "--", str(PG_BIN / program), *args]
+    cmd = ["runuser", "-u", PG_USER, "--", str(postgres_bin() / program), *args]
     try:
         subprocess.run(
             cmd,

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from daemon.config import Config
-from daemon.control import ControlLoop
+from daemon.ha_loop import ControlLoop
 from daemon.node import Node
 from daemon.roles import RoleState
 from replication import statefile

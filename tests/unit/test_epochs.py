@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from daemon.config import Config
-from daemon.control import ControlLoop
 from daemon.election.base import ElectionError, checked_term
 from daemon.epochs import EPOCH_HEADROOM, MAX_EPOCH, MAX_PEER_EPOCH, EpochError, checked_own, from_outside
+from daemon.ha_loop import ControlLoop
 from daemon.identity import NodeIdentity
 from daemon.node import Node
 from daemon.peers import PeerView

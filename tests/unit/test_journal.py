@@ -371,6 +371,26 @@ def test_an_unsent_ready_marker_is_never_followed_by_a_change_under_its_director
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
 
 
+@settings(max_examples=300, deadline=None, database=None)
+@given(_STEPS)
+def test_unsent_index_finds_exactly_the_unsent_syncs_below_a_path(steps):
+    """The subtree index (which keeps bursts linear) agrees with a scan of every unsent sync."""
+    journal = make_journal()
+    for step in steps:
+        if step[0] == "sync":
+            journal.record_sync(step[1])
+        elif step[0] == "delete":
+            journal.record_delete(step[1])
+        elif step[0] == "rename" and not is_within(step[2], step[1]):
+            journal.record_rename(step[1], step[2])
+        elif step[0] == "take":
+            journal.take_batch(step[1], UNLIMITED, lambda c: 0)
+        unsent = [c for c in journal._entries.values() if c.seq > journal.sent_upto and c.kind == "sync"]
+        for probe in ("cwd", PLUGIN, f"{PLUGIN}/.venv", "cwd/other", MARKER):
+            expected = sorted(c.seq for c in unsent if is_within(c.path, probe))
+            assert sorted(journal._unsent_sync.under(probe)) == expected, (probe, steps)
+
+
 # --- acknowledgement and observation ------------------------------------------------------
 
 

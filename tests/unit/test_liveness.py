@@ -9,7 +9,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from daemon.api import build_app
 from daemon.config import Config
-from daemon.control import ControlLoop
+from daemon.ha_loop import ControlLoop
 from daemon.node import Node
 
 

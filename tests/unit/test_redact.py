@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from daemon import logs
 from daemon.api import build_app
 from daemon.config import Config
-from daemon.control import ControlLoop
+from daemon.ha_loop import ControlLoop
 from daemon.node import Node
 from daemon.redact import Redactor, hide_password, url_secrets
 from daemon.roles import RoleState

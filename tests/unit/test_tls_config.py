@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from daemon import ctl
+from daemon.client import ClientSettings
 from daemon.config import Config, ConfigError
+from daemon.errors import UsageError
 from daemon.exposure import is_loopback, unguarded_warning
 from daemon.haproxy_config import HAProxySettings, SettingsError, render
 from daemon.tls import TLSFiles, client_context, server_context
@@ -83,10 +85,10 @@ def test_a_file_that_is_not_pem_is_named(pki: tuple[CertificateAuthority, Issued
 
 def test_the_operator_commands_read_the_same_variables(pki: tuple[CertificateAuthority, Issued]) -> None:
     ca, node = pki
-    files = ctl.tls_files(node.env(ca.cert_file))
+    files = ClientSettings.from_env(node.env(ca.cert_file)).tls
     assert files == TLSFiles(str(node.cert), str(node.key), str(ca.cert_file))
-    with pytest.raises(ctl.UsageError, match="TLS_KEY_FILE is set but TLS_CERT_FILE is not"):
-        ctl.tls_files({"TLS_KEY_FILE": str(node.key)})
+    with pytest.raises(UsageError, match="TLS_KEY_FILE is set but TLS_CERT_FILE is not"):
+        ClientSettings.from_env({"TLS_KEY_FILE": str(node.key)})
 
 
 def test_require_auth_refuses_to_start_without_a_key() -> None:

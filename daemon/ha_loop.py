@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 
 import structlog
 
+from daemon.client import auth_headers
 from daemon.config import Config
 from daemon.election.base import ElectionError, LeaseBackend
 from daemon.node import Node
@@ -31,10 +32,12 @@ from daemon.roles import (
     decide,
     initial_state,
     may_compete,
+    shown_as_leader,
+    shown_as_replica,
 )
 from replication.ssh_target import is_ssh_url
 
-log = structlog.get_logger("daemon.control")
+log = structlog.get_logger("daemon.ha_loop")
 
 
 @dataclass
@@ -61,7 +64,7 @@ class ControlLoop:
             lease_ttl=self.config.lease_ttl,
             safety_margin=self.config.lease_safety_margin,
         )
-        headers = {"Authorization": f"Bearer {self.config.server_key}"} if self.config.server_key else {}
+        headers = auth_headers(self.config.server_key)
         self.peers = [
             Poller(
                 f"{url}/internal/status",
@@ -89,7 +92,7 @@ class ControlLoop:
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
         """Enter the initial role before serving: a replica accepts its leader's changes at once."""
-        role: Role = "leader" if self.config.role == "master" else "replica"
+        role: Role = "leader" if shown_as_leader(self.config.role) else "replica"
         epoch = self.node.identity.epoch
         if role == "leader" and self.config.election == "static":
             epoch = max(epoch, 1)
@@ -128,7 +131,7 @@ class ControlLoop:
     # -- one tick ----------------------------------------------------------------------
     async def tick(self) -> Decision:
         pending = None if self._requests.empty() else self._requests.get_nowait()
-        self.node.check_sender()
+        self.node.supervise_replication_tasks()
         state = self.node.role_state
         synced = self.node.receiver.synced or self._may_bootstrap()
         views = [peer.peer_view(max_age=max(2.0, 4 * self.config.control_interval)) for peer in self.peers]
@@ -267,7 +270,7 @@ class ControlLoop:
         receiver = self.node.receiver
         return any(
             view.synced
-            and view.role == "slave"
+            and shown_as_replica(view.role)
             and view.journal_id is not None
             and view.journal_id == receiver.journal_id
             and (view.applied_sequence or 0) > receiver.applied_seq
@@ -277,7 +280,7 @@ class ControlLoop:
     def _may_bootstrap(self) -> bool:
         """A brand-new ROLE=master node may start a new pair before anyone synchronised it."""
         return (
-            self.config.role == "master"
+            shown_as_leader(self.config.role)
             and not self.node.identity.has_led
             and not self.node.receiver.journal_id
         )

@@ -1,0 +1,161 @@
+"""The one HTTP client of the operator commands (status, promote, demote, switchover, preload, drill history)
+and of the drill's node checks: the Authorization header, TLS, timeouts, and what a node that does not
+answer usefully looks like (Unreachable). Problem documents come back as (status, body) for the caller,
+whose verdict depends on the command; HTTP 401 is always the operator's key: a UsageError.
+
+Its settings (ClientSettings) come from the same reader as the daemon's Config (daemon/config.py
+EnvReader), so SERVER_KEY, TLS_* and REPLICA_MAX_LAG have one parser and one error message each.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import ssl
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from daemon.config import REPLICA_MAX_LAG_RANGE, EnvReader
+from daemon.errors import ConfigError, HotstandbyError, UsageError
+from daemon.tls import TLSFiles, client_context
+
+REQUEST_TIMEOUT = 3.0
+DEFAULT_MAX_LAG = 10.0
+
+
+class Unreachable(HotstandbyError):
+    """The node did not answer usefully: connection refused, timed out, or not JSON."""
+
+
+# -- settings -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ClientSettings:
+    """What every operator command needs to talk to the nodes: the key, TLS, the lag still in step."""
+
+    server_key: str = field(repr=False)
+    tls: TLSFiles
+    max_lag: float = DEFAULT_MAX_LAG
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str], *, key_file: str | None = None, max_lag: float | None = None
+    ) -> ClientSettings:
+        """--key-file, else SERVER_KEY; TLS_CA_FILE (and TLS_CERT_FILE/TLS_KEY_FILE for mutual TLS);
+        --max-lag, else REPLICA_MAX_LAG. A bad value is a UsageError with the daemon's own wording."""
+        reader = EnvReader(environ)
+        if max_lag is not None and max_lag <= 0:
+            raise UsageError("--max-lag must be a positive number of seconds")
+        try:
+            tls = reader.tls_files()
+            lag = max_lag or reader.seconds("REPLICA_MAX_LAG", DEFAULT_MAX_LAG, *REPLICA_MAX_LAG_RANGE)
+        except ConfigError as exc:
+            raise UsageError(str(exc)) from None
+        key = read_key_file(key_file, "--key-file") if key_file else environ.get("SERVER_KEY", "")
+        return cls(key, tls, lag)
+
+    def ssl_context(self) -> ssl.SSLContext:
+        return client_context(self.tls)
+
+    def client(self, timeout: float = REQUEST_TIMEOUT) -> Client:
+        return Client(self.server_key, timeout, self.ssl_context())
+
+
+def read_key_file(path: str, flag: str) -> str:
+    """A key given as a file (a secret mounted by Docker or Kubernetes), its trailing newline dropped."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read().strip()
+    except OSError as exc:
+        raise UsageError(f"{flag}: cannot read {path}: {exc.strerror}") from None
+
+
+def base_url(text: str, source: str) -> str:
+    """A node's (or HAProxy's) base URL given on the command line: http(s)://host:port, nothing after."""
+    url = text.strip().rstrip("/")
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - validates the port
+    except ValueError:
+        raise UsageError(f"{source}: {url!r} has an invalid port") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path or parts.query:
+        raise UsageError(f"{source}: {url!r} is not a node URL like http://host:port")
+    return url
+
+
+# -- requests -------------------------------------------------------------------------------------
+def auth_headers(key: str) -> dict[str, str]:
+    """The header every /internal request carries when the nodes have a SERVER_KEY (daemon/api.py)."""
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+@dataclass(frozen=True)
+class Client:
+    key: str = field(repr=False)
+    timeout: float = REQUEST_TIMEOUT
+    ssl_context: ssl.SSLContext | None = None
+    """For https:// nodes (ClientSettings.ssl_context); None: urllib's default verification."""
+
+    def exchange(
+        self, method: str, url: str, payload: Any = None, timeout: float | None = None
+    ) -> tuple[int, bytes]:
+        """One request, never through a proxy: (status, raw body), errors included; Unreachable when
+        nothing came back. A POST without a payload sends an empty body."""
+        headers = auth_headers(self.key)
+        data = None if method != "POST" else b""
+        if payload is not None:
+            data = json.dumps(payload).encode()
+            headers["Content-Type"] = "application/json"
+        request = urllib.request.Request(url, data=data, method=method, headers=headers)
+        handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]  # traffic is direct
+        if self.ssl_context is not None:
+            handlers.append(urllib.request.HTTPSHandler(context=self.ssl_context))
+        opener = urllib.request.build_opener(*handlers)
+        try:
+            with opener.open(request, timeout=timeout or self.timeout) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, _read_error_body(exc)
+        except (OSError, http.client.HTTPException) as exc:
+            raise Unreachable(describe(exc)) from None
+
+    def call(
+        self, method: str, url: str, path: str, timeout: float | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        """One request to the node's API: (status, JSON body); 401 is a UsageError (wrong key)."""
+        status, raw = self.exchange(method, url + path, timeout=timeout)
+        refused_key(status, url)
+        try:
+            body = json.loads(raw) if raw else {}
+        except ValueError:
+            raise Unreachable(f"answered HTTP {status} without JSON") from None
+        return status, body if isinstance(body, dict) else {"value": body}
+
+
+def refused_key(status: int, url: str) -> None:
+    if status == 401:
+        raise UsageError(f"{url} refused the key (HTTP 401): set SERVER_KEY or --key-file")
+
+
+def _read_error_body(exc: urllib.error.HTTPError) -> bytes:
+    try:
+        return exc.read()
+    except (OSError, http.client.HTTPException):
+        return b""
+
+
+def describe(exc: BaseException) -> str:
+    """A failed connection in a few words: "connection refused", "timed out", the OS's or OpenSSL's reason."""
+    reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+    if isinstance(reason, TimeoutError):
+        return "timed out"
+    if isinstance(reason, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(reason, ssl.SSLError):
+        return str(reason)  # as OpenSSL says it: CERTIFICATE_VERIFY_FAILED is what one searches for
+    if isinstance(reason, OSError) and reason.strerror:
+        return reason.strerror.lower()
+    return str(reason) or type(reason).__name__
