@@ -14,6 +14,7 @@ the promotion and HAProxy's switch, which hotstandby's figure includes.
 from __future__ import annotations
 
 import contextlib
+import os
 import tempfile
 import time
 from contextlib import ExitStack
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.scenarios import HS, Context, attempt, medians
-from tests.support.cluster import Pair, free_port, wait_until
+from tests.support.cluster import Node, Pair, free_port, wait_until
 from tests.support.haproxy import running_haproxy
 from tests.support.plugin_cluster import (
     MASTER_HOST,
@@ -54,8 +55,8 @@ measures nothing; it is kept (with its error) and tried again, up to TRIES times
 
 
 def plugins(ctx: Context) -> dict[str, Any]:
-    """The scenario: `count` plugins, each tool `ctx.runs` times, alternating."""
-    count = 5 if ctx.quick else 30
+    """The scenario: `count` plugins (30, quick 5, or BENCH_PLUGINS), each tool `ctx.runs` times."""
+    count = int(os.environ.get("BENCH_PLUGINS", 5 if ctx.quick else 30))
     packages = [build_package(marker=f"bench-{n}", extra_requirements=SDK) for n in range(count)]
     runs: dict[str, list[dict[str, Any]]] = {HS: [], REBUILD: []}
     once = {HS: _failover_once, REBUILD: _rebuild_once}
@@ -95,6 +96,8 @@ def _failover_once(root: Path, packages: list[PluginPackage]) -> dict[str, Any]:
                 MASTER_HOST, STANDBY_HOST, daemon_port, check_port=pair.master.port, mode="plugin-daemon"
             )
         )
+        leads = partial(_role_is, pair.master, "master")  # with the lease, whoever is up first may take it
+        wait_until(leads, 30, interval=0.2, message="the master to hold the lease")
         for n, package in enumerate(packages, start=1):  # one at a time, as an operator installs them:
             install_package(pair.master.storage, package)  # all at once overloads the 2-core machine
             at_least = partial(_launched_at_least, pair, wanted, n)
@@ -110,6 +113,12 @@ def _failover_once(root: Path, packages: list[PluginPackage]) -> dict[str, Any]:
         first = _until_answered(proxy.url, packages[:1], killed)
         every = _until_answered(proxy.url, packages, killed)
         return {"first_call_seconds": round(first, 3), "every_plugin_seconds": round(every, 3)}
+
+
+def _role_is(node: Node, role: str) -> bool:
+    with contextlib.suppress(OSError):
+        return bool(node.call("GET", "/internal/status", timeout=5)[1].get("role") == role)
+    return False
 
 
 def _launched_at_least(pair: Pair, wanted: set[str], n: int) -> bool:
