@@ -31,6 +31,17 @@ class Unreachable(HotstandbyError):
     """The node did not answer usefully: connection refused, timed out, or not JSON."""
 
 
+class Refused(HotstandbyError):
+    """A node answered with an error status: its problem document (daemon/problems.py) read once."""
+
+    def __init__(self, url: str, status: int, body: Mapping[str, Any]) -> None:
+        self.url, self.status, self.body = url, status, dict(body)
+        self.title = str(body.get("title") or "")
+        self.detail = str(body.get("detail") or self.title or f"HTTP {status}")
+        """What a person reads: the document's detail, else its title, else the status."""
+        super().__init__(f"{url} answered HTTP {status}: {self.detail}")
+
+
 # -- settings -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ClientSettings:
@@ -133,6 +144,15 @@ class Client:
         except ValueError:
             raise Unreachable(f"answered HTTP {status} without JSON") from None
         return status, body if isinstance(body, dict) else {"value": body}
+
+    def expect(
+        self, method: str, url: str, path: str, timeout: float | None = None, ok: tuple[int, ...] = (200,)
+    ) -> dict[str, Any]:
+        """`call`, with any status but `ok` raised as Refused (Unreachable and UsageError as there)."""
+        status, body = self.call(method, url, path, timeout)
+        if status not in ok:
+            raise Refused(url, status, body)
+        return body
 
 
 def refused_key(status: int, url: str) -> None:
