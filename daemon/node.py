@@ -556,12 +556,12 @@ class Node:
 
         op = Operation(seq=0, op="put", path=path, mode=mode, mtime_ns=time.time_ns(), size=len(content))
 
-        def apply_and_flush() -> None:
-            asyncio.run(applier.apply(op, read))
-            applier.flush()
+        async def apply_and_commit() -> None:
+            await applier.apply(op, read)
+            await applier.finish()  # group commit: the file is in place and durable
 
         # Off the loop: a stalled disk blocks this write, not the node's heartbeats, lease and API.
-        await asyncio.get_running_loop().run_in_executor(self._write_through, apply_and_flush)
+        await asyncio.get_running_loop().run_in_executor(self._write_through, asyncio.run, apply_and_commit())
         parts.recorder.record_sync(path)
         return parts.head
 

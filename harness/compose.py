@@ -22,6 +22,7 @@ from harness.compose_runner import (
     attach,
     down,
 )
+from harness.image import ImageError
 
 
 def _print_ps(cluster: Cluster) -> None:
@@ -117,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
             default="auto",
             help="auto: a network namespace per service, else 127.x.y.n addresses",
         )
+        if name == "demo":
+            sub.add_argument(
+                "--image",
+                action="store_true",
+                help="run the pair from the built image's own files (built first: harness/image.py)",
+            )
         if name == "up":
             sub.add_argument(
                 "--image-file",
@@ -156,8 +163,9 @@ def main(argv: list[str] | None = None) -> int:
             env_file=args.env_file,
             profiles=tuple(args.profile),
             network_mode=args.network,
+            from_image=args.image,
         )
-    except (ComposeError, RunnerError, netns.NetworkError) as exc:
+    except (ComposeError, RunnerError, netns.NetworkError, ImageError) as exc:
         print(f"compose_runner {args.command}: {exc}", file=sys.stderr)
         return 1
 

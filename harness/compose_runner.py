@@ -24,9 +24,15 @@ service with `network_mode: service:NAME` runs in NAME's namespace (at its addre
 is not built here cannot be run; `--image-file CONTAINER_PATH=HOST_PATH` supplies the files of it
 that a service's command names (the Dify plugin daemon's /app/entrypoint.sh).
 
+With `image=` (`demo --image`), services built from compose/Dockerfile run from the built image's
+own root filesystem instead (harness/image.py builds it; harness/rootfs_exec.py runs a command in
+it): the image's ENTRYPOINT, CMD, ENV, WORKDIR and USER (or the service's user:), its volumes and
+secrets bind-mounted at their container paths, an overlay per service for its own changes, in the
+service's network namespace (namespaces are required then). Healthchecks run in the image too.
+
 Not emulated: `restart:` (nothing restarts a process that exits), `user:` (everything runs as
-the caller), `ports:` (reach services from the client namespace: `exec`), image entrypoints of
-services that are not built here. State (pids, namespaces, addresses) is kept in
+the caller, except from an image), `ports:` (reach services from the client namespace: `exec`),
+image entrypoints of services that are not built here. State (pids, namespaces, addresses) is kept in
 WORKDIR/state.json so that `down` can stop everything from another process.
 """
 
@@ -133,6 +139,49 @@ class Launch:
     home: Path
     log: Path
     translate: Translator
+    spec: dict[str, Any] | None = None  # from the image (harness/rootfs_exec.py's SPEC); None: on the host
+
+
+@dataclass(frozen=True)
+class ImageRun:
+    """A built image to run the built services from: its root filesystem (a mounted folder) and
+    its config as `buildah inspect` / `docker image inspect` give it (Entrypoint, Cmd, Env, ...)."""
+
+    root: Path
+    config: Mapping[str, Any]
+
+    def argv(self, service: Service) -> list[str]:
+        """Entrypoint and command, combined as Docker does."""
+        entrypoint = (
+            list(service.entrypoint) if service.entrypoint is not None else self.config_list("Entrypoint")
+        )
+        if service.command is not None:
+            command = list(service.command)
+        else:
+            command = self.config_list("Cmd") if service.entrypoint is None else []
+        return entrypoint + command
+
+    def config_list(self, key: str) -> list[str]:
+        return [str(word) for word in self.config.get(key) or []]
+
+    def env(self) -> dict[str, str]:
+        return dict(item.split("=", 1) for item in self.config_list("Env"))
+
+    def home(self, user: str) -> str:
+        """The user's home in the image's /etc/passwd, as Docker sets HOME; / when unknown."""
+        name = user.partition(":")[0]
+        try:
+            lines = (self.root / "etc" / "passwd").read_text(encoding="utf-8").splitlines()
+        except OSError:
+            return "/"
+        for line in lines:
+            fields = line.split(":")
+            if len(fields) > 5 and name in (fields[0], fields[2]):
+                return fields[5] or "/"
+        return "/"
+
+
+ROOTFS_EXEC = Path(__file__).resolve().parent / "rootfs_exec.py"
 
 
 class Cluster:
@@ -146,9 +195,11 @@ class Cluster:
         *,
         network_mode: str = "auto",
         image_files: Mapping[str, Path] | None = None,
+        image: ImageRun | None = None,
         out: Printer = print,
     ) -> None:
         self.project = project
+        self.image = image
         # Container path -> host file, for services whose image is not built here (the runner
         # cannot run a pulled image; e.g. the plugin daemon's /app/entrypoint.sh).
         self.image_files = {k: Path(v).resolve() for k, v in (image_files or {}).items()}
@@ -177,6 +228,7 @@ class Cluster:
         services: tuple[str, ...] = (),
         network_mode: str = "auto",
         image_files: Mapping[str, Path] | None = None,
+        image: ImageRun | None = None,
         out: Printer = print,
     ) -> Cluster:
         project = load(compose_file, env_file=env_file, profiles=profiles)
@@ -186,6 +238,7 @@ class Cluster:
             Path(workdir),
             network_mode=network_mode,
             image_files=image_files,
+            image=image,
             out=out,
         )
         cluster.compose_files = _as_paths(compose_file)
@@ -211,6 +264,8 @@ class Cluster:
             if s.hostname not in ("", s.name) and not s.network_of
         }
         self.network, reason = netns.create(self.run_id, names, aliases, self.network_mode)
+        if reason and self.image is not None:
+            raise RunnerError(f"running from the image needs network namespaces: {reason}")
         if reason:
             self.out(f"note: network namespaces are not permitted here ({reason});")
             self.out("      falling back to distinct 127.x.y.n loopback addresses, same ports")
@@ -277,6 +332,8 @@ class Cluster:
 
     def _plan(self, service: Service) -> Launch:
         assert self.network is not None
+        if self.image is not None and service.built is not None:
+            return self._plan_in_image(service, self.image)
         translate = self._translator(service)
         image_env = service.built.env if service.built is not None else {}
         env = {
@@ -301,6 +358,100 @@ class Cluster:
         if argv[0] == "tini":  # not PID 1 here: let it reap as a subreaper instead of warning
             env["TINI_SUBREAPER"] = "1"
         return Launch(argv, env, home, self.workdir / "logs" / f"{service.name}.log", translate)
+
+    def _plan_in_image(self, service: Service, image: ImageRun) -> Launch:
+        """The service from the image's own files (harness/rootfs_exec.py): container paths stay
+        container paths; the spec file holds what the runtime needs, the argv starts it."""
+        user = service.user or str(image.config.get("User") or "0")
+        env = {
+            **image.env(),
+            **service.environment,
+            "HOSTNAME": service.hostname or service.name,
+            "HOME": image.home(user),
+        }
+        home = self.workdir / "home" / service.name
+        home.mkdir(parents=True, exist_ok=True)
+        container = self.workdir / "containers" / service.name
+        argv = image.argv(service)
+        if argv[:1] == ["tini"]:  # not PID 1 in its namespace: reap as a subreaper instead
+            env["TINI_SUBREAPER"] = "1"
+        spec: dict[str, Any] = {
+            "root": str(image.root),
+            "upper": str(container / "upper"),
+            "work": str(container / "work"),
+            "merged": str(container / "merged"),
+            "mounts": self._image_mounts(service),
+            "user": user,
+            "workdir": str(image.config.get("WorkingDir") or "/"),
+            "env": env,
+            "argv": argv,
+        }
+        path = container / "spec.json"
+        container.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(spec, indent=1), encoding="utf-8")
+        runner = [sys.executable, "-I", str(ROOTFS_EXEC), str(path)]
+        log = self.workdir / "logs" / f"{service.name}.log"
+        return Launch(runner, {"PATH": SYSTEM_PATH}, home, log, Translator(), spec)
+
+    def _image_mounts(self, service: Service) -> list[tuple[str, str]]:
+        """Volumes (folders under WORKDIR/volumes), bind mounts and secrets at their container paths.
+        Secret files are copied readable by the image's user, as Docker's file secrets are."""
+        mounts: list[tuple[str, str]] = []
+        for mount in service.mounts:
+            if mount.volume is not None:
+                host = self.workdir / "volumes" / mount.volume
+                host.mkdir(parents=True, exist_ok=True)
+            else:
+                assert mount.source is not None
+                host = mount.source
+            mounts.append((str(host), mount.target))
+        for secret, target in service.secrets:
+            copy = self.workdir / "secrets-image" / service.name / secret
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(self.secret_files[secret], copy)
+            copy.chmod(0o444)
+            mounts.append((str(copy), target))
+        return mounts
+
+    def run_in_image(
+        self, name: str, argv: Sequence[str], timeout: float
+    ) -> subprocess.CompletedProcess[bytes]:
+        """A one-off command in the image as the service would run it (its namespace, env, user,
+        mounts), on a throwaway layer: how healthchecks run. Raises subprocess.TimeoutExpired."""
+        assert self.network is not None
+        spec = dict(self.launch(name).spec or {})
+        if not spec:
+            raise RunnerError(f"{name} does not run from the image")
+        for key in ("upper", "work", "merged"):
+            spec.pop(key, None)
+        spec.update(scratch=str(self.workdir / "scratch"), argv=list(argv))
+        path = self.workdir / "containers" / name / f"exec-{secrets.token_hex(4)}.json"
+        path.write_text(json.dumps(spec), encoding="utf-8")
+        try:
+            return subprocess.run(
+                self.network.wrap(self.host(name), [sys.executable, "-I", str(ROOTFS_EXEC), str(path)]),
+                env={"PATH": SYSTEM_PATH},
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=timeout,
+                check=False,
+            )
+        finally:
+            path.unlink(missing_ok=True)
+
+    def environment(self, name: str) -> dict[str, str]:
+        """The service's environment as its process sees it (container paths when from the image)."""
+        launch = self.launch(name)
+        return dict(launch.spec["env"]) if launch.spec is not None else dict(launch.env)
+
+    def host_path(self, name: str, container_path: str) -> Path:
+        """Where a container path of the service is on this host (under one of its mounts)."""
+        if self.launch(name).spec is None:
+            return Path(container_path)  # already translated
+        for source, target in sorted(self._image_mounts(self.services[name]), key=lambda m: -len(m[1])):
+            if container_path == target or container_path.startswith(target.rstrip("/") + "/"):
+                return Path(source) / container_path[len(target) :].lstrip("/")
+        raise RunnerError(f"{name}: {container_path} is not under a volume")
 
     def _translator(self, service: Service) -> Translator:
         assert self.network is not None
@@ -381,6 +532,11 @@ class Cluster:
             return self.running(name)
         assert self.network is not None
         launch = self.launch(name)
+        if launch.spec is not None:
+            try:
+                return self.run_in_image(name, check.test, check.timeout).returncode == 0
+            except subprocess.TimeoutExpired:
+                return False
         argv = [launch.translate(word) for word in check.test]
         try:
             done = subprocess.run(
