@@ -5,11 +5,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 # Debian packages the tests and the demo run for real; installed only when missing.
+# buildah and mmdebstrap build the image without a Docker engine (make image, tests/image/); uidmap
+# gives buildah newuidmap/newgidmap when it runs as a user other than root.
 SYSTEM_PACKAGES := haproxy redis-server postgresql iproute2 rsync lsyncd prometheus docker-compose tini openssh-server \
-	chromium chromium-driver util-linux mount e2fsprogs
-SYSTEM_COMMANDS := haproxy redis-server pg_ctlcluster ip rsync lsyncd promtool docker-compose tini chromium chromedriver losetup fsfreeze mkfs.ext4
+	chromium chromium-driver util-linux mount e2fsprogs buildah mmdebstrap uidmap
+SYSTEM_COMMANDS := haproxy redis-server pg_ctlcluster ip rsync lsyncd promtool docker-compose tini chromium chromedriver losetup fsfreeze mkfs.ext4 \
+	buildah mmdebstrap newuidmap
 
-.PHONY: install system-deps test lint demo up down clean bench chaos
+.PHONY: install system-deps test lint demo demo-image image image-sizes up down clean bench chaos
 
 install: system-deps $(STAMP)
 
@@ -47,13 +50,27 @@ lint: install
 # (or 127.x.y.n addresses where namespaces are not permitted). `demo` runs a failover and tears down;
 # `up` leaves the services running (state, logs and volumes in compose/.run/) until `down`.
 demo: install
-	$(BIN)/python -m harness.compose_runner demo
+	$(BIN)/python -m harness.compose demo
+
+# The image (compose/Dockerfile): `docker build` when a Docker engine answers, else buildah in a store of
+# the project's own (~/.cache/hotstandby/containers), on python:3.11-slim-bookworm or, when that cannot be
+# pulled, an equivalent Debian base made once with mmdebstrap (harness/image.py). Targets: hotstandby:<version>
+# (the daemon) and hotstandby:<version>-drill (plus the drill's plot). `demo-image` runs the demo from the
+# daemon image's own files.
+image: install
+	$(BIN)/python -m harness.image build --target daemon --target drill
+
+image-sizes: install
+	$(BIN)/python -m harness.image sizes
+
+demo-image: install
+	$(BIN)/python -m harness.compose demo --image
 
 up: install
-	$(BIN)/python -m harness.compose_runner up
+	$(BIN)/python -m harness.compose up
 
 down: install
-	$(BIN)/python -m harness.compose_runner down
+	$(BIN)/python -m harness.compose down
 
 # Not part of `make test`: hotstandby against lsyncd and rsync (see bench/run.py --help; --quick for a smoke run).
 bench: install

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import netns
-from harness.compose_runner import DEFAULT_FILE, Cluster, Printer, Reply
+from harness.compose_runner import DEFAULT_FILE, Cluster, ImageRun, Printer, Reply
 from replication import manifest
 
 MASTER, SLAVE, HAPROXY = "hotstandby-master", "hotstandby-slave", "haproxy"
@@ -91,7 +91,7 @@ class PairView:
 
     def storage(self, service: str) -> Path:
         """The host folder behind the service's STORAGE_PATH."""
-        return Path(self.cluster.launch(service).env["STORAGE_PATH"])
+        return self.cluster.host_path(service, self.cluster.environment(service)["STORAGE_PATH"])
 
     def file(self, service: str, path: str) -> bytes | None:
         try:
@@ -203,7 +203,7 @@ def story(cluster: Cluster, out: Printer = print) -> None:
     _step(out, f"kill -9 {MASTER} (its whole process tree, as `docker kill` would)")
     cluster.kill(MASTER)
     killed = time.monotonic()
-    env = cluster.launch(SLAVE).env
+    env = cluster.environment(SLAVE)
     if env.get("ELECTION", "static") == "static":
         how = f"promotes itself after FAILOVER_TIMEOUT ({env.get('FAILOVER_TIMEOUT')}s) without its master"
     else:
@@ -237,14 +237,42 @@ def run_demo(
     env_file: str | Path | None = None,
     profiles: tuple[str, ...] = (),
     network_mode: str = "auto",
+    from_image: bool = False,
     out: Printer = print,
+) -> int:
+    """The demo; with from_image, the pair runs from the built image's root filesystem (built
+    first, as `make image` does)."""
+    if not from_image:
+        return _run_demo(compose_file, env_file, profiles, network_mode, None, out)
+    from harness import image
+
+    tag = image.build(("daemon",), out=out)[0]
+    with image.rootfs(tag) as root:
+        run = ImageRun(root, image.config(tag))
+        return _run_demo(compose_file, env_file, profiles, network_mode, run, out)
+
+
+def _run_demo(
+    compose_file: str | Path,
+    env_file: str | Path | None,
+    profiles: tuple[str, ...],
+    network_mode: str,
+    from_image: ImageRun | None,
+    out: Printer,
 ) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="hs-demo-"))
     try:
         cluster = Cluster.from_file(
-            compose_file, workdir, env_file=env_file, profiles=profiles, network_mode=network_mode, out=out
+            compose_file,
+            workdir,
+            env_file=env_file,
+            profiles=profiles,
+            network_mode=network_mode,
+            image=from_image,
+            out=out,
         )
-        _step(out, f"up: {cluster.project.path} as processes, without Docker (state in {workdir})")
+        where = f"from the image's files ({from_image.root})" if from_image else "as processes"
+        _step(out, f"up: {cluster.project.path} {where}, without Docker (state in {workdir})")
         started = time.monotonic()
         with cluster:
             out(f"  all services up and healthy in {time.monotonic() - started:.1f}s")

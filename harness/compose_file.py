@@ -16,7 +16,7 @@ import os
 import re
 import shlex
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -519,35 +519,55 @@ def _check_references(project: Project) -> None:
 def _built_image(build: Any, base: Path, where: str) -> ImageSpec:
     spec = {"context": build} if isinstance(build, str) else dict(build)
     context = _host_path(base, str(spec.get("context", ".")), f"{where} build")
-    return read_dockerfile(context / str(spec.get("dockerfile", "Dockerfile")), context)
+    target = spec.get("target")
+    return read_dockerfile(
+        context / str(spec.get("dockerfile", "Dockerfile")), context, str(target) if target else None
+    )
 
 
-def read_dockerfile(path: Path, context: Path) -> ImageSpec:
-    """ENV, ENTRYPOINT, CMD and COPY into /usr/local/bin of the final stage (after the last FROM)."""
+def read_dockerfile(path: Path, context: Path, target: str | None = None) -> ImageSpec:
+    """ENV, ENTRYPOINT, CMD and COPY into /usr/local/bin of the final stage (after the last FROM),
+    or of the stage named `target`; a stage built FROM an earlier stage starts with what it had."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ComposeError(f"Dockerfile {path}: {exc.strerror}") from None
-    env: dict[str, str] = {}
-    entrypoint: tuple[str, ...] = ()
-    cmd: tuple[str, ...] = ()
-    bin_files: dict[str, Path] = {}
+    stages: dict[str, ImageSpec] = {}
+    current = ImageSpec(path, {}, (), (), {})
+    name = ""
     for instruction, argument in _instructions(text):
         if instruction == "FROM":
-            env, entrypoint, cmd, bin_files = {}, (), (), {}
+            if name:
+                stages[name] = current
+            parts = [w for w in argument.split() if not w.startswith("--")]
+            parent = stages.get(parts[0].lower()) if parts else None
+            name = parts[2].lower() if len(parts) == 3 and parts[1].upper() == "AS" else ""
+            current = ImageSpec(
+                path,
+                dict(parent.env) if parent else {},
+                parent.entrypoint if parent else (),
+                parent.cmd if parent else (),
+                dict(parent.bin_files) if parent else {},
+            )
         elif instruction == "ENV":
-            env.update(_dockerfile_env(argument))
+            current.env.update(_dockerfile_env(argument))
         elif instruction in ("ENTRYPOINT", "CMD"):
             words = _exec_form(argument, f"{path} {instruction}")
             if instruction == "ENTRYPOINT":
-                entrypoint, cmd = words, ()  # a new ENTRYPOINT resets CMD, as in Docker
+                current = replace(current, entrypoint=words, cmd=())  # a new ENTRYPOINT resets CMD
             else:
-                cmd = words
+                current = replace(current, cmd=words)
         elif instruction == "COPY" and not argument.startswith("--from"):
             paths = [w for w in shlex.split(argument) if not w.startswith("--")]
             if len(paths) == 2 and paths[1].startswith("/usr/local/bin/"):
-                bin_files[os.path.basename(paths[1])] = (context / paths[0]).resolve()
-    return ImageSpec(path, env, entrypoint, cmd, bin_files)
+                current.bin_files[os.path.basename(paths[1])] = (context / paths[0]).resolve()
+    if name:
+        stages[name] = current
+    if target is None:
+        return current
+    if target.lower() not in stages:
+        raise ComposeError(f"Dockerfile {path}: no stage named {target!r}")
+    return stages[target.lower()]
 
 
 def _instructions(text: str) -> list[tuple[str, str]]:

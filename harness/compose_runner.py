@@ -24,15 +24,20 @@ service with `network_mode: service:NAME` runs in NAME's namespace (at its addre
 is not built here cannot be run; `--image-file CONTAINER_PATH=HOST_PATH` supplies the files of it
 that a service's command names (the Dify plugin daemon's /app/entrypoint.sh).
 
+With `image=` (`demo --image`), services built from compose/Dockerfile run from the built image's
+own root filesystem instead (harness/image.py builds it; harness/rootfs_exec.py runs a command in
+it): the image's ENTRYPOINT, CMD, ENV, WORKDIR and USER (or the service's user:), its volumes and
+secrets bind-mounted at their container paths, an overlay per service for its own changes, in the
+service's network namespace (namespaces are required then). Healthchecks run in the image too.
+
 Not emulated: `restart:` (nothing restarts a process that exits), `user:` (everything runs as
-the caller), `ports:` (reach services from the client namespace: `exec`), image entrypoints of
-services that are not built here. State (pids, namespaces, addresses) is kept in
+the caller, except from an image), `ports:` (reach services from the client namespace: `exec`),
+image entrypoints of services that are not built here. State (pids, namespaces, addresses) is kept in
 WORKDIR/state.json so that `down` can stop everything from another process.
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
 import contextlib
 import functools
@@ -50,7 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import netns
-from harness.compose_file import ComposeError, Project, Service, load
+from harness.compose_file import Project, Service, load
 from harness.sessions import Process, proc_stat
 
 REPO = Path(__file__).resolve().parent.parent
@@ -134,6 +139,49 @@ class Launch:
     home: Path
     log: Path
     translate: Translator
+    spec: dict[str, Any] | None = None  # from the image (harness/rootfs_exec.py's SPEC); None: on the host
+
+
+@dataclass(frozen=True)
+class ImageRun:
+    """A built image to run the built services from: its root filesystem (a mounted folder) and
+    its config as `buildah inspect` / `docker image inspect` give it (Entrypoint, Cmd, Env, ...)."""
+
+    root: Path
+    config: Mapping[str, Any]
+
+    def argv(self, service: Service) -> list[str]:
+        """Entrypoint and command, combined as Docker does."""
+        entrypoint = (
+            list(service.entrypoint) if service.entrypoint is not None else self.config_list("Entrypoint")
+        )
+        if service.command is not None:
+            command = list(service.command)
+        else:
+            command = self.config_list("Cmd") if service.entrypoint is None else []
+        return entrypoint + command
+
+    def config_list(self, key: str) -> list[str]:
+        return [str(word) for word in self.config.get(key) or []]
+
+    def env(self) -> dict[str, str]:
+        return dict(item.split("=", 1) for item in self.config_list("Env"))
+
+    def home(self, user: str) -> str:
+        """The user's home in the image's /etc/passwd, as Docker sets HOME; / when unknown."""
+        name = user.partition(":")[0]
+        try:
+            lines = (self.root / "etc" / "passwd").read_text(encoding="utf-8").splitlines()
+        except OSError:
+            return "/"
+        for line in lines:
+            fields = line.split(":")
+            if len(fields) > 5 and name in (fields[0], fields[2]):
+                return fields[5] or "/"
+        return "/"
+
+
+ROOTFS_EXEC = Path(__file__).resolve().parent / "rootfs_exec.py"
 
 
 class Cluster:
@@ -147,9 +195,11 @@ class Cluster:
         *,
         network_mode: str = "auto",
         image_files: Mapping[str, Path] | None = None,
+        image: ImageRun | None = None,
         out: Printer = print,
     ) -> None:
         self.project = project
+        self.image = image
         # Container path -> host file, for services whose image is not built here (the runner
         # cannot run a pulled image; e.g. the plugin daemon's /app/entrypoint.sh).
         self.image_files = {k: Path(v).resolve() for k, v in (image_files or {}).items()}
@@ -178,6 +228,7 @@ class Cluster:
         services: tuple[str, ...] = (),
         network_mode: str = "auto",
         image_files: Mapping[str, Path] | None = None,
+        image: ImageRun | None = None,
         out: Printer = print,
     ) -> Cluster:
         project = load(compose_file, env_file=env_file, profiles=profiles)
@@ -187,6 +238,7 @@ class Cluster:
             Path(workdir),
             network_mode=network_mode,
             image_files=image_files,
+            image=image,
             out=out,
         )
         cluster.compose_files = _as_paths(compose_file)
@@ -212,6 +264,8 @@ class Cluster:
             if s.hostname not in ("", s.name) and not s.network_of
         }
         self.network, reason = netns.create(self.run_id, names, aliases, self.network_mode)
+        if reason and self.image is not None:
+            raise RunnerError(f"running from the image needs network namespaces: {reason}")
         if reason:
             self.out(f"note: network namespaces are not permitted here ({reason});")
             self.out("      falling back to distinct 127.x.y.n loopback addresses, same ports")
@@ -278,6 +332,8 @@ class Cluster:
 
     def _plan(self, service: Service) -> Launch:
         assert self.network is not None
+        if self.image is not None and service.built is not None:
+            return self._plan_in_image(service, self.image)
         translate = self._translator(service)
         image_env = service.built.env if service.built is not None else {}
         env = {
@@ -302,6 +358,100 @@ class Cluster:
         if argv[0] == "tini":  # not PID 1 here: let it reap as a subreaper instead of warning
             env["TINI_SUBREAPER"] = "1"
         return Launch(argv, env, home, self.workdir / "logs" / f"{service.name}.log", translate)
+
+    def _plan_in_image(self, service: Service, image: ImageRun) -> Launch:
+        """The service from the image's own files (harness/rootfs_exec.py): container paths stay
+        container paths; the spec file holds what the runtime needs, the argv starts it."""
+        user = service.user or str(image.config.get("User") or "0")
+        env = {
+            **image.env(),
+            **service.environment,
+            "HOSTNAME": service.hostname or service.name,
+            "HOME": image.home(user),
+        }
+        home = self.workdir / "home" / service.name
+        home.mkdir(parents=True, exist_ok=True)
+        container = self.workdir / "containers" / service.name
+        argv = image.argv(service)
+        if argv[:1] == ["tini"]:  # not PID 1 in its namespace: reap as a subreaper instead
+            env["TINI_SUBREAPER"] = "1"
+        spec: dict[str, Any] = {
+            "root": str(image.root),
+            "upper": str(container / "upper"),
+            "work": str(container / "work"),
+            "merged": str(container / "merged"),
+            "mounts": self._image_mounts(service),
+            "user": user,
+            "workdir": str(image.config.get("WorkingDir") or "/"),
+            "env": env,
+            "argv": argv,
+        }
+        path = container / "spec.json"
+        container.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(spec, indent=1), encoding="utf-8")
+        runner = [sys.executable, "-I", str(ROOTFS_EXEC), str(path)]
+        log = self.workdir / "logs" / f"{service.name}.log"
+        return Launch(runner, {"PATH": SYSTEM_PATH}, home, log, Translator(), spec)
+
+    def _image_mounts(self, service: Service) -> list[tuple[str, str]]:
+        """Volumes (folders under WORKDIR/volumes), bind mounts and secrets at their container paths.
+        Secret files are copied readable by the image's user, as Docker's file secrets are."""
+        mounts: list[tuple[str, str]] = []
+        for mount in service.mounts:
+            if mount.volume is not None:
+                host = self.workdir / "volumes" / mount.volume
+                host.mkdir(parents=True, exist_ok=True)
+            else:
+                assert mount.source is not None
+                host = mount.source
+            mounts.append((str(host), mount.target))
+        for secret, target in service.secrets:
+            copy = self.workdir / "secrets-image" / service.name / secret
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(self.secret_files[secret], copy)
+            copy.chmod(0o444)
+            mounts.append((str(copy), target))
+        return mounts
+
+    def run_in_image(
+        self, name: str, argv: Sequence[str], timeout: float
+    ) -> subprocess.CompletedProcess[bytes]:
+        """A one-off command in the image as the service would run it (its namespace, env, user,
+        mounts), on a throwaway layer: how healthchecks run. Raises subprocess.TimeoutExpired."""
+        assert self.network is not None
+        spec = dict(self.launch(name).spec or {})
+        if not spec:
+            raise RunnerError(f"{name} does not run from the image")
+        for key in ("upper", "work", "merged"):
+            spec.pop(key, None)
+        spec.update(scratch=str(self.workdir / "scratch"), argv=list(argv))
+        path = self.workdir / "containers" / name / f"exec-{secrets.token_hex(4)}.json"
+        path.write_text(json.dumps(spec), encoding="utf-8")
+        try:
+            return subprocess.run(
+                self.network.wrap(self.host(name), [sys.executable, "-I", str(ROOTFS_EXEC), str(path)]),
+                env={"PATH": SYSTEM_PATH},
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=timeout,
+                check=False,
+            )
+        finally:
+            path.unlink(missing_ok=True)
+
+    def environment(self, name: str) -> dict[str, str]:
+        """The service's environment as its process sees it (container paths when from the image)."""
+        launch = self.launch(name)
+        return dict(launch.spec["env"]) if launch.spec is not None else dict(launch.env)
+
+    def host_path(self, name: str, container_path: str) -> Path:
+        """Where a container path of the service is on this host (under one of its mounts)."""
+        if self.launch(name).spec is None:
+            return Path(container_path)  # already translated
+        for source, target in sorted(self._image_mounts(self.services[name]), key=lambda m: -len(m[1])):
+            if container_path == target or container_path.startswith(target.rstrip("/") + "/"):
+                return Path(source) / container_path[len(target) :].lstrip("/")
+        raise RunnerError(f"{name}: {container_path} is not under a volume")
 
     def _translator(self, service: Service) -> Translator:
         assert self.network is not None
@@ -382,6 +532,11 @@ class Cluster:
             return self.running(name)
         assert self.network is not None
         launch = self.launch(name)
+        if launch.spec is not None:
+            try:
+                return self.run_in_image(name, check.test, check.timeout).returncode == 0
+            except subprocess.TimeoutExpired:
+                return False
         argv = [launch.translate(word) for word in check.test]
         try:
             done = subprocess.run(
@@ -584,161 +739,9 @@ json.dump({"status": status, "body": base64.b64encode(body).decode()}, sys.stdou
 """
 
 
-# --- command line ------------------------------------------------------------------------------
-
-
-def _print_ps(cluster: Cluster) -> None:
-    assert cluster.network is not None
-    for name in cluster.services:
-        if name not in cluster.processes:
-            continue
-        state = "running" if cluster.running(name) else f"exited ({cluster.processes[name].exit_code()})"
-        if cluster.running(name) and cluster.services[name].healthcheck is not None:
-            state += " (healthy)" if cluster.healthy(name) else " (unhealthy)"
-        cluster.out(f"  {name:<22} {state:<20} {cluster.describe(name)}")
-
-
-def _print_reach(cluster: Cluster) -> None:
-    assert cluster.network is not None
-    if isinstance(cluster.network, netns.NamespaceNetwork):
-        ns = cluster.network.namespace(netns.CLIENT)
-        cluster.out(
-            f"reach it from the client namespace: ip netns exec {ns} curl -s http://haproxy:5002/primary"
-        )
-        cluster.out(
-            "  or: .venv/bin/python -m harness.compose_runner exec -- curl -s http://haproxy:5002/primary"
-        )
-    else:
-        address = cluster.network.addresses.get("haproxy", "?")
-        cluster.out(f"reach it at http://{address}:5002/primary")
-
-
-def _up(args: argparse.Namespace) -> int:
-    workdir = Path(args.workdir)
-    if (workdir / STATE_FILE).exists():
-        previous = attach(workdir)
-        if any(p.alive() for p in previous.processes.values()):
-            print(f"already up (see {workdir / STATE_FILE}): run `make down` first", file=sys.stderr)
-            return 1
-        down(workdir, out=lambda _line: None)  # a stale state: clear its namespaces
-    cluster = Cluster.from_file(
-        args.file or [DEFAULT_FILE],
-        workdir,
-        env_file=args.env_file,
-        profiles=tuple(args.profile),
-        services=tuple(args.services),
-        network_mode=args.network,
-        image_files=_image_files(args.image_file),
-    )
-    print(f"up: {cluster.project.path} without Docker, state in {workdir}")
-    try:
-        cluster.up()
-    except BaseException:
-        cluster.down()
-        raise
-    _print_ps(cluster)
-    _print_reach(cluster)
-    print("stop with `make down` (volumes stay in place; `--volumes` removes them)")
-    return 0
-
-
-def _ps(args: argparse.Namespace) -> int:
-    _print_ps(attach(args.workdir))
-    return 0
-
-
-def _exec(args: argparse.Namespace) -> int:
-    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
-    if not argv:
-        print("exec: give a command, e.g. -- curl -s http://haproxy:5002/primary", file=sys.stderr)
-        return 2
-    return attach(args.workdir).exec(argv, args.host)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m harness.compose_runner",
-        description="Run compose/docker-compose.yml's services as processes, without Docker.",
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    for name, text in (
-        ("up", "start the services and leave them running"),
-        ("demo", "up, write through HAProxy, kill the master, fail over, rejoin, down"),
-    ):
-        sub = commands.add_parser(name, help=text)
-        sub.add_argument(
-            "--file",
-            "-f",
-            action="append",
-            default=[],
-            help="compose file (repeatable: later files override earlier ones, as docker compose -f)",
-        )
-        sub.add_argument("--env-file", help="variables for interpolation (default: .env beside the file)")
-        sub.add_argument("--profile", action="append", default=[], help="enable a profile (repeatable)")
-        sub.add_argument(
-            "--network",
-            choices=("auto", "netns", "loopback"),
-            default="auto",
-            help="auto: a network namespace per service, else 127.x.y.n addresses",
-        )
-        if name == "up":
-            sub.add_argument(
-                "--image-file",
-                action="append",
-                default=[],
-                metavar="CONTAINER_PATH=HOST_PATH",
-                help="a file of an image this runner cannot run (not built here), e.g. "
-                "/app/entrypoint.sh=/opt/dify-plugin-daemon/run.sh (repeatable)",
-            )
-            sub.add_argument("--workdir", default=str(DEFAULT_WORKDIR), help="state, logs and volumes")
-            sub.add_argument("services", nargs="*", help="services to start (default: all enabled)")
-    stop = commands.add_parser("down", help="stop everything `up` started")
-    stop.add_argument("--workdir", default=str(DEFAULT_WORKDIR))
-    stop.add_argument("--volumes", "-v", action="store_true", help="also remove volumes, logs and secrets")
-    ps = commands.add_parser("ps", help="list the services `up` started")
-    ps.add_argument("--workdir", default=str(DEFAULT_WORKDIR))
-    run = commands.add_parser("exec", help="run a command in the client namespace (or --host SERVICE's)")
-    run.add_argument("--workdir", default=str(DEFAULT_WORKDIR))
-    run.add_argument("--host", default=netns.CLIENT)
-    run.add_argument("argv", nargs=argparse.REMAINDER)
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "up":
-            return _up(args)
-        if args.command == "down":
-            return down(args.workdir, volumes=args.volumes)
-        if args.command == "ps":
-            return _ps(args)
-        if args.command == "exec":
-            return _exec(args)
-        from harness.compose_demo import run_demo
-
-        return run_demo(
-            args.file[0] if args.file else DEFAULT_FILE,
-            env_file=args.env_file,
-            profiles=tuple(args.profile),
-            network_mode=args.network,
-        )
-    except (ComposeError, RunnerError, netns.NetworkError) as exc:
-        print(f"compose_runner {args.command}: {exc}", file=sys.stderr)
-        return 1
-
-
 def _as_paths(compose_file: str | Path | Sequence[str | Path]) -> list[Path]:
     files = [compose_file] if isinstance(compose_file, str | Path) else list(compose_file)
     return [Path(f).resolve() for f in files]
-
-
-def _image_files(pairs: Sequence[str]) -> dict[str, Path]:
-    result: dict[str, Path] = {}
-    for pair in pairs:
-        target, sep, host = pair.partition("=")
-        if not sep or not target.startswith("/") or not host:
-            raise RunnerError(f"--image-file {pair!r}: expected CONTAINER_PATH=HOST_PATH")
-        if not Path(host).exists():
-            raise RunnerError(f"--image-file {pair!r}: {host} does not exist")
-        result[target] = Path(host)
-    return result
 
 
 @contextlib.contextmanager
@@ -750,7 +753,3 @@ def running(
     """Up on entry, down on exit, whatever happens in between."""
     with Cluster.from_file(compose_file, workdir, **kwargs) as cluster:
         yield cluster
-
-
-if __name__ == "__main__":
-    sys.exit(main())
