@@ -50,7 +50,7 @@ lint: install
 # (or 127.x.y.n addresses where namespaces are not permitted). `demo` runs a failover and tears down;
 # `up` leaves the services running (state, logs and volumes in compose/.run/) until `down`.
 demo: install
-	$(BIN)/python -m harness.compose_runner demo
+	$(BIN)/python -m harness.compose demo
 
 # The image (compose/Dockerfile): `docker build` when a Docker engine answers, else buildah in a store of
 # the project's own (~/.cache/hotstandby/containers), on python:3.11-slim-bookworm or, when that cannot be
@@ -64,13 +64,13 @@ image-sizes: install
 	$(BIN)/python -m harness.image sizes
 
 demo-image: install
-	$(BIN)/python -m harness.compose_runner demo --image
+	$(BIN)/python -m harness.compose demo --image
 
 up: install
-	$(BIN)/python -m harness.compose_runner up
+	$(BIN)/python -m harness.compose up
 
 down: install
-	$(BIN)/python -m harness.compose_runner down
+	$(BIN)/python -m harness.compose down
 
 # Not part of `make test`: hotstandby against lsyncd and rsync (see bench/run.py --help; --quick for a smoke run).
 bench: install

@@ -150,6 +150,17 @@ def scale_tree(root: Path, files: int, folders: int, seed: int) -> TreeSummary:
     return TreeSummary(files, len(all_dirs), 0, size_sum)
 
 
+def small_tree(root: Path, files: int, seed: int, per_folder: int = 200) -> TreeSummary:
+    """`files` small files (0.5-48 KiB, a plugin venv's kind) in folders of `per_folder` (issue 15)."""
+    rng = random.Random(seed)
+    for i in range(files):
+        folder = root / "cwd" / f"p{i // per_folder:03d}" / ".venv" / "lib"
+        if i % per_folder == 0:
+            folder.mkdir(parents=True, exist_ok=True)
+        write_file(folder / f"m{i:05d}.py", rng.randbytes(rng.randint(KIB // 2, 48 * KIB)))
+    return summarize(root)
+
+
 # ---------------------------------------------------------------- burst
 
 

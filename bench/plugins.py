@@ -13,6 +13,7 @@ the promotion and HAProxy's switch, which hotstandby's figure includes.
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import time
 from contextlib import ExitStack
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.scenarios import HS, Context, attempt, medians
-from tests.support.cluster import Node, free_port, wait_until
+from tests.support.cluster import Pair, free_port, wait_until
 from tests.support.haproxy import running_haproxy
 from tests.support.plugin_cluster import (
     MASTER_HOST,
@@ -45,6 +46,13 @@ ONLINE = ("--pip-extra-args=--system-certs",)
 machine's TLS proxy needs), as the real daemon does."""
 
 
+TRIES = 3
+FALSE_FAILOVER = "the standby took over during the installs"
+"""A machine loaded by other suites can starve the leader for seconds while it replicates the venvs
+(load averages of 15-20 on 2 cores): the standby then rightly takes over before the kill. Such a run
+measures nothing; it is kept (with its error) and tried again, up to TRIES times."""
+
+
 def plugins(ctx: Context) -> dict[str, Any]:
     """The scenario: `count` plugins, each tool `ctx.runs` times, alternating."""
     count = 5 if ctx.quick else 30
@@ -53,14 +61,21 @@ def plugins(ctx: Context) -> dict[str, Any]:
     once = {HS: _failover_once, REBUILD: _rebuild_once}
     for run in range(ctx.runs):
         for tool in (HS, REBUILD):
-            with tempfile.TemporaryDirectory(dir=ctx.workspace) as folder:
-                label = f"plugins run {run + 1}/{ctx.runs}: {tool}"
-                runs[tool].append(attempt(ctx, label, partial(once[tool], Path(folder), packages)))
+            for tried in range(1, TRIES + 1):
+                with tempfile.TemporaryDirectory(dir=ctx.workspace) as folder:
+                    label = f"plugins run {run + 1}/{ctx.runs}: {tool} (try {tried})"
+                    outcome = attempt(ctx, label, partial(once[tool], Path(folder), packages))
+                runs[tool].append(outcome)
+                if FALSE_FAILOVER not in outcome.get("error", ""):
+                    break
     return {
         "params": {
             "plugins": count,
             "daemon": "tests/support/plugin_daemon_model.py (the real daemon's launch path, modelled)",
             "hotstandby": "kill -9 of the leader's tree (node, gate, daemon, plugins) to calls via HAProxy",
+            "timings": "daemon and gate defaults; static election, FAILOVER=auto, FAILOVER_TIMEOUT=3",
+            "installs": "one plugin at a time on the leader, each launched before the next; the kill "
+            "once the replica's tree is identical",
             "rebuild": "a daemon with the packages but no ready venvs: uv builds each, from its start",
             "requirements": "each plugin requires dify_plugin (from PyPI) and a vendored wheel",
         },
@@ -72,7 +87,8 @@ def _failover_once(root: Path, packages: list[PluginPackage]) -> dict[str, Any]:
     wanted = {p.identifier for p in packages}
     with ExitStack() as stack:
         redis = stack.enter_context(running_redis(root))
-        pair, gates, daemon_port = stack.enter_context(gated_pair(root, redis.url, ONLINE))
+        started = gated_pair(root, redis.url, ONLINE, shipped_timings=True)
+        pair, gates, daemon_port = stack.enter_context(started)
         proxy = stack.enter_context(
             running_haproxy(
                 MASTER_HOST, STANDBY_HOST, daemon_port, check_port=pair.master.port, mode="plugin-daemon"
@@ -80,8 +96,8 @@ def _failover_once(root: Path, packages: list[PluginPackage]) -> dict[str, Any]:
         )
         for n, package in enumerate(packages, start=1):  # one at a time, as an operator installs them:
             install_package(pair.master.storage, package)  # all at once overloads the 2-core machine
-            at_least = partial(_launched_at_least, pair.master, wanted, n)
-            wait_until(at_least, 300, message=f"launch {n}/{len(packages)}")
+            at_least = partial(_launched_at_least, pair, wanted, n)
+            wait_until(at_least, 300, interval=0.5, message=f"launch {n}/{len(packages)}")
         wait_until(lambda: launched(pair.master) == wanted, 60, message="the leader's launches")
         # The failover is measured from a caught-up replica (the venvs and their markers are there):
         # killing the leader mid-copy measures a rebuild after data loss, not a failover.
@@ -95,8 +111,11 @@ def _failover_once(root: Path, packages: list[PluginPackage]) -> dict[str, Any]:
         return {"first_call_seconds": round(first, 3), "every_plugin_seconds": round(every, 3)}
 
 
-def _launched_at_least(node: Node, wanted: set[str], n: int) -> bool:
-    return len(launched(node) & wanted) >= n
+def _launched_at_least(pair: Pair, wanted: set[str], n: int) -> bool:
+    with contextlib.suppress(OSError):  # a standby too busy to answer is not the question here
+        if pair.slave.call("GET", "/internal/status", timeout=5)[1].get("role") == "master":
+            raise AssertionError(f"{FALSE_FAILOVER} (plugin {n})")
+    return len(launched(pair.master) & wanted) >= n
 
 
 def _rebuild_once(root: Path, packages: list[PluginPackage]) -> dict[str, Any]:

@@ -227,9 +227,19 @@ def plugins_rows(result: dict[str, Any]) -> list[Row]:
     ]
 
 
+def small_rows(result: dict[str, Any]) -> list[Row]:
+    tools = result["tools"]
+    files = result["params"]["tree"]["files"]
+    return [
+        _rows_for(tools, f"small files {files:,}: initial sync s", lambda m: m["seconds"]),
+        _rows_for(tools, "small files: then sync(1) s", lambda m: m["then_sync_seconds"]),
+    ]
+
+
 ROWS = {
     "lag": lag_rows,
     "full": full_rows,
+    "small": small_rows,
     "delta": delta_rows,
     "scale": scale_rows,
     "burst": burst_rows,
@@ -238,7 +248,9 @@ ROWS = {
 
 
 def table(results: dict[str, Any]) -> str:
-    text = _tools_table(results)
+    from bench.bulk_report import table as bulk_table
+
+    text = "\n\n".join(part for part in (bulk_table(results), _tools_table(results)) if part)
     switch = results.get("switchover")
     if switch and "error" not in switch:
         from bench.switchover import table as switchover_table
@@ -352,6 +364,9 @@ def targets(results: dict[str, Any]) -> list[Target]:
                     ok,
                 )
             )
+    from bench.bulk_report import targets as bulk_targets
+
+    found += [Target(*t) for t in bulk_targets(results)]
     switch = results.get("switchover")
     if switch and "error" not in switch:
         from bench.switchover import targets as switchover_targets

@@ -1,12 +1,15 @@
 """hotstandby against lsyncd and rsync, side by side: `make bench`, or
 
-    .venv/bin/python bench/run.py [--scenarios lag,full,delta,scale,burst,switchover] [--quick] [--runs N]
-                                  [--lag-rates 20,200] [--switchover-baseline] [--out bench/results]
+    .venv/bin/python bench/run.py [--scenarios lag,full,small,start,delta,scale,burst,switchover] [--quick]
+                                  [--runs N] [--lag-rates 20,200,1000] [--tools hotstandby,rsync,...]
+                                  [--switchover-baseline] [--out bench/results]
 
 Scenarios (each on the same seeded data for every tool, everything on 127.0.0.1):
   lag    2,000 files of 1-64 KiB written at 20/s and 200/s; per file, close() on the master to the complete
          file visible on the slave (inotify observer): p50/p95/p99/max
   full   initial copy of a 1 GiB mixed tree to an empty slave, caches dropped first: wall time and MiB/s
+  small  the same for 10,000 small files (0.5-48 KiB, 200 per folder: plugin venvs)
+  start  node start to healthy (first 200 on /health), both roles, 5 runs
   delta  a 1-byte change and a 1 MiB insertion in a 256 MiB file: bytes on the wire and time
   scale  100,000 files in 10,000 folders: watcher ready, peak RSS, no-change pass; against rsync -an
   burst  20,000 files created as fast as possible: time until the slave is identical
@@ -20,7 +23,8 @@ Scenarios (each on the same seeded data for every tool, everything on 127.0.0.1)
 
 --quick shrinks everything for a smoke run (200 files, 100 MiB, 64 MiB, 10k files, 2k files) and says so
 in the output and the file name. The short scenarios run 3 times (median reported); lag runs once per tool
-unless --runs is given (the 20/s run takes 100 s per tool). Prints one table and the targets, and writes
+unless --runs is given (the 20/s run takes 100 s per tool). Prints issue 15's bulk table (hotstandby,
+rsync -a, rsync --fsync, lsyncd, ratios), the table of every measure and the targets, and writes
 bench/results/<date>[-quick].json and .txt. Temporary trees live under /tmp and are removed at the end.
 """
 
@@ -53,7 +57,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated, default: all")
     parser.add_argument("--quick", action="store_true", help="small sizes for a smoke run (labelled quick)")
     parser.add_argument("--runs", type=int, default=None, help="runs per tool (default 3; lag: 1)")
-    parser.add_argument("--lag-rates", default="20,200", help="files per second for the lag scenario")
+    parser.add_argument(
+        "--lag-rates",
+        default="20,200,1000",
+        help="files per second for the lag scenario (1000/s: 30 s worth)",
+    )
+    parser.add_argument(
+        "--tools",
+        default="",
+        help="only these tools (comma-separated: hotstandby, rsync, rsync-fsync, lsyncd-...)",
+    )
     parser.add_argument(
         "--switchover-baseline", action="store_true", help="switchover: also the settings shipped before"
     )
@@ -121,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         lag_runs=args.runs or 1,
         lag_rates=args.rates,
         switchover_baseline=args.switchover_baseline,
+        tools=frozenset(t.strip() for t in args.tools.split(",") if t.strip()) or None,
     )
     results: dict[str, Any] = {}
     document: dict[str, Any] = {

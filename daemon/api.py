@@ -31,6 +31,7 @@ from daemon.store.routes import store_app
 from daemon.store.store import PluginStore
 from daemon.ui.routes import add_ui_routes
 from replication import versions
+from replication.delta import DIGEST_BYTES, DIGEST_WIDTHS
 from replication.errors import ReplicationError
 from replication.paths import StorageRoot, validate_relpath
 from replication.protocol import MAX_PATHS_PER_REQUEST, MAX_PEER_EPOCH, MAX_SEQUENCE
@@ -437,7 +438,10 @@ async def replication_hashes(request: web.Request) -> web.Response:
 async def replication_signatures(request: web.Request) -> web.Response:
     receiver = _receiver(request, 0)
     paths = await _path_list(request)
-    return web.json_response({"signatures": await asyncio.to_thread(receiver.signatures, paths)})
+    width = (await _json_object(request)).get("digest_bytes", DIGEST_BYTES)
+    if isinstance(width, bool) or width not in DIGEST_WIDTHS:
+        raise HTTPProblem(400, "bad request", f"digest_bytes must be an integer in {DIGEST_WIDTHS}")
+    return web.json_response({"signatures": await asyncio.to_thread(receiver.signatures, paths, width)})
 
 
 async def _path_list(request: web.Request) -> list[str]:

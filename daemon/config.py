@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict, TypeVar, get_args
 from urllib.parse import urlsplit
 
 from daemon.errors import ConfigError as ConfigError  # its home is daemon/errors.py; imported from here too
@@ -23,6 +23,52 @@ from replication.ssh_target import SshTarget, is_ssh_url
 Role = Literal["master", "slave"]
 Election = Literal["static", "redis", "postgres"]
 LogFormat = Literal["json", "console"]
+Failover = Literal["manual", "auto"]
+SyncMode = Literal["async", "sync"]
+SyncFallback = Literal["none", "async"]
+_Choice = TypeVar("_Choice", bound=str)
+
+
+class _SecurityFields(TypedDict):
+    """Config's TLS, key-rule and request-timeout fields, as EnvReader._security reads them."""
+
+    tls_cert_file: str
+    tls_key_file: str
+    tls_ca_file: str
+    require_auth: bool
+    allow_unauthenticated: bool
+    request_header_timeout: float
+    request_body_timeout: float
+
+
+class _StoreFolders(TypedDict):
+    plugin_storage_root: str
+    package_dir: str
+    plugin_dir: str
+    working_path: str
+    quarantine_dir: str
+
+
+class _RetentionFields(TypedDict):
+    events_keep: int
+    events_max_age: float
+    conflicts_keep: int
+    conflicts_max_age: float
+
+
+class _StoreFields(_StoreFolders, _RetentionFields):
+    """Config's plugin-store fields: its folders, downloads, periodic jobs and retention."""
+
+    marketplace_url: str
+    download_connect_timeout: float
+    download_read_timeout: float
+    download_retries: int
+    download_backoff: float
+    max_plugin_package_size: int
+    verify_interval: float
+    workdir_scan_interval: float
+
+
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DEFAULT_STORAGE_PATH = "/app/storage/cwd"
 DEFAULT_READY_MARKERS = ("**/.venv/dify/plugin.json",)
@@ -69,15 +115,15 @@ class Config:
     lease_renew_interval: float = 4.0 / 3
     lease_safety_margin: float = 4.0 / 6
     election_timeout: float = 4.0 / 6
-    failover: Literal["manual", "auto"] = "manual"
+    failover: Failover = "manual"
     failover_timeout: float = 6.0
     replica_max_lag: float = 10.0
     plugin_daemon_url: str = ""
     plugin_daemon_gate: bool = False
     dify_redis_url: str = field(default="", repr=False)
     dify_redis_password: str = field(default="", repr=False)
-    sync_mode: Literal["async", "sync"] = "async"
-    sync_mode_fallback: Literal["none", "async"] = "none"
+    sync_mode: SyncMode = "async"
+    sync_mode_fallback: SyncFallback = "none"
     sync_write_timeout: float = 10.0
     control_interval: float = 0.25
     anti_entropy_interval: float = 300.0
@@ -188,6 +234,12 @@ class EnvReader:
         if value not in accepted:
             raise ConfigError(f"{name}={value!r} is invalid: accepted values are {', '.join(accepted)}")
         return value
+
+    def literal(self, name: str, default: _Choice, kind: Any) -> _Choice:
+        """One of the values of the Literal type `kind`, typed as it (`choice` with its message)."""
+        accepted: tuple[_Choice, ...] = get_args(kind)
+        value = self.choice(name, default, accepted)
+        return next(option for option in accepted if option == value)
 
     def boolean(self, name: str, default: str = "false") -> bool:
         return self.choice(name, default, _BOOLEANS) in ("true", "1", "yes")
@@ -307,7 +359,7 @@ class EnvReader:
         return tuple(p.strip() for p in self.raw(name).split(",") if p.strip())
 
     def build(self) -> Config:
-        role = self.choice("ROLE", "master", ("master", "slave"))
+        role: Role = self.literal("ROLE", "master", Role)
         storage_path = self.path("STORAGE_PATH", DEFAULT_STORAGE_PATH)
         default_state = os.path.join(os.path.dirname(storage_path), ".hotstandby")
         state_path = self.path("STATE_PATH", default_state)
@@ -318,7 +370,7 @@ class EnvReader:
             )
         lease_ttl = self.seconds("LEASE_TTL", 4.0, 0.5, 3600)
         config = Config(
-            role=role,  # type: ignore[arg-type]
+            role=role,
             storage_path=storage_path,
             state_path=state_path,
             server_host=self.raw("SERVER_HOST", "0.0.0.0") or "0.0.0.0",
@@ -332,13 +384,13 @@ class EnvReader:
             exclude=self.globs("EXCLUDE", ()),
             ready_markers=self.globs("READY_MARKERS", DEFAULT_READY_MARKERS),
             log_level=self.choice("LOG_LEVEL", "INFO", LOG_LEVELS, upper=True),
-            log_format=self.choice("LOG_FORMAT", "json", ("json", "console")),  # type: ignore[arg-type]
+            log_format=self.literal("LOG_FORMAT", "json", LogFormat),
             heartbeat_interval=self.seconds("HEARTBEAT_INTERVAL", 1.0, 0.05, 60),
             shutdown_timeout=self.seconds("SHUTDOWN_TIMEOUT", 10.0, 0.1, 600),
             batch_max_ops=self.integer("BATCH_MAX_OPS", 1000, 1, 100_000),
             batch_max_bytes=self.integer("BATCH_MAX_BYTES", 16 * 1024 * 1024, 1024, 1 << 34),
             journal_max_entries=self.integer("JOURNAL_MAX_ENTRIES", 200_000, 100, 100_000_000),
-            election=self.choice("ELECTION", "static", ("static", "redis", "postgres")),  # type: ignore[arg-type]
+            election=self.literal("ELECTION", "static", Election),
             redis_url=self.url("REDIS_URL", ("redis", "rediss", "unix")),
             redis_password=self.env.get("REDIS_PASSWORD", ""),
             database_url=self.url("DATABASE_URL", ("postgresql", "postgres")),
@@ -347,17 +399,15 @@ class EnvReader:
             lease_renew_interval=self.seconds("LEASE_RENEW_INTERVAL", lease_ttl / 3, 0.05, 3600),
             lease_safety_margin=self.seconds("LEASE_SAFETY_MARGIN", min(1.0, lease_ttl / 6), 0.0, 3600),
             election_timeout=self.seconds("ELECTION_TIMEOUT", min(1.0, lease_ttl / 6), 0.05, 60),
-            failover=self.choice("FAILOVER", "manual", ("manual", "auto")),  # type: ignore[arg-type]
+            failover=self.literal("FAILOVER", "manual", Failover),
             failover_timeout=self.seconds("FAILOVER_TIMEOUT", 6.0, 0.5, 3600),
             replica_max_lag=self.seconds("REPLICA_MAX_LAG", 10.0, *REPLICA_MAX_LAG_RANGE),
             plugin_daemon_url=self.url("PLUGIN_DAEMON_URL"),
             plugin_daemon_gate=self.boolean("PLUGIN_DAEMON_GATE"),
             dify_redis_url=self.url("DIFY_REDIS_URL", ("redis", "rediss", "unix")),
             dify_redis_password=self.env.get("DIFY_REDIS_PASSWORD", ""),
-            sync_mode=self.choice("SYNC_MODE", "async", ("async", "sync")),  # type: ignore[arg-type]
-            sync_mode_fallback=self.choice(  # type: ignore[arg-type]
-                "SYNC_MODE_FALLBACK", "none", ("none", "async")
-            ),
+            sync_mode=self.literal("SYNC_MODE", "async", SyncMode),
+            sync_mode_fallback=self.literal("SYNC_MODE_FALLBACK", "none", SyncFallback),
             sync_write_timeout=self.seconds("SYNC_WRITE_TIMEOUT", 10.0, 0.1, 3600),
             control_interval=self.seconds("CONTROL_INTERVAL", 0.25, 0.01, 10),
             delta_min_size=self.integer("DELTA_MIN_SIZE", 1024 * 1024, 0, 1 << 40),
@@ -367,22 +417,12 @@ class EnvReader:
             **self._security(),
         )
         self._check_election(config)
-        if config.role == "master" and config.sync_source:
-            raise ConfigError("SYNC_SOURCE is for ROLE=slave; a master replicates to SYNC_TARGET")
-        if config.role == "slave" and config.sync_target:
-            raise ConfigError("SYNC_TARGET is for ROLE=master; a slave names its master in SYNC_SOURCE")
-        if config.failover == "auto" and len(config.peer_urls) > 1:
-            raise ConfigError(
-                "FAILOVER=auto with several nodes could promote two of them at once: "
-                "use ELECTION=redis or ELECTION=postgres beyond a pair"
-            )
-        if "\n" in config.server_key or (config.server_key and len(config.server_key) < 8):
-            raise ConfigError("SERVER_KEY must be at least 8 characters on one line")
+        _check_topology(config)
         _check_exposure(config)
         _check_status_key(config)
         return config
 
-    def _security(self) -> dict[str, Any]:
+    def _security(self) -> _SecurityFields:
         """TLS files (checked: cert and key together, readable, loadable), the key rule, request timeouts."""
         files = self.tls_files()
         return {
@@ -395,7 +435,7 @@ class EnvReader:
             "request_body_timeout": self.seconds("REQUEST_BODY_TIMEOUT", 60.0, 0.5, 3600),
         }
 
-    def _store(self, storage_path: str, state_path: str) -> dict[str, Any]:
+    def _store(self, storage_path: str, state_path: str) -> _StoreFields:
         """The plugin store's settings: its folders under the plugin daemon's root, and downloads."""
         return {
             **self._store_folders(storage_path, state_path),
@@ -414,7 +454,7 @@ class EnvReader:
             **self._retention(),
         }
 
-    def _retention(self) -> dict[str, Any]:
+    def _retention(self) -> _RetentionFields:
         """How much history is kept: the catalogue's events, and divergent writes in STATE_PATH/conflicts."""
         return {
             "events_keep": self.integer("EVENTS_KEEP", 10_000, 100, 100_000_000),
@@ -423,7 +463,7 @@ class EnvReader:
             "conflicts_max_age": self.seconds("CONFLICTS_MAX_AGE", DEFAULT_RETENTION_AGE, 0.0, _TEN_YEARS),
         }
 
-    def _store_folders(self, storage_path: str, state_path: str) -> dict[str, str]:
+    def _store_folders(self, storage_path: str, state_path: str) -> _StoreFolders:
         """PLUGIN_STORAGE_ROOT (default: the parent of a STORAGE_PATH named cwd) and four folders in it."""
         default_root = (
             os.path.dirname(storage_path) if os.path.basename(storage_path) == "cwd" else storage_path
@@ -485,6 +525,21 @@ class EnvReader:
             raise ConfigError(
                 "FAILOVER=auto applies to ELECTION=static; with a lease backend failover is automatic"
             )
+
+
+def _check_topology(config: Config) -> None:
+    """Rules across variables: which role names which peers, automatic failover only for a pair, the key."""
+    if config.role == "master" and config.sync_source:
+        raise ConfigError("SYNC_SOURCE is for ROLE=slave; a master replicates to SYNC_TARGET")
+    if config.role == "slave" and config.sync_target:
+        raise ConfigError("SYNC_TARGET is for ROLE=master; a slave names its master in SYNC_SOURCE")
+    if config.failover == "auto" and len(config.peer_urls) > 1:
+        raise ConfigError(
+            "FAILOVER=auto with several nodes could promote two of them at once: "
+            "use ELECTION=redis or ELECTION=postgres beyond a pair"
+        )
+    if "\n" in config.server_key or (config.server_key and len(config.server_key) < 8):
+        raise ConfigError("SERVER_KEY must be at least 8 characters on one line")
 
 
 def _check_exposure(config: Config) -> None:

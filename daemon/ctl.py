@@ -20,6 +20,7 @@ from urllib.parse import quote
 
 from daemon.client import REQUEST_TIMEOUT, Client, ClientSettings, Unreachable, base_url
 from daemon.errors import UsageError
+from daemon.roles import shown_as_leader, shown_as_replica
 
 ROLE_REQUEST_TIMEOUT = 15.0  # the daemon waits up to 10 s for its control loop to take a request
 POLL_INTERVAL = 0.1
@@ -90,7 +91,7 @@ def assess(statuses: Sequence[NodeStatus], max_lag: float) -> str | None:
             if isinstance(peer, dict) and peer.get("failure") == "untrusted":
                 why = f"{peer.get('error')} (check SERVER_KEY and TLS)"
                 return f"{node.url} cannot trust {peer.get('url')}: {why}"
-    leaders = [s for s in statuses if s.role == "master"]
+    leaders = [s for s in statuses if shown_as_leader(s.role)]
     writable = [s for s in leaders if s.writable]
     if len(leaders) > 1:
         return f"two leaders: {' and '.join(s.url for s in leaders)} both report role master"
@@ -101,7 +102,7 @@ def assess(statuses: Sequence[NodeStatus], max_lag: float) -> str | None:
     for node in statuses:
         if node is writable[0]:
             continue
-        if node.role != "slave":
+        if not shown_as_replica(node.role):
             return f"{node.url} reports role {node.role!r}, not slave"
         if not node.get("peer_connected"):
             return f"replica {node.url} disconnected from the leader"
@@ -194,7 +195,7 @@ def _row(node: NodeStatus, link: Mapping[str, Any] | None) -> tuple[str, ...]:
 
 def _links(statuses: Sequence[NodeStatus]) -> list[Mapping[str, Any] | None]:
     """For each replica, the writable leader's link to it (pending changes, lag, progress)."""
-    leader = next((s for s in statuses if s.reachable and s.writable and s.role == "master"), None)
+    leader = next((s for s in statuses if s.reachable and s.writable and shown_as_leader(s.role)), None)
     if leader is None:
         return [None for _ in statuses]
     return [None if s is leader or not s.reachable else link_to(leader, s.url) for s in statuses]
@@ -485,7 +486,7 @@ class _Switch:
             return None, f"leader unreachable: {leader.error}"
         if not replica.reachable:
             return None, f"replica unreachable: {replica.error}"
-        if replica.role != "slave" or not replica.get("peer_connected"):
+        if not shown_as_replica(replica.role) or not replica.get("peer_connected"):
             return None, "replica disconnected"
         produced = int(leader.get("produced_sequence") or 0)
         link = link_to(leader, replica.url)
@@ -494,7 +495,7 @@ class _Switch:
         key = "acknowledged_sequence" if link is None else "confirmed_sequence"
         acked = int(source.get(key) or 0)
         pending = int(source.get("pending_changes") or 0)
-        if leader.role != "master" or acked != produced or pending:
+        if not shown_as_leader(leader.role) or acked != produced or pending:
             return None, f"{pending} change(s) pending, acknowledged {acked} of {produced}"
         return produced, ""
 
@@ -508,7 +509,7 @@ class _Switch:
                 code, body = self.client.call("POST", url, "/internal/promote", ROLE_REQUEST_TIMEOUT)
             except Unreachable as exc:
                 after = fetch_status(self.client, url)  # the answer may be lost while the promotion held
-                if after.role == "master" and after.epoch > self.leader.epoch:
+                if shown_as_leader(after.role) and after.epoch > self.leader.epoch:
                     return after.epoch, ""
                 return None, str(exc)
             if code == 200:
@@ -530,7 +531,7 @@ class _Switch:
             code, body = self.client.call("POST", old, path, ROLE_REQUEST_TIMEOUT)
         except Unreachable as exc:
             after = fetch_status(self.client, old)  # the answer may be lost while the hand-over held
-            if after.role == "slave":
+            if shown_as_replica(after.role):
                 return "its answer was lost, but it follows now", ""
             return None, str(exc)
         if code == 200:
@@ -572,7 +573,7 @@ def link_to(leader: NodeStatus, url: str) -> Mapping[str, Any] | None:
 
 def _follows(node: NodeStatus, epoch: int, leader_id: Any) -> bool:
     return (
-        node.role == "slave"
+        shown_as_replica(node.role)
         and node.epoch == epoch
         and bool(node.get("peer_connected"))
         and (leader_id is None or node.get("master_node") == leader_id)

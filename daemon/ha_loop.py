@@ -32,6 +32,8 @@ from daemon.roles import (
     decide,
     initial_state,
     may_compete,
+    shown_as_leader,
+    shown_as_replica,
 )
 from replication.ssh_target import is_ssh_url
 
@@ -90,7 +92,7 @@ class ControlLoop:
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
         """Enter the initial role before serving: a replica accepts its leader's changes at once."""
-        role: Role = "leader" if self.config.role == "master" else "replica"
+        role: Role = "leader" if shown_as_leader(self.config.role) else "replica"
         epoch = self.node.identity.epoch
         if role == "leader" and self.config.election == "static":
             epoch = max(epoch, 1)
@@ -268,7 +270,7 @@ class ControlLoop:
         receiver = self.node.receiver
         return any(
             view.synced
-            and view.role == "slave"
+            and shown_as_replica(view.role)
             and view.journal_id is not None
             and view.journal_id == receiver.journal_id
             and (view.applied_sequence or 0) > receiver.applied_seq
@@ -278,7 +280,7 @@ class ControlLoop:
     def _may_bootstrap(self) -> bool:
         """A brand-new ROLE=master node may start a new pair before anyone synchronised it."""
         return (
-            self.config.role == "master"
+            shown_as_leader(self.config.role)
             and not self.node.identity.has_led
             and not self.node.receiver.journal_id
         )

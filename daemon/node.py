@@ -32,7 +32,7 @@ from daemon.exposure import unguarded_warning
 from daemon.identity import NodeIdentity
 from daemon.problems import HTTPProblem
 from daemon.redact import hide_password
-from daemon.roles import RoleState
+from daemon.roles import SHOWN_AS, RoleState
 from daemon.storage_probe import StorageProbe
 from daemon.tls import client_context
 from replication.applier import Applier
@@ -49,8 +49,6 @@ from replication.sender import LinkSettings, SyncSummary
 from replication.watcher import Watcher
 
 log = structlog.get_logger("daemon.node")
-
-ROLE_NAMES = {"leader": "master", "replica": "slave"}
 
 
 WATCHER_FAILED_RESCAN_INTERVAL = 30.0
@@ -105,43 +103,9 @@ class Node:
         self.config = config
         self.registry = CollectorRegistry()
         self.metrics = ReplicationMetrics(self.registry)
-        self.healthy_gauge = Gauge(
-            "plugin_sync_node_healthy",
-            "1 while this node's STORAGE_PATH is writable (GET /health is not 503).",
-            registry=self.registry,
-        )
-        self.conflicts_total = Counter(
-            "plugin_sync_conflicts", "Divergent files preserved after a demotion.", registry=self.registry
-        )
-        self.conflicts_expired = Counter(
-            "plugin_sync_conflicts_expired",
-            "Epoch folders of the conflicts area deleted by its retention (CONFLICTS_KEEP, _MAX_AGE).",
-            registry=self.registry,
-        )
-        self.is_leader_gauge = Gauge(
-            "plugin_sync_is_leader", "1 while this node accepts writes.", registry=self.registry
-        )
-        self.watcher_gauge = Gauge(
-            "plugin_sync_watcher_healthy",
-            "0 while the inotify watcher cannot be trusted (rescans cover it).",
-            registry=self.registry,
-        )
-        self.peer_untrusted_gauge = Gauge(
-            "plugin_sync_peer_role_unknown",
-            "Peers that refuse our key or fail TLS: their role is unknown, so no failover or confirmation.",
-            registry=self.registry,
-        )
+        self._define_metrics()
         self.peer_problem: str | None = None
         """Set by the control loop while a peer refuses our key or TLS."""
-        self.epoch_gauge = Gauge(
-            "plugin_sync_epoch", "The fencing epoch this node acts under.", registry=self.registry
-        )
-        self.epochs_refused = Counter(
-            "plugin_sync_refused_epochs",
-            "Epochs from outside refused as out of range (above MAX_PEER_EPOCH), by source.",
-            ["source"],
-            registry=self.registry,
-        )
         self._refused_epochs: dict[str, str] = {}
         self.identity = NodeIdentity.load(config.state_path)
         self.client_tls = client_context(config.tls)
@@ -171,6 +135,48 @@ class Node:
         under its name. The plugin store adds `plugin_workdirs` (daemon/store/factory.py)."""
         self._writes_in_flight = 0
         self._writes_idle = asyncio.Condition()
+        self._track_metrics()
+
+    def _define_metrics(self) -> None:
+        """The node's own metrics, beside the engine's (ReplicationMetrics)."""
+        self.healthy_gauge = Gauge(
+            "plugin_sync_node_healthy",
+            "1 while this node's STORAGE_PATH is writable (GET /health is not 503).",
+            registry=self.registry,
+        )
+        self.conflicts_total = Counter(
+            "plugin_sync_conflicts", "Divergent files preserved after a demotion.", registry=self.registry
+        )
+        self.conflicts_expired = Counter(
+            "plugin_sync_conflicts_expired",
+            "Epoch folders of the conflicts area deleted by its retention (CONFLICTS_KEEP, _MAX_AGE).",
+            registry=self.registry,
+        )
+        self.is_leader_gauge = Gauge(
+            "plugin_sync_is_leader", "1 while this node accepts writes.", registry=self.registry
+        )
+        self.watcher_gauge = Gauge(
+            "plugin_sync_watcher_healthy",
+            "0 while the inotify watcher cannot be trusted (rescans cover it).",
+            registry=self.registry,
+        )
+        self.peer_untrusted_gauge = Gauge(
+            "plugin_sync_peer_role_unknown",
+            "Peers that refuse our key or fail TLS: their role is unknown, so no failover or confirmation.",
+            registry=self.registry,
+        )
+        self.epoch_gauge = Gauge(
+            "plugin_sync_epoch", "The fencing epoch this node acts under.", registry=self.registry
+        )
+        self.epochs_refused = Counter(
+            "plugin_sync_refused_epochs",
+            "Epochs from outside refused as out of range (above MAX_PEER_EPOCH), by source.",
+            ["source"],
+            registry=self.registry,
+        )
+
+    def _track_metrics(self) -> None:
+        """Gauges read when scraped, from state the node already holds."""
         self.metrics.track(
             lag=self.lag_seconds,
             pending=lambda: self.leader.pending if self.leader else 0,
@@ -388,7 +394,7 @@ class Node:
 
     @property
     def role(self) -> str:
-        return ROLE_NAMES[self.role_state.role]
+        return SHOWN_AS[self.role_state.role]
 
     @property
     def epoch(self) -> int:
@@ -550,12 +556,12 @@ class Node:
 
         op = Operation(seq=0, op="put", path=path, mode=mode, mtime_ns=time.time_ns(), size=len(content))
 
-        def apply_and_flush() -> None:
-            asyncio.run(applier.apply(op, read))
-            applier.flush()
+        async def apply_and_commit() -> None:
+            await applier.apply(op, read)
+            await applier.finish()  # group commit: the file is in place and durable
 
         # Off the loop: a stalled disk blocks this write, not the node's heartbeats, lease and API.
-        await asyncio.get_running_loop().run_in_executor(self._write_through, apply_and_flush)
+        await asyncio.get_running_loop().run_in_executor(self._write_through, asyncio.run, apply_and_commit())
         parts.recorder.record_sync(path)
         return parts.head
 

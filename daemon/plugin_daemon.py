@@ -25,6 +25,7 @@ import structlog
 from prometheus_client import CollectorRegistry, Gauge
 
 from daemon.peers import Poller
+from daemon.roles import shown_as_replica
 
 log = structlog.get_logger("daemon.plugin_daemon")
 
@@ -143,7 +144,7 @@ class PluginDaemon:
             "gate_seconds_since_report": silent,
             "health_ok": None if self.health is None else self.health.fresh_ok(HEALTH_MAX_AGE),
             "env_init_locks_cleared": self.locks_cleared,
-            "blocks_applying": self.blocks_applying() if self.node.role == "slave" else None,
+            "blocks_applying": self.blocks_applying() if shown_as_replica(self.node.role) else None,
         }
 
 

@@ -24,6 +24,21 @@ Election = Literal["static", "redis", "postgres"]
 Request = Literal["promote", "demote", "drain", "undrain", "handover"]
 Action = Literal["become_leader", "become_replica", "persist_epoch", "release_lease", "handover_lease"]
 
+SHOWN_AS: dict[Role, str] = {"leader": "master", "replica": "slave"}
+"""The seeds' words for the roles: ROLE=master|slave and the API's `role`. Inside the code the
+roles are leader and replica; these words are read and written only through this table and the two
+functions below (and ROLE in daemon/config.py), so the edge is one place."""
+
+
+def shown_as_leader(role: object) -> bool:
+    """A `role` from an API answer (or ROLE) that names the leader."""
+    return role == SHOWN_AS["leader"]
+
+
+def shown_as_replica(role: object) -> bool:
+    """A `role` from an API answer (or ROLE) that names a replica."""
+    return role == SHOWN_AS["replica"]
+
 
 @dataclass(frozen=True)
 class RoleState:

@@ -1,10 +1,12 @@
 """Apply operations to STORAGE_PATH so that a reader never sees a partial file.
 
 Content goes to a temp file in the target's own directory, is hashed as it
-arrives, fsynced, given its mode (never setuid, setgid or sticky, whatever
-the sender says) and mtime, and only then renamed over the target.
-Directories touched by a batch are fsynced once before the batch is
-acknowledged (`flush`). All access goes through StorageRoot's no-follow
+arrives, given its mode (never setuid, setgid or sticky, whatever the sender
+says) and mtime, and staged: `commit`, before the batch is acknowledged,
+makes every staged file durable at once, renames them over their targets and
+makes the renames durable (group_commit.py). An operation that touches a
+staged path (or a folder above one) commits the staged files first, so the
+batch's order is kept. All access goes through StorageRoot's no-follow
 directory fds (containment).
 """
 
@@ -29,11 +31,11 @@ from replication.errors import (
     ReplicationError,
     StorageFullError,
 )
+from replication.group_commit import GroupCommit, syncfs
 from replication.paths import TEMP_PREFIX, StorageRoot, is_temp_name, is_within, split_parent
 from replication.protocol import FLAG_DISCARD, TRAILER_BYTES, Operation, decode_trailer, replicated_mode
 
 CHUNK = 1024 * 1024
-FSYNC_IN_THREAD_ABOVE = 4 * 1024 * 1024
 
 ReadExactly = Callable[[int], Awaitable[bytes]]
 Filler = Callable[[int, "hashlib._Hash"], Awaitable[bool]]
@@ -57,22 +59,72 @@ class ApplyOutcome:
 class Applier:
     root: StorageRoot
     _dirty_dirs: set[str] = field(default_factory=set)
+    _group: GroupCommit = field(default_factory=GroupCommit)
 
     async def apply(self, op: Operation, read: ReadExactly) -> ApplyOutcome:
         """Apply `op`; for a put, consume exactly its content and trailer from `read`."""
         if is_temp_name(op.path) or (op.dest is not None and is_temp_name(op.dest)):
             raise ProtocolError(f"names starting with {TEMP_PREFIX!r} are reserved for in-flight files")
+        if self._must_commit_before(op):
+            await self.commit()
         try:
             if op.op in ("put", "delta"):
-                return await self._put(op, read)
+                outcome = await self._put(op, read)
+                if self._group.full:
+                    await self.commit()
+                return outcome
             return self._apply_meta(op)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise StorageFullError(errno.ENOSPC, f"no space left applying {op.path!r}") from exc
             raise
 
+    @property
+    def staged(self) -> int:
+        """Files received but not yet committed (not visible, not durable)."""
+        return len(self._group)
+
+    def _must_commit_before(self, op: Operation) -> bool:
+        if op.op in ("put", "delta", "mkdir", "attr"):
+            return self._group.conflicts(op.path)
+        # A rename, delete or symlink may move, remove or replace folders this batch keeps open.
+        return self._group.holds_anything
+
+    async def commit(self) -> None:
+        """Make the staged files durable, rename them into place, make that durable (before acknowledging).
+
+        On failure the staged temp files are removed: none of them became visible half-way.
+        """
+        try:
+            with self.root.open_dir("", create=False) as root_fd:
+                synced = await self._group.make_durable(root_fd)
+                for staged in self._group.staged():
+                    folder = self._group.folder(staged.folder)
+                    assert folder is not None
+                    _clear_directory_in_the_way(folder, staged.name)
+                    os.rename(staged.temp, staged.name, src_dir_fd=folder, dst_dir_fd=folder)
+                    self._dirty_dirs.add(staged.folder)
+                if synced:  # the folders too: one more pass covers the renames
+                    await asyncio.to_thread(_syncfs_quietly, root_fd)
+                    self._dirty_dirs.clear()
+        except BaseException as exc:
+            self._group.abandon()
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StorageFullError(errno.ENOSPC, "no space left committing a batch") from exc
+            raise
+        self._group.done()
+
+    async def finish(self) -> None:
+        """`commit`, then fsync the folders changed: everything applied so far is durable."""
+        await self.commit()
+        self.flush()
+
+    def abandon(self) -> None:
+        """Drop what is staged (the batch failed before its commit)."""
+        self._group.abandon()
+
     def flush(self) -> None:
-        """fsync every directory changed since the last flush (before acknowledging)."""
+        """fsync every directory changed since the last flush (after `commit`, before acknowledging)."""
         dirs, self._dirty_dirs = self._dirty_dirs, set()
         for rel_dir in sorted(dirs):
             with (
@@ -115,37 +167,41 @@ class Applier:
         assert op.size is not None and op.mode is not None and op.mtime_ns is not None
         parent, name = split_parent(op.path)
         digest = hashlib.sha256()
-        with self.root.open_dir(parent, create=True, created=created) as dir_fd:
-            temp = _temp_name(name)
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-            fd = os.open(temp, flags, 0o600, dir_fd=dir_fd)
-            renamed = False
-            try:
-                consistent = await fill(fd, digest)
-                flag, expected = decode_trailer(await read(TRAILER_BYTES))
-                if flag == FLAG_DISCARD:
-                    return ApplyOutcome(applied=False, discarded=op.path)
-                if not consistent or digest.digest() != expected:
-                    if op.op == "delta":  # our copy was not what the signature said: send it whole
-                        return ApplyOutcome(applied=False, resend=op.path, delta_fallback=True)
-                    raise IntegrityError(f"content of {op.path!r} does not match its SHA-256")
-                os.fchmod(fd, replicated_mode(op.mode))
-                if op.size > FSYNC_IN_THREAD_ABOVE:
-                    await asyncio.to_thread(os.fsync, fd)
-                else:
-                    os.fsync(fd)
-                os.utime(fd, ns=(op.mtime_ns, op.mtime_ns))
-                _clear_directory_in_the_way(dir_fd, name)
-                os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-                renamed = True
-            finally:
+        dir_fd = self._folder(parent, created)
+        temp = _temp_name(name)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(temp, flags, 0o600, dir_fd=dir_fd)
+        staged = False
+        try:
+            consistent = await fill(fd, digest)
+            flag, expected = decode_trailer(await read(TRAILER_BYTES))
+            if flag == FLAG_DISCARD:
+                return ApplyOutcome(applied=False, discarded=op.path)
+            if not consistent or digest.digest() != expected:
+                if op.op == "delta":  # our copy was not what the signature said: send it whole
+                    return ApplyOutcome(applied=False, resend=op.path, delta_fallback=True)
+                raise IntegrityError(f"content of {op.path!r} does not match its SHA-256")
+            os.fchmod(fd, replicated_mode(op.mode))
+            os.utime(fd, ns=(op.mtime_ns, op.mtime_ns))
+            self._group.stage(op.path, parent, temp, name, fd)
+            staged = True
+        finally:
+            if not staged:
                 os.close(fd)
-                if not renamed:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(temp, dir_fd=dir_fd)
-        self._dirty_dirs.add(parent)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temp, dir_fd=dir_fd)
+                if created:  # the folders go again (_put): so does their fd
+                    self._group.forget_folder(parent)
         self._dirty_dirs.update(created)
         return ApplyOutcome(bytes_written=op.size)
+
+    def _folder(self, rel_dir: str, created: list[str]) -> int:
+        """The fd of `rel_dir`, created if missing, opened once per batch (borrowed)."""
+        fd = self._group.folder(rel_dir)
+        if fd is None:
+            with self.root.open_dir(rel_dir, create=True, created=created) as opened:
+                fd = self._group.keep_folder(rel_dir, opened)
+        return fd
 
     def _delta_filler(self, op: Operation, read: ReadExactly) -> Filler:
         """Rebuild the new content from our current copy (the basis) and the sender's instructions."""
@@ -343,6 +399,10 @@ def _remove(dir_fd: int, name: str) -> None:
         shutil.rmtree(name, dir_fd=dir_fd)
     else:
         os.unlink(name, dir_fd=dir_fd)
+
+
+def _syncfs_quietly(fd: int) -> None:
+    syncfs(fd)
 
 
 def _clear_directory_in_the_way(dir_fd: int, name: str) -> None:

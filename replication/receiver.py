@@ -20,7 +20,7 @@ import structlog
 
 from replication import manifest, statefile, versions
 from replication.applier import Applier, ReadExactly, sweep_temp_files
-from replication.delta import read_instructions, signature_of_fd
+from replication.delta import DIGEST_BYTES, read_instructions, signature_of_fd
 from replication.errors import (
     FencedError,
     ProtocolError,
@@ -86,6 +86,8 @@ class Receiver:
         self.started_at = clock()
         self.last_error: str | None = None
         self.storage_full: str | None = None
+        self._durable_seq = self.applied_seq
+        """Within a batch: every operation up to here is on disk (the staged files after it are not)."""
         self.protocol: int | None = None
         """The protocol version chosen at the last sender's hello (versions.py)."""
         """Why the last write failed for lack of space; None once a write succeeds again."""
@@ -147,9 +149,12 @@ class Receiver:
                 self.journal_id, self.applied_seq, self.synced = journal_id, 0, False
                 self._persist()
             result = BatchResult(applied_seq=self.applied_seq)
+            self._durable_seq = self.applied_seq
             try:
                 await self._apply_stream(read, result)
+                await self._commit(result)
             except ReplicationError as exc:
+                await self._commit(result)
                 exc.applied_seq = result.applied_seq
                 self._metrics.refused.labels(reason=type(exc).__name__).inc()
                 self.last_error = str(exc)
@@ -160,6 +165,7 @@ class Receiver:
                 if result.operations and self.storage_full is not None:
                     self._note_storage_full(None)
             finally:
+                await self._commit(result)
                 self._applier.flush()
                 synced = self.synced or (baseline >= 0 and result.applied_seq >= baseline)
                 if result.applied_seq != self.applied_seq or synced != self.synced:
@@ -167,6 +173,15 @@ class Receiver:
                     self._persist()
                 self.last_contact = self._clock()
             return result
+
+    async def _commit(self, result: BatchResult) -> None:
+        """Put the staged files in place durably; if that fails, only what was durable before counts."""
+        try:
+            await self._applier.commit()
+        except BaseException:
+            result.applied_seq = self._durable_seq
+            raise
+        self._durable_seq = result.applied_seq
 
     async def _apply_stream(self, read: ReadExactly, result: BatchResult) -> None:
         while True:
@@ -179,6 +194,8 @@ class Receiver:
                 continue
             if op.mode is not None and op.mode & SPECIAL_MODE_BITS:
                 self._metrics.mode_bits_stripped.labels(side="received").inc()  # the applier strips them
+            if not self._applier.staged:
+                self._durable_seq = result.applied_seq  # a failed commit falls back to here
             try:
                 outcome = await self._applier.apply(op, lambda n: _read(read, n))
             except ReplicationError as exc:
@@ -198,6 +215,7 @@ class Receiver:
                 self._metrics.bytes.labels(direction="received").inc(op.size or 0)
             result.applied_seq = op.seq
             if op.op == "rename":
+                await self._commit(result)
                 self._applier.flush()
                 self.applied_seq = result.applied_seq
                 self._persist()
@@ -224,17 +242,20 @@ class Receiver:
         """SHA-256 of each path, read through no-follow fds; None where there is no regular file."""
         return {p: self._hash(validate_relpath(p)) for p in paths}
 
-    def signatures(self, paths: list[str]) -> dict[str, str | None]:
-        """Block signatures (base64) of our copies, for the sender's deltas; None where we have no file."""
-        return {p: self._signature(validate_relpath(p)) for p in paths}
+    def signatures(self, paths: list[str], digest_bytes: int = DIGEST_BYTES) -> dict[str, str | None]:
+        """Block signatures (base64) of our copies, for the sender's deltas; None where we have no file.
 
-    def _signature(self, path: str) -> str | None:
+        `digest_bytes`: the strong digests' width the sender asked for (protocol 2 asks for 8)."""
+        return {p: self._signature(validate_relpath(p), digest_bytes) for p in paths}
+
+    def _signature(self, path: str, digest_bytes: int) -> str | None:
         try:
             fd, _st = self._applier.root.open_regular(path)
         except (OSError, ReplicationError):
             return None  # gone, below a symlink, or no regular file (a FIFO is never opened)
         try:
-            return base64.b64encode(signature_of_fd(fd).to_bytes()).decode("ascii")
+            signature = signature_of_fd(fd, digest_bytes=digest_bytes)
+            return base64.b64encode(signature.to_bytes()).decode("ascii")
         finally:
             os.close(fd)
 

@@ -27,7 +27,14 @@ import structlog
 
 from replication import manifest, peer_answers, versions
 from replication.backoff import Backoff
-from replication.delta import MAX_BLOCKS, Signature, block_size_for, compute_delta, encode_instructions
+from replication.delta import (
+    MAX_BLOCKS,
+    SHORT_DIGEST_BYTES,
+    Signature,
+    block_size_for,
+    compute_delta,
+    encode_instructions,
+)
 from replication.errors import FencedError, PeerError, ProtocolError, RefusedError
 from replication.journal import Change, Journal
 from replication.metrics import ReplicationMetrics
@@ -53,6 +60,9 @@ from replication.source import SentObjects, SourceTree, SpecialFiles, next_batch
 log = structlog.get_logger("replication.sender")
 
 CHUNK = 1024 * 1024
+PIECE = 256 * 1024
+"""The batch body goes out in pieces of at least this size (a frame header of a few dozen bytes, a
+small file and its trailer would each be one socket write otherwise)."""
 MAX_REFUSALS = 3
 """The same change refused this many times in a row is dropped and repaired by a rescan instead."""
 LINK_PATH = "/internal/replication"
@@ -348,7 +358,7 @@ class Sender:
             "POST",
             "/batch",
             limit=MAX_ANSWER_BYTES,
-            data=self._tracked(self._frames(batch, end_seq, resend)),
+            data=self._tracked(_pieces(self._frames(batch, end_seq, resend))),
             headers={
                 "Content-Type": "application/octet-stream",
                 "X-Hotstandby-Journal": self.journal.journal_id,
@@ -489,15 +499,26 @@ class Sender:
         for paths in _chunks(list(wanted), MAX_PATHS_PER_REQUEST):
             limit = MAX_ANSWER_BYTES + sum(_signature_answer_bytes(wanted[p]) for p in paths)
             try:
-                answer = await self._call("POST", "/signatures", json={"paths": paths}, limit=limit)
+                answer = await self._call(
+                    "POST", "/signatures", json=self._signature_request(paths), limit=limit
+                )
             except MalformedAnswerError:
                 continue
             with self._guard.answer("signatures") as refuse:
                 found = peer_answers.signatures(answer, set(paths), refuse)
             for path, signature in found.items():
-                self.metrics.bytes.labels(direction="signatures").inc(signature.block_count * 20 + 20)
+                self.metrics.bytes.labels(direction="signatures").inc(
+                    signature.block_count * (4 + signature.digest_bytes) + 20
+                )
                 signatures[path] = signature
         return signatures
+
+    def _signature_request(self, paths: list[str]) -> dict[str, Any]:
+        """Protocol 2 asks for short strong digests (delta.SHORT_DIGEST_BYTES); a replica of the
+        previous release does not know the field and answers full ones, which parse too."""
+        if (self.protocol or 1) >= 2:
+            return {"paths": paths, "digest_bytes": SHORT_DIGEST_BYTES}
+        return {"paths": paths}
 
     def note_vanished(self, path: str) -> None:
         """`path` disappeared before its content could be read or sent."""
@@ -669,6 +690,20 @@ def _public(url: str) -> str:
     if parts.port is not None:
         host = f"{host}:{parts.port}"
     return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+async def _pieces(chunks: AsyncIterator[bytes], size: int = PIECE) -> AsyncIterator[bytes]:
+    """`chunks` joined into pieces of at least `size` bytes (the last one may be smaller)."""
+    pending: list[bytes] = []
+    held = 0
+    async for chunk in chunks:
+        pending.append(chunk)
+        held += len(chunk)
+        if held >= size:
+            yield pending[0] if len(pending) == 1 else b"".join(pending)
+            pending, held = [], 0
+    if pending:
+        yield b"".join(pending)
 
 
 def _whole(fh: BinaryIO, size: int, digest: hashlib._Hash) -> Iterator[bytes]:

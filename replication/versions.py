@@ -9,7 +9,9 @@ sends nor reads these fields, so this node can still talk to it in version 1.
 Versions:
   1  the release before issue 15 (main at d763280): stop-and-wait batches, one
      fsync + rename per file on the replica before the acknowledgement
-  2  hello carries the versions (issue 15); the stream itself is still version 1's
+  2  hello carries the versions (issue 15); the sender asks for block signatures with
+     8-byte strong digests (`digest_bytes`, delta.SHORT_DIGEST_BYTES) instead of 16; the
+     batch stream itself is version 1's
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ import aiohttp
 from daemon.client import auth_headers
 from daemon.drill.config import LoadSettings
 from daemon.drill.steps import Clock
+from daemon.roles import shown_as_leader
 from daemon.tls import TLSFiles, client_context
 
 Kind = Literal["write", "read"]
@@ -197,7 +198,7 @@ class Load:
     async def _read_status(self) -> None:
         started = self.clock.now()
         status, body, error = await self._request("GET", "/internal/status", None)
-        ok = status == 200 and body.get("role") == "master" and bool(body.get("writable"))
+        ok = status == 200 and shown_as_leader(body.get("role")) and bool(body.get("writable"))
         if status == 200 and not ok:
             error = f"answered by a node that is {body.get('role')}, writable={body.get('writable')}"
         node = body.get("node_id")

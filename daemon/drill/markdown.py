@@ -49,88 +49,14 @@ def markdown(report: DrillReport) -> str:
     return "\n".join(lines) + "\n"
 
 
+Row = tuple[str, str, str]
+"""One line of a phase's table: measurement, value, bound."""
+
+
 def _phase_markdown(p: PhaseReport, config: DrillConfig) -> list[str]:
-    def since_stop(moment: str) -> str:
-        value = p.since_stop(moment)
-        return "not seen" if value is None else f"{value:.2f}s after the stop"
-
-    def since_start(moment: str) -> str:
-        value = p.since_start(moment)
-        return "not seen" if value is None else f"{value:.2f}s after the start"
-
-    limits = config.thresholds
-    failed = p.failed_requests()
-    acked = len(p.load.acked) if p.load else 0
-    v = p.verification
-    switch = "not measured" if p.switchover is None else f"**{p.switchover:.2f}s**"
-    within = "" if p.switchover is None else (" met" if p.switchover < limits.max_switchover else " MISSED")
-    target = "" if p.switchover is None else ("met" if p.switchover < limits.target_switchover else "missed")
-    gap = p.write_gap()
-    rows = [
-        (
-            "HAProxy marked the old leader down",
-            "not measured (no HAProxy stats)"
-            if config.haproxy.source == "inferred from traffic"
-            else since_stop("haproxy_marked_down"),
-            "",
-        ),
-        ("the new leader answered 200 on /primary", since_stop("new_leader_primary"), ""),
-        (
-            "HAProxy sent traffic to the new leader (inferred)"
-            if config.haproxy.source == "inferred from traffic"
-            else "HAProxy marked the new leader up",
-            since_stop("haproxy_new_leader_up"),
-            "",
-        ),
-        (
-            "**switchover**: first write acknowledged again",
-            switch,
-            f"< {limits.max_switchover:g}s{within}; target < {limits.target_switchover:g}s {target}",
-        ),
-        *(
-            [
-                (
-                    "**plugin calls**: first tool call answered again (--plugin-call)",
-                    since_stop("first_plugin_call_ok"),
-                    p.plugin_probe.settings.plugin,
-                )
-            ]
-            if p.plugin_probe is not None
-            else []
-        ),
-        ("writes unavailable (last ack before to first after)", "-" if gap is None else f"{gap:.2f}s", ""),
-        (
-            "requests failed during the switchover",
-            f"{failed['writes'] + failed['reads']} ({failed['writes']} writes, {failed['reads']} reads)",
-            "",
-        ),
-        ("requests failed outside it", str(failed["outside"]), ""),
-        ("acknowledged writes", str(acked), ""),
-        (
-            "**acknowledged writes lost**",
-            "not verified" if v is None else f"**{v.lost}**",
-            "must be 0" + ("" if v is None else f"; {v.method}"),
-        ),
-        *(
-            [
-                (
-                    "other replicas follow the new leader",
-                    since_stop("other_replicas_follow"),
-                    ", ".join(p.other_urls),
-                )
-            ]
-            if p.parts.others
-            else []
-        ),
-        ("old leader rejoined as replica", since_start("old_leader_rejoined"), ""),
-        (f"lag back under {limits.max_lag:g}s", since_start("lag_under_bound"), ""),
-        ("acknowledged writes on every node", _everywhere(p), ""),
-        (
-            "new conflicts (kept aside, never deleted)",
-            conflicts_text(p),
-            p.conflicts_error or "",
-        ),
-    ]
+    """One phase: its verdict in the title, a table of what was measured (the switchover, the traffic,
+    the rejoin), then its failures and the notable conflicts."""
+    rows = [*_switchover_rows(p, config), *_traffic_rows(p), *_rejoin_rows(p, config)]
     title = f"## {p.name.capitalize()}: {p.old_url} -> {p.new_url or '(no new leader)'}"
     title += f" (other replicas: {', '.join(p.other_urls)})" if p.parts.others else ""
     title += f": {'pass' if p.passed else 'FAIL'}"
@@ -143,6 +69,99 @@ def _phase_markdown(p: PhaseReport, config: DrillConfig) -> list[str]:
         for c in notable[:20]
     ]
     return lines
+
+
+def _since_stop(p: PhaseReport, moment: str) -> str:
+    value = p.since_stop(moment)
+    return "not seen" if value is None else f"{value:.2f}s after the stop"
+
+
+def _since_start(p: PhaseReport, moment: str) -> str:
+    value = p.since_start(moment)
+    return "not seen" if value is None else f"{value:.2f}s after the start"
+
+
+def _switchover_rows(p: PhaseReport, config: DrillConfig) -> list[Row]:
+    """From the stop to the first acknowledged write: HAProxy's view, the new leader, the bounds."""
+    limits = config.thresholds
+    inferred = config.haproxy.source == "inferred from traffic"
+    switch = "not measured" if p.switchover is None else f"**{p.switchover:.2f}s**"
+    within = "" if p.switchover is None else (" met" if p.switchover < limits.max_switchover else " MISSED")
+    target = "" if p.switchover is None else ("met" if p.switchover < limits.target_switchover else "missed")
+    gap = p.write_gap()
+    rows: list[Row] = [
+        (
+            "HAProxy marked the old leader down",
+            "not measured (no HAProxy stats)" if inferred else _since_stop(p, "haproxy_marked_down"),
+            "",
+        ),
+        ("the new leader answered 200 on /primary", _since_stop(p, "new_leader_primary"), ""),
+        (
+            "HAProxy sent traffic to the new leader (inferred)"
+            if inferred
+            else "HAProxy marked the new leader up",
+            _since_stop(p, "haproxy_new_leader_up"),
+            "",
+        ),
+        (
+            "**switchover**: first write acknowledged again",
+            switch,
+            f"< {limits.max_switchover:g}s{within}; target < {limits.target_switchover:g}s {target}",
+        ),
+    ]
+    if p.plugin_probe is not None:
+        rows.append(
+            (
+                "**plugin calls**: first tool call answered again (--plugin-call)",
+                _since_stop(p, "first_plugin_call_ok"),
+                p.plugin_probe.settings.plugin,
+            )
+        )
+    rows.append(
+        ("writes unavailable (last ack before to first after)", "-" if gap is None else f"{gap:.2f}s", "")
+    )
+    return rows
+
+
+def _traffic_rows(p: PhaseReport) -> list[Row]:
+    """The load's requests: what failed, what was acknowledged, what of that was lost."""
+    failed = p.failed_requests()
+    acked = len(p.load.acked) if p.load else 0
+    v = p.verification
+    return [
+        (
+            "requests failed during the switchover",
+            f"{failed['writes'] + failed['reads']} ({failed['writes']} writes, {failed['reads']} reads)",
+            "",
+        ),
+        ("requests failed outside it", str(failed["outside"]), ""),
+        ("acknowledged writes", str(acked), ""),
+        (
+            "**acknowledged writes lost**",
+            "not verified" if v is None else f"**{v.lost}**",
+            "must be 0" + ("" if v is None else f"; {v.method}"),
+        ),
+    ]
+
+
+def _rejoin_rows(p: PhaseReport, config: DrillConfig) -> list[Row]:
+    """After the switchover: the other replicas, the old leader back as a replica, every node complete."""
+    rows: list[Row] = []
+    if p.parts.others:
+        rows.append(
+            (
+                "other replicas follow the new leader",
+                _since_stop(p, "other_replicas_follow"),
+                ", ".join(p.other_urls),
+            )
+        )
+    return [
+        *rows,
+        ("old leader rejoined as replica", _since_start(p, "old_leader_rejoined"), ""),
+        (f"lag back under {config.thresholds.max_lag:g}s", _since_start(p, "lag_under_bound"), ""),
+        ("acknowledged writes on every node", _everywhere(p), ""),
+        ("new conflicts (kept aside, never deleted)", conflicts_text(p), p.conflicts_error or ""),
+    ]
 
 
 def _distribution_markdown(report: DrillReport) -> list[str]:

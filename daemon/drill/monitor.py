@@ -18,6 +18,7 @@ from daemon.drill.haproxy import HAProxyError, View
 from daemon.drill.nodes import Nodes
 from daemon.drill.steps import Clock
 from daemon.errors import UsageError
+from daemon.roles import shown_as_leader
 
 PROBE_TIMEOUT = 1.0
 
@@ -38,7 +39,7 @@ class NodeSample:
         s = self.status
         if not s.reachable:
             return "down"
-        if s.role == "master":
+        if shown_as_leader(s.role):
             return "leader" if s.writable else "leader, not writable"
         if s.get("peer_connected"):
             return "replica"

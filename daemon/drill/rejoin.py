@@ -11,6 +11,7 @@ from daemon.drill.monitor import Snapshot
 from daemon.drill.preflight import Preflight
 from daemon.drill.record import PhaseReport
 from daemon.drill.steps import StepFailed
+from daemon.roles import shown_as_replica
 
 
 async def start_old(ctx: Context, report: PhaseReport) -> None:
@@ -27,7 +28,7 @@ async def start_old(ctx: Context, report: PhaseReport) -> None:
 
 def _rejoined(s: Snapshot, node: int, epoch: int) -> bool:
     st = s.nodes[node].status
-    return st.role == "slave" and st.epoch >= epoch and bool(st.get("peer_connected"))
+    return shown_as_replica(st.role) and st.epoch >= epoch and bool(st.get("peer_connected"))
 
 
 def _follows(s: Snapshot, node: int, leader_id: str | None, epoch: int) -> bool:

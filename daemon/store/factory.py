@@ -1,5 +1,5 @@
-"""Build the store the server runs: the catalogue Config asks for, the Node's link, registry and promotion
-check."""
+"""Build the store the server runs: the catalogue Config asks for, a view of the Node, its registry and
+promotion check."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from daemon.config import Config
 from daemon.node import Node
 from daemon.store.catalogue import Catalogue
 from daemon.store.catalogue_sqlite import SqliteCatalogue
-from daemon.store.link import NodeLink
+from daemon.store.node_view import RunningNode
 from daemon.store.store import PluginStore
 
 SQLITE_FILE = "store.sqlite3"
@@ -27,6 +27,8 @@ def make_catalogue(config: Config, node_id: str) -> Catalogue:
 def make_store(config: Config, node: Node) -> PluginStore:
     """The node's store, its promotion check added to the node; the API's sub-application opens and
     closes it (daemon/store/routes.py store_app)."""
-    store = PluginStore(config, make_catalogue(config, node.identity.node_id), NodeLink(node), node.registry)
+    store = PluginStore(
+        config, make_catalogue(config, node.identity.node_id), RunningNode(node), node.registry
+    )
     node.promotion_checks["plugin_workdirs"] = store.promotion_report
     return store

@@ -37,9 +37,9 @@ from daemon.store.errors import (
 )
 from daemon.store.identifier import CHECKSUM_HEX, PluginIdentifier, PluginReference, parse, parse_request
 from daemon.store.layout import Layout
-from daemon.store.link import Link
 from daemon.store.marketplace import Marketplace
 from daemon.store.metrics import StoreMetrics
+from daemon.store.node_view import NodeView
 from daemon.store.verifier import Verifier
 from replication.applier import sweep_temp_files
 
@@ -58,12 +58,14 @@ EVENT_TEXT_LIMIT = 4000
 
 
 class PluginStore:
-    def __init__(self, config: Config, catalogue: Catalogue, link: Link, registry: CollectorRegistry) -> None:
+    def __init__(
+        self, config: Config, catalogue: Catalogue, node: NodeView, registry: CollectorRegistry
+    ) -> None:
         self.config = config
         self.layout = Layout.from_config(config)
         self.root = self.layout.storage_root()
         self.catalogue = catalogue
-        self.link = link
+        self.node = node
         self._redactor = config.redactor()
         self.metrics = StoreMetrics(registry)
         self.max_size = config.max_plugin_package_size
@@ -282,8 +284,8 @@ class PluginStore:
     # -- events ------------------------------------------------------------------------
     async def record_event(self, kind: str, **fields: Any) -> dict[str, Any]:
         """Record one event (promotion, failover, ...); the node's epoch and role are added when absent."""
-        fields.setdefault("epoch", self.link.epoch)
-        fields.setdefault("role", self.link.role)
+        fields.setdefault("epoch", self.node.epoch)
+        fields.setdefault("role", self.node.role)
         fields = self._redactor.value(bounded_fields(fields))  # an error may quote a URL with its password
         event = await self.catalogue.add_event(kind, fields)
         self._recorded += 1
@@ -341,21 +343,21 @@ class PluginStore:
         return self._locks.setdefault(str(identifier), asyncio.Lock())
 
     def may_write(self, rel: str) -> bool:
-        return not self.layout.is_replicated(rel) or self.link.writable()
+        return not self.layout.is_replicated(rel) or self.node.writable()
 
     def require_writable(self, rel: str) -> None:
         if not self.layout.is_replicated(rel):
             return
-        if not self.link.writable():
+        if not self.node.writable():
             raise NotWritable(
-                f"this node is the {self.link.role} at epoch {self.link.epoch}: the storage is replicated "
+                f"this node is the {self.node.role} at epoch {self.node.epoch}: the storage is replicated "
                 "from the leader, send writes to the primary",
-                role=self.link.role,
-                epoch=self.link.epoch,
+                role=self.node.role,
+                epoch=self.node.epoch,
             )
-        problem = self.link.sync_problem()
+        problem = self.node.sync_problem()
         if problem:
-            raise NotWritable(problem, role=self.link.role, epoch=self.link.epoch)
+            raise NotWritable(problem, role=self.node.role, epoch=self.node.epoch)
 
     def _writable_package(self, identifier: PluginIdentifier) -> str:
         _verifiable(identifier)
@@ -365,7 +367,7 @@ class PluginStore:
 
     async def _settle(self, rel: str) -> bool:
         replicated = self.layout.replicated(rel)
-        return await self.link.settle([replicated]) if replicated else False
+        return await self.node.settle([replicated]) if replicated else False
 
     def _record(self, identifier: PluginIdentifier, size: int, source: str) -> PackageRecord:
         at = now()

@@ -35,8 +35,8 @@ if TYPE_CHECKING:
     from daemon.config import Config
     from daemon.store.catalogue import Catalogue
     from daemon.store.layout import Layout
-    from daemon.store.link import Link
     from daemon.store.metrics import StoreMetrics
+    from daemon.store.node_view import NodeView
     from replication.paths import StorageRoot
 
 log = structlog.get_logger("daemon.store.verifier")
@@ -65,7 +65,7 @@ class StoreParts(Protocol):
     layout: Layout
     root: StorageRoot
     catalogue: Catalogue
-    link: Link
+    node: NodeView
     metrics: StoreMetrics
     max_size: int
 
@@ -115,7 +115,7 @@ class Verifier:
                 if not self.store.catalogue_ready and clock() >= next_connect:
                     await self.store.connect_catalogue()
                     next_connect = clock() + CONNECT_RETRY
-                leader = self.store.link.writable()
+                leader = self.store.node.writable()
                 recently_checked = clock() - self._promotion_checked_at < PROMOTION_CHECK_FRESH
                 if was_leader is False and leader and not recently_checked:
                     await self.check_workdirs("became_leader")
@@ -318,7 +318,7 @@ class Verifier:
         """Re-verify every package and installed plugin now, and the working folders' manifests."""
         async with self._verifying:
             started = time.monotonic()
-            report: dict[str, Any] = {"trigger": trigger, "role": self.store.link.role}
+            report: dict[str, Any] = {"trigger": trigger, "role": self.store.node.role}
             report.update(await self._verify_items())
             report["workdirs"] = (await asyncio.to_thread(workdirs.check_all, self._working())).to_json()
             report["manifests_written"] = await self.write_manifests()

@@ -16,6 +16,7 @@ from daemon import __version__, ctl
 from daemon.config import Config
 from daemon.peers import Poller
 from daemon.redact import hide_password
+from daemon.roles import shown_as_leader, shown_as_replica
 
 PEER_STALE = 5.0
 """A peer whose last answer is older than this is shown unreachable."""
@@ -80,7 +81,7 @@ def attach_links(entries: list[dict[str, Any]], bodies: list[Mapping[str, Any] |
     its peers by; this node itself is the one link left over."""
     for leader, body in zip(entries, bodies, strict=True):
         links = body.get("replicas") if body is not None else None
-        if not isinstance(links, list) or leader.get("role") != "master":
+        if not isinstance(links, list) or not shown_as_leader(leader.get("role")):
             continue
         unmatched = [link for link in links if isinstance(link, dict)]
         for entry in entries:
@@ -118,7 +119,9 @@ def verdict(
     ]
     problem = ctl.assess(statuses, max_lag)
     behind = [
-        e for e in entries if e.get("role") == "slave" and (e.get("pending_changes") or e.get("progress"))
+        e
+        for e in entries
+        if shown_as_replica(e.get("role")) and (e.get("pending_changes") or e.get("progress"))
     ]
     if problem is not None:
         return {"healthy": False, "text": problem}

@@ -27,8 +27,12 @@ def test_scripted_workload_converges(pair: Pair) -> None:
 
 @pytest.mark.timeout(60)
 def test_a_file_still_being_written_in_a_new_folder_never_reaches_the_slave_half_written(pair: Pair) -> None:
-    """The folder's scan finds each file between its creation and its writer's close: it must wait."""
-    seen: list[int] = []
+    """The folder's scan finds each file between its creation and its writer's close: it must wait.
+
+    A writer pausing longer than QUIET_SECONDS is, by design, shipped in two steps; on a loaded machine the
+    0.08 s pause can stretch that far, so only files whose measured pause stayed well within it are judged."""
+    seen: list[tuple[str, int]] = []
+    pauses: dict[str, float] = {}
     stop = threading.Event()
     names = [f"fresh{i}/payload.bin" for i in range(10)]
 
@@ -36,7 +40,7 @@ def test_a_file_still_being_written_in_a_new_folder_never_reaches_the_slave_half
         while not stop.is_set():
             for name in names:
                 with contextlib.suppress(FileNotFoundError):
-                    seen.append((pair.slave.storage / name).stat().st_size)
+                    seen.append((name, (pair.slave.storage / name).stat().st_size))
             time.sleep(0.001)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -48,14 +52,20 @@ def test_a_file_still_being_written_in_a_new_folder_never_reaches_the_slave_half
             with open(folder / "payload.bin", "wb") as writer:  # created now, written after the scan
                 writer.write(b"a" * 1000)
                 writer.flush()
-                time.sleep(0.08)  # well within QUIET_SECONDS (0.2 s), even when the machine is busy
+                paused = time.monotonic()
+                time.sleep(0.08)  # well within QUIET_SECONDS (0.2 s)
                 writer.write(b"b" * 1000)
+                writer.flush()
+                pauses[name] = time.monotonic() - paused
         pair.wait_converged(15)
     finally:
         stop.set()
         sampler.join(5)
-    assert seen, "the sampler never saw the files"
-    assert set(seen) == {2000}, f"the slave showed a file mid-write: sizes {sorted(set(seen))}"
+    judged = {name for name, pause in pauses.items() if pause < 0.15}
+    assert len(judged) >= 3, f"the machine stretched the writers' pauses too far to judge: {pauses}"
+    sizes = {size for name, size in seen if name in judged}
+    assert sizes, "the sampler never saw the files"
+    assert sizes == {2000}, f"the slave showed a file mid-write: sizes {sorted(sizes)}"
 
 
 @pytest.mark.timeout(60)

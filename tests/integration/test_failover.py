@@ -122,11 +122,10 @@ def test_sync_mode_write_returns_after_the_replica_has_it_and_survives_failover(
 
         thread = threading.Thread(target=writer)
         thread.start()
-        time.sleep(2)
+        wait_until(lambda: len(acknowledged) > 20, 30, message="20 synchronous writes acknowledged")
         pair.master.stop(signal.SIGKILL)
         stop.set()
         thread.join(10)
-        assert len(acknowledged) > 20
         for path, data in acknowledged.items():
             assert (pair.slave.storage / path).read_bytes() == data, f"acknowledged write {path} lost"
         wait_until(lambda: pair.slave.call("POST", "/internal/promote")[0] == 200, 5, message="promotion")

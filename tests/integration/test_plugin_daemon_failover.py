@@ -121,7 +121,10 @@ def test_without_the_gate_a_standby_daemon_builds_over_a_venv_being_replicated(
 
 @pytest.fixture
 def gated(tmp_path: Path, dify_redis: RedisService) -> Iterator[tuple[Pair, dict[str, Gate], int]]:
-    with gated_pair(tmp_path, dify_redis.url) as parts:
+    # The drill counts every acknowledged write: with asynchronous writes a kill -9 may legitimately take
+    # the last few with it (seen on a loaded machine), so the pair acknowledges once the replica has them.
+    sync = {"SYNC_MODE": "sync", "SYNC_MODE_FALLBACK": "async"}
+    with gated_pair(tmp_path, dify_redis.url, node_env=sync) as parts:
         yield parts
 
 

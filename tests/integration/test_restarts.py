@@ -27,7 +27,7 @@ def test_slave_killed_mid_transfer_resumes_without_resending_everything(pair: Pa
         path.write_bytes(os.urandom(40 * MIB))
     total = 6 * 40 * MIB
     wait_until(
-        lambda: pair.slave.metric("plugin_sync_bytes_total", {"direction": "received"}) > 90 * MIB,
+        lambda: pair.slave.metric("plugin_sync_bytes_total", {"direction": "received"}) > 150 * MIB,
         30,
         interval=0.01,
         message="part of the big files to arrive",
@@ -37,8 +37,9 @@ def test_slave_killed_mid_transfer_resumes_without_resending_everything(pair: Pa
     pair.wait_converged(60)
     assert temp_files(pair) == []
     sent = pair.master.metric("plugin_sync_bytes_total", {"direction": "sent"}) - before
-    # Only what was in flight when the slave died is sent twice, not the whole set.
-    assert sent < total + 2 * 40 * MIB, f"sent {sent / MIB:.0f} MiB for {total / MIB:.0f} MiB of changes"
+    # Only what was in flight when the slave died is sent twice (a loaded machine had 84 MiB in flight), not
+    # the whole set: resending everything would cost the 150+ MiB received before the kill, on top.
+    assert sent < total + 100 * MIB, f"sent {sent / MIB:.0f} MiB for {total / MIB:.0f} MiB of changes"
     assert pair.master.metric("plugin_sync_full_rescans_total") == rescans_before
 
 

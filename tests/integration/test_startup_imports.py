@@ -2,7 +2,7 @@
 
 The node is started with PYTHONPROFILEIMPORTTIME=1, so its log lists every module it imported until
 it answered /health; the drill (and its plotting), asyncssh and psycopg must not be among them
-unless the configuration asks for them (an ssh:// target, DATABASE_URL).
+unless the configuration asks for them (an ssh:// target, DATABASE_URL); nor NumPy, which only a delta needs.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tests.support.cluster import Node
 
-NOT_AT_START = ("daemon.drill", "daemon.store.preload_cli", "asyncssh", "psycopg", "matplotlib")
+NOT_AT_START = ("daemon.drill", "daemon.store.preload_cli", "asyncssh", "psycopg", "matplotlib", "numpy")
 
 
 def imported(log: str) -> set[str]:

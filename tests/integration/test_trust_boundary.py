@@ -242,7 +242,9 @@ def test_a_tampering_relay_never_gets_an_outside_file_and_replication_goes_on(tm
         )
         for reason in ("path", "unsolicited", "too_many"):
             assert metric(pair.master, reason) > 0, reason
-        assert metric(pair.master, "too_many") >= 20_000
+        # Each tampered batch answer carries 20,000 entries beyond the batch's own changes; what is counted is
+        # the excess over the batch's size, so a large batch (a loaded machine coalesces more) counts less.
+        assert metric(pair.master, "too_many") >= 10_000
         assert (pair.slave.storage / "big.bin").read_bytes() == (pair.master.storage / "big.bin").read_bytes()
         assert not (pair.slave.storage / "stale.txt").exists()
 

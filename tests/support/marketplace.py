@@ -32,7 +32,7 @@ from prometheus_client import CollectorRegistry
 
 from daemon.config import Config
 from daemon.store.catalogue_sqlite import SqliteCatalogue
-from daemon.store.link import StandaloneLink
+from daemon.store.node_view import StandaloneNode
 from daemon.store.store import PluginStore
 
 Fault = str
@@ -280,7 +280,7 @@ class RecordingProxy:
 
 
 # -- a store under test ------------------------------------------------------------------------
-class ReplicaLink(StandaloneLink):
+class ReplicaNode(StandaloneNode):
     """A node that must not write the replicated storage."""
 
     role = "slave"
@@ -289,12 +289,12 @@ class ReplicaLink(StandaloneLink):
         return False
 
 
-async def open_store(tmp_path: Path, link: StandaloneLink | None = None, **env: str) -> PluginStore:
+async def open_store(tmp_path: Path, link: StandaloneNode | None = None, **env: str) -> PluginStore:
     """A PluginStore on SQLite with its root in tmp_path/storage (see store_env), opened; close it after."""
     config = Config.from_env(store_env(tmp_path, **env))
     os.makedirs(config.state_path, exist_ok=True)
     catalogue = SqliteCatalogue(os.path.join(config.state_path, "store.sqlite3"), "pair", "node-a")
-    store = PluginStore(config, catalogue, link or StandaloneLink(), CollectorRegistry())
+    store = PluginStore(config, catalogue, link or StandaloneNode(), CollectorRegistry())
     await store.open()
     return store
 

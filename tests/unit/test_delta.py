@@ -89,11 +89,13 @@ def literal_bytes(instructions: list[Instruction]) -> int:
     return sum(len(i.data) for i in instructions if isinstance(i, Literal))
 
 
-def roundtrip(old: bytes, new: bytes, block_size: int | None = None) -> list[Instruction]:
+def roundtrip(
+    old: bytes, new: bytes, block_size: int | None = None, digest_bytes: int = delta.DIGEST_BYTES
+) -> list[Instruction]:
     """Signature of old -> wire -> delta of new -> wire -> apply; asserts the result is new."""
     old_fd = fd_with(old)
     try:
-        sig = signature_of_fd(old_fd, block_size)
+        sig = signature_of_fd(old_fd, block_size, digest_bytes)
         assert Signature.from_bytes(sig.to_bytes()) == sig
         sig = Signature.from_bytes(sig.to_bytes())
         instructions = delta_of(sig, new)
@@ -227,6 +229,33 @@ def test_roundtrip(name: str) -> None:
     assert literal_bytes(instructions) <= len(new)
     for ins in instructions:
         assert not isinstance(ins, Literal) or 1 <= len(ins.data) <= MAX_LITERAL
+
+
+@pytest.mark.parametrize(
+    "name", ["one byte changed in the middle", "1 MiB inserted in the middle", "halves swapped"]
+)
+def test_short_digests_rebuild_the_file_with_the_same_instructions(name: str) -> None:
+    """Protocol 2's 8-byte strong digests: a smaller signature, the same delta."""
+    old, new = CASES[name]
+    assert roundtrip(old, new, digest_bytes=delta.SHORT_DIGEST_BYTES) == roundtrip(old, new)
+    old_fd = fd_with(old)
+    try:
+        short = signature_of_fd(old_fd, digest_bytes=delta.SHORT_DIGEST_BYTES)
+        full = signature_of_fd(old_fd)
+    finally:
+        os.close(old_fd)
+    assert len(short.to_bytes()) == len(full.to_bytes()) - 8 * full.block_count
+    assert short.strong[:8] == full.strong[:8]
+
+
+@pytest.mark.parametrize("width", [0, 7, 17, 255])
+def test_a_signature_of_an_unknown_digest_width_is_refused(width: int) -> None:
+    sig = signature_of_fd(fd := fd_with(BASE[:10000]))
+    os.close(fd)
+    blob = bytearray(sig.to_bytes())
+    blob[5] = width
+    with pytest.raises(ProtocolError):
+        Signature.from_bytes(bytes(blob))
 
 
 def test_identical_with_short_tail_is_one_copy_run() -> None:

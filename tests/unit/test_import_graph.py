@@ -1,5 +1,6 @@
-"""The layers, read from the source: no import cycles in daemon/ and replication/, the engine never imports
-the service, and the role state machine imports neither.
+"""The layers, read from the source: no import cycles in daemon/, replication/ and harness/, the engine never
+imports the service, the installed packages never import the harness, the role state machine imports
+neither, and no module reaches into another's private names.
 
 Every import counts: at module level, inside functions (the lazy subcommand imports) and under
 `if TYPE_CHECKING:`. A cycle that only type checking sees is still two modules that cannot be read,
@@ -14,7 +15,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("daemon", "replication")
+INSTALLED = ("daemon", "replication")
+PACKAGES = (*INSTALLED, "harness")  # the no-Docker compose runner: not installed, held to the same rules
 STATE_MACHINE = "daemon.roles"
 STATE_MACHINE_MAY_IMPORT = {"daemon.epochs"}  # a constant (the largest epoch), no I/O, no roles
 
@@ -115,7 +117,7 @@ def test_the_graph_reads_lazy_and_type_checking_imports() -> None:
     assert "daemon.config" in graph["daemon.store.verifier"]  # only under TYPE_CHECKING there
 
 
-def test_no_import_cycles_in_daemon_or_replication() -> None:
+def test_no_import_cycles() -> None:
     graph = import_graph()
     found = cycles(graph)
     assert not found, "import cycles:\n" + describe(graph, found)
@@ -132,7 +134,7 @@ def test_replication_never_imports_daemon() -> None:
 
 
 def test_installed_packages_never_import_the_harness_or_the_tests() -> None:
-    modules = source_modules()
+    modules = {name: path for name, path in source_modules().items() if name.split(".")[0] in INSTALLED}
     wrong = {
         name: sorted(
             m for m in imported_names(name, path) if m.split(".")[0] in ("harness", "tests", "bench")
@@ -145,3 +147,37 @@ def test_installed_packages_never_import_the_harness_or_the_tests() -> None:
 def test_the_role_state_machine_imports_neither_io_nor_the_engine() -> None:
     imports = import_graph()[STATE_MACHINE]
     assert imports <= STATE_MACHINE_MAY_IMPORT, sorted(imports - STATE_MACHINE_MAY_IMPORT)
+
+
+def private_uses(path: Path) -> list[str]:
+    """`from x import _name` and `module._name` on an imported module of ours: another module's internals."""
+    tree = ast.parse(path.read_text(), str(path))
+    modules: set[str] = set()
+    found: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            ours = (node.module or "").split(".")[0] in PACKAGES or node.level > 0
+            for alias in node.names:
+                if ours and alias.name.startswith("_") and not alias.name.startswith("__"):
+                    found.append(f"from {node.module} import {alias.name}")
+                elif ours:
+                    modules.add(alias.asname or alias.name)
+        elif isinstance(node, ast.Import):
+            modules.update(
+                a.asname or a.name.split(".")[0] for a in node.names if a.name.split(".")[0] in PACKAGES
+            )
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in modules
+            and node.attr.startswith("_")
+            and not node.attr.startswith("__")
+        ):
+            found.append(f"{node.value.id}.{node.attr}")
+    return found
+
+
+def test_no_module_reaches_into_another_modules_private_names() -> None:
+    wrong = {name: uses for name, path in source_modules().items() if (uses := private_uses(path))}
+    assert not wrong, wrong

@@ -23,7 +23,7 @@ from daemon.store.catalogue_postgres import PostgresCatalogue
 from daemon.store.catalogue_sqlite import SqliteCatalogue
 from daemon.store.errors import CatalogueError
 from daemon.store.factory import make_catalogue
-from daemon.store.link import StandaloneLink
+from daemon.store.node_view import StandaloneNode
 from daemon.store.store import PluginStore
 from tests.support.marketplace import make_plugin, store_env
 from tests.support.services import PostgresService, running_postgres
@@ -164,7 +164,7 @@ async def _outage(tmp_path: Path, service: PostgresService, monkeypatch: pytest.
     monkeypatch.setattr(store_module, "CATALOGUE_STARTUP_WAIT", 1.5)
     config = Config.from_env(store_env(tmp_path, DATABASE_URL=service.dsn))
     os.makedirs(config.state_path)
-    store = PluginStore(config, make_catalogue(config, "node-a"), StandaloneLink(), CollectorRegistry())
+    store = PluginStore(config, make_catalogue(config, "node-a"), StandaloneNode(), CollectorRegistry())
     assert isinstance(store.catalogue, PostgresCatalogue)
     store.catalogue.timeout = 0.5
     service.stop()

@@ -20,7 +20,7 @@ from tests.support.marketplace import (
     FakeMarketplace,
     Plugin,
     RecordingProxy,
-    ReplicaLink,
+    ReplicaNode,
     make_plugin,
     open_store,
     without_proxies,
@@ -195,7 +195,7 @@ async def test_downloads_go_through_http_proxy_unless_no_proxy_says_otherwise(
 
 async def test_a_replica_refuses_to_write_before_downloading(tmp_path: Path, market: FakeMarketplace) -> None:
     plugin = market.publish(make_plugin())
-    replica = await open_store(tmp_path, ReplicaLink(), MARKETPLACE_URL=market.url)
+    replica = await open_store(tmp_path, ReplicaNode(), MARKETPLACE_URL=market.url)
     try:
         with pytest.raises(NotWritable, match="slave"):
             await replica.preload(plugin.identifier)

@@ -18,7 +18,7 @@ from daemon.ha_loop import ControlLoop
 from daemon.node import Node
 from daemon.store.catalogue_sqlite import SqliteCatalogue
 from daemon.store.identifier import PATTERN
-from daemon.store.link import StandaloneLink
+from daemon.store.node_view import StandaloneNode
 from daemon.store.store import PluginStore
 from tests.support.marketplace import FakeMarketplace, make_plugin, store_env, without_proxies
 
@@ -51,7 +51,7 @@ async def client(
     os.makedirs(config.state_path, exist_ok=True)
     node = Node(config)
     catalogue = SqliteCatalogue(os.path.join(config.state_path, "store.sqlite3"), "pair", "node-a")
-    store = PluginStore(config, catalogue, StandaloneLink(), node.registry)
+    store = PluginStore(config, catalogue, StandaloneNode(), node.registry)
     await store.open()
     async with TestClient(TestServer(build_app(node, ControlLoop(node, backend=None), store=store))) as test:
         yield test

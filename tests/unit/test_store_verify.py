@@ -10,9 +10,9 @@ import pytest
 
 from daemon.store import verifier, workdirs
 from daemon.store.errors import CatalogueError, Corrupted, NotFound, NotWritable
-from daemon.store.link import StandaloneLink
+from daemon.store.node_view import StandaloneNode
 from daemon.store.store import PluginStore
-from tests.support.marketplace import Plugin, ReplicaLink, make_plugin, make_workdir, open_store
+from tests.support.marketplace import Plugin, ReplicaNode, make_plugin, make_workdir, open_store
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -91,7 +91,7 @@ async def test_a_replica_reports_corruption_but_leaves_the_replicated_tree_alone
     stored = await add(leader, make_plugin())
     await leader.close()
     flip_a_byte(stored)
-    replica = await open_store(tmp_path, ReplicaLink())
+    replica = await open_store(tmp_path, ReplicaNode())
     try:
         report = await replica.verify_all()
         assert report["corrupted"][0]["moved_to"] is None and "leader" in report["note"]
@@ -147,7 +147,7 @@ async def test_an_unreachable_catalogue_does_not_stop_the_store(tmp_path: Path) 
 
 
 async def test_a_replica_writes_no_manifest_into_its_replicated_working_folder(tmp_path: Path) -> None:
-    replica = await open_store(tmp_path, ReplicaLink(), STORAGE_PATH=str(tmp_path / "root" / "cwd"))
+    replica = await open_store(tmp_path, ReplicaNode(), STORAGE_PATH=str(tmp_path / "root" / "cwd"))
     try:
         working = Path(replica.layout.absolute(replica.layout.working))
         folder = make_workdir(working, make_plugin())
@@ -160,7 +160,7 @@ async def test_a_replica_writes_no_manifest_into_its_replicated_working_folder(t
         await replica.close()
 
 
-class SwitchableLink(StandaloneLink):
+class SwitchableNode(StandaloneNode):
     role = "slave"
     leading = False
 
@@ -172,7 +172,7 @@ async def test_a_node_that_becomes_leader_without_an_api_promotion_checks_its_pl
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(verifier, "TICK", 0.05)
-    link = SwitchableLink()
+    link = SwitchableNode()
     store = await open_store(tmp_path, link)
     try:
         await asyncio.sleep(0.2)

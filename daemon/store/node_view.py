@@ -1,7 +1,8 @@
-"""What the store asks of the replication side: may this node write, and has the replica got it.
+"""What the store asks of its node (NodeView): its role and epoch, may it write, has the replica got a write.
 
-`NodeLink` answers from the running Node; `StandaloneLink` is a node without a peer
-(tests, or a store run on its own), always writable and never waiting.
+`RunningNode` answers from the running Node; `StandaloneNode` is a node without a peer
+(tests, or a store run on its own), always writable and never waiting. (A "link" is only ever the
+replication connection to a replica: replication/links.py, daemon/node.py ReplicaLink.)
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from daemon.node import Node
 from daemon.store.errors import NotReplicated
 
 
-class Link(Protocol):
+class NodeView(Protocol):
     @property
     def role(self) -> str: ...
 
@@ -33,7 +34,7 @@ class Link(Protocol):
         ...
 
 
-class StandaloneLink:
+class StandaloneNode:
     role = "standalone"
     epoch = 0
 
@@ -47,7 +48,7 @@ class StandaloneLink:
         return False
 
 
-class NodeLink:
+class RunningNode:
     def __init__(self, node: Node) -> None:
         self.node = node
 
