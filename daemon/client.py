@@ -1,7 +1,9 @@
 """The one HTTP client of the operator commands (status, promote, demote, switchover, preload, drill history)
 and of the drill's node checks: the Authorization header, TLS, timeouts, and what a node that does not
-answer usefully looks like (Unreachable). Problem documents come back as (status, body) for the caller,
-whose verdict depends on the command; HTTP 401 is always the operator's key: a UsageError.
+answer usefully looks like (Unreachable). A problem document comes back as (status, body) from `call`, or
+as one error type (Refused) from `expect`; HTTP 401 is always the operator's key: a UsageError. Its event
+loop side, `async_session`, gives the drill's load, the peer pollers and the status page the same TLS,
+header and proxy rules.
 
 Its settings (ClientSettings) come from the same reader as the daemon's Config (daemon/config.py
 EnvReader), so SERVER_KEY, TLS_* and REPLICA_MAX_LAG have one parser and one error message each.
@@ -19,6 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+import aiohttp
+
 from daemon.config import REPLICA_MAX_LAG_RANGE, EnvReader
 from daemon.errors import ConfigError, HotstandbyError, UsageError
 from daemon.tls import TLSFiles, client_context
@@ -29,6 +33,17 @@ DEFAULT_MAX_LAG = 10.0
 
 class Unreachable(HotstandbyError):
     """The node did not answer usefully: connection refused, timed out, or not JSON."""
+
+
+class Refused(HotstandbyError):
+    """A node answered with an error status: its problem document (daemon/problems.py) read once."""
+
+    def __init__(self, url: str, status: int, body: Mapping[str, Any]) -> None:
+        self.url, self.status, self.body = url, status, dict(body)
+        self.title = str(body.get("title") or "")
+        self.detail = str(body.get("detail") or self.title or f"HTTP {status}")
+        """What a person reads: the document's detail, else its title, else the status."""
+        super().__init__(f"{url} answered HTTP {status}: {self.detail}")
 
 
 # -- settings -------------------------------------------------------------------------------------
@@ -87,6 +102,29 @@ def base_url(text: str, source: str) -> str:
 
 
 # -- requests -------------------------------------------------------------------------------------
+def async_session(
+    ssl_context: ssl.SSLContext | None,
+    *,
+    key: str = "",
+    timeout: float | None = None,
+    limit: int = 100,
+    force_close: bool = False,
+) -> aiohttp.ClientSession:
+    """The event-loop side of the same client (the drill, the peer pollers, the status page): TLS as
+    ClientSettings gives it (None: the system's CAs), never a proxy from the environment, the key's
+    header on every request when `key` is given, an overall timeout per request when `timeout` is
+    (else aiohttp's default)."""
+    connector = aiohttp.TCPConnector(limit=limit, force_close=force_close, ssl=ssl_context or True)
+    if timeout is None:  # aiohttp's own default; each caller bounds its requests
+        return aiohttp.ClientSession(connector=connector, trust_env=False, headers=auth_headers(key))
+    return aiohttp.ClientSession(
+        connector=connector,
+        trust_env=False,
+        headers=auth_headers(key),
+        timeout=aiohttp.ClientTimeout(total=timeout),
+    )
+
+
 def auth_headers(key: str) -> dict[str, str]:
     """The header every /internal request carries when the nodes have a SERVER_KEY (daemon/api.py)."""
     return {"Authorization": f"Bearer {key}"} if key else {}
@@ -133,6 +171,15 @@ class Client:
         except ValueError:
             raise Unreachable(f"answered HTTP {status} without JSON") from None
         return status, body if isinstance(body, dict) else {"value": body}
+
+    def expect(
+        self, method: str, url: str, path: str, timeout: float | None = None, ok: tuple[int, ...] = (200,)
+    ) -> dict[str, Any]:
+        """`call`, with any status but `ok` raised as Refused (Unreachable and UsageError as there)."""
+        status, body = self.call(method, url, path, timeout)
+        if status not in ok:
+            raise Refused(url, status, body)
+        return body
 
 
 def refused_key(status: int, url: str) -> None:

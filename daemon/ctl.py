@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 from urllib.parse import quote
 
-from daemon.client import REQUEST_TIMEOUT, Client, ClientSettings, Unreachable, base_url
+from daemon.client import REQUEST_TIMEOUT, Client, ClientSettings, Refused, Unreachable, base_url
 from daemon.errors import UsageError
 from daemon.roles import shown_as_leader, shown_as_replica
 
@@ -298,16 +298,15 @@ def watch(
 def role_request(client: Client, url: str, kind: str, force: bool = False) -> int:
     path = f"/internal/{kind}" + ("?force=true" if force else "")
     try:
-        code, body = client.call("POST", url, path, ROLE_REQUEST_TIMEOUT)
+        body = client.expect("POST", url, path, ROLE_REQUEST_TIMEOUT)
     except Unreachable as exc:
         print(f"hotstandby {kind}: {url} unreachable: {exc}", file=sys.stderr)
         return 1
-    if code == 200:
-        print(f"{url}: {body.get('reason')} (now {body.get('role')} at epoch {body.get('epoch')})")
-        return 0
-    detail = body.get("detail") or body.get("title") or f"HTTP {code}"
-    print(f"hotstandby {kind}: {url} refused: {detail}", file=sys.stderr)
-    return 1
+    except Refused as exc:
+        print(f"hotstandby {kind}: {url} refused: {exc.detail}", file=sys.stderr)
+        return 1
+    print(f"{url}: {body.get('reason')} (now {body.get('role')} at epoch {body.get('epoch')})")
+    return 0
 
 
 # -- switchover -----------------------------------------------------------------------------------
@@ -410,11 +409,11 @@ class _Switch:
     def run(self) -> int:
         old, new = self.leader.url, self.replica.url
         try:
-            code, body = self.client.call("POST", old, "/internal/drain", ROLE_REQUEST_TIMEOUT)
+            self.client.expect("POST", old, "/internal/drain", ROLE_REQUEST_TIMEOUT)
         except Unreachable as exc:
             return self.abort(f"draining {old} failed: {exc}")
-        if code != 200:
-            return _fail(f"refused: {old} would not drain: {body.get('detail')}")
+        except Refused as exc:
+            return _fail(f"refused: {old} would not drain: {exc.detail}")
         drained_at = time.monotonic()
         self.steps.done(f"drained {old}: it refuses writes and answers 503 on /primary")
         head, why = self.wait_caught_up()
@@ -506,18 +505,18 @@ class _Switch:
         url = self.replica.url
         while True:
             try:
-                code, body = self.client.call("POST", url, "/internal/promote", ROLE_REQUEST_TIMEOUT)
+                body = self.client.expect("POST", url, "/internal/promote", ROLE_REQUEST_TIMEOUT)
+            except Refused as exc:
+                if "still accepts writes" not in exc.detail or time.monotonic() >= deadline:
+                    return None, exc.detail
+                time.sleep(POLL_INTERVAL)
+                continue
             except Unreachable as exc:
                 after = fetch_status(self.client, url)  # the answer may be lost while the promotion held
                 if shown_as_leader(after.role) and after.epoch > self.leader.epoch:
                     return after.epoch, ""
                 return None, str(exc)
-            if code == 200:
-                return int(body.get("epoch") or 0), ""
-            detail = str(body.get("detail") or f"HTTP {code}")
-            if "still accepts writes" not in detail or time.monotonic() >= deadline:
-                return None, detail
-            time.sleep(POLL_INTERVAL)
+            return int(body.get("epoch") or 0), ""
 
     def hand_over(self) -> tuple[str | None, str]:
         """The leader's word on it, or (None, why): the drained leader gives its lease to the chosen
@@ -528,15 +527,15 @@ class _Switch:
             return None, f"{self.replica.url} did not report its node id"
         path = f"/internal/handover?to={quote(str(to), safe='')}"
         try:
-            code, body = self.client.call("POST", old, path, ROLE_REQUEST_TIMEOUT)
+            body = self.client.expect("POST", old, path, ROLE_REQUEST_TIMEOUT)
+        except Refused as exc:
+            return None, exc.detail
         except Unreachable as exc:
             after = fetch_status(self.client, old)  # the answer may be lost while the hand-over held
             if shown_as_replica(after.role):
                 return "its answer was lost, but it follows now", ""
             return None, str(exc)
-        if code == 200:
-            return str(body.get("reason") or "done"), ""
-        return None, str(body.get("detail") or f"HTTP {code}")
+        return str(body.get("reason") or "done"), ""
 
     def wait_swapped(self, at_least: int) -> tuple[float, int, str | None]:
         """(when the new leader was first seen accepting writes at an epoch >= `at_least`, that epoch,

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import aiohttp
 import structlog
 
+from daemon.client import async_session
 from daemon.limits import read_json
 
 log = structlog.get_logger("daemon.peers")
@@ -91,9 +92,7 @@ class Poller:
         self.attempts = 0
 
     async def run(self) -> None:
-        timeout = aiohttp.ClientTimeout(total=self.timeout)
-        connector = aiohttp.TCPConnector(ssl=self.ssl_context or True)
-        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+        async with async_session(self.ssl_context, timeout=self.timeout) as session:
             while True:
                 started = self.clock()
                 await self._poll(session)

@@ -275,6 +275,19 @@ def _as_replica(state: RoleState, obs: Observations, policy: Policy) -> Decision
         persist = ()
     if policy.election != "static":
         return _replica_lease(state, obs, policy, persist)
+    if obs.request is not None:
+        answered = _static_replica_request(state, obs, persist)
+        if answered is not None:
+            return answered
+    if not policy.failover_auto:
+        return Decision(state, persist, _following(state, obs))
+    return _static_failover(state, obs, policy, persist)
+
+
+def _static_replica_request(
+    state: RoleState, obs: Observations, persist: tuple[Action, ...]
+) -> Decision | None:
+    """An operator's request to a replica without a lease backend; None: nothing to answer here."""
     if obs.request == "promote":
         if obs.peer_untrusted and not obs.force:
             return Decision(
@@ -300,8 +313,13 @@ def _as_replica(state: RoleState, obs: Observations, policy: Policy) -> Decision
         return Decision(state, persist, "already a replica")
     if obs.request == "handover":
         return Decision(state, persist, "handover refused: this node is not the leader")
-    if not policy.failover_auto:
-        return Decision(state, persist, _following(state, obs))
+    return None
+
+
+def _static_failover(
+    state: RoleState, obs: Observations, policy: Policy, persist: tuple[Action, ...]
+) -> Decision:
+    """FAILOVER=auto without a lease: promote once the leader stayed unreachable for FAILOVER_TIMEOUT."""
     leader_gone = not obs.link_up and obs.peer_is_leader is not True
     if leader_gone and obs.peer_untrusted:
         return Decision(

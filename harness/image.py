@@ -12,7 +12,8 @@
 - the machine's package settings: the RUN steps that download get this machine's pip settings
   (`pip config list`, PIP_* variables), CA bundle and apt proxy settings as build secrets mounted
   under /run/build/; they are not in any layer, and settings naming local files are left out.
-- layers are cached (buildah --layers), so a build with nothing changed takes seconds.
+- an image whose label records the hash of the current sources (SOURCES) is not built again: that
+  check takes a second, while even a fully cached buildah build (--layers) takes minutes with vfs.
 
 `python -m harness.image sizes` prints the image's size and its virtualenv's; `inspect` the config.
 The tests use `rootfs()` to run the image's own files (tests/image/).
@@ -95,9 +96,11 @@ class Engine:
     ) -> subprocess.CompletedProcess[str]:
         """Run the engine; a failure raises ImageError with the end of its output."""
         argv = [*self.argv, *args]
+        env = {**os.environ, "DOCKER_BUILDKIT": "1"} if self.kind == "docker" else None  # for --secret
         try:
             done = subprocess.run(
                 argv,
+                env=env,
                 capture_output=quiet,
                 text=True,
                 timeout=timeout,
@@ -334,12 +337,13 @@ def build_secrets(folder: Path) -> list[tuple[str, Path]]:
 
 
 SOURCE_LABEL = "org.hotstandby.source"
+# What the image is made of. README.md is copied too (the package's long description) but left out:
+# an edit to the documentation does not need a new image.
 SOURCES = (
     "compose/Dockerfile",
     "compose/Dockerfile.dockerignore",
     "compose/hotstandby-entrypoint",
     "pyproject.toml",
-    "README.md",
     "daemon",
     "replication",
 )
@@ -359,6 +363,17 @@ def source_digest(base: str, target: Target) -> str:
             digest.update(f"{path.relative_to(REPO)}\0".encode())
             digest.update(hashlib.sha256(path.read_bytes()).digest())
     return digest.hexdigest()[:16]
+
+
+def _image_id(eng: Engine, tag: str) -> str:
+    if not eng.exists(tag):
+        return ""
+    args = (
+        ("image", "inspect", "--format", "{{.Id}}")
+        if eng.kind == "docker"
+        else ("inspect", "--type", "image", "--format", "{{.FromImageID}}")
+    )
+    return eng.run(*args, tag).stdout.strip()
 
 
 def up_to_date(eng: Engine, tag: str, digest: str) -> bool:
@@ -384,7 +399,10 @@ def build(targets: Sequence[Target] = ("daemon",), out: Any = print) -> list[str
                 continue
             argv = _build_argv(eng, target, tag, base, secrets)
             out(f"image: building {tag} (target {target}) with {eng.kind} on {base}")
+            previous = _image_id(eng, tag)
             eng.run(*argv[:-1], "--label", f"{SOURCE_LABEL}={digest}", argv[-1], quiet=False)
+            if previous and previous != _image_id(eng, tag):
+                eng.succeeds("rmi", previous)  # the image this one replaces (with vfs, a full copy)
     return tags
 
 
@@ -417,9 +435,21 @@ def config(ref: str, eng: Engine | None = None) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def rootfs(ref: str) -> Iterator[Path]:
-    """The image's root filesystem as a folder (a buildah working container, mounted), removed on
-    exit. Needs buildah and root."""
-    eng = buildah()
+    """The image's root filesystem as a folder, removed on exit (needs root): with buildah a
+    working container of the image, mounted; with Docker the files of a created container, exported."""
+    eng = engine()
+    if eng.kind == "docker":
+        with tempfile.TemporaryDirectory(prefix="hotstandby-rootfs-") as tmp:
+            container = eng.run("create", ref).stdout.strip()
+            try:
+                exported = subprocess.Popen(["docker", "export", container], stdout=subprocess.PIPE)
+                subprocess.run(["tar", "-x", "-C", tmp], stdin=exported.stdout, check=True)
+                if exported.wait() != 0:
+                    raise ImageError(f"docker export {container} failed")
+            finally:
+                eng.succeeds("rm", container)
+            yield Path(tmp)
+        return
     container = eng.run("from", "--pull=never", "--quiet", ref).stdout.strip()
     try:
         yield Path(eng.run("mount", container).stdout.strip())

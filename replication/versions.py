@@ -10,7 +10,7 @@ Versions:
   1  the release before issue 15 (main at d763280): stop-and-wait batches, one
      fsync + rename per file on the replica before the acknowledgement
   2  hello carries the versions (issue 15); the sender asks for block signatures with
-     8-byte strong digests (`digest_bytes`, delta.SHORT_DIGEST_BYTES) instead of 16; the
+     6-byte strong digests (`digest_bytes`, delta.SHORT_DIGEST_BYTES) instead of 16; the
      batch stream itself is version 1's
 """
 

@@ -21,7 +21,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from daemon.client import auth_headers
+from daemon.client import async_session, auth_headers
 from daemon.drill.config import LoadSettings
 from daemon.drill.steps import Clock
 from daemon.roles import shown_as_leader
@@ -119,10 +119,8 @@ class Load:
         self._session: aiohttp.ClientSession | None = None
 
     async def run(self) -> None:
-        connector = aiohttp.TCPConnector(
-            limit=self.settings.max_in_flight, force_close=True, ssl=client_context(self.tls)
-        )
-        async with aiohttp.ClientSession(connector=connector, trust_env=False) as session:
+        tls = client_context(self.tls)
+        async with async_session(tls, limit=self.settings.max_in_flight, force_close=True) as session:
             self._session = session
             loops = [self._loop(self._write, self.settings.write_rate)]
             if self.settings.read_rate > 0:

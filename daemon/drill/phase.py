@@ -82,9 +82,14 @@ async def _switch(ctx: Context, report: PhaseReport, load: Load) -> None:
     try:
         async with log.step(f"{report.name}: load through HAProxy") as step:
             await _watch(task, config.warmup)
+            # A loaded pair may answer its first write after the warm-up: give it one request's time.
+            patience = clock.now() + config.load.request_timeout
+            while not load.acked and clock.now() < patience:
+                await _watch(task, 0.05)
             acked = len(load.acked)
             if not acked:
-                raise StepFailed(f"no write acknowledged in {config.warmup:g}s: {load.last_write_error()}")
+                waited = config.warmup + config.load.request_timeout
+                raise StepFailed(f"no write acknowledged in {waited:g}s: {load.last_write_error()}")
             step.detail = f"{acked} writes acknowledged, {len(load.outcomes) - acked} other requests"
             if probe is not None:
                 if not probe.ok_before(clock.now()):

@@ -16,9 +16,8 @@ import os
 import secrets
 import traceback
 
-import aiohttp
-
 from daemon import ctl
+from daemon.client import async_session
 from daemon.drill import history
 from daemon.drill.config import DrillConfig
 from daemon.drill.context import Context
@@ -54,8 +53,7 @@ async def run_drill(
     stopper = stopper or make_stopper(config.stopper)
     log = StepLog(clock, out)
     tls = client_context(config.tls)
-    connector = aiohttp.TCPConnector(ssl=tls)
-    async with aiohttp.ClientSession(connector=connector, trust_env=False) as session:
+    async with async_session(tls) as session:
         nodes = Nodes(config.server_key, session, ssl_context=tls)
         view = make_view(config.haproxy, session)
         monitor = Monitor(nodes, config.targets, view, clock, config.poll_interval)

@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import structlog
 
+from daemon.client import async_session
 from daemon.node import Node
 from daemon.redact import hide_password
 from daemon.store.store import PluginStore
@@ -93,10 +94,7 @@ class Details:
         if not self.peer_urls:
             return []
         key = self.node.config.server_key
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        timeout = aiohttp.ClientTimeout(total=PEER_TIMEOUT)
-        connector = aiohttp.TCPConnector(ssl=self.node.client_tls or True)
-        async with aiohttp.ClientSession(timeout=timeout, connector=connector, headers=headers) as session:
+        async with async_session(self.node.client_tls, key=key, timeout=PEER_TIMEOUT) as session:
 
             async def one(url: str) -> list[Any] | str:
                 try:

@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from daemon.client import ClientSettings, auth_headers, base_url
+from daemon.client import Client, ClientSettings, Refused, Unreachable, auth_headers, base_url
 from daemon.config import Config
 from daemon.errors import ConfigError, UsageError
 
@@ -46,3 +49,39 @@ def test_headers_and_urls() -> None:
     for bad in ("ftp://a:1", "http://a:99999", "http://a:1/path", "a:1"):
         with pytest.raises(UsageError, match="--to"):
             base_url(bad, "--to")
+
+
+class _Refusing(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        body = json.dumps({"type": "about:blank", "title": "promote refused", "status": 409, "detail": "no"})
+        status = 200 if self.path == "/ok" else 409
+        raw = b'{"epoch": 3}' if status == 200 else body.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/problem+json")
+        self.send_header("Content-Length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
+
+    def log_message(self, format: str, *args: object) -> None:
+        return
+
+
+def test_a_problem_document_becomes_one_refused_error_and_a_dead_node_unreachable() -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Refusing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    client = Client("k" * 8, timeout=5)
+    try:
+        assert client.expect("POST", url, "/ok") == {"epoch": 3}
+        with pytest.raises(Refused) as refused:
+            client.expect("POST", url, "/internal/promote")
+        assert (refused.value.status, refused.value.title, refused.value.detail) == (
+            409,
+            "promote refused",
+            "no",
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    with pytest.raises(Unreachable, match="connection refused"):
+        client.expect("POST", url, "/ok")
