@@ -6,9 +6,10 @@ The kernel here has no sch_netem, so tests/support/linkem.py relays the standby'
 delay and loss (netem's `delay 50ms loss 5%`), inside the namespaces tests/support/netcluster.py
 makes: the standby reaches the leader (and Redis) only over that link; the leader's own path to
 Redis is not impaired (with it impaired too, on this loaded machine, the leader's lease renewals
-failed once in two runs: a leader's link to its election service is a different promise). Under ~25 s of writes the
-standby must never take over, both nodes are never writable at once (samplers inside each
-namespace), replication converges, and every write the leader acknowledged is on the standby.
+failed once in two runs: a leader's link to its election service is a different promise).
+Under ~25 s of writes the standby must never take over, both nodes are never writable at once
+(samplers inside each namespace), replication converges, and every write the leader acknowledged
+is on the standby.
 """
 
 from __future__ import annotations
