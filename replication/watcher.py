@@ -63,8 +63,16 @@ EVENT_FILTER = [
 ]
 
 
+HANDOFF_CHUNK = 256
+
+
 class _Handoff(FileSystemEventHandler):
-    """Runs on watchdog's thread: buffer, and wake the loop once per burst."""
+    """Runs on watchdog's thread: buffer, and wake the loop once per burst.
+
+    The loop takes the buffer HANDOFF_CHUNK events at a time, one callback each: a burst of tens of
+    thousands of events (a plugin's venv being installed) is handled no-follow, folder by folder, which
+    held the leader's loop for 3 s in one callback, long enough to miss a lease renewal. In chunks the
+    renewals, health checks and replication get their turns in between; the order is kept."""
 
     def __init__(
         self, loop: asyncio.AbstractEventLoop, drain: Callable[[list[FileSystemEvent]], None]
@@ -83,7 +91,11 @@ class _Handoff(FileSystemEventHandler):
 
     def _flush(self) -> None:
         with self._lock:
-            events, self._buffer = self._buffer, []
+            events = self._buffer[:HANDOFF_CHUNK]
+            del self._buffer[:HANDOFF_CHUNK]
+            more = bool(self._buffer)  # then no producer will wake the loop: this callback must
+        if more and not self._loop.is_closed():
+            self._loop.call_soon(self._flush)
         self._drain(events)
 
 
