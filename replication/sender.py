@@ -422,7 +422,8 @@ class Sender:
             ).header()
         elif stat.S_ISLNK(st.st_mode):
             target = self._tree.readlink(change.path)
-            if target is None:  # replaced since the lstat: its own event follows
+            if target is None:  # replaced since the lstat (its own event follows) or moved away
+                self.note_vanished(change.path)
                 return
             yield self._counted(
                 Operation(change.seq, "symlink", change.path, target=target, mtime_ns=st.st_mtime_ns)
@@ -444,6 +445,9 @@ class Sender:
     async def _put_frames(self, change: Change, resend: list[str]) -> AsyncIterator[bytes]:
         opened = self._tree.open_file(change.path)
         if opened is None:
+            # Gone between the lstat and the open: a folder above it may have been renamed, and
+            # that rename, when it goes out, must re-send the file under its new name.
+            self.note_vanished(change.path)
             return
         fd, before = opened
         with os.fdopen(fd, "rb", buffering=0) as fh:

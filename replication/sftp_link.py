@@ -307,7 +307,8 @@ class SftpSender:
             self._count("mkdir")
         elif stat.S_ISLNK(st.st_mode):
             target = self._tree.readlink(change.path)
-            if target is None:  # replaced since the lstat: its own event follows
+            if target is None:  # replaced since the lstat (its own event follows) or moved away
+                self._sent.note_vanished(change.path)
                 return
             await self._remote.put_symlink(change.path, target, times)
             self._count("symlink")
