@@ -14,8 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry
 
+from replication.errors import PeerError
 from replication.exclude import ReadyMarkers
 from replication.journal import Change, Journal
 from replication.metrics import ReplicationMetrics
@@ -77,3 +79,27 @@ def test_a_symlink_whose_folder_moved_between_lstat_and_readlink_is_sent_under_i
     frames(sender, [Change(1, "sync", "deep/link")])
     _, resend = frames(sender, [Change(2, "rename", "deep", dest="moved")])
     assert resend == ["moved/link"]
+
+
+def test_what_a_failed_batch_found_moved_is_still_sent_after_it(tmp_path: Path) -> None:
+    """The batch carrying the rename is cut after its frames were built: its re-sends are queued anyway.
+
+    Its frames took the vanished paths out of the sender's memory; the batch goes again after the
+    reconnect, but only the journal can bring the moved file along then.
+    """
+    (tmp_path / "deep").mkdir()
+    (tmp_path / "deep" / "f.txt").write_bytes(b"content")
+    sender = make_sender(tmp_path)
+    sender._tree.open_file = rename_first(tmp_path, sender._tree.open_file)  # type: ignore[method-assign]
+    frames(sender, [Change(1, "sync", "deep/f.txt")])
+
+    async def cut_after_sending(_method: str, _path: str, *, data: Any = None, **_kw: Any) -> dict[str, Any]:
+        async for _chunk in data:
+            pass
+        raise PeerError("connection reset while waiting for the answer")
+
+    sender._call = cut_after_sending  # type: ignore[method-assign,assignment]
+    rename = sender.journal.counter.next()
+    with pytest.raises(PeerError):
+        asyncio.run(sender._send_once([Change(rename, "rename", "deep", dest="moved")]))
+    assert [c.path for c in sender.journal._entries.values() if c.kind == "sync"] == ["moved/f.txt"]
