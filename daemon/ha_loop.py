@@ -330,6 +330,11 @@ class ControlLoop:
             term = await asyncio.wait_for(self.backend.try_acquire(node_id, self.config.lease_ttl), timeout)
         except (ElectionError, TimeoutError) as exc:
             self.node.last_error = f"election: {exc}" if str(exc) else "election: timed out"
+            if state.role == "leader":
+                # Try again at once rather than a renewal interval later: on a lossy path a lost
+                # request or a slow reconnection is the usual cause, and the lease still has a
+                # few ELECTION_TIMEOUTs left, each a chance to keep it.
+                self._next_lease_call = self.clock()
             return LeaseOutcome("error", sent_at=sent)
         if term is None:
             return LeaseOutcome("held_by_other", sent_at=sent)
