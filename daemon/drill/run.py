@@ -17,7 +17,7 @@ import secrets
 import traceback
 
 from daemon import ctl
-from daemon.client import async_session
+from daemon.client import AsyncClient
 from daemon.drill import history
 from daemon.drill.config import DrillConfig
 from daemon.drill.context import Context
@@ -53,11 +53,11 @@ async def run_drill(
     stopper = stopper or make_stopper(config.stopper)
     log = StepLog(clock, out)
     tls = client_context(config.tls)
-    async with async_session(tls) as session:
-        nodes = Nodes(config.server_key, session, ssl_context=tls)
-        view = make_view(config.haproxy, session)
+    async with AsyncClient(tls, config.server_key) as http:
+        nodes = Nodes(http)
+        view = make_view(config.haproxy, http.session)
         monitor = Monitor(nodes, config.targets, view, clock, config.poll_interval)
-        ctx = Context(config, drill_id, clock, log, session, nodes, view, monitor, stopper)
+        ctx = Context(config, drill_id, clock, log, nodes, view, monitor, stopper)
         report = DrillReport(drill_id, clock.unix0, config, stopper.kind)
         report.commands = {
             t.url: {"stop": stopper.describe("stop", t), "start": stopper.describe("start", t)}
