@@ -94,7 +94,6 @@ NOT_FROM_HANDLERS: dict[str, str] = {
     "daemon.store.download.UpstreamStatus": "turned into MarketplaceError or NotFound by the downloader",
     "daemon.client.Unreachable": "the operator commands' client: a node did not answer",
     "daemon.client.Refused": "the operator commands' client: a node answered with a problem document",
-    "daemon.store.preload_cli.Transient": "hotstandby preload's client: worth another try",
     "daemon.drill.errors.StopperError": "the drill (a client of the API): a failed step in its report",
     "daemon.drill.steps.StepFailed": "the drill: a failed step in its report",
     "daemon.drill.haproxy.HAProxyError": "the drill: HAProxy's view could not be read",
