@@ -305,7 +305,7 @@ class ControlLoop:
                 # divergent writes: this replica still refuses its leader's batches. Finish it now.
                 await self.node.become_replica(new.epoch)
             elif new.role == "replica" and new.epoch != self.node.identity.epoch:
-                self.node._set_epoch(new.epoch)
+                self.node.set_epoch(new.epoch)
 
     # -- the lease ---------------------------------------------------------------------
     async def _lease_call(self, compete: bool) -> LeaseOutcome | None:

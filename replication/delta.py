@@ -2,12 +2,12 @@
 
 The replica describes the copy it already has with a `Signature`: the file is cut into
 blocks of `block_size` bytes (the last one may be shorter) and each block gets a weak
-rolling checksum and a strong hash. The master slides a window over the new version of
+rolling checksum and a strong hash. The leader slides a window over the new version of
 the file, finds offsets whose weak checksum is one of the replica's blocks, confirms
 them with the strong hash, and sends an instruction stream made of `Copy` (runs of the
 replica's own blocks) and `Literal` (bytes the replica cannot have). The replica
 rebuilds the file with `apply_delta`; the caller checks the whole-file SHA-256 it got
-from the master, so a weak/strong collision or a replica file that changed under us is
+from the leader, so a weak/strong collision or a replica file that changed under us is
 caught there and answered with a full transfer.
 
 Why it is fast without a C extension: the weak checksum at *every* offset of a window

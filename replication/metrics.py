@@ -29,7 +29,7 @@ class ReplicationMetrics:
             "plugin_sync_bytes", "Content bytes moved over the replication link.", ["direction"]
         )
         self.operations = counter(
-            "plugin_sync_operations", "Replicated operations applied (slave) or sent (master).", ["op"]
+            "plugin_sync_operations", "Replicated operations applied (replica) or sent (leader).", ["op"]
         )
         self.full_rescans = counter(
             "plugin_sync_full_rescans", "Manifest reconciliations, by what triggered them.", ["reason"]
@@ -46,7 +46,7 @@ class ReplicationMetrics:
         )
         self.peer_input_refused = counter(
             "plugin_sync_peer_input_refused",
-            "Master: entries of replica answers refused (a path outside the storage or not asked about, "
+            "Leader: entries of replica answers refused (a path outside the storage or not asked about, "
             "a list or answer beyond its bound, an epoch or sequence out of range, a malformed value).",
             ["reason"],
         )
@@ -57,8 +57,8 @@ class ReplicationMetrics:
         )
         self.mode_bits_stripped = counter(
             "plugin_sync_mode_bits_stripped",
-            "Modes replicated without their setuid, setgid or sticky bits: sent (master) or received "
-            "with them and stripped again (slave).",
+            "Modes replicated without their setuid, setgid or sticky bits: sent (leader) or received "
+            "with them and stripped again (replica).",
             ["side"],
         )
 
@@ -66,8 +66,8 @@ class ReplicationMetrics:
         gauge = partial(Gauge, registry=registry)
         self.storage_full = gauge(
             "plugin_sync_storage_full",
-            "Slave: 1 while its last write into STORAGE_PATH failed for lack of disk space (ENOSPC, "
-            "EDQUOT); the master keeps the change queued and retries.",
+            "Replica: 1 while its last write into STORAGE_PATH failed for lack of disk space (ENOSPC, "
+            "EDQUOT); the leader keeps the change queued and retries.",
         )
         self.env_init_duration = Histogram(
             "python_env_init_duration_seconds",
@@ -80,20 +80,20 @@ class ReplicationMetrics:
         )
         self.lag = gauge(
             "plugin_sync_lag_seconds",
-            "Master: age of the oldest change the slave has not acknowledged. "
-            "Slave: seconds since the last change or heartbeat from the master.",
+            "Leader: age of the oldest change the replica has not acknowledged. "
+            "Replica: seconds since the last change or heartbeat from the leader.",
         )
         self.pending = gauge(
-            "plugin_sync_pending_changes", "Changes recorded but not yet acknowledged by the slave."
+            "plugin_sync_pending_changes", "Changes recorded but not yet acknowledged by the replica."
         )
         self.peer_connected = gauge(
             "plugin_sync_peer_connected", "1 while the replication link to the peer is up."
         )
         self.last_sequence = gauge(
-            "plugin_sync_sequence", "Last sequence produced (master) or applied (slave)."
+            "plugin_sync_sequence", "Last sequence produced (leader) or applied (replica)."
         )
         self.acked_sequence = gauge(
-            "plugin_sync_acknowledged_sequence", "Last sequence the slave acknowledged."
+            "plugin_sync_acknowledged_sequence", "Last sequence the replica acknowledged."
         )
 
     def track(

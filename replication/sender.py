@@ -1,9 +1,9 @@
-"""The master's side of the link: one long-lived HTTP connection to SYNC_TARGET.
+"""The leader's side of the link: one long-lived HTTP connection to SYNC_TARGET.
 
 Each cycle takes the next changes from the journal, reads their current
 state from disk, streams them as one batch (see protocol.py) and waits for
-the slave's acknowledgement. When idle it sends a heartbeat batch. After a
-disconnect it says hello again: the slave's acknowledged sequence decides
+the replica's acknowledgement. When idle it sends a heartbeat batch. After a
+disconnect it says hello again: the replica's acknowledged sequence decides
 between resuming from the journal and a manifest reconciliation.
 """
 
@@ -584,12 +584,14 @@ class Sender:
         return theirs
 
     async def wait_acked(self, seq: int, timeout: float) -> None:
-        """Wait until the slave holds every change recorded up to `seq` (PeerError on timeout)."""
+        """Wait until the replica holds every change recorded up to `seq` (PeerError on timeout)."""
         async with self._acked:
             try:
                 await asyncio.wait_for(self._acked.wait_for(lambda: self.journal.confirmed >= seq), timeout)
             except TimeoutError:
-                raise PeerError(f"the slave did not acknowledge sequence {seq} within {timeout:g}s") from None
+                raise PeerError(
+                    f"the replica did not acknowledge sequence {seq} within {timeout:g}s"
+                ) from None
 
     # -- HTTP ----------------------------------------------------------------------
     async def _call(

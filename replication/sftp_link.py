@@ -1,4 +1,4 @@
-"""The master's link to a plain host that runs only sshd (a DR copy, like lsyncd's rsyncssh).
+"""The leader's link to a plain host that runs only sshd (a DR copy, like lsyncd's rsyncssh).
 
 Same journal as the HTTP link, same surface for the node and the API, but
 the far side has no daemon: each change is carried out with SFTP calls
