@@ -114,6 +114,15 @@ def read_key_file(path: str, flag: str) -> str:
         raise UsageError(f"{flag}: cannot read {path}: {exc.strerror}") from None
 
 
+def local_url(environ: Mapping[str, str]) -> str:
+    """This node's API on loopback, at SERVER_PORT read as the daemon reads it (5002 unless set)."""
+    try:
+        port = EnvReader(environ).integer("SERVER_PORT", 5002, 0, 65535)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    return f"http://127.0.0.1:{port}"
+
+
 def base_url(text: str, source: str) -> str:
     """A node's (or HAProxy's) base URL given on the command line: http(s)://host:port, nothing after."""
     url = text.strip().rstrip("/")

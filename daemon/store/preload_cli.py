@@ -19,7 +19,7 @@ from typing import Any
 
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
 
-from daemon.client import Client, ClientSettings, Refused, Unreachable, refused_key
+from daemon.client import Client, ClientSettings, Refused, Unreachable, local_url, refused_key
 from daemon.errors import ConfigError, UsageError
 
 DEFAULT_RETRIES = 5
@@ -162,7 +162,7 @@ def _plugins(from_file: str | None, given: Sequence[str]) -> list[str]:
 def _url(given: str | None, environ: Mapping[str, str]) -> str:
     text = (given or environ.get("HOTSTANDBY_URL", "")).strip().rstrip("/")
     if not text:
-        text = f"http://127.0.0.1:{environ.get('SERVER_PORT', '').strip() or 5002}"
+        text = local_url(environ)
     if not text.startswith(("http://", "https://")):
         raise UsageError(f"--url {text!r} must be http(s)://host:port")
     return text
