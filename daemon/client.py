@@ -1,10 +1,11 @@
 """The one HTTP client of the operator commands (status, promote, demote, switchover, preload, drill history),
 of the drill (its node checks, its load, its read-back) and of the nodes' own peer checks: the
 Authorization header, TLS, timeouts, and what a node that does not answer usefully looks like
-(Unreachable, with why: refused, untrusted or unreachable). A problem document comes back as (status,
-body) from `call`, or as one error type (Refused) from `expect`; HTTP 401 is always the operator's key: a
-UsageError. `Client` blocks (the commands); `AsyncClient` is the same client on the event loop (the
-drill, the peer pollers, the status page), one aiohttp session reused for every request.
+(Unreachable, with why: refused, untrusted or unreachable). Every answer is an Answer; a problem
+document comes back as (status, body) from `call`, or as one error type (Refused) from `expect`; HTTP
+401 is always the operator's key to `call`: a UsageError. `Client` blocks (the commands);
+`AsyncClient` is the same client on the event loop (the drill, the peer pollers, the status page),
+one aiohttp session reused for every request.
 
 Its settings (ClientSettings) come from the same reader as the daemon's Config (daemon/config.py
 EnvReader), so SERVER_KEY, TLS_* and REPLICA_MAX_LAG have one parser and one error message each.
@@ -143,65 +144,8 @@ def auth_headers(key: str) -> dict[str, str]:
 
 
 @dataclass(frozen=True)
-class Client:
-    key: str = field(repr=False)
-    timeout: float = REQUEST_TIMEOUT
-    ssl_context: ssl.SSLContext | None = None
-    """For https:// nodes (ClientSettings.ssl_context); None: urllib's default verification."""
-
-    def exchange(
-        self, method: str, url: str, payload: Any = None, timeout: float | None = None
-    ) -> tuple[int, bytes]:
-        """One request, never through a proxy: (status, raw body), errors included; Unreachable when
-        nothing came back. A POST without a payload sends an empty body."""
-        headers = auth_headers(self.key)
-        data = None if method != "POST" else b""
-        if payload is not None:
-            data = json.dumps(payload).encode()
-            headers["Content-Type"] = "application/json"
-        request = urllib.request.Request(url, data=data, method=method, headers=headers)
-        handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]  # traffic is direct
-        if self.ssl_context is not None:
-            handlers.append(urllib.request.HTTPSHandler(context=self.ssl_context))
-        opener = urllib.request.build_opener(*handlers)
-        try:
-            with opener.open(request, timeout=timeout or self.timeout) as resp:
-                return resp.status, resp.read()
-        except urllib.error.HTTPError as exc:
-            return exc.code, _read_error_body(exc)
-        except (OSError, http.client.HTTPException) as exc:
-            raise Unreachable(describe(exc), classify(exc)) from None
-
-    def call(
-        self, method: str, url: str, path: str, timeout: float | None = None
-    ) -> tuple[int, dict[str, Any]]:
-        """One request to the node's API: (status, JSON body); 401 is a UsageError (wrong key)."""
-        status, raw = self.exchange(method, url + path, timeout=timeout)
-        refused_key(status, url)
-        try:
-            body = json.loads(raw) if raw else {}
-        except ValueError:
-            raise Unreachable(f"answered HTTP {status} without JSON") from None
-        return status, body if isinstance(body, dict) else {"value": body}
-
-    def expect(
-        self, method: str, url: str, path: str, timeout: float | None = None, ok: tuple[int, ...] = (200,)
-    ) -> dict[str, Any]:
-        """`call`, with any status but `ok` raised as Refused (Unreachable and UsageError as there)."""
-        status, body = self.call(method, url, path, timeout)
-        if status not in ok:
-            raise Refused(url, status, body)
-        return body
-
-
-def refused_key(status: int, url: str) -> None:
-    if status == 401:
-        raise UsageError(f"{url} refused the key (HTTP 401): set SERVER_KEY or --key-file")
-
-
-@dataclass(frozen=True)
 class Answer:
-    """What a node sent back to AsyncClient.send, whatever its status."""
+    """What a node sent back (Client.send, AsyncClient.send), whatever its status."""
 
     url: str
     status: int
@@ -225,6 +169,60 @@ class Answer:
         if self.status not in (ok or (200,)):
             raise Refused(self.url, self.status, self.body())
         return self.body()
+
+
+@dataclass(frozen=True)
+class Client:
+    key: str = field(repr=False)
+    timeout: float = REQUEST_TIMEOUT
+    ssl_context: ssl.SSLContext | None = None
+    """For https:// nodes (ClientSettings.ssl_context); None: urllib's default verification."""
+
+    def send(self, method: str, url: str, payload: Any = None, timeout: float | None = None) -> Answer:
+        """One request, never through a proxy: its Answer, errors included; Unreachable when nothing
+        came back. A POST without a payload sends an empty body."""
+        headers = auth_headers(self.key)
+        data = None if method != "POST" else b""
+        if payload is not None:
+            data = json.dumps(payload).encode()
+            headers["Content-Type"] = "application/json"
+        request = urllib.request.Request(url, data=data, method=method, headers=headers)
+        handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]  # traffic is direct
+        if self.ssl_context is not None:
+            handlers.append(urllib.request.HTTPSHandler(context=self.ssl_context))
+        opener = urllib.request.build_opener(*handlers)
+        try:
+            with opener.open(request, timeout=timeout or self.timeout) as resp:
+                return Answer(url, resp.status, resp.read())
+        except urllib.error.HTTPError as exc:
+            return Answer(url, exc.code, _read_error_body(exc))
+        except (OSError, http.client.HTTPException) as exc:
+            raise Unreachable(describe(exc), classify(exc)) from None
+
+    def call(
+        self, method: str, url: str, path: str, timeout: float | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        """One request to the node's API: (status, JSON body); 401 is a UsageError (wrong key)."""
+        answer = self.send(method, url + path, timeout=timeout)
+        refused_key(answer.status, url)
+        try:
+            return answer.status, answer.json()
+        except ValueError:
+            raise Unreachable(f"answered HTTP {answer.status} without JSON") from None
+
+    def expect(
+        self, method: str, url: str, path: str, timeout: float | None = None, ok: tuple[int, ...] = (200,)
+    ) -> dict[str, Any]:
+        """`call`, with any status but `ok` raised as Refused (Unreachable and UsageError as there)."""
+        status, body = self.call(method, url, path, timeout)
+        if status not in ok:
+            raise Refused(url, status, body)
+        return body
+
+
+def refused_key(status: int, url: str) -> None:
+    if status == 401:
+        raise UsageError(f"{url} refused the key (HTTP 401): set SERVER_KEY or --key-file")
 
 
 class AsyncClient:

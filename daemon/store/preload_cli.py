@@ -132,14 +132,8 @@ class Preloader:
 
     def _post(self, plugin: str) -> tuple[int, dict[str, Any]]:
         """One attempt: Unreachable, or Refused when the API had no primary: worth another try."""
-        status, raw = self.client.exchange(
-            "POST", f"{self.url}/internal/preload", {"plugin_identifier": plugin}
-        )
-        try:
-            body = json.loads(raw) if raw else {}
-        except ValueError:
-            body = {"detail": raw[:200].decode(errors="replace")}
-        body = body if isinstance(body, dict) else {"detail": str(body)}
+        answer = self.client.send("POST", f"{self.url}/internal/preload", {"plugin_identifier": plugin})
+        status, body = answer.status, answer.body()
         if status in RETRY_STATUSES and body.get("title") not in FINAL_TITLES:
             raise Refused(self.url, status, body)
         return status, body
