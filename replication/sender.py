@@ -354,22 +354,28 @@ class Sender:
         resend: list[str] = []
         end_seq = batch[-1].seq if batch else self.journal.sent_upto
         self._signatures = await self._fetch_signatures(batch)
-        answer = await self._call(
-            "POST",
-            "/batch",
-            limit=MAX_ANSWER_BYTES,
-            data=self._tracked(_pieces(self._frames(batch, end_seq, resend))),
-            headers={
-                "Content-Type": "application/octet-stream",
-                "X-Hotstandby-Journal": self.journal.journal_id,
-                "X-Hotstandby-Epoch": str(self._epoch()),
-                "X-Hotstandby-Baseline": str(-1 if self.baseline_seq is None else self.baseline_seq),
-            },
-        )
-        with self._guard.answer("batch") as refuse:
-            said = peer_answers.batch(
-                answer, _asked(batch), refuse, changes=len(batch), head=self.journal.head, skip=self._skip
+        try:
+            answer = await self._call(
+                "POST",
+                "/batch",
+                limit=MAX_ANSWER_BYTES,
+                data=self._tracked(_pieces(self._frames(batch, end_seq, resend))),
+                headers={
+                    "Content-Type": "application/octet-stream",
+                    "X-Hotstandby-Journal": self.journal.journal_id,
+                    "X-Hotstandby-Epoch": str(self._epoch()),
+                    "X-Hotstandby-Baseline": str(-1 if self.baseline_seq is None else self.baseline_seq),
+                },
             )
+            with self._guard.answer("batch") as refuse:
+                said = peer_answers.batch(
+                    answer, _asked(batch), refuse, changes=len(batch), head=self.journal.head, skip=self._skip
+                )
+        except BaseException:
+            # The batch goes again, but what its frames decided to re-send (files found moved by
+            # a rename in it, torn reads) is known only now: queue it behind the batch.
+            self._send_again(resend)
+            raise
         pending_before = self.journal.pending
         self.journal.acknowledge(said.applied_seq)
         self.progress.acknowledged(
@@ -377,13 +383,16 @@ class Sender:
         )
         self.last_ack_at = time.monotonic()
         self.on_ack()
-        for path in [*resend, *said.resend]:
+        self._send_again([*resend, *said.resend])
+        async with self._acked:
+            self._acked.notify_all()
+
+    def _send_again(self, paths: list[str]) -> None:
+        for path in paths:
             if path in self._signatures:
                 self._whole_next.add(path)  # the delta did not rebuild it: send it whole next time
             if not self._record_tree(path):
                 self.journal.record_sync(path)
-        async with self._acked:
-            self._acked.notify_all()
 
     async def _frames(self, batch: list[Change], end_seq: int, resend: list[str]) -> AsyncIterator[bytes]:
         for change in batch:
@@ -422,7 +431,8 @@ class Sender:
             ).header()
         elif stat.S_ISLNK(st.st_mode):
             target = self._tree.readlink(change.path)
-            if target is None:  # replaced since the lstat: its own event follows
+            if target is None:  # replaced since the lstat (its own event follows) or moved away
+                self.note_vanished(change.path)
                 return
             yield self._counted(
                 Operation(change.seq, "symlink", change.path, target=target, mtime_ns=st.st_mtime_ns)
@@ -444,6 +454,9 @@ class Sender:
     async def _put_frames(self, change: Change, resend: list[str]) -> AsyncIterator[bytes]:
         opened = self._tree.open_file(change.path)
         if opened is None:
+            # Gone between the lstat and the open: a folder above it may have been renamed, and
+            # that rename, when it goes out, must re-send the file under its new name.
+            self.note_vanished(change.path)
             return
         fd, before = opened
         with os.fdopen(fd, "rb", buffering=0) as fh:

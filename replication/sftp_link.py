@@ -203,13 +203,19 @@ class SftpSender:
     async def _send(self, batch: list[Change]) -> None:
         resend: list[str] = []
         assert self._remote is not None
-        for segment in segments(batch, self._tree, self.journal.is_ready_marker):
-            self._remote.forget_folders()
-            if len(segment) == 1:
-                await self._apply(segment[0], resend)
-            else:
-                await self._apply_parallel(segment, resend)
-            await self._acknowledge(segment[-1].seq, resend)
+        try:
+            for segment in segments(batch, self._tree, self.journal.is_ready_marker):
+                self._remote.forget_folders()
+                if len(segment) == 1:
+                    await self._apply(segment[0], resend)
+                else:
+                    await self._apply_parallel(segment, resend)
+                await self._acknowledge(segment[-1].seq, resend)
+        except BaseException:
+            # The unacknowledged changes go again, but a rename among them will not find again
+            # the moved files it was to re-send: queue those now.
+            self._send_again(resend)
+            raise
 
     async def _apply_parallel(self, segment: list[Change], resend: list[str]) -> None:
         limit = asyncio.Semaphore(self.settings.parallel_writes)
@@ -231,10 +237,7 @@ class SftpSender:
             self.last_ack_at = time.monotonic()
             self._failures.clear()
             self.on_ack()
-        for path in resend:
-            if not self._record_tree(path):
-                self.journal.record_sync(path)
-        resend.clear()
+        self._send_again(resend)
         async with self._acked:
             self._acked.notify_all()
 
@@ -255,6 +258,12 @@ class SftpSender:
         self.journal.rewind(self.journal.acked)
 
     # -- one change ----------------------------------------------------------------
+    def _send_again(self, resend: list[str]) -> None:
+        for path in resend:
+            if not self._record_tree(path):
+                self.journal.record_sync(path)
+        resend.clear()
+
     async def _apply(self, change: Change, resend: list[str]) -> None:
         assert self._remote is not None
         try:
@@ -307,7 +316,8 @@ class SftpSender:
             self._count("mkdir")
         elif stat.S_ISLNK(st.st_mode):
             target = self._tree.readlink(change.path)
-            if target is None:  # replaced since the lstat: its own event follows
+            if target is None:  # replaced since the lstat (its own event follows) or moved away
+                self._sent.note_vanished(change.path)
                 return
             await self._remote.put_symlink(change.path, target, times)
             self._count("symlink")

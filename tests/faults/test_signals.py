@@ -71,13 +71,26 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def wait_mid_transfer(pair: Pair) -> int:
-    """Until the standby holds a partly received temp file; returns the bytes the master sent so far."""
+def wait_mid_transfer(pair: Pair) -> None:
+    """Until the standby holds a temp file with less than half of the 200 MiB.
+
+    Returns at once, with no request to either node in between: the caller kills a node
+    next, and the rest of the file must still be on its way by then (a loaded master sends
+    the remaining 100 MiB in well over the few milliseconds this takes; the sockets' buffers
+    hold a few MiB). A kill that came too late would let the transfer finish legitimately.
+    """
 
     def partial() -> bool:
-        return any(16 << 20 <= p.stat().st_size < BIG for p in temp_files(pair.slave.storage) if p.exists())
+        for temp in temp_files(pair.slave.storage):
+            with contextlib.suppress(FileNotFoundError):
+                if 16 << 20 <= temp.stat().st_size < BIG // 2:
+                    return True
+        return False
 
-    wait_until(partial, 60, interval=0.02, message="the 200 MiB transfer to be under way")
+    wait_until(partial, 60, interval=0.01, message="the 200 MiB transfer to be under way")
+
+
+def sent_so_far(pair: Pair) -> int:
     sent = pair.master.metric("plugin_sync_bytes_total", {"direction": "sent"})
     assert 0 < sent < BIG + (1 << 20), sent
     return int(sent)
@@ -136,6 +149,7 @@ def test_standby_killed_mid_transfer_resumes_after_restart(pair: Pair) -> None:
     wait_mid_transfer(pair)
     pair.slave.stop(signal.SIGKILL)
     assert temp_files(pair.slave.storage), "the kill left no temp file: it was not mid-transfer"
+    sent_so_far(pair)
     assert not (pair.slave.storage / "big.bin").exists()
     pair.slave.start()
     settle(pair, 90)
