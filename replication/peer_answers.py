@@ -29,7 +29,7 @@ import structlog
 from prometheus_client import Counter
 
 from replication.delta import Signature
-from replication.errors import ContainmentError, PeerError, ProtocolError
+from replication.errors import ContainmentError, MalformedAnswerError, ProtocolError
 from replication.manifest import Entry, EntryType
 from replication.paths import is_temp_name, is_within, validate_relpath
 from replication.protocol import MAX_FILE_BYTES, MAX_MTIME_NS, MAX_PEER_EPOCH, MAX_SEQUENCE
@@ -51,10 +51,6 @@ _HEX64 = re.compile(r"[0-9a-f]{64}\Z")
 _ENTRY_TYPES = frozenset({"file", "dir", "symlink"})
 
 Skip = Callable[[str], bool]
-
-
-class MalformedAnswerError(PeerError):
-    """The replica's answer cannot be used at all; the link retries as after any failed request."""
 
 
 class Refusals:

@@ -35,14 +35,20 @@ from replication.delta import (
     compute_delta,
     encode_instructions,
 )
-from replication.errors import FencedError, PeerError, ProtocolError, RefusedError
+from replication.errors import (
+    FencedError,
+    MalformedAnswerError,
+    PeerError,
+    ProtocolError,
+    RefusedError,
+    ReplicaStorageFullError,
+)
 from replication.journal import Change, Journal
 from replication.metrics import ReplicationMetrics
 from replication.paths import is_special
 from replication.peer_answers import (
     MAX_ANSWER_BYTES,
     MAX_MANIFEST_BYTES,
-    MalformedAnswerError,
     PeerInputGuard,
 )
 from replication.progress import Progress
@@ -68,11 +74,6 @@ MAX_REFUSALS = 3
 LINK_PATH = "/internal/replication"
 FULL_BACKOFF_MIN = 0.5
 ANSWER_BACKOFF_MIN = 0.1
-
-
-class ReplicaStorageFullError(PeerError):
-    """The replica answered 507: its disk is full. The change stays queued and is retried, ever
-    more slowly (not at the link's 0.1 s pace), until the replica has room again."""
 
 
 @dataclass(frozen=True)

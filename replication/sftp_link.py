@@ -29,7 +29,7 @@ import structlog
 
 from replication import manifest
 from replication.backoff import Backoff
-from replication.errors import ContainmentError, PeerError
+from replication.errors import ContainmentError, PeerError, RemoteOperationError
 from replication.journal import Change, Journal
 from replication.metrics import ReplicationMetrics
 from replication.paths import is_special
@@ -58,14 +58,6 @@ class SftpSettings:
     """An SSH keepalive this often; three unanswered ones drop the link."""
     max_backoff: float = 5.0
     parallel_writes: int = 16
-
-
-class RemoteOperationError(PeerError):
-    """The SSH host refused one change (permissions, disk full, ...); the link itself is fine."""
-
-    def __init__(self, message: str, *, seq: int) -> None:
-        super().__init__(message)
-        self.seq = seq
 
 
 class SftpSender:

@@ -22,8 +22,8 @@ from daemon import ctl
 from daemon.client import Unreachable
 from daemon.drill import verify
 from daemon.drill.context import Context
-from daemon.drill.errors import StopperError
-from daemon.drill.haproxy import HAProxyError, Server, match_servers
+from daemon.drill.errors import HAProxyError, StopperError
+from daemon.drill.haproxy import Server, match_servers
 from daemon.drill.load import ReadMode
 
 

@@ -21,7 +21,7 @@ from daemon.client import AsyncClient
 from daemon.drill import history
 from daemon.drill.config import DrillConfig
 from daemon.drill.context import Context
-from daemon.drill.errors import StopperError
+from daemon.drill.errors import StepFailed, StopperError
 from daemon.drill.haproxy import make_view
 from daemon.drill.markdown import markdown
 from daemon.drill.monitor import Monitor
@@ -29,7 +29,7 @@ from daemon.drill.nodes import Nodes
 from daemon.drill.phase import run_phase
 from daemon.drill.preflight import Preflight, preflight
 from daemon.drill.report import DrillReport, Restore
-from daemon.drill.steps import Clock, Printer, StepFailed, StepLog, print_line
+from daemon.drill.steps import Clock, Printer, StepLog, print_line
 from daemon.drill.stoppers import Stopper, make_stopper
 from daemon.tls import client_context
 
