@@ -41,6 +41,20 @@ class _SecurityFields(TypedDict):
     request_body_timeout: float
 
 
+class _ElectionFields(TypedDict):
+    """Config's election fields: the backend, its servers, and the lease timings LEASE_TTL scales."""
+
+    election: Election
+    redis_url: str
+    redis_password: str
+    database_url: str
+    cluster_name: str
+    lease_ttl: float
+    lease_renew_interval: float
+    lease_safety_margin: float
+    election_timeout: float
+
+
 class _StoreFolders(TypedDict):
     plugin_storage_root: str
     package_dir: str
@@ -360,15 +374,7 @@ class EnvReader:
 
     def build(self) -> Config:
         role: Role = self.literal("ROLE", "master", Role)
-        storage_path = self.path("STORAGE_PATH", DEFAULT_STORAGE_PATH)
-        default_state = os.path.join(os.path.dirname(storage_path), ".hotstandby")
-        state_path = self.path("STATE_PATH", default_state)
-        if _is_within(state_path, storage_path):
-            raise ConfigError(
-                f"STATE_PATH={state_path!r} is inside STORAGE_PATH: "
-                "hotstandby's own files must live outside it"
-            )
-        lease_ttl = self.seconds("LEASE_TTL", 4.0, 0.5, 3600)
+        storage_path, state_path = self._paths()
         config = Config(
             role=role,
             storage_path=storage_path,
@@ -390,15 +396,6 @@ class EnvReader:
             batch_max_ops=self.integer("BATCH_MAX_OPS", 1000, 1, 100_000),
             batch_max_bytes=self.integer("BATCH_MAX_BYTES", 16 * 1024 * 1024, 1024, 1 << 34),
             journal_max_entries=self.integer("JOURNAL_MAX_ENTRIES", 200_000, 100, 100_000_000),
-            election=self.literal("ELECTION", "static", Election),
-            redis_url=self.url("REDIS_URL", ("redis", "rediss", "unix")),
-            redis_password=self.env.get("REDIS_PASSWORD", ""),
-            database_url=self.url("DATABASE_URL", ("postgresql", "postgres")),
-            cluster_name=self.raw("CLUSTER_NAME", "hotstandby") or "hotstandby",
-            lease_ttl=lease_ttl,
-            lease_renew_interval=self.seconds("LEASE_RENEW_INTERVAL", lease_ttl / 3, 0.05, 3600),
-            lease_safety_margin=self.seconds("LEASE_SAFETY_MARGIN", min(1.0, lease_ttl / 6), 0.0, 3600),
-            election_timeout=self.seconds("ELECTION_TIMEOUT", min(1.0, lease_ttl / 6), 0.05, 60),
             failover=self.literal("FAILOVER", "manual", Failover),
             failover_timeout=self.seconds("FAILOVER_TIMEOUT", 6.0, 0.5, 3600),
             replica_max_lag=self.seconds("REPLICA_MAX_LAG", 10.0, *REPLICA_MAX_LAG_RANGE),
@@ -413,6 +410,7 @@ class EnvReader:
             delta_min_size=self.integer("DELTA_MIN_SIZE", 1024 * 1024, 0, 1 << 40),
             anti_entropy_interval=self.seconds("ANTI_ENTROPY_INTERVAL", 300.0, 1.0, 7 * 86400),
             liveness_bound=self.seconds("LIVENESS_BOUND", 5.0, 0.5, 600),
+            **self._election(),
             **self._store(storage_path, state_path),
             **self._security(),
         )
@@ -421,6 +419,33 @@ class EnvReader:
         _check_exposure(config)
         _check_status_key(config)
         return config
+
+    def _paths(self) -> tuple[str, str]:
+        """STORAGE_PATH, and STATE_PATH (beside it by default), which must not be inside it."""
+        storage_path = self.path("STORAGE_PATH", DEFAULT_STORAGE_PATH)
+        default_state = os.path.join(os.path.dirname(storage_path), ".hotstandby")
+        state_path = self.path("STATE_PATH", default_state)
+        if _is_within(state_path, storage_path):
+            raise ConfigError(
+                f"STATE_PATH={state_path!r} is inside STORAGE_PATH: "
+                "hotstandby's own files must live outside it"
+            )
+        return storage_path, state_path
+
+    def _election(self) -> _ElectionFields:
+        """The backend and its servers; the lease's timings default to fractions of LEASE_TTL."""
+        lease_ttl = self.seconds("LEASE_TTL", 4.0, 0.5, 3600)
+        return {
+            "election": self.literal("ELECTION", "static", Election),
+            "redis_url": self.url("REDIS_URL", ("redis", "rediss", "unix")),
+            "redis_password": self.env.get("REDIS_PASSWORD", ""),
+            "database_url": self.url("DATABASE_URL", ("postgresql", "postgres")),
+            "cluster_name": self.raw("CLUSTER_NAME", "hotstandby") or "hotstandby",
+            "lease_ttl": lease_ttl,
+            "lease_renew_interval": self.seconds("LEASE_RENEW_INTERVAL", lease_ttl / 3, 0.05, 3600),
+            "lease_safety_margin": self.seconds("LEASE_SAFETY_MARGIN", min(1.0, lease_ttl / 6), 0.0, 3600),
+            "election_timeout": self.seconds("ELECTION_TIMEOUT", min(1.0, lease_ttl / 6), 0.05, 60),
+        }
 
     def _security(self) -> _SecurityFields:
         """TLS files (checked: cert and key together, readable, loadable), the key rule, request timeouts."""

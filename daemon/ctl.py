@@ -18,7 +18,15 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 from urllib.parse import quote
 
-from daemon.client import REQUEST_TIMEOUT, Client, ClientSettings, Refused, Unreachable, base_url
+from daemon.client import (
+    REQUEST_TIMEOUT,
+    Client,
+    ClientSettings,
+    Refused,
+    Unreachable,
+    base_url,
+    local_url,
+)
 from daemon.errors import UsageError
 from daemon.roles import shown_as_leader, shown_as_replica
 
@@ -668,8 +676,9 @@ def node_urls(given: str | None, environ: Mapping[str, str]) -> list[str]:
     text = given if given is not None else environ.get("HOTSTANDBY_NODES", "")
     if not text.strip() and given is None:
         source = "SYNC_TARGET/SYNC_SOURCE"
-        local = f"http://127.0.0.1:{environ.get('SERVER_PORT', '').strip() or 5002}"
-        text = ",".join([local, environ.get("SYNC_TARGET", "") or environ.get("SYNC_SOURCE", "")])
+        text = ",".join(
+            [local_url(environ), environ.get("SYNC_TARGET", "") or environ.get("SYNC_SOURCE", "")]
+        )
     urls: list[str] = []
     for part in text.split(","):
         if part.strip() and (url := base_url(part, source)) not in urls:

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field, replace
 
 import structlog
 
-from daemon.client import auth_headers
 from daemon.config import Config
 from daemon.election.base import ElectionError, LeaseBackend
 from daemon.node import Node
@@ -64,13 +63,12 @@ class ControlLoop:
             lease_ttl=self.config.lease_ttl,
             safety_margin=self.config.lease_safety_margin,
         )
-        headers = auth_headers(self.config.server_key)
         self.peers = [
             Poller(
                 f"{url}/internal/status",
                 interval=max(0.2, self.config.control_interval),
                 timeout=1.0,
-                headers=headers,
+                key=self.config.server_key,
                 clock=clock,
                 ssl_context=node.client_tls,
             )
@@ -307,7 +305,7 @@ class ControlLoop:
                 # divergent writes: this replica still refuses its leader's batches. Finish it now.
                 await self.node.become_replica(new.epoch)
             elif new.role == "replica" and new.epoch != self.node.identity.epoch:
-                self.node._set_epoch(new.epoch)
+                self.node.set_epoch(new.epoch)
 
     # -- the lease ---------------------------------------------------------------------
     async def _lease_call(self, compete: bool) -> LeaseOutcome | None:

@@ -39,11 +39,21 @@ async def read_json(content: StreamReader, limit: int, source: str) -> Any:
 
     An empty body is None. RecursionError ("[[[[..." deeper than the parser goes) becomes ValueError.
     """
+    return parse_json(await read_limited(content, limit, source), source)
+
+
+async def read_limited(content: StreamReader, limit: int, source: str) -> bytes:
+    """A body read up to `limit` bytes, never more: AnswerTooLarge beyond."""
     raw = bytearray()
     while len(raw) <= limit and (chunk := await content.read(limit + 1 - len(raw))):
         raw += chunk
     if len(raw) > limit:
         raise AnswerTooLarge(f"{source} answered more than {limit} bytes")
+    return bytes(raw)
+
+
+def parse_json(raw: bytes, source: str) -> Any:
+    """`raw` as JSON; None when blank, ValueError when not JSON or nested deeper than the parser goes."""
     try:
         return json.loads(raw) if raw.strip() else None
     except RecursionError:

@@ -199,7 +199,7 @@ class Node:
     async def become_leader(self, epoch: int) -> None:
         """Stop applying the peer's changes, start watching and sending our own."""
         self.receiver.accepting = False
-        self._set_epoch(epoch)
+        self.set_epoch(epoch)
         if not self.identity.has_led:
             self.identity.has_led = True
             self.identity.save()
@@ -273,7 +273,7 @@ class Node:
                 where=os.path.join(self.tracker.conflicts_root, str(epoch)),
             )
             await asyncio.to_thread(self.expire_conflicts)
-        self._set_epoch(epoch)
+        self.set_epoch(epoch)
         self.receiver.accepting = True
         log.info("following", epoch=epoch, was_leader=was_leader)
 
@@ -308,7 +308,9 @@ class Node:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
 
-    def _set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int) -> None:
+        """Persist a new epoch (node.json) and refuse lower ones from now on (the control loop calls this
+        on a replica that learns of a higher epoch without changing role)."""
         if epoch != self.identity.epoch:
             self.identity.epoch = epoch
             self.identity.save()

@@ -8,36 +8,25 @@ leader learns it was replaced); the co-located plugin daemon's
 from __future__ import annotations
 
 import asyncio
-import errno
 import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import aiohttp
 import structlog
 
-from daemon.client import async_session
-from daemon.limits import read_json
+from daemon.client import AsyncClient, NoAnswer, Unreachable
+from daemon.limits import parse_json
 
 log = structlog.get_logger("daemon.peers")
 
-Failure = Literal["refused", "unreachable", "untrusted", "http"]
-"""Why the last poll failed. `refused`: nothing listens there (the process is gone from a living
-host): certain. `untrusted`: it answered but refused our key, or TLS failed either way: the peer's
-role is unknown, never "not leading". `unreachable`: timeouts and other network errors."""
+Failure = Literal[NoAnswer, "http"]
+"""Why the last poll failed: no answer (daemon/client.py NoAnswer: `refused`, `untrusted`,
+`unreachable`), or `http`, an answer other than 200. An answer of 401 or 403 (our key refused) is
+`untrusted` too: the peer's role is unknown, never "not leading". A body that is not JSON, or longer
+than ANSWER_LIMIT, is `unreachable`."""
 UNTRUSTED_STATUSES = (401, 403)
-
-
-def classify(exc: BaseException) -> Failure:
-    if isinstance(exc, aiohttp.ClientSSLError | ssl.SSLError):
-        return "untrusted"
-    if isinstance(exc, aiohttp.ClientConnectorError) and exc.os_error.errno == errno.ECONNREFUSED:
-        return "refused"
-    if isinstance(exc, ConnectionRefusedError):
-        return "refused"
-    return "unreachable"
 
 
 ANSWER_LIMIT = 1024 * 1024
@@ -72,7 +61,7 @@ class Poller:
         url: str,
         interval: float,
         timeout: float,
-        headers: dict[str, str] | None = None,
+        key: str = "",
         clock: Callable[[], float] = time.monotonic,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
@@ -80,7 +69,8 @@ class Poller:
         self.ssl_context = ssl_context
         self.interval = interval
         self.timeout = timeout
-        self.headers = headers or {}
+        self.key = key
+        """Sent to peers (ha_loop), never to the plugin daemon (server.py)."""
         self.clock = clock
         self.ok: bool | None = None
         self.body: dict[str, Any] | None = None
@@ -92,35 +82,44 @@ class Poller:
         self.attempts = 0
 
     async def run(self) -> None:
-        async with async_session(self.ssl_context, timeout=self.timeout) as session:
+        async with AsyncClient(self.ssl_context, self.key, timeout=self.timeout) as client:
             while True:
                 started = self.clock()
-                await self._poll(session)
+                await self._poll(client)
                 await asyncio.sleep(max(0.0, self.interval - (self.clock() - started)))
 
-    async def _poll(self, session: aiohttp.ClientSession) -> None:
+    async def _poll(self, client: AsyncClient) -> None:
         try:
-            await self._ask(session)
+            await self._ask(client)
         finally:
             self.attempts += 1
 
-    async def _ask(self, session: aiohttp.ClientSession) -> None:
+    async def _ask(self, client: AsyncClient) -> None:
         try:
-            async with session.get(self.url, headers=self.headers) as resp:
-                body = await read_json(resp.content, ANSWER_LIMIT, "the peer") if resp.status == 200 else None
-                self.ok = resp.status == 200
-                self.body = body if isinstance(body, dict) else None
-                self.answered_at = self.clock()
-                self.error = None if self.ok else f"HTTP {resp.status}"
-                untrusted = resp.status in UNTRUSTED_STATUSES
-                self._failed(None if self.ok else "untrusted" if untrusted else "http")
-                if self.ok and self.body is not None:
-                    self.last_good_body = self.body
-        except (aiohttp.ClientError, TimeoutError, ValueError, OSError) as exc:
-            self.ok = False
-            self.body = None
-            self.error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            self._failed(classify(exc))
+            answer = await client.send("GET", self.url, limit=ANSWER_LIMIT)
+            body = parse_json(answer.raw, "the peer") if answer.status == 200 else None
+        except Unreachable as exc:
+            self._unanswered(str(exc), exc.failure)
+            return
+        except ValueError as exc:  # not JSON, or more than ANSWER_LIMIT (AnswerTooLarge)
+            self._unanswered(
+                f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__, "unreachable"
+            )
+            return
+        self.ok = answer.status == 200
+        self.body = body if isinstance(body, dict) else None
+        self.answered_at = self.clock()
+        self.error = None if self.ok else f"HTTP {answer.status}"
+        untrusted = answer.status in UNTRUSTED_STATUSES
+        self._failed(None if self.ok else "untrusted" if untrusted else "http")
+        if self.ok and self.body is not None:
+            self.last_good_body = self.body
+
+    def _unanswered(self, error: str, failure: Failure) -> None:
+        self.ok = False
+        self.body = None
+        self.error = error
+        self._failed(failure)
 
     def _failed(self, failure: Failure | None) -> None:
         if failure is not None and failure != self.failure:

@@ -2,12 +2,12 @@
 
 The replica describes the copy it already has with a `Signature`: the file is cut into
 blocks of `block_size` bytes (the last one may be shorter) and each block gets a weak
-rolling checksum and a strong hash. The master slides a window over the new version of
+rolling checksum and a strong hash. The leader slides a window over the new version of
 the file, finds offsets whose weak checksum is one of the replica's blocks, confirms
 them with the strong hash, and sends an instruction stream made of `Copy` (runs of the
 replica's own blocks) and `Literal` (bytes the replica cannot have). The replica
 rebuilds the file with `apply_delta`; the caller checks the whole-file SHA-256 it got
-from the master, so a weak/strong collision or a replica file that changed under us is
+from the leader, so a weak/strong collision or a replica file that changed under us is
 caught there and answered with a full transfer.
 
 Why it is fast without a C extension: the weak checksum at *every* offset of a window
@@ -471,6 +471,142 @@ class _BlockIndex:
         return hits[keep].tolist(), lo[keep].tolist(), hi[keep].tolist()
 
 
+class _Window:
+    """The stretch [base, end) of the new file held in memory, read on with pread in windows of
+    WINDOW_BYTES: memory stays bounded whatever the file's size."""
+
+    def __init__(self, fd: int, block_size: int, tee: Callable[[memoryview], object] | None) -> None:
+        self.fd = fd
+        self.tee = tee
+        self.buf = bytearray(WINDOW_BYTES + block_size)
+        self.view = memoryview(self.buf)
+        self.arr = np.frombuffer(self.buf, dtype=np.uint8)
+        self.base = 0  # file offset of buf[0]
+        self.end = 0  # file offset just past the data in buf
+        self.eof = False
+
+    def read_on(self, keep_from: int) -> None:
+        """Keep [keep_from, end) (less than a block, not searched yet), drop what is before it, and
+        read the next window after it; `tee` sees the new bytes."""
+        keep = self.end - keep_from
+        self.buf[:keep] = self.buf[keep_from - self.base : self.end - self.base]
+        self.base = keep_from
+        got = _pread_full(self.fd, self.view[keep : keep + WINDOW_BYTES], self.end)
+        if self.tee is not None and got:
+            self.tee(self.view[keep : keep + got])
+        self.end += got
+        self.eof = got < WINDOW_BYTES
+
+    def span(self, start: int, stop: int) -> memoryview:
+        """The file's bytes [start, stop), which must be in the window."""
+        return self.view[start - self.base : stop - self.base]
+
+
+Match = tuple[int, int, int]
+"""(block index, offset in the new file, length) of a block found in the new file."""
+
+
+class _Search:
+    """Where the old file's blocks sit in the new one, over a _Window.
+
+    First the block after the previous match, at the search position (unchanged or shifted data
+    cost one strong hash per block); else the rolling search's candidates over [lo, hi), computed
+    ROLL_CHUNK offsets at a time and tried in order, with the weak sums that kept failing
+    throttled (compute_delta says why)."""
+
+    def __init__(self, sig: Signature, window: _Window) -> None:
+        self.index = _BlockIndex(sig)
+        self.window = window
+        self.n = sig.block_size
+        self.full = self.index.full
+        self.count = sig.block_count
+        self.tail_len = sig.file_size - self.full * self.n
+        self.strong = sig.strong
+        self.width = sig.digest_bytes
+        self.lo = self.hi = 0  # the rolling search has covered offsets [lo, hi)
+        self._offsets: list[int] = []
+        self._lows: list[int] = []
+        self._highs: list[int] = []
+        self._next = 0
+        self._failures: dict[int, int] = {}  # strong-hash mismatches per weak sum (its first slot in order)
+        self._throttled: dict[int, int] = {}  # weak sum -> next offset worth a strong hash again
+
+    def next_match(self, p: int, last: int) -> Match | None:
+        """The earliest block at an offset >= p, before `hi`; None: none before `hi`."""
+        in_cache = self.lo <= p < self.hi
+        if not in_cache or last + 1 == self.full:
+            length = self.expected_at(p, last + 1)
+            if length:
+                return last + 1, p, length
+        if not in_cache:
+            self._scan(p)
+        return self._from_candidates(p, last + 1)
+
+    def tail_match(self, p: int, last: int) -> Match | None:
+        """With less than a block left: the old file's short last block, right after the block before
+        it (an append) or at the very end of the new file."""
+        if not self.tail_len:
+            return None
+        length = self.expected_at(p, last + 1)
+        if length:
+            return last + 1, p, length
+        q = self.window.end - self.tail_len
+        if q >= p and self._digest(q, self.tail_len) == self._block_digest(self.count - 1):
+            return self.count - 1, q, self.tail_len
+        return None
+
+    def expected_at(self, q: int, expected: int) -> int:
+        """The length of block `expected` if it sits at q, else 0."""
+        length = self.n if expected < self.full else self.tail_len if expected < self.count else 0
+        if not length or q + length > self.window.end:
+            return 0
+        return length if self._digest(q, length) == self._block_digest(expected) else 0
+
+    def _digest(self, q: int, length: int) -> bytes:
+        return strong_digest(self.window.span(q, q + length), self.width)
+
+    def _block_digest(self, i: int) -> bytes:
+        return self.strong[i * self.width : (i + 1) * self.width]
+
+    def _scan(self, p: int) -> None:
+        """The rolling search over the next ROLL_CHUNK offsets from p (vectorised: _BlockIndex)."""
+        window = self.window
+        self.lo = p
+        self.hi = min(p + ROLL_CHUNK, window.end - self.n + 1)
+        arr = window.arr[self.lo - window.base : self.hi - window.base + self.n - 1]
+        offsets, self._lows, self._highs = self.index.candidates(arr)
+        self._offsets = [self.lo + k for k in offsets]
+        self._next = 0
+
+    def _from_candidates(self, p: int, expected: int) -> Match | None:
+        """The first candidate at or after p whose strong hash is a block's: the expected block's
+        first, else any block with that weak sum."""
+        offsets, lows, highs = self._offsets, self._lows, self._highs
+        failures, throttled, order, n = self._failures, self._throttled, self.index.order, self.n
+        ci = self._next
+        while ci < len(offsets) and offsets[ci] < p:
+            ci += 1
+        try:
+            while ci < len(offsets):
+                q = offsets[ci]
+                key = lows[ci]  # identifies the weak sum
+                ci += 1
+                if q < throttled.get(key, 0):
+                    continue
+                digest = self._digest(q, n)
+                if expected < self.full and digest == self._block_digest(expected):
+                    return expected, q, n
+                for i in order[key : highs[ci - 1]].tolist():
+                    if digest == self._block_digest(i):
+                        return i, q, n
+                failures[key] = failures.get(key, 0) + 1
+                if failures[key] >= FAILED_MATCH_LIMIT:
+                    throttled[key] = q + n
+            return None
+        finally:
+            self._next = ci
+
+
 def compute_delta(
     sig: Signature, fd: int, *, tee: Callable[[memoryview], object] | None = None
 ) -> Iterator[Instruction]:
@@ -495,125 +631,41 @@ def compute_delta(
     valid only during the call): feed it to a SHA-256 so the whole-file hash the caller
     sends describes exactly the bytes this delta encodes, even if the file is being written.
     """
-    index = _BlockIndex(sig)
     n = sig.block_size
-    full = index.full
-    tail_len = sig.file_size - full * n
-    count = sig.block_count
-    order = index.order
-    strong = sig.strong
-    width = sig.digest_bytes
+    window = _Window(fd, n, tee)
+    search = _Search(sig, window)
     emit = _Emitter()
-
-    buf = bytearray(WINDOW_BYTES + n)
-    view = memoryview(buf)
-    arr = np.frombuffer(buf, dtype=np.uint8)
-    base = 0  # file offset of buf[0]
-    end = 0  # file offset just past the data in buf
-    eof = False
     p = 0  # search position
     lit = 0  # start of the pending literal stretch
     last = -1  # block index of the previous match
-    cache_lo = cache_hi = 0  # the rolling search has covered offsets [cache_lo, cache_hi)
-    cand_off: list[int] = []
-    cand_lo: list[int] = []
-    cand_hi: list[int] = []
-    ci = 0
-    failures: dict[int, int] = {}  # strong-hash mismatches per weak sum (keyed by its first slot in order)
-    throttled: dict[int, int] = {}  # weak sum -> next offset at which it is worth a strong hash again
-
-    def digest_at(q: int, length: int) -> bytes:
-        return strong_digest(view[q - base : q - base + length], width)
-
-    def block_digest(i: int) -> bytes:
-        return strong[i * width : (i + 1) * width]
-
-    def matched(i: int, q: int, length: int) -> None:
-        nonlocal p, lit, last
-        emit.literal(view[lit - base : q - base])
-        emit.copy(i)
-        p = lit = q + length
-        last = i
-
-    def try_expected(q: int) -> bool:
-        """Does the block after the previous match sit at q?"""
-        expected = last + 1
-        length = n if expected < full else tail_len if expected < count else 0
-        if not length or q + length > end:
-            return False
-        if digest_at(q, length) != block_digest(expected):
-            return False
-        matched(expected, q, length)
-        return True
-
     while True:
-        if p + n > end and not eof:
-            # Refill: flush the literal stretch, keep the (< one block) unsearched rest, read on.
-            emit.literal(view[lit - base : p - base])
-            keep = end - p
-            buf[:keep] = buf[p - base : end - base]
-            base = lit = p
-            got = _pread_full(fd, view[keep : keep + WINDOW_BYTES], end)
-            if tee is not None and got:
-                tee(view[keep : keep + got])
-            end += got
-            eof = got < WINDOW_BYTES
-            if emit.out:
-                yield from emit.out
-                emit.out.clear()
-            continue
-        if p + n > end:
+        if p + n > window.end and not window.eof:  # flush the literal stretch, read on
+            emit.literal(window.span(lit, p))
+            window.read_on(p)
+            lit = p
+        elif p + n > window.end:
             break  # end of file with less than a block left
-        in_cache = cache_lo <= p < cache_hi
-        if (not in_cache or last + 1 == full) and try_expected(p):
-            pass
+        elif (match := search.next_match(p, last)) is None:
+            p = search.hi
         else:
-            if not in_cache:
-                cache_lo = p
-                cache_hi = min(p + ROLL_CHUNK, end - n + 1)
-                window = arr[cache_lo - base : cache_hi - base + n - 1]
-                cand_off, cand_lo, cand_hi = index.candidates(window)
-                cand_off = [cache_lo + k for k in cand_off]
-                ci = 0
-            while ci < len(cand_off) and cand_off[ci] < p:
-                ci += 1
-            found = False
-            while ci < len(cand_off):
-                q = cand_off[ci]
-                key = cand_lo[ci]  # identifies the weak sum
-                ci += 1
-                if q < throttled.get(key, 0):
-                    continue
-                digest = digest_at(q, n)
-                expected = last + 1
-                if expected < full and digest == block_digest(expected):
-                    matched(expected, q, n)
-                    found = True
-                    break
-                for i in order[key : cand_hi[ci - 1]].tolist():
-                    if digest == block_digest(i):
-                        matched(i, q, n)
-                        found = True
-                        break
-                if found:
-                    break
-                failures[key] = failures.get(key, 0) + 1
-                if failures[key] >= FAILED_MATCH_LIMIT:
-                    throttled[key] = q + n
-            if not found:
-                p = cache_hi
+            p = lit = _emit_match(emit, window, lit, match)
+            last = match[0]
         if emit.out:
             yield from emit.out
             emit.out.clear()
-
-    # Less than a block is left: the old file's short last block may still fit.
-    if tail_len and not try_expected(p) and end - tail_len >= p:
-        q = end - tail_len
-        if digest_at(q, tail_len) == block_digest(count - 1):
-            matched(count - 1, q, tail_len)
-    emit.literal(view[lit - base : end - base])
+    if (match := search.tail_match(p, last)) is not None:
+        lit = _emit_match(emit, window, lit, match)
+    emit.literal(window.span(lit, window.end))
     emit.flush_copy()
     yield from emit.out
+
+
+def _emit_match(emit: _Emitter, window: _Window, lit: int, match: Match) -> int:
+    """The literal stretch before the match, then the matched block; where the next stretch starts."""
+    index, q, length = match
+    emit.literal(window.span(lit, q))
+    emit.copy(index)
+    return q + length
 
 
 def encode_instructions(instructions: Iterable[Instruction]) -> Iterator[bytes]:

@@ -1,4 +1,4 @@
-"""How long plugin environments take to become ready, seen from the master's watcher.
+"""How long plugin environments take to become ready, seen from the leader's watcher.
 
 A plugin working directory (`[cwd/]<author>/<name>-<version>@<checksum>`) appears when the
 Dify daemon starts installing a plugin; its ready marker (`.venv/dify/plugin.json`)

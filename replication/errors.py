@@ -68,5 +68,24 @@ class RefusedError(PeerError):
         self.body = body
 
 
+class MalformedAnswerError(PeerError):
+    """The replica's answer cannot be used at all (replication/peer_answers.py); the link retries as
+    after any failed request."""
+
+
+class ReplicaStorageFullError(PeerError):
+    """The replica answered 507: its disk is full. The change stays queued and is retried, ever
+    more slowly (not at the link's 0.1 s pace), until the replica has room again."""
+
+
+class RemoteOperationError(PeerError):
+    """The SSH host refused one change (permissions, disk full, ...); the link itself is fine
+    (replication/sftp_link.py)."""
+
+    def __init__(self, message: str, *, seq: int) -> None:
+        super().__init__(message)
+        self.seq = seq
+
+
 class StorageFullError(ReplicationError, OSError):
     """The receiving disk has no room: the change stays queued on the sender."""

@@ -1,4 +1,4 @@
-"""The master's journal: changes waiting for the replica's acknowledgement.
+"""The leader's journal: changes waiting for the replica's acknowledgement.
 
 Changes describe *which* path to look at, not the bytes: content is read
 when a change is sent, so repeated writes to one path coalesce into one

@@ -5,7 +5,7 @@ own threads and only says so in its log. `WatchdogAlarm` is a logging
 handler on watchdog's loggers that turns those lines into a call on the event
 loop; `Watcher.check` separately notices observer or emitter threads that
 died (for example when inotify watches run out: ENOSPC). Either way the
-master rescans and repairs by manifest comparison. The integration test
+leader rescans and repairs by manifest comparison. The integration test
 that overflows a real kernel queue guards this against watchdog changing
 its wording.
 """

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -13,61 +14,60 @@ from replication.envinit import BUCKETS
 
 
 class ReplicationMetrics:
+    """What the engine counts, in three groups (registered in this order): what moved, what was refused
+    or skipped, and the state of the storage and of the link (the link's gauges computed at scrape
+    time, `track`)."""
+
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.bytes = Counter(
-            "plugin_sync_bytes",
-            "Content bytes moved over the replication link.",
-            ["direction"],
-            registry=registry,
+        self._traffic(registry)
+        self._refusals(registry)
+        self._state(registry)
+
+    def _traffic(self, registry: CollectorRegistry) -> None:
+        counter = partial(Counter, registry=registry)
+        self.bytes = counter(
+            "plugin_sync_bytes", "Content bytes moved over the replication link.", ["direction"]
         )
-        self.operations = Counter(
-            "plugin_sync_operations",
-            "Replicated operations applied (slave) or sent (master).",
-            ["op"],
-            registry=registry,
+        self.operations = counter(
+            "plugin_sync_operations", "Replicated operations applied (replica) or sent (leader).", ["op"]
         )
-        self.full_rescans = Counter(
-            "plugin_sync_full_rescans",
-            "Manifest reconciliations, by what triggered them.",
-            ["reason"],
-            registry=registry,
+        self.full_rescans = counter(
+            "plugin_sync_full_rescans", "Manifest reconciliations, by what triggered them.", ["reason"]
         )
-        self.delta_fallbacks = Counter(
+        self.delta_fallbacks = counter(
             "plugin_sync_delta_fallbacks",
             "Deltas whose rebuilt file failed the whole-file hash and were sent whole instead.",
-            registry=registry,
         )
-        self.refused = Counter(
-            "plugin_sync_refused_requests",
-            "Replication requests refused, by reason.",
-            ["reason"],
-            registry=registry,
+
+    def _refusals(self, registry: CollectorRegistry) -> None:
+        counter = partial(Counter, registry=registry)
+        self.refused = counter(
+            "plugin_sync_refused_requests", "Replication requests refused, by reason.", ["reason"]
         )
-        self.peer_input_refused = Counter(
+        self.peer_input_refused = counter(
             "plugin_sync_peer_input_refused",
-            "Master: entries of replica answers refused (a path outside the storage or not asked about, "
+            "Leader: entries of replica answers refused (a path outside the storage or not asked about, "
             "a list or answer beyond its bound, an epoch or sequence out of range, a malformed value).",
             ["reason"],
-            registry=registry,
         )
-        self.special_files_skipped = Counter(
+        self.special_files_skipped = counter(
             "plugin_sync_special_files_skipped",
             "FIFOs, sockets and devices met in STORAGE_PATH and skipped (never opened, never replicated).",
             ["type"],
-            registry=registry,
         )
-        self.mode_bits_stripped = Counter(
+        self.mode_bits_stripped = counter(
             "plugin_sync_mode_bits_stripped",
-            "Modes replicated without their setuid, setgid or sticky bits: sent (master) or received "
-            "with them and stripped again (slave).",
+            "Modes replicated without their setuid, setgid or sticky bits: sent (leader) or received "
+            "with them and stripped again (replica).",
             ["side"],
-            registry=registry,
         )
-        self.storage_full = Gauge(
+
+    def _state(self, registry: CollectorRegistry) -> None:
+        gauge = partial(Gauge, registry=registry)
+        self.storage_full = gauge(
             "plugin_sync_storage_full",
-            "Slave: 1 while its last write into STORAGE_PATH failed for lack of disk space (ENOSPC, "
-            "EDQUOT); the master keeps the change queued and retries.",
-            registry=registry,
+            "Replica: 1 while its last write into STORAGE_PATH failed for lack of disk space (ENOSPC, "
+            "EDQUOT); the leader keeps the change queued and retries.",
         )
         self.env_init_duration = Histogram(
             "python_env_init_duration_seconds",
@@ -75,30 +75,25 @@ class ReplicationMetrics:
             buckets=BUCKETS,
             registry=registry,
         )
-        self.env_init_in_progress = Gauge(
-            "plugin_env_init_in_progress",
-            "Plugin working directories still without their ready marker.",
-            registry=registry,
+        self.env_init_in_progress = gauge(
+            "plugin_env_init_in_progress", "Plugin working directories still without their ready marker."
         )
-        self.lag = Gauge(
+        self.lag = gauge(
             "plugin_sync_lag_seconds",
-            "Master: age of the oldest change the slave has not acknowledged. "
-            "Slave: seconds since the last change or heartbeat from the master.",
-            registry=registry,
+            "Leader: age of the oldest change the replica has not acknowledged. "
+            "Replica: seconds since the last change or heartbeat from the leader.",
         )
-        self.pending = Gauge(
-            "plugin_sync_pending_changes",
-            "Changes recorded but not yet acknowledged by the slave.",
-            registry=registry,
+        self.pending = gauge(
+            "plugin_sync_pending_changes", "Changes recorded but not yet acknowledged by the replica."
         )
-        self.peer_connected = Gauge(
-            "plugin_sync_peer_connected", "1 while the replication link to the peer is up.", registry=registry
+        self.peer_connected = gauge(
+            "plugin_sync_peer_connected", "1 while the replication link to the peer is up."
         )
-        self.last_sequence = Gauge(
-            "plugin_sync_sequence", "Last sequence produced (master) or applied (slave).", registry=registry
+        self.last_sequence = gauge(
+            "plugin_sync_sequence", "Last sequence produced (leader) or applied (replica)."
         )
-        self.acked_sequence = Gauge(
-            "plugin_sync_acknowledged_sequence", "Last sequence the slave acknowledged.", registry=registry
+        self.acked_sequence = gauge(
+            "plugin_sync_acknowledged_sequence", "Last sequence the replica acknowledged."
         )
 
     def track(

@@ -1,10 +1,10 @@
-"""What a replica answers, checked before the master uses any of it.
+"""What a replica answers, checked before the leader uses any of it.
 
-A replica, or anything between it and the master on a plain-http link, may
+A replica, or anything between it and the leader on a plain-http link, may
 answer anything. Nothing from an answer is used before it passed here:
 every path is validated exactly as the receiver validates incoming ones
 (validate_relpath, no temp names, no EXCLUDE match) and must be one the
-master asked about; lists and whole answers have bounds; epochs and
+leader asked about; lists and whole answers have bounds; epochs and
 sequences are bounded as in requests. Bad entries are dropped and counted in
 `plugin_sync_peer_input_refused_total{reason}`, with one warning per answer
 (and at most one a minute per reason), never one per entry. An answer that
@@ -29,7 +29,7 @@ import structlog
 from prometheus_client import Counter
 
 from replication.delta import Signature
-from replication.errors import ContainmentError, PeerError, ProtocolError
+from replication.errors import ContainmentError, MalformedAnswerError, ProtocolError
 from replication.manifest import Entry, EntryType
 from replication.paths import is_temp_name, is_within, validate_relpath
 from replication.protocol import MAX_FILE_BYTES, MAX_MTIME_NS, MAX_PEER_EPOCH, MAX_SEQUENCE
@@ -51,10 +51,6 @@ _HEX64 = re.compile(r"[0-9a-f]{64}\Z")
 _ENTRY_TYPES = frozenset({"file", "dir", "symlink"})
 
 Skip = Callable[[str], bool]
-
-
-class MalformedAnswerError(PeerError):
-    """The replica's answer cannot be used at all; the link retries as after any failed request."""
 
 
 class Refusals:
@@ -194,7 +190,7 @@ def batch(
 def paths_asked(
     value: object, asked: Collection[str], refuse: Refusals, *, limit: int, skip: Skip
 ) -> list[str]:
-    """The first `limit` entries of a path list, kept when they are valid paths the master asked about."""
+    """The first `limit` entries of a path list, kept when they are valid paths the leader asked about."""
     if not isinstance(value, list):
         refuse("malformed", value)
         return []

@@ -79,7 +79,7 @@ class Operation:
     basis_size: int | None = None
 
     def header(self) -> bytes:
-        # Not dataclasses.asdict: its deep copy was ~9% of the master's time in a seed (issue 15 profile).
+        # Not dataclasses.asdict: its deep copy was ~9% of the leader's time in a seed (issue 15 profile).
         fields = {k: v for k in self.__slots__ if (v := getattr(self, k)) is not None and v != ""}
         # ASCII escapes keep non-UTF-8 file names (surrogate escapes) intact.
         raw = json.dumps(fields, separators=(",", ":")).encode()

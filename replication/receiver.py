@@ -1,9 +1,9 @@
-"""The slave's side of the link: apply batches in order and remember how far it got.
+"""The replica's side of the link: apply batches in order and remember how far it got.
 
-The applied sequence and the master's journal id are persisted in
+The applied sequence and the leader's journal id are persisted in
 STATE_PATH after every batch (and after every rename, which is the one
 operation that is not idempotent when replayed), and only then
-acknowledged: an acknowledged change survives a crash of the slave.
+acknowledged: an acknowledged change survives a crash of the replica.
 """
 
 from __future__ import annotations

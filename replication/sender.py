@@ -1,9 +1,9 @@
-"""The master's side of the link: one long-lived HTTP connection to SYNC_TARGET.
+"""The leader's side of the link: one long-lived HTTP connection to SYNC_TARGET.
 
 Each cycle takes the next changes from the journal, reads their current
 state from disk, streams them as one batch (see protocol.py) and waits for
-the slave's acknowledgement. When idle it sends a heartbeat batch. After a
-disconnect it says hello again: the slave's acknowledged sequence decides
+the replica's acknowledgement. When idle it sends a heartbeat batch. After a
+disconnect it says hello again: the replica's acknowledged sequence decides
 between resuming from the journal and a manifest reconciliation.
 """
 
@@ -35,14 +35,20 @@ from replication.delta import (
     compute_delta,
     encode_instructions,
 )
-from replication.errors import FencedError, PeerError, ProtocolError, RefusedError
+from replication.errors import (
+    FencedError,
+    MalformedAnswerError,
+    PeerError,
+    ProtocolError,
+    RefusedError,
+    ReplicaStorageFullError,
+)
 from replication.journal import Change, Journal
 from replication.metrics import ReplicationMetrics
 from replication.paths import is_special
 from replication.peer_answers import (
     MAX_ANSWER_BYTES,
     MAX_MANIFEST_BYTES,
-    MalformedAnswerError,
     PeerInputGuard,
 )
 from replication.progress import Progress
@@ -68,11 +74,6 @@ MAX_REFUSALS = 3
 LINK_PATH = "/internal/replication"
 FULL_BACKOFF_MIN = 0.5
 ANSWER_BACKOFF_MIN = 0.1
-
-
-class ReplicaStorageFullError(PeerError):
-    """The replica answered 507: its disk is full. The change stays queued and is retried, ever
-    more slowly (not at the link's 0.1 s pace), until the replica has room again."""
 
 
 @dataclass(frozen=True)
@@ -597,12 +598,14 @@ class Sender:
         return theirs
 
     async def wait_acked(self, seq: int, timeout: float) -> None:
-        """Wait until the slave holds every change recorded up to `seq` (PeerError on timeout)."""
+        """Wait until the replica holds every change recorded up to `seq` (PeerError on timeout)."""
         async with self._acked:
             try:
                 await asyncio.wait_for(self._acked.wait_for(lambda: self.journal.confirmed >= seq), timeout)
             except TimeoutError:
-                raise PeerError(f"the slave did not acknowledge sequence {seq} within {timeout:g}s") from None
+                raise PeerError(
+                    f"the replica did not acknowledge sequence {seq} within {timeout:g}s"
+                ) from None
 
     # -- HTTP ----------------------------------------------------------------------
     async def _call(

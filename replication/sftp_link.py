@@ -1,4 +1,4 @@
-"""The master's link to a plain host that runs only sshd (a DR copy, like lsyncd's rsyncssh).
+"""The leader's link to a plain host that runs only sshd (a DR copy, like lsyncd's rsyncssh).
 
 Same journal as the HTTP link, same surface for the node and the API, but
 the far side has no daemon: each change is carried out with SFTP calls
@@ -29,7 +29,7 @@ import structlog
 
 from replication import manifest
 from replication.backoff import Backoff
-from replication.errors import ContainmentError, PeerError
+from replication.errors import ContainmentError, PeerError, RemoteOperationError
 from replication.journal import Change, Journal
 from replication.metrics import ReplicationMetrics
 from replication.paths import is_special
@@ -58,14 +58,6 @@ class SftpSettings:
     """An SSH keepalive this often; three unanswered ones drop the link."""
     max_backoff: float = 5.0
     parallel_writes: int = 16
-
-
-class RemoteOperationError(PeerError):
-    """The SSH host refused one change (permissions, disk full, ...); the link itself is fine."""
-
-    def __init__(self, message: str, *, seq: int) -> None:
-        super().__init__(message)
-        self.seq = seq
 
 
 class SftpSender:

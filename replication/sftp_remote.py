@@ -73,7 +73,7 @@ class RemoteTree:
             return None
 
     async def listing(self, skip: Callable[[str], bool]) -> RemoteListing:
-        """Type, size, mode, mtime (seconds) and link target of everything below the root."""
+        """Type, size, mode, mtime (seconds) and symlink target of everything below the root."""
         found = RemoteListing({}, [])
         limit = asyncio.Semaphore(WALK_CONCURRENCY)
 
@@ -81,7 +81,7 @@ class RemoteTree:
             async with limit:
                 names = [n async for n in self.sftp.scandir(self.full(rel_dir))]
             subdirs: list[str] = []
-            links: list[asyncio.Task[None]] = []
+            symlinks: list[asyncio.Task[None]] = []
             for name in names:
                 filename = str(name.filename)
                 if filename in (".", "..") or "/" in filename:
@@ -101,10 +101,10 @@ class RemoteTree:
                 if entry.type == "dir":
                     subdirs.append(rel)
                 elif entry.type == "symlink":
-                    links.append(asyncio.create_task(read_link(rel, entry)))
-            await asyncio.gather(*links, *(walk(d) for d in subdirs))
+                    symlinks.append(asyncio.create_task(read_symlink(rel, entry)))
+            await asyncio.gather(*symlinks, *(walk(d) for d in subdirs))
 
-        async def read_link(rel: str, entry: manifest.Entry) -> None:
+        async def read_symlink(rel: str, entry: manifest.Entry) -> None:
             async with limit:
                 target = str(await self.sftp.readlink(self.full(rel)))
             found.entries[rel] = manifest.Entry(rel, "symlink", entry.mode, entry.mtime_ns, target=target)
@@ -172,7 +172,7 @@ class RemoteTree:
         return sent
 
     async def put_symlink(self, rel: str, target: str, times: tuple[int, int]) -> None:
-        """Create the link under a temp name and rename it over `rel` (never writing through it)."""
+        """Create the symlink under a temp name and rename it over `rel` (never writing through it)."""
         await self.ensure_parent(rel)
         temp = self._temp_beside(rel)
         await self.sftp.symlink(target, self.full(temp))
@@ -182,7 +182,7 @@ class RemoteTree:
             with contextlib.suppress(asyncssh.Error, OSError):
                 await asyncio.shield(self.remove(temp))
             raise
-        await self.set_link_times(rel, times)
+        await self.set_symlink_times(rel, times)
 
     async def set_attrs(self, rel: str, mode: int, times: tuple[int, int]) -> bool:
         """chmod and utime of a regular file already there; False when it is not (send it whole then)."""
@@ -193,7 +193,7 @@ class RemoteTree:
         await self.sftp.setstat(self.full(rel), SFTPAttrs(permissions=mode, atime=times[0], mtime=times[1]))
         return True
 
-    async def set_link_times(self, rel: str, times: tuple[int, int]) -> None:
+    async def set_symlink_times(self, rel: str, times: tuple[int, int]) -> None:
         """A symlink's own mtime, with lsetstat@openssh.com when offered (never through the link)."""
         with contextlib.suppress(asyncssh.SFTPOpUnsupported, asyncssh.SFTPFailure):
             await self.sftp.setstat(

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import aiohttp
-
 from daemon.drill.config import DrillConfig, Target
 from daemon.drill.haproxy import View
 from daemon.drill.monitor import Monitor
@@ -21,7 +19,6 @@ class Context:
     drill_id: str
     clock: Clock
     log: StepLog
-    session: aiohttp.ClientSession
     nodes: Nodes
     view: View | None
     monitor: Monitor

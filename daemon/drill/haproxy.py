@@ -20,13 +20,9 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from daemon.drill.config import HAProxySettings, Target
-from replication.errors import HotstandbyError
+from daemon.drill.errors import HAProxyError
 
 TIMEOUT = 2.0
-
-
-class HAProxyError(HotstandbyError):
-    """The stats socket or page could not be read, or its servers could not be told apart."""
 
 
 @dataclass(frozen=True)

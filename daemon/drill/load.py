@@ -13,15 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import random
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import quote
 
-import aiohttp
-
-from daemon.client import async_session, auth_headers
+from daemon.client import Answer, AsyncClient, Unreachable
 from daemon.drill.config import LoadSettings
 from daemon.drill.steps import Clock
 from daemon.roles import shown_as_leader
@@ -116,12 +113,12 @@ class Load:
         self._stopping = asyncio.Event()
         self._slots = asyncio.Semaphore(settings.max_in_flight)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._session: aiohttp.ClientSession | None = None
+        self._http: AsyncClient | None = None
 
     async def run(self) -> None:
         tls = client_context(self.tls)
-        async with async_session(tls, limit=self.settings.max_in_flight, force_close=True) as session:
-            self._session = session
+        async with AsyncClient(tls, self.key, limit=self.settings.max_in_flight, force_close=True) as http:
+            self._http = http
             loops = [self._loop(self._write, self.settings.write_rate)]
             if self.settings.read_rate > 0:
                 loops.append(self._loop(self._read, self.settings.read_rate))
@@ -210,31 +207,24 @@ class Load:
     ) -> tuple[int, dict[str, Any], str | None]:
         status, raw, error = await self._raw(method, path, data)
         try:
-            body = json.loads(raw) if raw else {}
+            body = Answer(path, status, raw).json()
         except ValueError:
             body = {}
-        if not isinstance(body, dict):
-            body = {}
-        if error is None and status != 200:
-            error = str(body.get("detail") or body.get("title") or raw[:120].decode(errors="replace"))
         return status, body, error
 
     async def _raw(self, method: str, path: str, data: bytes | None = None) -> tuple[int, bytes, str | None]:
-        assert self._session is not None
-        timeout = aiohttp.ClientTimeout(total=self.settings.request_timeout)
+        """(status, body, why it is not a success); status 0 when nothing answered."""
+        assert self._http is not None
         try:
-            async with self._session.request(
-                method, self.url + path, data=data, headers=auth_headers(self.key), timeout=timeout
-            ) as resp:
-                raw = await resp.read()
-                error = None if resp.status == 200 else f"HTTP {resp.status}"
-                if resp.status != 200 and raw and not raw.startswith(b"{"):
-                    error = f"HTTP {resp.status}: {raw[:120].decode(errors='replace').strip()}"
-                return resp.status, raw, error
-        except TimeoutError:
-            return 0, b"", "timed out"
-        except (aiohttp.ClientError, OSError) as exc:
-            return 0, b"", f"{type(exc).__name__}: {exc}"[:200]
+            answer = await self._http.send(
+                method, self.url + path, data=data, timeout=self.settings.request_timeout
+            )
+        except Unreachable as exc:
+            return 0, b"", str(exc)[:200]
+        error = None if answer.status == 200 else f"HTTP {answer.status}"
+        if answer.status != 200 and answer.raw and not answer.raw.startswith(b"{"):
+            error = f"HTTP {answer.status}: {answer.raw[:120].decode(errors='replace').strip()}"
+        return answer.status, answer.raw, error
 
     # -- what happened ----------------------------------------------------------------------------
     def first_write_ok(self, after: float, min_epoch: int) -> Outcome | None:

@@ -14,7 +14,8 @@ from typing import Any
 from daemon import ctl
 from daemon.client import Unreachable
 from daemon.drill.config import Target
-from daemon.drill.haproxy import HAProxyError, View
+from daemon.drill.errors import HAProxyError
+from daemon.drill.haproxy import View
 from daemon.drill.nodes import Nodes
 from daemon.drill.steps import Clock
 from daemon.errors import UsageError

@@ -1,21 +1,17 @@
-"""The nodes' API as the drill uses it: daemon/client.py's client and ctl's helpers (blocking, so run off the
-event loop), plus the calls ctl has no use for (request bodies, raw bytes) on one aiohttp session, with
-the same Authorization header (client.auth_headers)."""
+"""The nodes' API as the drill uses it: ctl's status (blocking, on daemon/client.py's Client, so run off the
+event loop), and the calls ctl has no use for (request bodies, raw bytes) on the drill's AsyncClient: the
+same key, TLS and error types as every other client of the nodes."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import json
-import ssl
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-import aiohttp
-
 from daemon import ctl
-from daemon.client import Client, Unreachable, auth_headers
+from daemon.client import AsyncClient, Client, Unreachable
 
 THREADS = 16
 T = TypeVar("T")
@@ -25,16 +21,9 @@ class Nodes:
     """Blocking calls run on a pool of their own: a node that does not answer holds a thread for the
     whole timeout, and the watch on the other node must not queue behind it."""
 
-    def __init__(
-        self,
-        key: str,
-        session: aiohttp.ClientSession,
-        timeout: float = 2.0,
-        ssl_context: ssl.SSLContext | None = None,
-    ) -> None:
-        self.key = key
-        self.session = session
-        self.client = Client(key, timeout, ssl_context)
+    def __init__(self, http: AsyncClient, timeout: float = 2.0) -> None:
+        self.http = http
+        self.client = Client(http.key, timeout, http.ssl_context)
         self.pool = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="drill-http")
 
     def close(self) -> None:
@@ -66,42 +55,24 @@ class Nodes:
         self, method: str, url: str, path: str, body: dict[str, Any], timeout: float = 10.0
     ) -> tuple[int, dict[str, Any]]:
         """A JSON request ctl cannot make; (0, {"detail": why}) when the node does not answer."""
-        try:
-            async with self.session.request(
-                method,
-                url + path,
-                data=json.dumps(body, default=str),
-                headers={**auth_headers(self.key), "Content-Type": "application/json"},
-                timeout=aiohttp.ClientTimeout(total=timeout),
-            ) as resp:
-                raw = await resp.read()
-                return resp.status, _json_object(raw)
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            return 0, {"detail": str(exc) or type(exc).__name__}
+        return await self._send(method, url + path, timeout, payload=body)
+
+    async def put_bytes(
+        self, url: str, path: str, data: bytes, timeout: float = 15.0
+    ) -> tuple[int, dict[str, Any]]:
+        """PUT raw bytes; (0, {"detail": why}) when nothing answered."""
+        return await self._send("PUT", url + path, timeout, data=data)
 
     async def get_bytes(self, url: str, path: str, timeout: float = 10.0) -> tuple[int, bytes]:
-        async with self.session.get(
-            url + path, headers=auth_headers(self.key), timeout=aiohttp.ClientTimeout(total=timeout)
-        ) as resp:
-            return resp.status, await resp.read()
+        """(status, raw body); Unreachable when the node does not answer."""
+        answer = await self.http.send("GET", url + path, timeout=timeout)
+        return answer.status, answer.raw
 
-
-def _json_object(raw: bytes) -> dict[str, Any]:
-    try:
-        body = json.loads(raw) if raw else {}
-    except ValueError:
-        return {"detail": raw[:200].decode(errors="replace")}
-    return body if isinstance(body, dict) else {"value": body}
-
-
-async def put_bytes(
-    session: aiohttp.ClientSession, key: str, url: str, path: str, data: bytes, timeout: float = 15.0
-) -> tuple[int, dict[str, Any]]:
-    """PUT raw bytes; (0, {"detail": why}) when nothing answered."""
-    try:
-        async with session.put(
-            url + path, data=data, headers=auth_headers(key), timeout=aiohttp.ClientTimeout(total=timeout)
-        ) as resp:
-            return resp.status, _json_object(await resp.read())
-    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        return 0, {"detail": str(exc) or type(exc).__name__}
+    async def _send(
+        self, method: str, url: str, timeout: float, data: bytes | None = None, payload: Any = None
+    ) -> tuple[int, dict[str, Any]]:
+        try:
+            answer = await self.http.send(method, url, data=data, payload=payload, timeout=timeout)
+        except Unreachable as exc:
+            return 0, {"detail": str(exc)}
+        return answer.status, answer.body()

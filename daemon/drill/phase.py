@@ -15,14 +15,13 @@ from typing import Any
 
 from daemon.drill import conflicts, rejoin, verify
 from daemon.drill.context import Context
-from daemon.drill.errors import StopperError
+from daemon.drill.errors import StepFailed, StopperError
 from daemon.drill.load import Load
 from daemon.drill.monitor import Snapshot
 from daemon.drill.parts import Parts
 from daemon.drill.plugin_probe import PluginProbe
 from daemon.drill.preflight import Preflight
 from daemon.drill.record import PhaseReport
-from daemon.drill.steps import StepFailed
 from daemon.tls import client_context
 
 AFTER_RESUME_GRACE = 3.0

@@ -22,10 +22,9 @@ from daemon import ctl
 from daemon.client import Unreachable
 from daemon.drill import verify
 from daemon.drill.context import Context
-from daemon.drill.errors import StopperError
-from daemon.drill.haproxy import HAProxyError, Server, match_servers
+from daemon.drill.errors import HAProxyError, StopperError
+from daemon.drill.haproxy import Server, match_servers
 from daemon.drill.load import ReadMode
-from daemon.drill.nodes import put_bytes
 
 
 @dataclass(frozen=True)
@@ -202,9 +201,7 @@ async def _traffic(ctx: Context, result: Preflight, name: str) -> None:
         return
     path = f"{ctx.config.load.prefix}/{ctx.drill_id}/{name}.bin"
     data = f"hotstandby drill {ctx.drill_id} {name} preflight\n".encode()
-    code, body = await put_bytes(
-        ctx.session, ctx.config.server_key, url, f"/internal/files/{quote(path)}", data
-    )
+    code, body = await ctx.nodes.put_bytes(url, f"/internal/files/{quote(path)}", data)
     ok = code == 200 and body.get("sha256") == hashlib.sha256(data).hexdigest()
     detail = f"PUT /internal/files/{path}: HTTP {code}"
     if not ok:

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 from daemon.drill import verify
 from daemon.drill.context import Context
-from daemon.drill.errors import StopperError
+from daemon.drill.errors import StepFailed, StopperError
 from daemon.drill.monitor import Snapshot
 from daemon.drill.preflight import Preflight
 from daemon.drill.record import PhaseReport
-from daemon.drill.steps import StepFailed
 from daemon.roles import shown_as_replica
 
 

@@ -17,11 +17,11 @@ import secrets
 import traceback
 
 from daemon import ctl
-from daemon.client import async_session
+from daemon.client import AsyncClient
 from daemon.drill import history
 from daemon.drill.config import DrillConfig
 from daemon.drill.context import Context
-from daemon.drill.errors import StopperError
+from daemon.drill.errors import StepFailed, StopperError
 from daemon.drill.haproxy import make_view
 from daemon.drill.markdown import markdown
 from daemon.drill.monitor import Monitor
@@ -29,7 +29,7 @@ from daemon.drill.nodes import Nodes
 from daemon.drill.phase import run_phase
 from daemon.drill.preflight import Preflight, preflight
 from daemon.drill.report import DrillReport, Restore
-from daemon.drill.steps import Clock, Printer, StepFailed, StepLog, print_line
+from daemon.drill.steps import Clock, Printer, StepLog, print_line
 from daemon.drill.stoppers import Stopper, make_stopper
 from daemon.tls import client_context
 
@@ -53,11 +53,11 @@ async def run_drill(
     stopper = stopper or make_stopper(config.stopper)
     log = StepLog(clock, out)
     tls = client_context(config.tls)
-    async with async_session(tls) as session:
-        nodes = Nodes(config.server_key, session, ssl_context=tls)
-        view = make_view(config.haproxy, session)
+    async with AsyncClient(tls, config.server_key) as http:
+        nodes = Nodes(http)
+        view = make_view(config.haproxy, http.session)
         monitor = Monitor(nodes, config.targets, view, clock, config.poll_interval)
-        ctx = Context(config, drill_id, clock, log, session, nodes, view, monitor, stopper)
+        ctx = Context(config, drill_id, clock, log, nodes, view, monitor, stopper)
         report = DrillReport(drill_id, clock.unix0, config, stopper.kind)
         report.commands = {
             t.url: {"stop": stopper.describe("stop", t), "start": stopper.describe("start", t)}

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from replication.errors import HotstandbyError
+from daemon.drill.errors import StepFailed
 
 
 class Clock:
@@ -25,10 +25,6 @@ class Clock:
 
     def unix(self, at: float) -> float:
         return self.unix0 + at
-
-
-class StepFailed(HotstandbyError):
-    """A step could not do what it had to; the message says what it saw."""
 
 
 @dataclass

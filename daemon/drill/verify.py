@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-import aiohttp
-
+from daemon.client import Unreachable
 from daemon.drill.load import AckedWrite
 from daemon.drill.nodes import Nodes
 
@@ -71,7 +70,7 @@ async def can_read(nodes: Nodes, url: str, path: str, data: bytes) -> bool:
     """Whether `url` serves GET /internal/files/{path} with the bytes just written there."""
     try:
         status, raw = await nodes.get_bytes(url, f"/internal/files/{quote(path)}")
-    except (aiohttp.ClientError, TimeoutError, OSError):
+    except Unreachable:
         return False
     return status == 200 and raw == data
 
@@ -91,8 +90,8 @@ async def read_back(
         async with slots:
             try:
                 status, raw = await nodes.get_bytes(url, f"/internal/files/{quote(write.path)}")
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                result.error = f"{url} stopped answering: {exc or type(exc).__name__}"
+            except Unreachable as exc:
+                result.error = f"{url} stopped answering: {exc}"
                 return
         result.checked += 1
         if status == 404:

@@ -19,18 +19,14 @@ from typing import Any
 
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
 
-from daemon.client import Client, ClientSettings, Unreachable, refused_key
-from daemon.errors import ConfigError, HotstandbyError, UsageError
+from daemon.client import Client, ClientSettings, Refused, Unreachable, local_url, refused_key
+from daemon.errors import ConfigError, UsageError
 
 DEFAULT_RETRIES = 5
 DEFAULT_TIMEOUT = 900.0
 """Per request: the daemon's own download retries can take minutes for a large package."""
 RETRY_STATUSES = frozenset({502, 503, 504})
 FINAL_TITLES = frozenset({"marketplace download failed", "checksum mismatch", "invalid package"})
-
-
-class Transient(HotstandbyError):
-    """The API could not be reached or had no primary: worth another try."""
 
 
 @dataclass
@@ -117,13 +113,16 @@ class Preloader:
         retrying = Retrying(
             stop=stop_after_attempt(retries + 1),
             wait=wait_exponential(multiplier=backoff, max=max(backoff, 30.0)) + wait_random(0, backoff),
-            retry=retry_if_exception(lambda exc: isinstance(exc, Transient)),
+            retry=retry_if_exception(lambda exc: isinstance(exc, Unreachable | Refused)),
             reraise=True,
         )
         try:
             status, body = retrying(self._post, plugin)
-        except Transient as exc:
-            return Outcome(plugin, False, {}, f"{exc} (after {retries + 1} attempts)")
+        except Unreachable as exc:
+            return Outcome(plugin, False, {}, f"{self.url}: {exc} (after {retries + 1} attempts)")
+        except Refused as exc:
+            why = f"HTTP {exc.status} {exc.body.get('title', '')}: {exc.body.get('detail', '')}".strip()
+            return Outcome(plugin, False, {}, f"{why} (after {retries + 1} attempts)")
         refused_key(status, self.url)
         if status >= 400:
             return Outcome(
@@ -132,19 +131,11 @@ class Preloader:
         return Outcome(plugin, True, body)
 
     def _post(self, plugin: str) -> tuple[int, dict[str, Any]]:
-        try:
-            status, raw = self.client.exchange(
-                "POST", f"{self.url}/internal/preload", {"plugin_identifier": plugin}
-            )
-        except Unreachable as exc:
-            raise Transient(f"{self.url}: {exc}") from None
-        try:
-            body = json.loads(raw) if raw else {}
-        except ValueError:
-            body = {"detail": raw[:200].decode(errors="replace")}
-        body = body if isinstance(body, dict) else {"detail": str(body)}
+        """One attempt: Unreachable, or Refused when the API had no primary: worth another try."""
+        answer = self.client.send("POST", f"{self.url}/internal/preload", {"plugin_identifier": plugin})
+        status, body = answer.status, answer.body()
         if status in RETRY_STATUSES and body.get("title") not in FINAL_TITLES:
-            raise Transient(f"HTTP {status} {body.get('title', '')}: {body.get('detail', '')}".strip())
+            raise Refused(self.url, status, body)
         return status, body
 
 
@@ -165,7 +156,7 @@ def _plugins(from_file: str | None, given: Sequence[str]) -> list[str]:
 def _url(given: str | None, environ: Mapping[str, str]) -> str:
     text = (given or environ.get("HOTSTANDBY_URL", "")).strip().rstrip("/")
     if not text:
-        text = f"http://127.0.0.1:{environ.get('SERVER_PORT', '').strip() or 5002}"
+        text = local_url(environ)
     if not text.startswith(("http://", "https://")):
         raise UsageError(f"--url {text!r} must be http(s)://host:port")
     return text

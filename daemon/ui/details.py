@@ -13,10 +13,9 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-import aiohttp
 import structlog
 
-from daemon.client import async_session
+from daemon.client import AsyncClient, Unreachable
 from daemon.node import Node
 from daemon.redact import hide_password
 from daemon.store.store import PluginStore
@@ -94,19 +93,19 @@ class Details:
         if not self.peer_urls:
             return []
         key = self.node.config.server_key
-        async with async_session(self.node.client_tls, key=key, timeout=PEER_TIMEOUT) as session:
+        async with AsyncClient(self.node.client_tls, key, timeout=PEER_TIMEOUT) as http:
 
             async def one(url: str) -> list[Any] | str:
                 try:
-                    async with session.get(
-                        f"{url}/internal/events", params={"limit": str(EVENT_LIMIT)}
-                    ) as resp:
-                        if resp.status != 200:
-                            return f"events answered HTTP {resp.status}"
-                        body = await resp.json(content_type=None)
-                except (aiohttp.ClientError, TimeoutError, ValueError, OSError) as exc:
+                    answer = await http.send(
+                        "GET", f"{url}/internal/events", params={"limit": str(EVENT_LIMIT)}
+                    )
+                    if answer.status != 200:
+                        return f"events answered HTTP {answer.status}"
+                    body = answer.json()
+                except (Unreachable, ValueError) as exc:
                     return _why(exc)
-                events = body.get("events") if isinstance(body, dict) else None
+                events = body.get("events")
                 return events if isinstance(events, list) else "events: not a list"
 
             return list(await asyncio.gather(*(one(url) for url in self.peer_urls)))
@@ -168,6 +167,8 @@ async def _section(build: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, 
 
 
 def _why(exc: BaseException) -> str:
+    if isinstance(exc, Unreachable):
+        return str(exc)  # already in these words (daemon/client.py)
     if isinstance(exc, TimeoutError):
         return "timed out"
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -18,10 +18,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from PIL import Image
 
+from daemon.client import AsyncClient
 from daemon.drill import history
 from daemon.drill.config import DrillConfig, HAProxySettings, StopperSettings, Target
 from daemon.drill.nodes import Nodes
@@ -157,8 +157,8 @@ def record_drill(pair: Pair, killed_at: float, promoted_at: float, first_write_a
     report.finished = first_write_at - origin + 2
 
     async def post() -> dict[str, str]:
-        async with aiohttp.ClientSession() as session:
-            nodes = Nodes(SERVER_KEY, session)
+        async with AsyncClient(None, SERVER_KEY) as http:
+            nodes = Nodes(http)
             try:
                 return await history.record(nodes, pair.slave.url, report, None)
             finally:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.client import Client, ClientSettings, Refused, Unreachable, auth_headers, base_url
+from daemon.client import Client, ClientSettings, Refused, Unreachable, auth_headers, base_url, local_url
 from daemon.config import Config
 from daemon.errors import ConfigError, UsageError
 
@@ -41,6 +41,18 @@ def test_the_key_comes_from_the_file_else_the_environment_and_is_never_shown(tmp
     assert "from-the-file-key" not in repr(settings) and "from-the-file-key" not in repr(settings.client())
     with pytest.raises(UsageError, match="--key-file: cannot read"):
         ClientSettings.from_env({}, key_file=str(tmp_path / "missing"))
+
+
+def test_this_nodes_port_reads_the_same_for_the_daemon_and_the_commands() -> None:
+    assert (
+        local_url({}) == "http://127.0.0.1:5002"
+        and local_url({"SERVER_PORT": "5003"}) == "http://127.0.0.1:5003"
+    )
+    with pytest.raises(ConfigError) as daemon:
+        Config.from_env({"SERVER_PORT": "http", "SERVER_HOST": "127.0.0.1"})
+    with pytest.raises(UsageError) as command:
+        local_url({"SERVER_PORT": "http"})
+    assert str(command.value) == str(daemon.value) and "SERVER_PORT" in str(command.value)
 
 
 def test_headers_and_urls() -> None:

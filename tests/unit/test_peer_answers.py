@@ -10,9 +10,10 @@ from structlog.testing import capture_logs
 
 from replication import peer_answers
 from replication.delta import Signature, block_size_for
+from replication.errors import MalformedAnswerError
 from replication.manifest import Entry
 from replication.metrics import ReplicationMetrics
-from replication.peer_answers import MalformedAnswerError, PeerInputGuard, Refusals
+from replication.peer_answers import PeerInputGuard, Refusals
 from replication.protocol import MAX_EPOCH, MAX_PEER_EPOCH, MAX_SEQUENCE
 
 ESCAPES = ["../outside/secret", "/etc/passwd", "a/../../b", "a\x00b", "", ".", "a//b", "x" * 5000]
