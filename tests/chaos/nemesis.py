@@ -14,6 +14,7 @@ import random
 import signal
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -168,6 +169,15 @@ class Nemesis:
                 self.findings.append(problem)
                 self.log.add("finding", problem=problem, log_tail=node.log_tail())
                 node.start()
+
+    def watching_exits(self, check: Callable[[], bool]) -> Callable[[], bool]:
+        """`check`, after starting again any node that refused to start on a full disk (notice_exits)."""
+
+        def watched() -> bool:
+            self.notice_exits()
+            return check()
+
+        return watched
 
     def heal_all(self) -> None:
         self.notice_exits()

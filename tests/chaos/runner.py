@@ -199,13 +199,17 @@ def run(duration: float, seed: int, out: Path, echo: bool = True) -> Report:
             nemesis.heal_all()
             healed = time.monotonic()
             report.faults = nemesis.injected
+            # Until the checks, the nemesis goes on acting as `restart: always`: a node started while its
+            # disk was still full (a kill's recovery just before the heal) refuses to start only after it.
+            after_heal = nemesis.watching_exits
             resumed = wait_for(
-                lambda: any(w.outcome == "acked" and w.started >= healed for w in writer.writes), RESUME_BOUND
+                after_heal(lambda: any(w.outcome == "acked" and w.started >= healed for w in writer.writes)),
+                RESUME_BOUND,
             )
             events.add("writes_resumed" if resumed is not None else "writes_not_resumed", seconds=resumed)
             writer.stop()
             report.recoveries = recoveries(events.events, writer.writes, time.monotonic())
-            converged = wait_for(lambda: _converged(cluster), CONVERGENCE_BOUND, interval=0.5)
+            converged = wait_for(after_heal(lambda: _converged(cluster)), CONVERGENCE_BOUND, interval=0.5)
             report.convergence_seconds = None if converged is None else round(time.monotonic() - healed, 2)
             events.add(
                 "converged" if converged is not None else "not_converged", seconds=report.convergence_seconds
