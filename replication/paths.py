@@ -18,6 +18,7 @@ import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from replication.beneath import OPEN_BENEATH, OpenBeneath
 from replication.errors import ContainmentError, NotRegularFileError
 
 MAX_PATH_BYTES = 4096
@@ -121,8 +122,10 @@ class StorageRoot:
     a symlink at any moment is refused rather than followed.
     """
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, *, open_beneath: OpenBeneath | None = OPEN_BENEATH) -> None:
         self.root = os.path.abspath(root)
+        self._open_beneath = open_beneath
+        """One openat2 call for a folder's whole path (replication/beneath.py); None: always by component."""
 
     @contextlib.contextmanager
     def open_dir(self, rel_dir: str, *, create: bool, created: list[str] | None = None) -> Iterator[int]:
@@ -139,9 +142,21 @@ class StorageRoot:
         finally:
             os.close(fd)
 
-    def _open_dir_fd(self, rel_dir: str, *, create: bool, created: list[str] | None = None) -> int:
+    def _folder(self, checked_dir: str) -> _Folder:
+        """`open_dir(checked_dir, create=False)` for a path validated already, without its generator:
+        lstat, readlink and opens run for every change on the leader, so a few microseconds count."""
+        return _Folder(self._open_dir_fd(checked_dir, create=False, checked=True))
+
+    def _open_dir_fd(
+        self, rel_dir: str, *, create: bool, created: list[str] | None = None, checked: bool = False
+    ) -> int:
         fd = os.open(self.root, _DIR_FLAGS)
         try:
+            if rel_dir and not create and self._open_beneath is not None:
+                found = self._open_beneath(fd, rel_dir if checked else validate_relpath(rel_dir), _DIR_FLAGS)
+                if found is not None:
+                    os.close(fd)
+                    return found
             if rel_dir:
                 parts = validate_relpath(rel_dir).split("/")
                 for depth, part in enumerate(parts, start=1):
@@ -171,7 +186,7 @@ class StorageRoot:
         must check fstat (or use `open_regular`, which does).
         """
         parent, name = split_parent(validate_relpath(rel))
-        with self.open_dir(parent, create=False) as dir_fd:
+        with self._folder(parent) as dir_fd:
             return os.open(name, _READ_FLAGS, dir_fd=dir_fd)
 
     def open_regular(self, rel: str) -> tuple[int, os.stat_result]:
@@ -183,7 +198,7 @@ class StorageRoot:
         ContainmentError when a folder on the way is a symlink.
         """
         parent, name = split_parent(validate_relpath(rel))
-        with self.open_dir(parent, create=False) as dir_fd:
+        with self._folder(parent) as dir_fd:
             before = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
             _require_regular(rel, before.st_mode)
             try:
@@ -204,7 +219,7 @@ class StorageRoot:
         """lstat of `rel` itself, or None when it is gone or a folder on its way is no real folder."""
         try:
             parent, name = split_parent(validate_relpath(rel))
-            with self.open_dir(parent, create=False) as dir_fd:
+            with self._folder(parent) as dir_fd:
                 return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         except _GONE:
             return None
@@ -213,7 +228,7 @@ class StorageRoot:
         """The text of the symlink `rel`, or None when it is gone or no symlink any more."""
         try:
             parent, name = split_parent(validate_relpath(rel))
-            with self.open_dir(parent, create=False) as dir_fd:
+            with self._folder(parent) as dir_fd:
                 return os.readlink(name, dir_fd=dir_fd)
         except _GONE:
             return None
@@ -321,6 +336,21 @@ class StorageRoot:
                     raise FileNotFoundError(errno.ENOENT, "not a directory", rel_dir) from exc
                 os.unlink(name, dir_fd=parent_fd)
         raise ContainmentError(f"directory {rel_dir!r} keeps changing under us")
+
+
+class _Folder:
+    """An open folder fd, closed on leaving the `with` block."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __enter__(self) -> int:
+        return self.fd
+
+    def __exit__(self, *_exc: object) -> None:
+        os.close(self.fd)
 
 
 def _join(rel_dir: str, name: str) -> str:
