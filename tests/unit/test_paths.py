@@ -10,6 +10,8 @@ import threading
 import time
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from replication.errors import ContainmentError, NotRegularFileError, ReplicationError
 from replication.paths import (
@@ -509,3 +511,28 @@ def test_a_folder_swapped_for_a_symlink_is_never_read_through(root, outside):
         stop.set()
         swapper.join(5)
     assert reads > 0
+
+
+def _reference_verdict(path: str) -> bool:
+    """validate_relpath's rule written out part by part (as it was before its fast path): accepted?"""
+    if not path or "\x00" in path or path.startswith("/"):
+        return False
+    try:
+        if len(os.fsencode(path)) > 4096:
+            return False
+        return all(part not in ("", ".", "..") and len(os.fsencode(part)) <= 255 for part in path.split("/"))
+    except UnicodeError:
+        return False
+
+
+_PIECES = ["a", ".", "..", "", "/", "b.txt", "\udcff", "é", "x" * 254, "é" * 128, ".hidden", "..x", "x.."]
+
+
+@given(st.lists(st.sampled_from(_PIECES), max_size=8).map("".join))
+def test_validate_relpath_agrees_with_the_part_by_part_rule(path: str) -> None:
+    try:
+        validate_relpath(path)
+        accepted = True
+    except ContainmentError:
+        accepted = False
+    assert accepted == _reference_verdict(path), repr(path)
