@@ -548,10 +548,21 @@ class Sender:
         async with self._reconcile_lock:
             started = time.monotonic()
             self.metrics.full_rescans.labels(reason=reason).inc()
-            remote_raw = await self._call("GET", "/manifest", limit=MAX_MANIFEST_BYTES)
-            with self._guard.answer("manifest") as refuse:
-                remote = peer_answers.manifest(remote_raw, refuse, skip=self._skip)
-            local = await asyncio.to_thread(manifest.scan, self.root, self._skip, self._tree.skipped.note)
+            # Our scan runs in a thread while the replica scans its own tree for the answer: the two
+            # walks overlap (on two cores they take about as long as the longer one). Whatever changes
+            # here after our scan is recorded by the watcher and goes out after this plan.
+            scanning = asyncio.ensure_future(
+                asyncio.to_thread(manifest.scan, self.root, self._skip, self._tree.skipped.note)
+            )
+            try:
+                remote_raw = await self._call("GET", "/manifest", limit=MAX_MANIFEST_BYTES)
+                with self._guard.answer("manifest") as refuse:
+                    remote = peer_answers.manifest(remote_raw, refuse, skip=self._skip)
+                local = await scanning
+            finally:
+                if not scanning.done():
+                    scanning.cancel()
+                    await asyncio.gather(scanning, return_exceptions=True)
             plan = manifest.compare(local, remote)
             if plan.to_hash:
                 theirs = await self._their_hashes(plan.to_hash)
