@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
 from replication.exclude import ReadyMarkers
-from replication.paths import rebase
+from replication.paths import is_within, rebase
 
 ChangeKind = Literal["sync", "delete", "rename"]
 
@@ -118,10 +118,25 @@ class Journal:
 
         Used when the replica refused a change because a folder on its way is
         still the symlink it used to be here: the folder must be replaced first.
+        Deletes and renames below it move behind it too: one of them may be the
+        refused change, and left in front it would be refused again, forever.
         """
         behind = self._take_unsent(path)
+        moved = [
+            change
+            for seq, change in self._entries.items()
+            if seq > self.sent_upto
+            and change.kind != "sync"
+            and (is_within(change.path, path) or (change.dest is not None and is_within(change.dest, path)))
+        ]
+        for change in moved:
+            self._drop(change.seq)
         self._append(Change(0, "sync", path))
-        self._record_again(behind)
+        for change in sorted(behind + moved, key=lambda c: c.seq):
+            if change.kind == "sync":
+                self.record_sync(change.path, change.attr_hint)
+            else:
+                self._append(replace(change, seq=0))
 
     def discard(self, seq: int) -> Change | None:
         """Drop one unacknowledged change (the replica refused it for good); the caller decides what next."""

@@ -694,3 +694,23 @@ def test_last_held_is_what_this_replica_will_be_sent_not_a_number_only_another_j
     assert [c.seq for c in take_all(behind)] == [behind.last_held]
     behind.acknowledge(1)
     assert behind.last_held == behind.head == 2  # nothing held: the head
+
+
+def test_a_refused_delete_below_a_folder_to_repair_goes_behind_the_repair() -> None:
+    """The replica refused `delete race/f1` because its `race` is still a symlink: after resync_first the
+    next batch starts with `race` itself, or the same refusal comes back forever (a trust-boundary race
+    test looped on it)."""
+    journal = Journal("J", ReadyMarkers([]))
+    journal.record_delete("race/f1.txt")
+    journal.record_sync("race/f2.txt")
+    journal.record_sync("other.txt")
+    journal.take_batch(100, 1 << 30, lambda _c: 0)
+    journal.rewind(0)  # the refusal: nothing of the batch applied
+    journal.resync_first("race")
+    batch = journal.take_batch(100, 1 << 30, lambda _c: 0)
+    assert [(c.kind, c.path) for c in batch] == [
+        ("sync", "other.txt"),
+        ("sync", "race"),
+        ("delete", "race/f1.txt"),
+        ("sync", "race/f2.txt"),
+    ]
