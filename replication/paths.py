@@ -131,24 +131,19 @@ class StorageRoot:
         self._open_beneath = open_beneath
         """One openat2 call for a folder's whole path (replication/beneath.py); None: always by component."""
 
-    @contextlib.contextmanager
-    def open_dir(self, rel_dir: str, *, create: bool, created: list[str] | None = None) -> Iterator[int]:
-        """Yield an fd for the directory `rel_dir` ('' is the root).
+    def open_dir(self, rel_dir: str, *, create: bool, created: list[str] | None = None) -> _Folder:
+        """An fd for the directory `rel_dir` ('' is the root), closed on leaving the `with` block.
 
         Missing directories are created when `create` is set (and listed in
         `created`, parents first, so a refused write can take them back); a
         symlink on the way is refused; a non-directory on the way is replaced
         (the sender's tree is authoritative).
         """
-        fd = self._open_dir_fd(rel_dir, create=create, created=created)
-        try:
-            yield fd
-        finally:
-            os.close(fd)
+        return _Folder(self._open_dir_fd(rel_dir, create=create, created=created))
 
     def _folder(self, checked_dir: str) -> _Folder:
-        """`open_dir(checked_dir, create=False)` for a path validated already, without its generator:
-        lstat, readlink and opens run for every change on the leader, so a few microseconds count."""
+        """`open_dir(checked_dir, create=False)` for a path validated already: lstat, readlink and
+        opens run for every change on the leader, so validating it twice shows."""
         return _Folder(self._open_dir_fd(checked_dir, create=False, checked=True))
 
     def _open_dir_fd(
