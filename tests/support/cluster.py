@@ -194,7 +194,13 @@ class Pair:
     def start(self) -> None:
         self.slave.start()
         self.master.start()
-        wait_until(lambda: self.master.status()["peer_connected"], 15, message="the replication link")
+        try:
+            wait_until(lambda: self.master.status()["peer_connected"], 15, message="the replication link")
+        except AssertionError:
+            raise AssertionError(
+                f"no replication link after 15s; master status {self.master.status()}"
+                f"\n--- master log\n{self.master.log_tail()}\n--- slave log\n{self.slave.log_tail()}"
+            ) from None
 
     def stop(self) -> None:
         for node in (self.master, self.slave):
