@@ -85,14 +85,16 @@ class ModelProcess:
         return [json.loads(line) for line in lines if line.strip()]
 
     def wait_for_event(
-        self, name: str, plugin: str | None = None, timeout: float = 20.0, after: int = 0
+        self, name: str | tuple[str, ...], plugin: str | None = None, timeout: float = 20.0, after: int = 0
     ) -> dict[str, Any]:
-        """The first event `name` (for `plugin`, if given) at index >= `after` in the events file."""
+        """The first event `name` (or any of several names) for `plugin`, if given, at index >= `after`
+        in the events file."""
         found: list[dict[str, Any]] = []
+        names = (name,) if isinstance(name, str) else name
 
         def seen() -> bool:
             for event in self.events()[after:]:
-                if event["event"] == name and (plugin is None or event["plugin"] == plugin):
+                if event["event"] in names and (plugin is None or event["plugin"] == plugin):
                     found.append(event)
                     return True
             return False
