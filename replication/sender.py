@@ -61,6 +61,7 @@ from replication.protocol import (
     encode_trailer,
     replicated_mode,
 )
+from replication.read_ahead import ReadAhead, Snapshot
 from replication.source import SentObjects, SourceTree, SpecialFiles, next_batch
 
 log = structlog.get_logger("replication.sender")
@@ -396,24 +397,37 @@ class Sender:
                 self.journal.record_sync(path)
 
     async def _frames(self, batch: list[Change], end_seq: int, resend: list[str]) -> AsyncIterator[bytes]:
-        for change in batch:
-            if change.kind == "delete":
-                self._sent.deleted(change.path)
-                yield self._counted(Operation(change.seq, "delete", change.path)).header()
-            elif change.kind == "rename":
-                assert change.dest is not None
-                if self._sent.rename_is_stale(change.path, change.dest):
-                    resend.append(change.dest)
-                    continue
-                resend.extend(self._sent.vanished_below(change.path, change.dest))
-                yield self._counted(Operation(change.seq, "rename", change.path, dest=change.dest)).header()
-            else:
-                async for chunk in self._sync_frames(change, resend):
+        ahead = ReadAhead(self._tree, batch, lambda c: c.kind == "sync" and c.path not in self._signatures)
+        try:
+            for index, change in enumerate(batch):
+                async for chunk in self._change_frames(change, resend, ahead, index):
                     yield chunk
+        finally:
+            ahead.close()
         yield Operation(end_seq, "end").header()
 
-    async def _sync_frames(self, change: Change, resend: list[str]) -> AsyncIterator[bytes]:
-        st = self._tree.current(change.path)
+    async def _change_frames(
+        self, change: Change, resend: list[str], ahead: ReadAhead, index: int
+    ) -> AsyncIterator[bytes]:
+        if change.kind == "delete":
+            self._sent.deleted(change.path)
+            yield self._counted(Operation(change.seq, "delete", change.path)).header()
+        elif change.kind == "rename":
+            assert change.dest is not None
+            if self._sent.rename_is_stale(change.path, change.dest):
+                resend.append(change.dest)
+                return
+            resend.extend(self._sent.vanished_below(change.path, change.dest))
+            yield self._counted(Operation(change.seq, "rename", change.path, dest=change.dest)).header()
+        else:
+            snapshot = await ahead.get(index)
+            async for chunk in self._sync_frames(change, resend, snapshot):
+                yield chunk
+
+    async def _sync_frames(
+        self, change: Change, resend: list[str], snapshot: Snapshot | None = None
+    ) -> AsyncIterator[bytes]:
+        st = snapshot.st if snapshot is not None else self._tree.current(change.path)
         if st is None:
             # Gone since (or a folder on the way is a symlink now): a delete that follows covers
             # it, and a rename that follows re-sends it under its new name (see vanished_below).
@@ -442,6 +456,11 @@ class Sender:
             yield self._counted(
                 Operation(change.seq, "attr", change.path, mode=self._mode(st), mtime_ns=st.st_mtime_ns)
             ).header()
+        elif snapshot is not None and snapshot.vanished:
+            self.note_vanished(change.path)  # see _put_frames
+        elif snapshot is not None and snapshot.opened is not None:
+            for chunk in self._read_ahead_frames(change, resend, snapshot, snapshot.opened):
+                yield chunk
         else:
             async for chunk in self._put_frames(change, resend):
                 yield chunk
@@ -452,6 +471,17 @@ class Sender:
             self.metrics.mode_bits_stripped.labels(side="sent").inc()
         return replicated_mode(st.st_mode)
 
+    def _read_ahead_frames(
+        self, change: Change, resend: list[str], snapshot: Snapshot, before: os.stat_result
+    ) -> Iterator[bytes]:
+        """A small file's frames from the content the read-ahead thread took (read_ahead.py)."""
+        self._whole_next.discard(change.path)
+        yield self._content_header(change, before, None)
+        if snapshot.content:
+            self._count_sent(len(snapshot.content))
+            yield snapshot.content
+        yield self._trailer(change, resend, before, snapshot.after, snapshot.digest)
+
     async def _put_frames(self, change: Change, resend: list[str]) -> AsyncIterator[bytes]:
         opened = self._tree.open_file(change.path)
         if opened is None:
@@ -461,36 +491,55 @@ class Sender:
             return
         fd, before = opened
         with os.fdopen(fd, "rb", buffering=0) as fh:
-            size = before.st_size
-            self.progress.sending(change.path)
             signature = self._signatures.get(change.path)
             self._whole_next.discard(change.path)
-            op = Operation(
-                change.seq,
-                "delta" if signature else "put",
-                change.path,
-                mode=self._mode(before),
-                mtime_ns=before.st_mtime_ns,
-                size=size,
-                block_size=signature.block_size if signature else None,
-                basis_size=signature.file_size if signature else None,
-            )
-            yield self._counted(op).header()
+            yield self._content_header(change, before, signature)
             digest = hashlib.sha256()
-            content = (
-                encode_instructions(compute_delta(signature, fd, tee=digest.update))
-                if signature
-                else _whole(fh, size, digest)
-            )
-            for chunk in content:
-                self.bytes_sent += len(chunk)
-                self.metrics.bytes.labels(direction="sent").inc(len(chunk))
-                yield chunk
+            if signature:
+                for chunk in encode_instructions(compute_delta(signature, fd, tee=digest.update)):
+                    self._count_sent(len(chunk))
+                    yield chunk
+            else:
+                remaining = before.st_size
+                while remaining:  # big files: read in a thread, a chunk at a time
+                    chunk = await asyncio.to_thread(_read_chunk, fh, min(CHUNK, remaining), digest)
+                    remaining -= len(chunk)
+                    self._count_sent(len(chunk))
+                    yield chunk
             after = os.fstat(fd)
-        torn = (after.st_size, after.st_mtime_ns) != (size, before.st_mtime_ns)
+        yield self._trailer(change, resend, before, after, digest.digest())
+
+    def _content_header(self, change: Change, before: os.stat_result, signature: Signature | None) -> bytes:
+        self.progress.sending(change.path)
+        op = Operation(
+            change.seq,
+            "delta" if signature else "put",
+            change.path,
+            mode=self._mode(before),
+            mtime_ns=before.st_mtime_ns,
+            size=before.st_size,
+            block_size=signature.block_size if signature else None,
+            basis_size=signature.file_size if signature else None,
+        )
+        return self._counted(op).header()
+
+    def _trailer(
+        self,
+        change: Change,
+        resend: list[str],
+        before: os.stat_result,
+        after: os.stat_result | None,
+        digest: bytes,
+    ) -> bytes:
+        """Complete, or discard when the file moved while it was read (it goes again)."""
+        torn = after is None or (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns)
         if torn:
             resend.append(change.path)
-        yield encode_trailer(FLAG_DISCARD if torn else FLAG_COMPLETE, digest.digest())
+        return encode_trailer(FLAG_DISCARD if torn else FLAG_COMPLETE, digest)
+
+    def _count_sent(self, size: int) -> None:
+        self.bytes_sent += size
+        self.metrics.bytes.labels(direction="sent").inc(size)
 
     async def _fetch_signatures(self, batch: list[Change]) -> dict[str, Signature]:
         """Block signatures of the replica's copies of the big files in this batch (for deltas).
@@ -733,11 +782,8 @@ async def _pieces(chunks: AsyncIterator[bytes], size: int = PIECE) -> AsyncItera
         yield b"".join(pending)
 
 
-def _whole(fh: BinaryIO, size: int, digest: hashlib._Hash) -> Iterator[bytes]:
-    """Exactly `size` bytes of the file; if it shrank meanwhile, zeros (the trailer then says discard)."""
-    remaining = size
-    while remaining:
-        chunk = fh.read(min(CHUNK, remaining)) or b"\0" * min(CHUNK, remaining)
-        digest.update(chunk)
-        remaining -= len(chunk)
-        yield chunk
+def _read_chunk(fh: BinaryIO, size: int, digest: hashlib._Hash) -> bytes:
+    """Up to `size` bytes of the file, hashed; zeros if it shrank since (the trailer then says discard)."""
+    chunk = fh.read(size) or b"\0" * size
+    digest.update(chunk)
+    return chunk

@@ -1,0 +1,115 @@
+"""The leader's read-ahead: the same frames as reading on the loop, torn and vanished files handled alike."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from replication.journal import Change
+from replication.read_ahead import ReadAhead, Snapshot, take_snapshot
+from replication.source import SourceTree
+from tests.unit.test_sender_races import frames, make_sender
+
+
+def loop_frames(root: Path, change: Change) -> tuple[bytes, list[str]]:
+    """The frames of one change read on the loop, as before the read-ahead existed."""
+    sender = make_sender(root)
+    resend: list[str] = []
+
+    async def collect() -> bytes:
+        return b"".join([chunk async for chunk in sender._sync_frames(change, resend)])
+
+    return asyncio.run(collect()), resend
+
+
+def test_frames_from_the_read_ahead_are_the_bytes_the_loop_would_send(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "small.bin").write_bytes(os.urandom(70_000))
+    (tmp_path / "a" / "empty").write_bytes(b"")
+    os.symlink("small.bin", tmp_path / "a" / "link")
+    changes = [
+        Change(1, "sync", "a"),
+        Change(2, "sync", "a/small.bin"),
+        Change(3, "sync", "a/empty"),
+        Change(4, "sync", "a/link"),
+    ]
+    sent, resend = frames(make_sender(tmp_path), changes)
+
+    expected = b"".join(loop_frames(tmp_path, change)[0] for change in changes)
+    assert sent.startswith(expected) and resend == []
+    assert sent.count((tmp_path / "a" / "small.bin").read_bytes()) == 1
+
+
+def test_a_file_changed_while_read_ahead_goes_out_discarded_and_is_sent_again(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"x" * 1000)
+    sender = make_sender(tmp_path)
+    opened = sender._tree.open_file
+
+    def open_then_append(path: str) -> Any:
+        found = opened(path)
+        with open(tmp_path / "f", "ab") as fh:
+            fh.write(b"more")
+        return found
+
+    sender._tree.open_file = open_then_append  # type: ignore[method-assign]
+    sent, resend = frames(sender, [Change(1, "sync", "f")])
+    assert resend == ["f"]
+    assert b"x" * 1000 in sent
+
+
+def test_a_file_gone_at_the_open_is_remembered_and_sent_under_its_new_name(tmp_path: Path) -> None:
+    (tmp_path / "deep").mkdir()
+    (tmp_path / "deep" / "f.txt").write_bytes(b"content that must arrive")
+    sender = make_sender(tmp_path)
+    opened = sender._tree.open_file
+
+    def rename_then_open(path: str) -> Any:
+        os.rename(tmp_path / "deep", tmp_path / "moved")
+        return opened(path)
+
+    sender._tree.open_file = rename_then_open  # type: ignore[method-assign]
+    sent, _ = frames(sender, [Change(1, "sync", "deep/f.txt")])
+    assert b"content that must arrive" not in sent
+    _, resend = frames(sender, [Change(2, "rename", "deep", dest="moved")])
+    assert resend == ["moved/f.txt"]
+
+
+def test_a_snapshot_reads_only_small_regular_files_that_must_travel(tmp_path: Path) -> None:
+    (tmp_path / "small").write_bytes(b"s" * 10)
+    (tmp_path / "big").write_bytes(b"b" * 5000)
+    os.mkfifo(tmp_path / "fifo")  # opened, it would block the thread forever
+    tree = SourceTree(str(tmp_path))
+    st = os.lstat(tmp_path / "small")
+
+    small = take_snapshot(tree, Change(1, "sync", "small"), limit=4096)
+    assert small.content == b"s" * 10 and small.digest == hashlib.sha256(b"s" * 10).digest()
+    assert take_snapshot(tree, Change(2, "sync", "big"), limit=4096).opened is None
+    assert take_snapshot(tree, Change(3, "sync", "fifo"), limit=4096).opened is None
+    hinted = Change(4, "sync", "small", attr_hint=(st.st_size, st.st_mtime_ns))
+    assert take_snapshot(tree, hinted, limit=4096).opened is None  # attributes only: no content read
+    assert take_snapshot(tree, Change(5, "sync", "missing"), limit=4096) == Snapshot(None)
+
+
+def test_every_change_of_a_batch_longer_than_a_window_gets_its_own_snapshot(tmp_path: Path) -> None:
+    for n in range(150):
+        (tmp_path / f"f{n}").write_bytes(str(n).encode())
+    batch = [Change(n + 1, "sync", f"f{n}") for n in range(150)]
+    wanted: Callable[[Change], bool] = lambda c: c.seq % 7 != 0  # noqa: E731
+    ahead = ReadAhead(SourceTree(str(tmp_path)), batch, wanted, window=16)
+
+    async def collect() -> list[Snapshot | None]:
+        try:
+            return [await ahead.get(i) for i in range(len(batch))]
+        finally:
+            ahead.close()
+
+    found = asyncio.run(collect())
+    for n, snapshot in enumerate(found):
+        if (n + 1) % 7 == 0:
+            assert snapshot is None
+        else:
+            assert snapshot is not None and snapshot.content == str(n).encode()
