@@ -81,6 +81,11 @@ class Journal:
         self._max_entries = max_entries
         self._clock = clock
         self._entries: dict[int, Change] = {}
+        self._late: dict[int, float] = {}
+        """Entries appended with an older `enqueued_at` than one appended before them (a marker moved
+        behind newer changes keeps its time): all others are in time order, so the oldest pending
+        change is the first of those or one of these few (see oldest_unacked_age)."""
+        self._newest_enqueued = 0.0
         self._unsent_sync = _UnsentIndex()
         self._unsent_markers: dict[str, int] = {}
         self.counter = counter or SequenceCounter()
@@ -177,8 +182,14 @@ class Journal:
         if seq <= self.acked:
             return
         self.acked = min(seq, self.head)
-        for done in [s for s in self._entries if s <= self.acked]:
-            del self._entries[done]
+        done = []
+        for held in self._entries:  # in ascending order: stop at the first one still pending
+            if held > self.acked:
+                break
+            done.append(held)
+        for held in done:
+            del self._entries[held]
+            self._late.pop(held, None)
 
     def rewind(self, seq: int) -> None:
         """Send again everything after `seq` (the replica's acknowledged position)."""
@@ -201,6 +212,7 @@ class Journal:
     def reset(self) -> None:
         """Forget everything pending; the caller reconciles by manifest instead."""
         self._entries.clear()
+        self._late.clear()
         self._unsent_sync.clear()
         self._unsent_markers.clear()
         self.acked = self.sent_upto = self.head
@@ -248,16 +260,22 @@ class Journal:
 
     def oldest_unacked_age(self) -> float:
         """Seconds since the oldest pending change was recorded (markers may sit behind newer ones)."""
-        if not self._entries:
-            return 0.0
-        oldest = min(change.enqueued_at for change in self._entries.values())
-        return max(0.0, self._clock() - oldest)
+        oldest = min(self._late.values(), default=None)
+        for seq, change in self._entries.items():  # skips at most len(self._late) entries
+            if seq not in self._late:
+                oldest = change.enqueued_at if oldest is None else min(oldest, change.enqueued_at)
+                break
+        return 0.0 if oldest is None else max(0.0, self._clock() - oldest)
 
     # -- internals -------------------------------------------------------------
     def _append(self, change: Change) -> None:
         seq = self.counter.next()
         change = replace(change, seq=seq, enqueued_at=change.enqueued_at or self._clock())
         self._entries[seq] = change
+        if change.enqueued_at < self._newest_enqueued:
+            self._late[seq] = change.enqueued_at
+        else:
+            self._newest_enqueued = change.enqueued_at
         if change.kind == "sync":
             self._unsent_sync.add(change.path, seq)
             plugin_dir = self._markers.plugin_dir(change.path)
@@ -303,6 +321,7 @@ class Journal:
 
     def _drop(self, seq: int) -> None:
         change = self._entries.pop(seq)
+        self._late.pop(seq, None)
         self._unsent_sync.discard(change.path, seq)
         plugin_dir = self._markers.plugin_dir(change.path)
         if plugin_dir is not None and self._unsent_markers.get(plugin_dir) == seq:
