@@ -37,12 +37,17 @@ class Change:
     attr_hint: tuple[int, int] | None = None
     """(size, mtime_ns) seen when a manifest found equal content: send attributes only if still so."""
     enqueued_at: float = 0.0
+    size_hint: int | None = None
+    """The file's size when a manifest planned this change, for the batch byte limit: with it, taking
+    a batch of a seed needs no lstat per change (the sender reads the file's real size anyway)."""
 
 
 class Recorder(Protocol):
     """Where the watcher records changes: one journal, or a fan-out to several."""
 
-    def record_sync(self, path: str, attr_hint: tuple[int, int] | None = None) -> None: ...
+    def record_sync(
+        self, path: str, attr_hint: tuple[int, int] | None = None, size_hint: int | None = None
+    ) -> None: ...
     def record_delete(self, path: str) -> None: ...
     def record_rename(self, src: str, dest: str) -> None: ...
 
@@ -97,13 +102,15 @@ class Journal:
         self.changed = asyncio.Event()
 
     # -- recording -------------------------------------------------------------
-    def record_sync(self, path: str, attr_hint: tuple[int, int] | None = None) -> None:
+    def record_sync(
+        self, path: str, attr_hint: tuple[int, int] | None = None, size_hint: int | None = None
+    ) -> None:
         seq = self._unsent_sync.get(path)
         if seq is not None:
             if self._entries[seq].attr_hint is not None and attr_hint is None:
                 self._entries[seq] = replace(self._entries[seq], attr_hint=None)
             return
-        self._append(Change(0, "sync", path, attr_hint=attr_hint))
+        self._append(Change(0, "sync", path, attr_hint=attr_hint, size_hint=size_hint))
 
     def record_delete(self, path: str) -> None:
         # Unsent syncs at or below `path` may describe a newer object (a scan can run
@@ -139,7 +146,7 @@ class Journal:
         self._append(Change(0, "sync", path))
         for change in sorted(behind + moved, key=lambda c: c.seq):
             if change.kind == "sync":
-                self.record_sync(change.path, change.attr_hint)
+                self.record_sync(change.path, change.attr_hint, change.size_hint)
             else:
                 self._append(replace(change, seq=0))
 
@@ -317,7 +324,7 @@ class Journal:
 
     def _record_again(self, changes: list[Change]) -> None:
         for change in sorted(changes, key=lambda c: c.seq):
-            self.record_sync(change.path, change.attr_hint)
+            self.record_sync(change.path, change.attr_hint, change.size_hint)
 
     def _drop(self, seq: int) -> None:
         change = self._entries.pop(seq)
@@ -421,8 +428,10 @@ class JournalFanout:
         self.journals = journals
         self.counter = journals[0].counter
 
-    def record_sync(self, path: str, attr_hint: tuple[int, int] | None = None) -> None:
-        self._each(lambda journal: journal.record_sync(path, attr_hint))
+    def record_sync(
+        self, path: str, attr_hint: tuple[int, int] | None = None, size_hint: int | None = None
+    ) -> None:
+        self._each(lambda journal: journal.record_sync(path, attr_hint, size_hint))
 
     def record_delete(self, path: str) -> None:
         self._each(lambda journal: journal.record_delete(path))

@@ -370,9 +370,11 @@ class SftpSender:
                 if not self._tree.exists(path):  # re-created since the scan: it stays
                     self.journal.record_delete(path)
             for entry in sorted(plan.send, key=lambda e: e.path.split("/")):
-                self.journal.record_sync(entry.path)
+                self.journal.record_sync(entry.path, size_hint=entry.size)
             for entry in plan.attrs_only:
-                self.journal.record_sync(entry.path, attr_hint=(entry.size, entry.mtime_ns))
+                self.journal.record_sync(
+                    entry.path, attr_hint=(entry.size, entry.mtime_ns), size_hint=entry.size
+                )
             self.baseline_seq = self.journal.head
             summary = SyncSummary(
                 reason=reason,

@@ -104,6 +104,8 @@ class SourceTree:
         """Bytes a change will move (for batch limits)."""
         if change.kind != "sync":
             return 0
+        if change.size_hint is not None:
+            return change.size_hint
         st = self.storage.lstat(change.path)
         return st.st_size if st is not None else 0
 

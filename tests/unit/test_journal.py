@@ -766,3 +766,13 @@ def test_the_oldest_pending_age_is_the_minimum_over_every_pending_change(
         pending = list(journal._entries.values())
         expected = max(0.0, clock.now - min(c.enqueued_at for c in pending)) if pending else 0.0
         assert journal.oldest_unacked_age() == expected
+
+
+def test_a_size_hint_reaches_every_journal_of_a_fanout_and_survives_a_rename() -> None:
+    counter = SequenceCounter()
+    journals = [Journal(f"J{n}", MARKERS, clock=FakeClock(), counter=counter) for n in range(2)]
+    JournalFanout(journals).record_sync("dir/f", size_hint=123)
+    for journal in journals:
+        journal.record_rename("dir", "moved")
+        synced = [c for c in take_all(journal) if c.kind == "sync"]
+        assert [(c.path, c.size_hint) for c in synced] == [("moved/f", 123)]

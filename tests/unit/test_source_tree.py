@@ -119,3 +119,17 @@ def test_the_source_tree_never_looks_past_a_symlinked_folder(tree: Path) -> None
         assert os.read(fd, 10) == b"alpha" and st.st_size == 5
     finally:
         os.close(fd)
+
+
+def test_a_planned_change_is_sized_from_the_plan_without_touching_the_disk(tmp_path: Path) -> None:
+    """A seed's batches are cut by the sizes the manifest already knew: no lstat per change on the loop."""
+    (tmp_path / "f").write_bytes(b"x" * 10)
+    source = SourceTree(str(tmp_path))
+    source.storage.lstat = None  # type: ignore[assignment]  # any lstat would fail now
+    assert source.size_of(Change(1, "sync", "gone-since", size_hint=4096)) == 4096
+    assert source.size_of(Change(2, "delete", "f")) == 0
+
+
+def test_a_change_without_a_plan_is_sized_by_its_lstat(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"x" * 10)
+    assert SourceTree(str(tmp_path)).size_of(Change(1, "sync", "f")) == 10
