@@ -100,11 +100,15 @@ class Journal:
         self.rescan_reason: str | None = None
         """Set when events may have been missed: the sender reconciles by manifest, then clears it."""
         self.changed = asyncio.Event()
+        self.records = 0
+        """Counts every change recorded, coalesced ones included: a read made before the count moved
+        may be older than an event that coalesced into a change it covers (Sender's next-batch reads)."""
 
     # -- recording -------------------------------------------------------------
     def record_sync(
         self, path: str, attr_hint: tuple[int, int] | None = None, size_hint: int | None = None
     ) -> None:
+        self.records += 1
         seq = self._unsent_sync.get(path)
         if seq is not None:
             if self._entries[seq].attr_hint is not None and attr_hint is None:
@@ -115,11 +119,13 @@ class Journal:
     def record_delete(self, path: str) -> None:
         # Unsent syncs at or below `path` may describe a newer object (a scan can run
         # ahead of the events): they go after the delete and read what exists then.
+        self.records += 1
         behind = self._take_unsent(path)
         self._append(Change(0, "delete", path))
         self._record_again(behind)
 
     def record_rename(self, src: str, dest: str) -> None:
+        self.records += 1
         carried = [replace(c, path=rebase(c.path, src, dest)) for c in self._take_unsent(src)]
         displaced = self._take_unsent(dest)
         self._append(Change(0, "rename", src, dest=dest))
@@ -183,6 +189,16 @@ class Journal:
         if batch:
             self.sent_upto = batch[-1].seq
         return batch
+
+    def peek_unsent(self, count: int) -> list[Change]:
+        """The first `count` changes the next batch would hand out, without taking them."""
+        found: list[Change] = []
+        for seq, change in self._entries.items():
+            if seq > self.sent_upto:
+                found.append(change)
+                if len(found) >= count:
+                    break
+        return found
 
     def acknowledge(self, seq: int) -> None:
         """The replica applied everything up to `seq` durably."""
@@ -276,6 +292,7 @@ class Journal:
 
     # -- internals -------------------------------------------------------------
     def _append(self, change: Change) -> None:
+        self.records += 1
         seq = self.counter.next()
         change = replace(change, seq=seq, enqueued_at=change.enqueued_at or self._clock())
         self._entries[seq] = change

@@ -97,13 +97,36 @@ class ReadAhead:
         *,
         window: int = WINDOW,
         limit: int = SMALL_FILE,
+        records: int = 0,
     ) -> None:
         self._tree = tree
         self._batch = batch
         self._wanted = wanted
         self._window = window
         self._limit = limit
+        self.records = records
+        """The journal's record count when these changes were picked (Journal.records)."""
         self._started: dict[int, asyncio.Future[list[Snapshot | None]]] = {}
+
+    def start(self) -> None:
+        """Start reading the first two windows now (the next batch, while this one awaits its answer)."""
+        self._start(0)
+        self._start(1)
+
+    def continued_by(self, batch: list[Change]) -> ReadAhead:
+        """A read-ahead for `batch` that keeps the windows already read here, when `batch` begins with
+        the same changes (the same objects: nothing was coalesced or replaced since); else a new one."""
+        ahead = ReadAhead(self._tree, batch, self._wanted, window=self._window, limit=self._limit)
+        for number, started in self._started.items():
+            first = number * self._window
+            ours = self._batch[first : first + self._window]
+            theirs = batch[first : first + self._window]
+            if len(ours) >= len(theirs) > 0 and all(a is b for a, b in zip(ours, theirs, strict=False)):
+                ahead._started[number] = started
+            else:
+                started.cancel()
+        self._started = {}
+        return ahead
 
     async def get(self, index: int) -> Snapshot | None:
         """The snapshot of `batch[index]`, or None when it was not wanted (the loop reads it itself)."""

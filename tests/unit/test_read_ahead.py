@@ -11,6 +11,7 @@ from typing import Any
 
 from replication.journal import Change
 from replication.read_ahead import ReadAhead, Snapshot, take_snapshot
+from replication.sender import Sender
 from replication.source import SourceTree
 from tests.unit.test_sender_races import frames, make_sender
 
@@ -113,3 +114,46 @@ def test_every_change_of_a_batch_longer_than_a_window_gets_its_own_snapshot(tmp_
             assert snapshot is None
         else:
             assert snapshot is not None and snapshot.content == str(n).encode()
+
+
+def two_batches(root: Path, between: Callable[[Sender], None]) -> bytes:
+    """Frames of the journal's second batch (one change each), `between` run after the first batch's
+    frames, i.e. while the next batch's reads have already started."""
+    sender = make_sender(root)
+    for name in ("f1", "f2"):
+        sender.journal.record_sync(name)
+
+    async def run() -> bytes:
+        first = sender.journal.take_batch(1, 1 << 30, lambda _c: 0)
+        [_ async for _ in sender._frames(first, first[-1].seq, [])]
+        assert sender._next_reads is not None
+        await asyncio.gather(*sender._next_reads._started.values())  # the reads are done
+        between(sender)
+        second = sender.journal.take_batch(1, 1 << 30, lambda _c: 0)
+        assert [c.path for c in second] == ["f2"]
+        return b"".join([chunk async for chunk in sender._frames(second, second[-1].seq, [])])
+
+    return asyncio.run(run())
+
+
+def test_the_next_batch_is_read_while_this_one_awaits_its_answer(tmp_path: Path) -> None:
+    (tmp_path / "f1").write_bytes(b"one")
+    (tmp_path / "f2").write_bytes(b"read early")
+
+    def rewrite_quietly(_sender: Sender) -> None:
+        (tmp_path / "f2").write_bytes(b"read late!")  # no event recorded: the early read is used
+
+    assert b"read early" in two_batches(tmp_path, rewrite_quietly)
+
+
+def test_an_event_recorded_after_the_early_read_makes_the_next_batch_read_again(tmp_path: Path) -> None:
+    """The event coalesces into the unsent change the early read covers: sending that read would lose it."""
+    (tmp_path / "f1").write_bytes(b"one")
+    (tmp_path / "f2").write_bytes(b"read early")
+
+    def rewrite(sender: Sender) -> None:
+        (tmp_path / "f2").write_bytes(b"read late!")
+        sender.journal.record_sync("f2")
+
+    sent = two_batches(tmp_path, rewrite)
+    assert b"read late!" in sent and b"read early" not in sent
