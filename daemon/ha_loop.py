@@ -10,6 +10,7 @@ they read `node.role_state` and the clock.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
@@ -112,7 +113,19 @@ class ControlLoop:
                 await self.tick()
             except Exception:  # the loop must survive any single bad tick
                 log.exception("control_tick_failed")
+            await self._pause()
+
+    async def _pause(self) -> None:
+        """The control interval, cut short at start by the peers' first polls: a restarted leader does not
+        accept writes before it heard its peer, and would otherwise wait a whole interval for nothing."""
+        first_polls = [
+            peer.first_poll_done.wait() for peer in self.peers if not peer.first_poll_done.is_set()
+        ]
+        if not first_polls:
             await asyncio.sleep(self.config.control_interval)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*first_polls), self.config.control_interval)
 
     async def stop(self) -> None:
         if self.node.role_state.role == "leader" and self.backend is not None and self._lease_term:

@@ -108,8 +108,13 @@ class Node:
         """Set by the control loop while a peer refuses our key or TLS."""
         self._refused_epochs: dict[str, str] = {}
         self.identity = NodeIdentity.load(config.state_path)
-        self.client_tls = client_context(config.tls)
-        """How this node's clients (the link, the peer poller) verify an https:// peer."""
+        self.client_tls = (
+            client_context(config.tls)
+            if any(u.lower().startswith("https://") for u in config.peer_urls)
+            else None
+        )
+        """How this node's clients (the link, the peer poller) verify an https:// peer; None when no peer
+        is one (loading the system's CAs costs ~80 ms of a cold start for nothing)."""
         self.excluded = PathMatcher(config.exclude)
         self.started_at = time.monotonic()
         self.receiver = Receiver(config.storage_path, config.state_path, self.metrics, self.excluded.matches)

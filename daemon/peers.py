@@ -80,6 +80,8 @@ class Poller:
         self.failed_at: float | None = None
         self.last_good_body: dict[str, Any] | None = None
         self.attempts = 0
+        self.first_poll_done = asyncio.Event()
+        """Set once the first poll ended, answered or not (the HA loop waits for it at start)."""
 
     async def run(self) -> None:
         async with AsyncClient(self.ssl_context, self.key, timeout=self.timeout) as client:
@@ -93,6 +95,7 @@ class Poller:
             await self._ask(client)
         finally:
             self.attempts += 1
+            self.first_poll_done.set()
 
     async def _ask(self, client: AsyncClient) -> None:
         try:
