@@ -132,21 +132,29 @@ class ReadAhead:
         """The snapshot of `batch[index]`, or None when it was not wanted (the loop reads it itself)."""
         number = index // self._window
         current = self._start(number)
+        assert current is not None, "index beyond the batch"
         self._start(number + 1)
         for older in [n for n in self._started if n < number]:
             del self._started[older]
         found = await current
         return found[index - number * self._window]
 
-    def _start(self, number: int) -> asyncio.Future[list[Snapshot | None]]:
+    def _start(self, number: int) -> asyncio.Future[list[Snapshot | None]] | None:
+        """The reads of window `number`, started now if they were not; None past the batch's end."""
         started = self._started.get(number)
         if started is None:
             first = number * self._window
+            if first >= len(self._batch):
+                return None
             changes = [
                 change if self._wanted(change) else None
                 for change in self._batch[first : first + self._window]
             ]
-            started = asyncio.ensure_future(asyncio.to_thread(self._take, changes))
+            if any(changes):
+                started = asyncio.ensure_future(asyncio.to_thread(self._take, changes))
+            else:  # nothing to read (deletes, renames): no thread
+                started = asyncio.get_running_loop().create_future()
+                started.set_result([None] * len(changes))
             self._started[number] = started
         return started
 

@@ -157,3 +157,20 @@ def test_an_event_recorded_after_the_early_read_makes_the_next_batch_read_again(
 
     sent = two_batches(tmp_path, rewrite)
     assert b"read late!" in sent and b"read early" not in sent
+
+
+def test_windows_with_nothing_to_read_and_past_the_end_start_no_thread(tmp_path: Path) -> None:
+    batch = [Change(1, "delete", "a"), Change(2, "rename", "b", dest="c")]
+    ahead = ReadAhead(SourceTree(str(tmp_path)), batch, lambda c: c.kind == "sync", window=1)
+
+    def no_thread(_changes: list[Change | None]) -> list[Snapshot | None]:
+        raise AssertionError("a thread was started for a window with nothing to read")
+
+    ahead._take = no_thread  # type: ignore[method-assign]
+
+    async def collect() -> list[Snapshot | None]:
+        found = [await ahead.get(0), await ahead.get(1)]
+        assert sorted(ahead._started) == [1]  # window 2 would be past the end: never started
+        return found
+
+    assert asyncio.run(collect()) == [None, None]
