@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from daemon.drill import verify
-from daemon.drill.load import Load, Outcome
+from daemon.drill.load import Load, Outcome, reported
 from daemon.drill.parts import Parts
 from daemon.drill.plugin_probe import PluginProbe
 
@@ -106,11 +106,12 @@ class PhaseReport:
         """Failed requests that started during the switchover (stop .. first write acknowledged), and
         outside it."""
         window = self.window()
+        first, last = (reported(window[0]), reported(window[1])) if window is not None else (1.0, 0.0)
         counts = {"writes": 0, "reads": 0, "outside": 0}
         for o in self.outcomes:
             if o.ok:
                 continue
-            if window is not None and window[0] <= o.started <= window[1]:
+            if first <= reported(o.started) <= last:  # as the report shows them (a recount agrees)
                 counts["writes" if o.kind == "write" else "reads"] += 1
             else:
                 counts["outside"] += 1

@@ -15,7 +15,7 @@ from typing import Any
 
 from daemon import __version__
 from daemon.drill.config import DrillConfig
-from daemon.drill.load import OUTCOME_FIELDS
+from daemon.drill.load import OUTCOME_FIELDS, reported
 from daemon.drill.preflight import Preflight
 from daemon.drill.record import PhaseReport
 from daemon.drill.steps import StepRecord
@@ -228,7 +228,7 @@ def _shown(seconds: float | None) -> str:
 
 
 def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 3)
+    return None if value is None else reported(value)
 
 
 def phase_json(p: PhaseReport, config: DrillConfig) -> dict[str, Any]:
