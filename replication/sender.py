@@ -61,8 +61,8 @@ from replication.protocol import (
     encode_trailer,
     replicated_mode,
 )
+from replication.read_ahead import READ_AHEAD_FROM, ReadAhead, Snapshot
 from replication.read_ahead import WINDOW as READ_AHEAD_WINDOW
-from replication.read_ahead import ReadAhead, Snapshot
 from replication.source import SentObjects, SourceTree, SpecialFiles, next_batch
 
 log = structlog.get_logger("replication.sender")
@@ -414,6 +414,10 @@ class Sender:
         """The reads started for `batch` while the previous batch awaited its answer, where the journal
         hands out the same changes now; new reads for the rest."""
         started, self._next_reads = self._next_reads, None
+        if len(batch) < READ_AHEAD_FROM:
+            if started is not None:
+                started.close()
+            return ReadAhead(self._tree, batch, _read_on_the_loop)
         if started is None:
             return ReadAhead(self._tree, batch, _carries_content)
         if started.records != self.journal.records:
@@ -430,7 +434,7 @@ class Sender:
         if self._next_reads is not None:
             self._next_reads.close()
         upcoming = self.journal.peek_unsent(2 * READ_AHEAD_WINDOW)
-        if not upcoming:
+        if len(upcoming) < READ_AHEAD_FROM:
             self._next_reads = None
             return
         self._next_reads = ReadAhead(self._tree, upcoming, _carries_content, records=self.journal.records)
@@ -750,6 +754,10 @@ class Sender:
 
 def _carries_content(change: Change) -> bool:
     return change.kind == "sync"
+
+
+def _read_on_the_loop(_change: Change) -> bool:
+    return False
 
 
 def _asked(batch: list[Change]) -> set[str]:

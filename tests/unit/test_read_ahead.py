@@ -9,11 +9,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from replication import sender as sender_module
 from replication.journal import Change
 from replication.read_ahead import ReadAhead, Snapshot, take_snapshot
 from replication.sender import Sender
 from replication.source import SourceTree
 from tests.unit.test_sender_races import frames, make_sender
+
+
+@pytest.fixture(autouse=True)
+def read_ahead_for_every_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests use batches of a few changes: read them ahead as a seed's would be."""
+    monkeypatch.setattr(sender_module, "READ_AHEAD_FROM", 1)
 
 
 def loop_frames(root: Path, change: Change) -> tuple[bytes, list[str]]:
@@ -174,3 +183,18 @@ def test_windows_with_nothing_to_read_and_past_the_end_start_no_thread(tmp_path:
         return found
 
     assert asyncio.run(collect()) == [None, None]
+
+
+def test_a_small_batch_is_read_by_the_loop_without_a_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Streaming sends a few files per batch: a thread hop each would only add latency."""
+    monkeypatch.setattr(sender_module, "READ_AHEAD_FROM", 32)
+    (tmp_path / "f").write_bytes(b"streamed")
+
+    def no_thread(_self: ReadAhead, _changes: list[Change | None]) -> list[Snapshot | None]:
+        raise AssertionError("a small batch was read in a thread")
+
+    monkeypatch.setattr(ReadAhead, "_take", no_thread)
+    sent, _ = frames(make_sender(tmp_path), [Change(1, "sync", "f")])
+    assert b"streamed" in sent
