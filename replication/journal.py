@@ -108,7 +108,7 @@ class Journal:
     def record_sync(
         self, path: str, attr_hint: tuple[int, int] | None = None, size_hint: int | None = None
     ) -> None:
-        self.records += 1
+        self.records += 1  # a coalesced sync appends nothing: counted here (every append counts itself)
         seq = self._unsent_sync.get(path)
         if seq is not None:
             if self._entries[seq].attr_hint is not None and attr_hint is None:
@@ -119,13 +119,11 @@ class Journal:
     def record_delete(self, path: str) -> None:
         # Unsent syncs at or below `path` may describe a newer object (a scan can run
         # ahead of the events): they go after the delete and read what exists then.
-        self.records += 1
         behind = self._take_unsent(path)
         self._append(Change(0, "delete", path))
         self._record_again(behind)
 
     def record_rename(self, src: str, dest: str) -> None:
-        self.records += 1
         carried = [replace(c, path=rebase(c.path, src, dest)) for c in self._take_unsent(src)]
         displaced = self._take_unsent(dest)
         self._append(Change(0, "rename", src, dest=dest))

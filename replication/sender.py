@@ -430,9 +430,8 @@ class Sender:
     def _read_next_batch_ahead(self) -> None:
         """Start reading the next batch's first files now: the replica's commit and answer take 50-100 ms
         per batch of a seed, during which the disk would otherwise sit idle (bench/results/
-        2026-12-06-read-ahead.txt). Only reads: nothing is sent before this batch is acknowledged."""
-        if self._next_reads is not None:
-            self._next_reads.close()
+        2026-12-06-read-ahead.txt). Only reads: nothing is sent before this batch is acknowledged.
+        (`_read_ahead_for` took any earlier ones at the start of this batch's frames.)"""
         upcoming = self.journal.peek_unsent(2 * READ_AHEAD_WINDOW)
         if len(upcoming) < READ_AHEAD_FROM:
             self._next_reads = None
