@@ -188,36 +188,35 @@ class StorageRoot:
         with self._folder(parent) as dir_fd:
             return os.open(name, _READ_FLAGS, dir_fd=dir_fd)
 
-    def open_regular(self, rel: str) -> tuple[int, os.stat_result]:
+    def parent_folder(self, rel: str) -> _Folder:
+        """The folder holding `rel`, for `lstat` and `open_regular` of it through one folder fd: the
+        leader does both for every small file it sends, and opening the folder once instead of twice
+        is a quarter of those syscalls. Raises FileNotFoundError, NotADirectoryError or
+        ContainmentError when that folder is not there for us."""
+        return self._folder(split_parent(validate_relpath(rel))[0])
+
+    def open_regular(self, rel: str, parent_fd: int | None = None) -> tuple[int, os.stat_result]:
         """An fd and its fstat for the regular file `rel`; NotRegularFileError for anything else.
 
         lstat first, so a FIFO, socket or device is never even opened; then
         open with O_NOFOLLOW | O_NONBLOCK and fstat again, so something swapped
         in between the two is refused too. FileNotFoundError when it is gone,
-        ContainmentError when a folder on the way is a symlink.
+        ContainmentError when a folder on the way is a symlink. `parent_fd`: the
+        `parent_folder` of `rel`, open already.
         """
         parent, name = split_parent(validate_relpath(rel))
+        if parent_fd is not None:
+            return _open_regular_in(parent_fd, rel, name)
         with self._folder(parent) as dir_fd:
-            before = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-            _require_regular(rel, before.st_mode)
-            try:
-                fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
-            except OSError as exc:
-                if exc.errno == errno.ELOOP:  # replaced by a symlink since the lstat
-                    raise NotRegularFileError(f"{rel!r} is a symlink now", st_mode=stat.S_IFLNK) from exc
-                raise
-        try:
-            st = os.fstat(fd)
-            _require_regular(rel, st.st_mode)
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd, st
+            return _open_regular_in(dir_fd, rel, name)
 
-    def lstat(self, rel: str) -> os.stat_result | None:
-        """lstat of `rel` itself, or None when it is gone or a folder on its way is no real folder."""
+    def lstat(self, rel: str, parent_fd: int | None = None) -> os.stat_result | None:
+        """lstat of `rel` itself, or None when it is gone or a folder on its way is no real folder.
+        `parent_fd`: the `parent_folder` of `rel`, open already."""
         try:
             parent, name = split_parent(validate_relpath(rel))
+            if parent_fd is not None:
+                return os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
             with self._folder(parent) as dir_fd:
                 return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         except _GONE:
@@ -354,6 +353,24 @@ class _Folder:
 
 def _join(rel_dir: str, name: str) -> str:
     return f"{rel_dir}/{name}" if rel_dir else name
+
+
+def _open_regular_in(dir_fd: int, rel: str, name: str) -> tuple[int, os.stat_result]:
+    before = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    _require_regular(rel, before.st_mode)
+    try:
+        fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # replaced by a symlink since the lstat
+            raise NotRegularFileError(f"{rel!r} is a symlink now", st_mode=stat.S_IFLNK) from exc
+        raise
+    try:
+        st = os.fstat(fd)
+        _require_regular(rel, st.st_mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
 
 
 def _require_regular(rel: str, mode: int) -> None:

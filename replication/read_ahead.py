@@ -54,17 +54,19 @@ class Snapshot:
 def take_snapshot(tree: SourceTree, change: Change, limit: int = SMALL_FILE) -> Snapshot:
     """lstat `change.path` and, for a small regular file whose content must travel, read all of it.
 
-    The same reads `Sender._sync_frames` does on the loop, through the same no-follow StorageRoot.
+    The same reads `Sender._sync_frames` does on the loop, through the same no-follow StorageRoot,
+    with the file's folder opened once for both.
     """
-    st = tree.current(change.path)
-    if (
-        st is None
-        or not stat.S_ISREG(st.st_mode)
-        or st.st_size > limit
-        or change.attr_hint == (st.st_size, st.st_mtime_ns)
-    ):
-        return Snapshot(st)
-    opened = tree.open_file(change.path)
+    with tree.folder_of(change.path) as parent_fd:
+        st = tree.current(change.path, parent_fd)
+        if (
+            st is None
+            or not stat.S_ISREG(st.st_mode)
+            or st.st_size > limit
+            or change.attr_hint == (st.st_size, st.st_mtime_ns)
+        ):
+            return Snapshot(st)
+        opened = tree.open_file(change.path, parent_fd)
     if opened is None:
         return Snapshot(st, vanished=True)
     fd, before = opened

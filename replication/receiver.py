@@ -210,9 +210,9 @@ class Receiver:
                 self._metrics.delta_fallbacks.inc()
             result.operations += 1
             result.bytes += outcome.bytes_written
-            self._metrics.operations.labels(op=op.op).inc()
+            self._metrics.operation(op.op).inc()
             if op.op == "put":
-                self._metrics.bytes.labels(direction="received").inc(op.size or 0)
+                self._metrics.received_bytes.inc(op.size or 0)
             result.applied_seq = op.seq
             if op.op == "rename":
                 await self._commit(result)

@@ -574,7 +574,7 @@ class Sender:
 
     def _count_sent(self, size: int) -> None:
         self.bytes_sent += size
-        self.metrics.bytes.labels(direction="sent").inc(size)
+        self.metrics.sent_bytes.inc(size)
 
     async def _fetch_signatures(self, batch: list[Change]) -> dict[str, Signature]:
         """Block signatures of the replica's copies of the big files in this batch (for deltas).
@@ -584,6 +584,10 @@ class Sender:
         wanted: dict[str, int] = {}
         for change in batch:
             if change.kind != "sync" or change.path in self._whole_next:
+                continue
+            if change.size_hint is not None and change.size_hint < self.settings.delta_min_size:
+                # Planned by a manifest as a small file: no lstat on the loop for each of a seed's
+                # files (a file grown since only goes whole instead of as a delta).
                 continue
             st = self._tree.current(change.path)
             if (
@@ -623,7 +627,7 @@ class Sender:
         self._sent.note_vanished(path)
 
     def _counted(self, op: Operation) -> Operation:
-        self.metrics.operations.labels(op=op.op).inc()
+        self.metrics.operation(op.op).inc()
         return op
 
     # -- reconciliation ----------------------------------------------------------

@@ -337,7 +337,7 @@ class SftpSender:
             return
         self._count("put")
         self.bytes_sent += sent
-        self.metrics.bytes.labels(direction="sent").inc(sent)
+        self.metrics.sent_bytes.inc(sent)
 
     def _mode(self, st: os.stat_result) -> int:
         """The mode that travels; setuid, setgid and sticky bits are stripped (and counted)."""
@@ -346,7 +346,7 @@ class SftpSender:
         return replicated_mode(st.st_mode)
 
     def _count(self, op: str) -> None:
-        self.metrics.operations.labels(op=op).inc()
+        self.metrics.operation(op).inc()
 
     def note_vanished(self, path: str) -> None:
         """`path` disappeared before its content could be read or sent."""

@@ -14,7 +14,7 @@ import os
 import stat
 import threading
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 import structlog
 from prometheus_client import Counter
@@ -68,9 +68,22 @@ class SourceTree:
         self.storage = StorageRoot(root)
         self.skipped = skipped or SpecialFiles(None)
 
-    def current(self, path: str) -> os.stat_result | None:
-        """lstat of `path` now, or None when it is gone or a folder on its way is no folder any more."""
-        return self.storage.lstat(path)
+    def current(self, path: str, parent_fd: int | None = None) -> os.stat_result | None:
+        """lstat of `path` now, or None when it is gone or a folder on its way is no folder any more.
+        `parent_fd`: what `folder_of(path)` gave, when not None."""
+        return self.storage.lstat(path, parent_fd)
+
+    @contextlib.contextmanager
+    def folder_of(self, path: str) -> Iterator[int | None]:
+        """The folder holding `path`, open for `current` and `open_file` of it (one folder open for
+        both); None when that folder is not there for us (they then find nothing either)."""
+        try:
+            folder = self.storage.parent_folder(path)
+        except (FileNotFoundError, NotADirectoryError, ContainmentError):
+            yield None
+            return
+        with folder as fd:
+            yield fd
 
     def is_real_folder(self, path: str) -> bool:
         st = self.storage.lstat(path)
@@ -86,13 +99,14 @@ class SourceTree:
     def readlink(self, path: str) -> str | None:
         return self.storage.readlink(path)
 
-    def open_file(self, path: str) -> tuple[int, os.stat_result] | None:
+    def open_file(self, path: str, parent_fd: int | None = None) -> tuple[int, os.stat_result] | None:
         """An fd and fstat of the regular file `path`, or None when it is gone or no regular file now.
 
         A FIFO, socket or device found here is never opened: it is counted and logged once.
+        `parent_fd`: what `folder_of(path)` gave, when not None.
         """
         try:
-            return self.storage.open_regular(path)
+            return self.storage.open_regular(path, parent_fd)
         except NotRegularFileError as exc:
             if is_special(exc.st_mode):
                 self.skipped.note(path, exc.st_mode)

@@ -59,8 +59,8 @@ def test_a_file_changed_while_read_ahead_goes_out_discarded_and_is_sent_again(tm
     sender = make_sender(tmp_path)
     opened = sender._tree.open_file
 
-    def open_then_append(path: str) -> Any:
-        found = opened(path)
+    def open_then_append(*args: Any) -> Any:
+        found = opened(*args)
         with open(tmp_path / "f", "ab") as fh:
             fh.write(b"more")
         return found
@@ -77,15 +77,15 @@ def test_a_file_gone_at_the_open_is_remembered_and_sent_under_its_new_name(tmp_p
     sender = make_sender(tmp_path)
     opened = sender._tree.open_file
 
-    def rename_then_open(path: str) -> Any:
-        os.rename(tmp_path / "deep", tmp_path / "moved")
-        return opened(path)
+    def rename_then_open(*args: Any) -> Any:
+        os.rename(tmp_path / "deep" / "f.txt", tmp_path / "deep" / "g.txt")
+        return opened(*args)
 
     sender._tree.open_file = rename_then_open  # type: ignore[method-assign]
     sent, _ = frames(sender, [Change(1, "sync", "deep/f.txt")])
     assert b"content that must arrive" not in sent
-    _, resend = frames(sender, [Change(2, "rename", "deep", dest="moved")])
-    assert resend == ["moved/f.txt"]
+    _, resend = frames(sender, [Change(2, "rename", "deep/f.txt", dest="deep/g.txt")])
+    assert resend == ["deep/g.txt"]
 
 
 def test_a_snapshot_reads_only_small_regular_files_that_must_travel(tmp_path: Path) -> None:
