@@ -7,7 +7,9 @@ becomes a replica, every file changed after that mark (mtime or ctime) may
 exist only here; it is copied to STATE_PATH/conflicts/<epoch>/ with a JSON
 report before the new leader's reconciliation overwrites it. The mark is
 conservative: it is persisted at most every second, so a crash can only
-make it older, which preserves more, never less.
+make it older, which preserves more, never less. Those periodic saves (two
+fsyncs) run in a worker thread: on the event loop they stalled every
+acknowledgement behind them once a second, tens of milliseconds on a busy disk.
 
 The conflicts area has a retention (CONFLICTS_KEEP demotions, CONFLICTS_MAX_AGE):
 `expire` deletes the oldest epoch folders beyond it, and the node logs and
@@ -16,12 +18,14 @@ counts each one, so nothing preserved goes unnoticed.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
 import os
 import shutil
 import stat
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -67,6 +71,9 @@ class DivergenceTracker:
         data = statefile.load(self._file)
         self.replicated_until: float | None = data.get("replicated_until")
         self._persisted_at = 0.0
+        self._saving = threading.Lock()
+        """One save at a time: a periodic one in its thread, a forced one on the caller's."""
+        self._periodic: asyncio.Future[None] | None = None
 
     def leading_from(self, now: float | None = None) -> None:
         """Becoming leader: what is on disk now is what the replica has (or will get by reconciliation)."""
@@ -110,8 +117,9 @@ class DivergenceTracker:
             statefile.save(
                 report, {"epoch": epoch, "replicated_until": self.replicated_until, "conflicts": existing}
             )
-        self.replicated_until = None
-        statefile.save(self._file, {})
+        with self._saving:  # a periodic save still running must not write the old mark back after this
+            self.replicated_until = None
+            statefile.save(self._file, {})
         return found
 
     def list(self) -> list[dict[str, Any]]:
@@ -154,9 +162,24 @@ class DivergenceTracker:
     def _set(self, value: float, *, force: bool) -> None:
         self.replicated_until = value
         now = time.monotonic()
-        if force or now - self._persisted_at >= PERSIST_EVERY:
-            statefile.save(self._file, {"replicated_until": value})
+        if force:
+            self._save()
             self._persisted_at = now
+        elif now - self._persisted_at >= PERSIST_EVERY and (self._periodic is None or self._periodic.done()):
+            self._persisted_at = now
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no loop (tools, tests): save here
+                self._save()
+                return
+            self._periodic = loop.run_in_executor(None, self._save)
+
+    def _save(self) -> None:
+        """Persist the mark as it is when the write starts: a save that waited for another one writes
+        the newer value, never an older one over it."""
+        with self._saving:
+            if self.replicated_until is not None:
+                statefile.save(self._file, {"replicated_until": self.replicated_until})
 
     def _copy(self, storage: StorageRoot, rel: str, st: os.stat_result, target: str) -> Conflict | None:
         """Preserve `rel` under target/files/; None when it vanished or is no symlink or regular file now."""
