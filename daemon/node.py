@@ -197,9 +197,10 @@ class Node:
 
     # -- lifecycle -------------------------------------------------------------------
     def prepare_storage(self) -> None:
+        """The folders, and the sweep of a killed predecessor's temp files started (Receiver.start_sweep)."""
         os.makedirs(self.config.storage_path, exist_ok=True)
         os.makedirs(self.config.state_path, exist_ok=True)
-        self.receiver.sweep()
+        self.receiver.start_sweep()
 
     async def become_leader(self, epoch: int) -> None:
         """Stop applying the peer's changes, start watching and sending our own."""

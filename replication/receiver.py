@@ -90,14 +90,27 @@ class Receiver:
         """Within a batch: every operation up to here is on disk (the staged files after it are not)."""
         self.protocol: int | None = None
         """The protocol version chosen at the last sender's hello (versions.py)."""
+        self._sweep: asyncio.Future[int] | None = None
+        """The start-up sweep running in a thread (start_sweep); batches wait for it."""
         """Why the last write failed for lack of space; None once a write succeeds again."""
 
     def sweep(self) -> int:
-        """Remove temp files left by a killed predecessor; run once before serving."""
-        removed = sweep_temp_files(self.storage_path)
+        """Remove temp files left by a killed predecessor; run once, before the first batch."""
+        try:
+            removed = sweep_temp_files(self.storage_path)
+        except OSError as exc:
+            log.error("stale_temp_files_sweep_failed", error=str(exc))  # batches fail with it until a restart
+            raise
         if removed:
             log.warning("stale_temp_files_removed", count=removed)
         return removed
+
+    def start_sweep(self) -> None:
+        """`sweep` in a worker thread while the node already serves: it walks the whole storage (about
+        half a second per 10,000 files here), which delayed /health by as much. Only a batch must wait
+        for it (apply_batch), so that no temp file of this process is ever swept; leaders, scans and
+        signatures skip temp files anyway."""
+        self._sweep = asyncio.ensure_future(asyncio.to_thread(self.sweep))
 
     # -- link handshake ----------------------------------------------------------
     def hello(
@@ -140,6 +153,8 @@ class Receiver:
     ) -> BatchResult:
         """Apply one batch; `baseline` is the sequence after which this replica is a full copy."""
         async with self._lock:
+            if self._sweep is not None:
+                await self._sweep  # a failed sweep fails the batch (and is logged): see `sweep`
             self._check_epoch(epoch)
             if epoch > self.epoch:
                 self.epoch = epoch

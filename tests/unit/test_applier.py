@@ -11,6 +11,7 @@ import re
 import stat
 import struct
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from replication import protocol
+from replication import receiver as receiver_module
 from replication.applier import sweep_temp_files
 from replication.errors import (
     ContainmentError,
@@ -743,6 +745,43 @@ async def test_receiver_sweep_removes_what_an_interrupted_put_would_leave(env: E
     assert env.receiver.sweep() == 1
     assert env.receiver.sweep() == 0
     assert temp_files(env.storage) == []
+
+
+async def test_a_batch_waits_for_the_start_up_sweep_which_never_takes_its_temp_files(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+):
+    """The sweep runs in a thread while the node serves; a batch arriving meanwhile waits for it."""
+    write(env.storage / f"a/{TEMP_PREFIX}f.12345678", b"left by a killed predecessor")
+    release = threading.Event()
+    real_sweep = receiver_module.sweep_temp_files
+
+    def held_sweep(root: str) -> int:
+        release.wait(10)
+        return real_sweep(root)
+
+    monkeypatch.setattr(receiver_module, "sweep_temp_files", held_sweep)
+    env.receiver.start_sweep()
+    batch = asyncio.ensure_future(env.apply(put(1, "a/new", b"content") + end(1)))
+    await asyncio.sleep(0.2)
+    assert not batch.done(), "a batch must not be applied while the sweep may still run"
+    release.set()
+    result = await batch
+    assert result.applied_seq == 1
+    assert (env.storage / "a/new").read_bytes() == b"content"
+    assert temp_files(env.storage) == []
+
+
+async def test_a_failed_start_up_sweep_fails_the_batches_not_the_start(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+):
+    def failing_sweep(_root: str) -> int:
+        raise PermissionError(13, "Permission denied", "a")
+
+    monkeypatch.setattr(receiver_module, "sweep_temp_files", failing_sweep)
+    env.receiver.start_sweep()
+    with pytest.raises(PermissionError):
+        await env.apply(put(1, "a/new", b"content") + end(1))
+    assert not (env.storage / "a/new").exists()
 
 
 # --- property: arbitrary bytes never escape and fail only with named errors -------------------------
