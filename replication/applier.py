@@ -34,6 +34,7 @@ from replication.errors import (
 from replication.group_commit import GroupCommit, syncfs
 from replication.paths import TEMP_PREFIX, StorageRoot, is_temp_name, is_within, split_parent
 from replication.protocol import FLAG_DISCARD, TRAILER_BYTES, Operation, decode_trailer, replicated_mode
+from replication.write_behind import WriteBehind
 
 CHUNK = 1024 * 1024
 
@@ -211,6 +212,7 @@ class Applier:
 
         async def fill(fd: int, digest: hashlib._Hash) -> bool:
             basis = self._open_basis(op.path)
+            behind = WriteBehind(fd)  # a delta is a big file: its pages go to disk as they are written
             written = 0
 
             def emit(data: bytes) -> None:
@@ -219,6 +221,7 @@ class Applier:
                 if written <= size:  # beyond the announced size: keep reading, write nothing
                     digest.update(data)
                     _write_all(fd, data)
+                    behind.wrote(len(data))
 
             try:
                 async for instruction in read_instructions(read, block_count=block_count):
@@ -232,6 +235,7 @@ class Applier:
             finally:
                 if basis is not None:
                     os.close(basis)
+                await behind.settle()
             return written == size
 
         return fill

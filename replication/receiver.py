@@ -20,7 +20,8 @@ import structlog
 
 from replication import manifest, statefile, versions
 from replication.applier import Applier, ReadExactly, sweep_temp_files
-from replication.delta import DIGEST_BYTES, read_instructions, signature_of_fd
+from replication.delta import DELTA_MIN_SIZE, DIGEST_BYTES, read_instructions, signature_of_fd
+from replication.delta import preload as preload_numpy
 from replication.errors import (
     FencedError,
     ProtocolError,
@@ -251,7 +252,10 @@ class Receiver:
 
     # -- manifests ---------------------------------------------------------------
     def manifest(self) -> list[list[Any]]:
-        return [e.to_json() for e in manifest.walk(self.storage_path, "", self._skip)]
+        entries = list(manifest.walk(self.storage_path, "", self._skip))
+        if any(e.type == "file" and e.size >= DELTA_MIN_SIZE for e in entries):
+            preload_numpy()  # a delta against this file would otherwise wait for the import
+        return [e.to_json() for e in entries]
 
     def hashes(self, paths: list[str]) -> dict[str, str | None]:
         """SHA-256 of each path, read through no-follow fds; None where there is no regular file."""

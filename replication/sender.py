@@ -28,6 +28,7 @@ import structlog
 from replication import manifest, peer_answers, versions
 from replication.backoff import Backoff
 from replication.delta import (
+    DELTA_MIN_SIZE,
     MAX_BLOCKS,
     SHORT_DIGEST_BYTES,
     Signature,
@@ -35,6 +36,7 @@ from replication.delta import (
     compute_delta,
     encode_instructions,
 )
+from replication.delta import preload as preload_numpy
 from replication.errors import (
     FencedError,
     MalformedAnswerError,
@@ -71,6 +73,10 @@ CHUNK = 1024 * 1024
 PIECE = 256 * 1024
 """The batch body goes out in pieces of at least this size (a frame header of a few dozen bytes, a
 small file and its trailer would each be one socket write otherwise)."""
+FLUSH = b""
+"""A chunk of the batch body that asks `_pieces` to send what it holds now (a delta's instructions
+arrive at least 64 KiB or COPY_RUN_BYTES of work at a time: 256 KiB pieces held a 1-byte change's
+whole stream until the search ended, and the replica rebuilt nothing meanwhile)."""
 MAX_REFUSALS = 3
 """The same change refused this many times in a row is dropped and repaired by a rescan instead."""
 LINK_PATH = "/internal/replication"
@@ -86,7 +92,7 @@ class LinkSettings:
     heartbeat_interval: float = 1.0
     batch_max_ops: int = 1000
     batch_max_bytes: int = 16 * 1024 * 1024
-    delta_min_size: int = 1024 * 1024
+    delta_min_size: int = DELTA_MIN_SIZE
     """Smaller files travel whole: below ~1 MiB a LAN sends them faster than a signature round trip."""
     connect_timeout: float = 5.0
     read_timeout: float = 60.0
@@ -531,9 +537,12 @@ class Sender:
             yield self._content_header(change, before, signature)
             digest = hashlib.sha256()
             if signature:
-                for chunk in encode_instructions(compute_delta(signature, fd, tee=digest.update)):
+                for chunk in encode_instructions(
+                    compute_delta(signature, fd, tee=digest.update), signature.block_size
+                ):
                     self._count_sent(len(chunk))
                     yield chunk
+                    yield FLUSH  # the replica rebuilds from these while we search on
             else:
                 remaining = before.st_size
                 while remaining:  # big files: read in a thread, a chunk at a time
@@ -598,6 +607,8 @@ class Sender:
             ):
                 wanted[change.path] = st.st_size
         signatures: dict[str, Signature] = {}
+        if wanted:
+            preload_numpy()  # while the replica computes its answer: parsing it needs NumPy
         for paths in _chunks(list(wanted), MAX_PATHS_PER_REQUEST):
             limit = MAX_ANSWER_BYTES + sum(_signature_answer_bytes(wanted[p]) for p in paths)
             try:
@@ -818,13 +829,15 @@ def _public(url: str) -> str:
 
 
 async def _pieces(chunks: AsyncIterator[bytes], size: int = PIECE) -> AsyncIterator[bytes]:
-    """`chunks` joined into pieces of at least `size` bytes (the last one may be smaller)."""
+    """`chunks` joined into pieces of at least `size` bytes (the last one may be smaller); an empty
+    chunk (FLUSH) sends what is held at once."""
     pending: list[bytes] = []
     held = 0
     async for chunk in chunks:
-        pending.append(chunk)
-        held += len(chunk)
-        if held >= size:
+        if chunk:
+            pending.append(chunk)
+            held += len(chunk)
+        if held >= size or (held and not chunk):
             yield pending[0] if len(pending) == 1 else b"".join(pending)
             pending, held = [], 0
     if pending:

@@ -9,6 +9,8 @@ import math
 import os
 import random
 import struct
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -21,6 +23,7 @@ from hypothesis import strategies as st
 
 from replication import delta
 from replication.delta import (
+    COPY_RUN_BYTES,
     DIGEST_BYTES,
     MAX_BLOCK_SIZE,
     MAX_BLOCKS,
@@ -433,8 +436,9 @@ def test_64mib_identical_is_all_copies(big_old: tuple[Path, Signature]) -> None:
     old, sig = big_old
     instructions, stream = big_roundtrip(old, sig, old)
     assert literal_bytes(instructions) == 0
-    assert instructions == [Copy(0, sig.block_count)]
-    assert stream == 10
+    run = -(-COPY_RUN_BYTES // sig.block_size)  # long runs go in pieces the replica can start on
+    assert instructions == [Copy(i, min(run, sig.block_count - i)) for i in range(0, sig.block_count, run)]
+    assert stream == 9 * len(instructions) + 1
 
 
 # --- wire formats ----------------------------------------------------------------------------------------
@@ -595,3 +599,70 @@ def test_apply_refuses_copies_outside_the_old_file() -> None:
             rebuild(old_fd, [Copy(0, 1)], 100)
     finally:
         os.close(old_fd)
+
+
+def test_signature_matches_the_reference_across_read_chunks() -> None:
+    """Several read chunks (hashed on the worker thread in turn) and a short last block."""
+    data = rand(9 * MIB + 333, seed=40)
+    sig = roundtrip_signature(data, 1024)
+    blocks = [data[i : i + 1024] for i in range(0, len(data), 1024)]
+    assert sig.weak.tolist() == [weak_checksum(b) for b in blocks]
+    assert sig.strong == b"".join(strong_digest(b) for b in blocks)
+
+
+def test_tee_sees_every_window_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tee runs on a worker thread: with 64 KiB windows it is handed ~50 of them, in order."""
+    monkeypatch.setattr(delta, "WINDOW_BYTES", 64 * 1024)
+    new = CASES["1 MiB inserted in the middle"][1]
+    old_fd, new_fd = fd_with(BASE), fd_with(new)
+    try:
+        seen: list[bytes] = []
+        instructions = list(
+            compute_delta(signature_of_fd(old_fd), new_fd, tee=lambda b: seen.append(bytes(b)))
+        )
+    finally:
+        os.close(old_fd)
+        os.close(new_fd)
+    assert len(seen) > 10
+    assert b"".join(seen) == new
+    assert literal_bytes(instructions) < 2 * MIB
+
+
+def test_a_failing_tee_fails_the_delta() -> None:
+    def tee(_data: memoryview) -> None:
+        raise OSError("digest broke")
+
+    old_fd, new_fd = fd_with(BASE), fd_with(BASE)
+    try:
+        sig = signature_of_fd(old_fd)
+        with pytest.raises(OSError, match="digest broke"):
+            list(compute_delta(sig, new_fd, tee=tee))
+    finally:
+        os.close(old_fd)
+        os.close(new_fd)
+
+
+def test_long_copy_runs_go_in_pieces_the_encoder_hands_on_at_once() -> None:
+    """A run of unchanged blocks is cut at COPY_RUN_BYTES and, given the block size, each piece
+    leaves the encoder on its own (the replica starts rebuilding while the search goes on)."""
+    n = 2047
+    per_run = -(-COPY_RUN_BYTES // n)
+    instructions: list[Instruction] = [Copy(i, per_run) for i in range(0, 3 * per_run, per_run)]
+    chunks = list(encode_instructions(instructions, block_size=n))
+    assert [len(c) for c in chunks] == [9, 9, 9, 1]
+    assert len(list(encode_instructions(instructions))) == 1  # without it: one batch
+    assert list(decode_instructions(b"".join(chunks), block_count=3 * per_run)) == instructions
+
+
+def test_preload_imports_numpy_in_the_background() -> None:
+    code = (
+        "import sys, time\n"
+        "from replication import delta\n"
+        "assert 'numpy' not in sys.modules\n"
+        "delta.preload(); delta.preload()\n"
+        "deadline = time.monotonic() + 20\n"
+        "while delta._NUMPY._module is None and time.monotonic() < deadline: time.sleep(0.01)\n"
+        "assert 'numpy' in sys.modules\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=60)
