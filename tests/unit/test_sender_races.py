@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from replication.errors import PeerError
+from replication import sender as sender_module
+from replication.errors import PeerError, RefusedError
 from replication.exclude import ReadyMarkers
 from replication.journal import Change, Journal
 from replication.metrics import ReplicationMetrics
@@ -103,3 +104,30 @@ def test_what_a_failed_batch_found_moved_is_still_sent_after_it(tmp_path: Path) 
     with pytest.raises(PeerError):
         asyncio.run(sender._send_once([Change(rename, "rename", "deep", dest="moved")]))
     assert [c.path for c in sender.journal._entries.values() if c.kind == "sync"] == ["moved/f.txt"]
+
+
+def test_a_symlinked_folder_refused_again_and_again_ends_in_a_rescan_not_a_loop(tmp_path: Path) -> None:
+    """Each refusal sends the folder first; if the replica keeps refusing anyway, the change is dropped
+    and a rescan repairs by manifest (a full run once looped here for 30 s)."""
+    (tmp_path / "race").mkdir()
+    (tmp_path / "race" / "f.txt").write_bytes(b"inside")
+    sender = make_sender(tmp_path)
+    journal = sender.journal
+    journal.record_sync("race/f.txt")
+    repairs = 0
+    for _ in range(sender_module.MAX_SYMLINK_REPAIRS + 1):
+        batch = journal.take_batch(100, 1 << 20, lambda _c: 0)
+        failed = next(c for c in batch if c.path == "race/f.txt")
+        body: dict[str, object] = {
+            "applied_seq": batch[0].seq - 1,
+            "failed_seq": failed.seq,
+            "symlink_at": "race",
+        }
+        assert sender._after_refusal(RefusedError("refused", status=409, body=body), batch)
+        if journal.rescan_reason is not None:
+            break
+        repairs += 1
+        assert [c.path for c in journal.peek_unsent(10)][:1] == ["race"]  # the folder goes first
+    assert repairs == sender_module.MAX_SYMLINK_REPAIRS
+    assert journal.rescan_reason == "refused_change"
+    assert "race/f.txt" not in [c.path for c in journal.peek_unsent(10)]
