@@ -38,6 +38,21 @@ class ReplicationMetrics:
             "plugin_sync_delta_fallbacks",
             "Deltas whose rebuilt file failed the whole-file hash and were sent whole instead.",
         )
+        latency = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+        self.batch_seconds = Histogram(
+            "plugin_sync_batch_seconds",
+            "Leader: from a batch's first frame to the replica's answer (the round trip a change waits "
+            "for, the replica's durable commit included).",
+            buckets=latency,
+            registry=registry,
+        )
+        self.commit_seconds = Histogram(
+            "plugin_sync_commit_seconds",
+            "Replica: from a batch's last frame to its answer: the staged files made durable and "
+            "renamed into place, the folders flushed, the applied sequence saved.",
+            buckets=latency,
+            registry=registry,
+        )
         # Counted once per file of a seed on both sides: `labels()` costs ~4 us a call, the child ~0.7.
         self.sent_bytes = self.bytes.labels(direction="sent")
         self.received_bytes = self.bytes.labels(direction="received")

@@ -166,8 +166,10 @@ class Receiver:
                 self._persist()
             result = BatchResult(applied_seq=self.applied_seq)
             self._durable_seq = self.applied_seq
+            received: float | None = None
             try:
                 await self._apply_stream(read, result)
+                received = time.perf_counter()
                 await self._commit(result)
             except ReplicationError as exc:
                 await self._commit(result)
@@ -187,6 +189,8 @@ class Receiver:
                 if result.applied_seq != self.applied_seq or synced != self.synced:
                     self.applied_seq, self.synced = result.applied_seq, synced
                     self._persist()
+                if received is not None:
+                    self._metrics.commit_seconds.observe(time.perf_counter() - received)
                 self.last_contact = self._clock()
             return result
 

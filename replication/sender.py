@@ -386,6 +386,7 @@ class Sender:
     async def _send_once(self, batch: list[Change]) -> None:
         resend: list[str] = []
         end_seq = batch[-1].seq if batch else self.journal.sent_upto
+        started = time.perf_counter()
         self._signatures = await self._fetch_signatures(batch)
         try:
             answer = await self._call(
@@ -409,6 +410,8 @@ class Sender:
             # a rename in it, torn reads) is known only now: queue it behind the batch.
             self._send_again(resend)
             raise
+        if batch:  # not the idle link's heartbeat
+            self.metrics.batch_seconds.observe(time.perf_counter() - started)
         pending_before = self.journal.pending
         self.journal.acknowledge(said.applied_seq)
         self.progress.acknowledged(

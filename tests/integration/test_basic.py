@@ -6,7 +6,7 @@ import os
 import signal
 import time
 
-from tests.support.cluster import Pair
+from tests.support.cluster import Pair, wait_until
 
 
 def test_files_dirs_symlinks_renames_and_deletes_reach_the_slave(pair: Pair) -> None:
@@ -52,6 +52,11 @@ def test_health_and_metrics_are_served(pair: Pair) -> None:
     assert pair.slave.metric("plugin_sync_bytes_total", {"direction": "received"}) >= 1000
     assert pair.master.metric("plugin_sync_peer_connected") == 1
     assert pair.master.metric("plugin_sync_operations_total", {"op": "put"}) >= 1
+    # every batch with changes is timed on both sides (the replica's commit; the round trip, once answered)
+    timed = ("plugin_sync_commit_seconds_count", "plugin_sync_batch_seconds_count")
+    wait_until(
+        lambda: pair.slave.metric(timed[0]) >= 1 and pair.master.metric(timed[1]) >= 1, 10, message="timing"
+    )
     code, metrics = pair.master.call("GET", "/metrics", auth=False)
     assert code == 200
     for name in ("plugin_sync_lag_seconds", "plugin_sync_pending_changes", "plugin_sync_node_healthy"):
