@@ -96,6 +96,10 @@ def lines(results: dict[str, Any]) -> list[Line]:
         for role in ("master", "slave"):
             value = {HS: _get(start, "tools", HS, "median", f"{role}_seconds")}
             found.append(Line(f"start to healthy, {role}", "s", value))
+        files = start.get("params", {}).get("files")
+        for role in ("master", "slave") if files else ():
+            value = {HS: _get(start, "tools", HS, "median", f"{role}_seconds_{files}_files")}
+            found.append(Line(f"start to healthy, {role}, {files:,} files", "s", value))
     return found
 
 

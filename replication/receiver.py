@@ -87,13 +87,13 @@ class Receiver:
         self.started_at = clock()
         self.last_error: str | None = None
         self.storage_full: str | None = None
+        """Why the last write failed for lack of space; None once a write succeeds again."""
         self._durable_seq = self.applied_seq
         """Within a batch: every operation up to here is on disk (the staged files after it are not)."""
         self.protocol: int | None = None
         """The protocol version chosen at the last sender's hello (versions.py)."""
         self._sweep: asyncio.Future[int] | None = None
         """The start-up sweep running in a thread (start_sweep); batches wait for it."""
-        """Why the last write failed for lack of space; None once a write succeeds again."""
 
     def sweep(self) -> int:
         """Remove temp files left by a killed predecessor; run once, before the first batch."""
@@ -107,10 +107,10 @@ class Receiver:
         return removed
 
     def start_sweep(self) -> None:
-        """`sweep` in a worker thread while the node already serves: it walks the whole storage (about
-        half a second per 10,000 files here), which delayed /health by as much. Only a batch must wait
-        for it (apply_batch), so that no temp file of this process is ever swept; leaders, scans and
-        signatures skip temp files anyway."""
+        """`sweep` in a worker thread while the node already serves: it walks the whole storage (per
+        10,000 files here 0.05 s with warm caches, 0.5 s cold as after a reboot), which delayed /health by
+        as much. Only a batch must wait for it (apply_batch), so that no temp file of this process is ever
+        swept; leaders, scans and signatures skip temp files anyway."""
         self._sweep = asyncio.ensure_future(asyncio.to_thread(self.sweep))
 
     # -- link handshake ----------------------------------------------------------
