@@ -38,7 +38,7 @@ $(STAMP): pyproject.toml
 # each, so a file's fixtures stay together) then, alone, the few that change machine-wide state.
 TEST_WORKERS ?= 3
 test: install
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile -m "not serial"
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile -m "not serial" --durations=20
 	$(BIN)/pytest -m serial
 
 lint: install
