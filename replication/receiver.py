@@ -12,13 +12,13 @@ import asyncio
 import base64
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
-from replication import manifest, statefile, versions
+from replication import manifest, manifest_wire, statefile, versions
 from replication.applier import Applier, ReadExactly, sweep_temp_files
 from replication.delta import DIGEST_BYTES, read_instructions, signature_of_fd
 from replication.errors import (
@@ -235,8 +235,11 @@ class Receiver:
             remaining -= len(await _read(read, min(remaining, 1 << 20)))
 
     # -- manifests ---------------------------------------------------------------
-    def manifest(self) -> list[list[Any]]:
-        return [e.to_json() for e in manifest.walk(self.storage_path, "", self._skip)]
+    def manifest(self) -> Generator[bytes, None, None]:
+        """The manifest answer in pieces (manifest_wire), each written as the walk reaches it: the
+        tree is never listed whole in memory. Advance it from one thread at a time."""
+        entries = (e.to_json() for e in manifest.walk(self.storage_path, "", self._skip))
+        return manifest_wire.pieces(entries)
 
     def hashes(self, paths: list[str]) -> dict[str, str | None]:
         """SHA-256 of each path, read through no-follow fds; None where there is no regular file."""
