@@ -13,6 +13,7 @@ import hmac
 import os
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from aiohttp import web
@@ -424,9 +425,29 @@ async def replication_batch(request: web.Request) -> web.Response:
     return web.json_response(result.to_json())
 
 
-async def replication_manifest(request: web.Request) -> web.Response:
+async def replication_manifest(request: web.Request) -> web.StreamResponse:
+    """The replica's manifest, written piece by piece as its walk goes (manifest_wire).
+
+    The walk runs in a thread of its own, one piece at a time, so the socket's pace bounds what is
+    held; its first piece is read before the answer starts, so a failing walk still gets a problem
+    answer. A failure later cuts the answer short, which the leader refuses as incomplete.
+    """
     receiver = _receiver(request, 0)
-    return web.json_response({"entries": await asyncio.to_thread(receiver.manifest)})
+    pieces = receiver.manifest()
+    walker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="manifest")
+    loop = asyncio.get_running_loop()
+    try:
+        piece = await loop.run_in_executor(walker, next, pieces, None)
+        response = web.StreamResponse(headers={"Content-Type": "application/json; charset=utf-8"})
+        await response.prepare(request)
+        while piece is not None:
+            await response.write(piece)
+            piece = await loop.run_in_executor(walker, next, pieces, None)
+        await response.write_eof()
+        return response
+    finally:
+        walker.submit(pieces.close)  # after a piece still being read, on the walk's own thread
+        walker.shutdown(wait=False)
 
 
 async def replication_hashes(request: web.Request) -> web.Response:

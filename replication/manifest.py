@@ -11,9 +11,9 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from replication.errors import ReplicationError
 from replication.paths import MAX_PATH_BYTES, StorageRoot, is_temp_name
@@ -45,10 +45,15 @@ class Entry:
         return self.mtime_ns // 1_000_000_000
 
 
+_MODES: dict[int, int] = {}
+"""At most 4096 permission values, shared by every entry (32 bytes an entry otherwise)."""
+
+
 def entry_from_stat(path: str, st: os.stat_result, target: str | None = None) -> Entry | None:
     """The manifest entry for one lstat result, or None for types we do not replicate (FIFOs,
     sockets, devices). The mode is the file's own: `compare` decides what the replica should have."""
     mode = stat.S_IMODE(st.st_mode)
+    mode = _MODES.setdefault(mode, mode)  # one int object per distinct mode, not one per file
     if stat.S_ISREG(st.st_mode):
         return Entry(path, "file", mode, st.st_mtime_ns, st.st_size)
     if stat.S_ISDIR(st.st_mode):
@@ -165,38 +170,97 @@ class Plan:
 
 
 def compare(source: dict[str, Entry], replica: dict[str, Entry]) -> Plan:
-    """First pass: decide from stat fields alone; `to_hash` lists the undecided paths.
+    """`Comparison` of two whole manifests (neither is changed)."""
+    comparison = Comparison(dict(source))
+    for entry in replica.values():
+        comparison.add(entry)
+    return comparison.plan()
+
+
+class Comparison:
+    """First pass, one replica entry at a time: decide from stat fields alone; `to_hash` lists the
+    undecided paths (their entries stay in `undecided` for `resolve_hashes`).
+
+    It takes `source` over: each of our entries is dropped from it once compared (the slot stays,
+    holding None), so the replica's manifest is never held whole and ours shrinks as the answer
+    comes in (issue 15's 100,000 files under 100 MiB). A path the replica lists twice counts once,
+    the first time (`repeated` counts the others). Whatever is left when the answer ends is missing
+    on the replica.
 
     A replica should have our mode without setuid, setgid and sticky bits: one that still has
     them (from before they were stripped) gets its attributes sent again.
     """
-    send: list[Entry] = []
-    attrs: list[Entry] = []
-    to_hash: list[str] = []
-    for path, mine in source.items():
-        theirs = replica.get(path)
-        if theirs is None or theirs.type != mine.type:
-            send.append(mine)
+
+    def __init__(self, source: dict[str, Entry]) -> None:
+        self._source = cast(dict[str, Entry | None], source)
+        self.compared = len(source)
+        self._send: list[Entry] = []
+        self._attrs: list[Entry] = []
+        self.undecided: dict[str, Entry] = {}
+        self._extra: set[str] = set()
+        """Paths only the replica has (to delete)."""
+        self.repeated = 0
+
+    def add(self, theirs: Entry) -> None:
+        path = theirs.path
+        mine = self._source.get(path, _ABSENT)
+        if mine is None or (mine is _ABSENT and path in self._extra):
+            self.repeated += 1
+        elif mine is _ABSENT:
+            self._extra.add(path)
+        else:
+            assert isinstance(mine, Entry)
+            self._source[path] = None
+            self._decide(mine, theirs)
+
+    def _decide(self, mine: Entry, theirs: Entry) -> None:
+        if theirs.type != mine.type:
+            self._send.append(mine)
         elif mine.type == "file":
             if theirs.size != mine.size:
-                send.append(mine)
+                self._send.append(mine)
             elif theirs.mtime_ns != mine.mtime_ns:
-                to_hash.append(path)
+                self.undecided[mine.path] = mine
             elif theirs.mode != replicated_mode(mine.mode):
-                attrs.append(mine)
+                self._attrs.append(mine)
         elif mine.type == "symlink":
             if theirs.target != mine.target:
-                send.append(mine)
+                self._send.append(mine)
             elif theirs.mtime_s != mine.mtime_s:
-                attrs.append(mine)
+                self._attrs.append(mine)
         elif theirs.mode != replicated_mode(mine.mode):
-            attrs.append(mine)
-    delete = _topmost(p for p in replica if p not in source)
-    return Plan(send=send, attrs_only=attrs, delete=delete, to_hash=to_hash, compared=len(source))
+            self._attrs.append(mine)
+
+    def plan(self) -> Plan:
+        """The plan once the answer is over: entries to send and attributes in path order, parents
+        first. Our entries are released here (the plan holds the ones it needs)."""
+        send = self._send
+        send.extend(entry for entry in self._source.values() if entry is not None)
+        self._source.clear()  # emptied, not just dropped: the scan's caller may still hold the dict
+        send.sort(key=_path_order)
+        self._attrs.sort(key=_path_order)
+        plan = Plan(
+            send=send,
+            attrs_only=self._attrs,
+            delete=_topmost(self._extra),
+            to_hash=list(self.undecided),
+            compared=self.compared,
+        )
+        self._send, self._attrs, self._extra = [], [], set()
+        return plan
+
+
+_ABSENT = object()
+
+
+def _path_order(entry: Entry) -> str:
+    """Sorts as the list of path components would ('/' below every character a name may hold),
+    at the cost of one string rather than a list of them per entry."""
+    return entry.path.replace("/", "\0")
 
 
 def resolve_hashes(
-    plan: Plan, source: dict[str, Entry], mine: dict[str, str | None], theirs: dict[str, str | None]
+    plan: Plan, source: Mapping[str, Entry], mine: dict[str, str | None], theirs: dict[str, str | None]
 ) -> None:
     """Second pass: equal content needs only attributes, different content a full send."""
     for path in plan.to_hash:

@@ -21,6 +21,7 @@ import re
 import reprlib
 import time
 from collections import Counter as Tally
+from collections import deque
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -31,6 +32,7 @@ from prometheus_client import Counter
 from replication.delta import Signature
 from replication.errors import ContainmentError, MalformedAnswerError, ProtocolError
 from replication.manifest import Entry, EntryType
+from replication.manifest_wire import EntriesReader, WireError
 from replication.paths import is_temp_name, is_within, validate_relpath
 from replication.protocol import MAX_FILE_BYTES, MAX_MTIME_NS, MAX_PEER_EPOCH, MAX_SEQUENCE
 
@@ -262,6 +264,69 @@ def manifest(body: dict[str, Any], refuse: Refusals, *, skip: Skip) -> dict[str,
         if entry is not None:
             found[entry.path] = entry
     return found
+
+
+class ManifestAnswer:
+    """The replica's manifest as it arrives (manifest_wire): each entry checked as `manifest` checks
+    it and handed out as soon as its piece is read, so the answer is never held whole.
+
+    The same bounds as a whole answer: MAX_MANIFEST_BYTES of text (beyond it, or when the text is
+    no manifest, the answer is unusable: MalformedAnswerError), MAX_MANIFEST_ENTRIES entries (the
+    rest refused as `too_many`). A path listed twice is handed out twice: the comparison keeps the
+    first (manifest.Comparison), as remembering every path here would cost what streaming saves.
+    """
+
+    def __init__(self, refuse: Refusals, *, skip: Skip, limit: int = MAX_MANIFEST_BYTES) -> None:
+        self._refuse = refuse
+        self._skip = skip
+        self._limit = limit
+        self._received = 0
+        self._reader = EntriesReader()
+        self._held: deque[bytes] = deque()
+        self.listed = 0
+        """Entries the answer listed, refused ones included."""
+
+    def hold(self, piece: bytes) -> None:
+        """Keep a piece to read later (the leader is not ready to compare yet); counted at once."""
+        self._count(piece)
+        self._held.append(piece)
+
+    def feed(self, piece: bytes) -> Iterator[Entry]:
+        """The entries of the pieces held, then of `piece`, read a piece at a time."""
+        self._count(piece)
+        self._held.append(piece)
+        while self._held:
+            yield from self._read(self._reader.feed, self._held.popleft())
+
+    def close(self) -> Iterator[Entry]:
+        """The last entries; MalformedAnswerError unless the answer ended complete."""
+        while self._held:
+            yield from self._read(self._reader.feed, self._held.popleft())
+        yield from self._read(lambda _piece: self._reader.close(), b"")
+        if self.listed > MAX_MANIFEST_ENTRIES:
+            self._refuse("too_many", f"{self.listed} entries", self.listed - MAX_MANIFEST_ENTRIES)
+
+    def _count(self, piece: bytes) -> None:
+        self._received += len(piece)
+        if self._received > self._limit:
+            raise self._refuse.malformed(
+                "too_large", f"more than {self._limit} bytes", f"answer over {self._limit} bytes"
+            )
+
+    def _read(self, read: Callable[[bytes], list[Any]], piece: bytes) -> list[Entry]:
+        try:
+            raws = read(piece)
+        except WireError as exc:
+            raise self._refuse.malformed(exc.reason, piece[:200], str(exc)) from None
+        found: list[Entry] = []
+        for raw in raws:
+            self.listed += 1
+            if self.listed > MAX_MANIFEST_ENTRIES:
+                continue
+            entry = manifest_entry(raw, self._refuse, self._skip)
+            if entry is not None:
+                found.append(entry)
+        return found
 
 
 def manifest_entry(raw: object, refuse: Refusals, skip: Skip) -> Entry | None:

@@ -95,10 +95,16 @@ class Progress:
 
     # -- fed by the sender -----------------------------------------------------------------
     def planned(self, reason: str, sizes: Mapping[str, int], pending: int, bytes_sent: int) -> None:
-        """A reconciliation queued `sizes` (path -> bytes); `reason` "initial" means seeding."""
+        """A reconciliation queued `sizes` (path -> bytes); `reason` "initial" means seeding.
+
+        A dict is taken over when nothing else is expected: the caller must not change it after."""
         if not sizes and pending < self.backlog and self.current is None:
             return
         episode = self._episode("seeding" if reason == "initial" else "catch-up", bytes_sent)
+        if not episode.expected and isinstance(sizes, dict):
+            episode.expected = sizes  # taken over, not copied: a seed plans 100,000 files
+            episode.expected_bytes += sum(sizes.values())
+            return
         for path, size in sizes.items():
             episode.expected_bytes += size - episode.expected.get(path, 0)
             episode.expected[path] = size

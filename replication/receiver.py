@@ -12,13 +12,13 @@ import asyncio
 import base64
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
-from replication import manifest, statefile, versions
+from replication import manifest, manifest_wire, statefile, versions
 from replication.applier import Applier, ReadExactly, sweep_temp_files
 from replication.delta import DELTA_MIN_SIZE, DIGEST_BYTES, read_instructions, signature_of_fd
 from replication.delta import preload as preload_numpy
@@ -255,11 +255,20 @@ class Receiver:
             remaining -= len(await _read(read, min(remaining, 1 << 20)))
 
     # -- manifests ---------------------------------------------------------------
-    def manifest(self) -> list[list[Any]]:
-        entries = list(manifest.walk(self.storage_path, "", self._skip))
-        if any(e.type == "file" and e.size >= DELTA_MIN_SIZE for e in entries):
-            preload_numpy()  # a delta against this file would otherwise wait for the import
-        return [e.to_json() for e in entries]
+    def manifest(self) -> Generator[bytes, None, None]:
+        """The manifest answer in pieces (manifest_wire), each written as the walk reaches it: the
+        tree is never listed whole in memory. Advance it from one thread at a time. The first file big
+        enough for a delta starts NumPy's import (delta.preload): a delta against it would wait for it."""
+
+        def entries() -> Generator[list[Any], None, None]:
+            preloaded = False
+            for entry in manifest.walk(self.storage_path, "", self._skip):
+                if not preloaded and entry.type == "file" and entry.size >= DELTA_MIN_SIZE:
+                    preload_numpy()
+                    preloaded = True
+                yield entry.to_json()
+
+        return manifest_wire.pieces(entries())
 
     def hashes(self, paths: list[str]) -> dict[str, str | None]:
         """SHA-256 of each path, read through no-follow fds; None where there is no regular file."""

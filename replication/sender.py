@@ -10,6 +10,7 @@ between resuming from the journal and a manifest reconciliation.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -679,38 +680,26 @@ class Sender:
                 asyncio.to_thread(manifest.scan, self.root, self._skip, self._tree.skipped.note)
             )
             try:
-                remote_raw = await self._call("GET", "/manifest", limit=MAX_MANIFEST_BYTES)
-                with self._guard.answer("manifest") as refuse:
-                    remote = peer_answers.manifest(remote_raw, refuse, skip=self._skip)
-                local = await scanning
+                plan, undecided = await self._compare_with_replica(scanning)
             finally:
                 if not scanning.done():
                     scanning.cancel()
                     await asyncio.gather(scanning, return_exceptions=True)
-            plan = manifest.compare(local, remote)
             if plan.to_hash:
                 theirs = await self._their_hashes(plan.to_hash)
                 storage = self._tree.storage
                 mine = await asyncio.to_thread(
                     lambda: {p: manifest.storage_sha256(storage, p) for p in plan.to_hash}
                 )
-                manifest.resolve_hashes(plan, local, mine, theirs)
-            for path in plan.delete:
-                if not self._tree.exists(path):  # re-created since the scan: it stays
-                    self.journal.record_delete(path)
-            for entry in sorted(plan.send, key=lambda e: e.path.split("/")):
-                self.journal.record_sync(entry.path, size_hint=entry.size)
-            for entry in plan.attrs_only:
-                self.journal.record_sync(
-                    entry.path, attr_hint=(entry.size, entry.mtime_ns), size_hint=entry.size
-                )
+                manifest.resolve_hashes(plan, undecided, mine, theirs)
+            sent = len(plan.send)
+            sizes = self._record_plan(plan)
             self.baseline_seq = self.journal.last_held  # not the head: see Journal.last_held
-            sizes = {entry.path: entry.size for entry in plan.send}
             self.progress.planned(reason, sizes, self.journal.pending, self.bytes_sent)
             summary = SyncSummary(
                 reason=reason,
                 compared=plan.compared,
-                sent=len(plan.send),
+                sent=sent,
                 attributes=len(plan.attrs_only),
                 deleted=len(plan.delete),
                 seconds=time.monotonic() - started,
@@ -718,6 +707,49 @@ class Sender:
             )
             log.info("reconciliation_planned", **summary.to_json())
             return summary
+
+    async def _compare_with_replica(
+        self, scanning: asyncio.Future[dict[str, manifest.Entry]]
+    ) -> tuple[manifest.Plan, dict[str, manifest.Entry]]:
+        """Our scan against the replica's manifest as it arrives (manifest_wire): the plan, and our
+        entries of the paths it left undecided.
+
+        What arrives before our scan is done waits as bytes, its most compact form; after that each
+        entry is checked (peer_answers.ManifestAnswer) and compared (manifest.Comparison) as it is
+        read, so neither manifest is held whole (issue 15: 100,000 files under 100 MiB).
+        """
+        async with self._request("GET", "/manifest") as resp:
+            if resp.status >= 400:
+                await self._answer(resp, "GET", "/manifest", MAX_ANSWER_BYTES)
+            with self._guard.answer("manifest") as refuse:
+                if resp.content_length is not None and resp.content_length > MAX_MANIFEST_BYTES:
+                    raise refuse.malformed(
+                        "too_large", f"{resp.content_length} bytes", f"answer over {MAX_MANIFEST_BYTES} bytes"
+                    )
+                answer = peer_answers.ManifestAnswer(refuse, skip=self._skip)
+                comparison = await _compare_as_it_arrives(
+                    resp.content.iter_any(), scanning, answer, self._progress
+                )
+                if comparison.repeated:
+                    refuse("duplicate", "a path listed twice", comparison.repeated)
+        return comparison.plan(), comparison.undecided
+
+    def _record_plan(self, plan: manifest.Plan) -> dict[str, int]:
+        """Queue the plan; returns the sizes of the files to send (path order), for progress.
+
+        The entries to send are let go before the journal grows: only their paths and sizes are
+        kept, so the memory of a seed's 100,000 entries is free again for its 100,000 changes
+        (Python reuses a freed block for another object only once its whole pool is free)."""
+        for path in plan.delete:
+            if not self._tree.exists(path):  # re-created since the scan: it stays
+                self.journal.record_delete(path)
+        sizes = {entry.path: entry.size for entry in plan.send}
+        plan.send.clear()
+        for path, size in sizes.items():
+            self.journal.record_sync(path, size_hint=size)
+        for entry in plan.attrs_only:
+            self.journal.record_sync(entry.path, attr_hint=(entry.size, entry.mtime_ns), size_hint=entry.size)
+        return sizes
 
     async def _their_hashes(self, paths: list[str]) -> dict[str, str | None]:
         """The replica's SHA-256 of `paths`, asked for in requests of at most MAX_PATHS_PER_REQUEST paths.
@@ -749,6 +781,12 @@ class Sender:
         self, method: str, path: str, *, limit: int = MAX_ANSWER_BYTES, **kwargs: Any
     ) -> dict[str, Any]:
         """One request to the replica; its answer is read up to `limit` bytes and must be a JSON object."""
+        async with self._request(method, path, **kwargs) as resp:
+            return await self._answer(resp, method, path, limit)
+
+    @contextlib.asynccontextmanager
+    async def _request(self, method: str, path: str, **kwargs: Any) -> AsyncIterator[aiohttp.ClientResponse]:
+        """One request to the replica, its answer not read yet."""
         if self._session is None:
             raise PeerError("the replication link is not running")
         headers = dict(kwargs.pop("headers", {}))
@@ -756,28 +794,32 @@ class Sender:
             headers["Authorization"] = f"Bearer {self.settings.server_key}"
         url = f"{self.settings.target}{LINK_PATH}{path}"
         async with self._session.request(method, url, headers=headers, **kwargs) as resp:
-            raw = await _read_bounded(resp, limit)
-            self._progress()
-            if raw is None:
-                with self._guard.answer(path.lstrip("/")) as refuse:
-                    raise refuse.malformed(
-                        "too_large",
-                        f"{resp.content_length or 'more than limit'} bytes",
-                        f"answer over {limit} bytes",
-                    )
-            body = _json_object(raw)
-            if resp.status == 409 and "peer_epoch" in body:
-                self._check_fenced(path, body)
-            if resp.status >= 400:
-                message = (
-                    f"{method} {path} answered {resp.status}: {peer_answers.detail(body) or resp.reason}"
+            yield resp
+
+    async def _answer(
+        self, resp: aiohttp.ClientResponse, method: str, path: str, limit: int
+    ) -> dict[str, Any]:
+        """The answer as a JSON object read up to `limit` bytes; a refusal or failure raised as such."""
+        raw = await _read_bounded(resp, limit)
+        self._progress()
+        if raw is None:
+            with self._guard.answer(path.lstrip("/")) as refuse:
+                raise refuse.malformed(
+                    "too_large",
+                    f"{resp.content_length or 'more than limit'} bytes",
+                    f"answer over {limit} bytes",
                 )
-                if 400 <= resp.status < 500:
-                    raise RefusedError(message, status=resp.status, body=body)
-                if resp.status == HTTPStatus.INSUFFICIENT_STORAGE:
-                    raise ReplicaStorageFullError(message)
-                raise PeerError(message)
-            return body
+        body = _json_object(raw)
+        if resp.status == 409 and "peer_epoch" in body:
+            self._check_fenced(path, body)
+        if resp.status >= 400:
+            message = f"{method} {path} answered {resp.status}: {peer_answers.detail(body) or resp.reason}"
+            if 400 <= resp.status < 500:
+                raise RefusedError(message, status=resp.status, body=body)
+            if resp.status == HTTPStatus.INSUFFICIENT_STORAGE:
+                raise ReplicaStorageFullError(message)
+            raise PeerError(message)
+        return body
 
     def _check_fenced(self, path: str, body: dict[str, Any]) -> None:
         """A 409 names the epoch the replica follows: a higher one than ours fences us, one out of
@@ -816,6 +858,31 @@ def _signature_answer_bytes(size: int) -> int:
     basis = 4 * size + (64 << 20)
     blocks = min(-(-basis // block_size_for(basis)), MAX_BLOCKS)
     return (20 + blocks * 20) * 4 // 3 + 8192
+
+
+async def _compare_as_it_arrives(
+    chunks: AsyncIterator[bytes],
+    scanning: asyncio.Future[dict[str, manifest.Entry]],
+    answer: peer_answers.ManifestAnswer,
+    progress: Callable[[], None],
+) -> manifest.Comparison:
+    """Each entry of the answer compared with our scan as it is read; pieces that arrive before
+    our scan is done are held (as bytes) until it is."""
+    comparison: manifest.Comparison | None = None
+    async for chunk in chunks:
+        progress()
+        if comparison is None and scanning.done():
+            comparison = manifest.Comparison(scanning.result())
+        if comparison is None:
+            answer.hold(chunk)
+            continue
+        for entry in answer.feed(chunk):
+            comparison.add(entry)
+    if comparison is None:
+        comparison = manifest.Comparison(await scanning)
+    for entry in answer.close():
+        comparison.add(entry)
+    return comparison
 
 
 async def _read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes | None:
