@@ -29,10 +29,13 @@ More windows in flight (16 x 4, 8 x 8) made a cold 10,000-file seed slower here,
 disk serves one sequential reader best."""
 
 
-READ_AHEAD_FROM = 32
-"""Batches with fewer changes are read by the loop itself: streaming sends a few files per batch, and
-a thread hop per batch showed as latency there (lag p50 at 200 files/s 5.7 -> 7.9 ms, median of 6 runs
-each on a loaded machine), while it buys nothing without a window to overlap."""
+READ_AHEAD_FROM = 1
+"""Batches with fewer changes are read by the loop itself. 32 for a day (24f8f64: a thread hop per small
+batch looked like lag at 200 files/s on a loaded disk, 5.7 -> 7.9 ms); measured again on tmpfs, which
+leaves only the code's cost, reading on the loop was the slower one: at 500 files/s lag p50 16-43 ms
+against 10-14 ms with the thread, p99 47-120 against 27-38 (3 alternating runs each; at 200 files/s
+4.1-4.3 against 3.7 ms): the leader's loop is its busiest part when streaming, and the reads in a thread
+overlap with it. bench/results/2026-12-07-streaming-lag.txt."""
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,12 @@ from replication.metrics import ReplicationMetrics
 from replication.sender import LinkSettings, Sender
 
 
+@pytest.fixture(autouse=True)
+def read_on_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These races are about the loop's own reads (big files and deltas are read there): the read-ahead,
+    which holds the folder open from lstat to open, has its own tests (test_read_ahead.py)."""
+    monkeypatch.setattr(sender_module, "READ_AHEAD_FROM", 1_000_000)
+
 def make_sender(root: Path) -> Sender:
     return Sender(
         LinkSettings(target="http://replica.invalid", server_key="k", node_id="n"),
