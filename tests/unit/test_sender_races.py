@@ -31,6 +31,7 @@ def read_on_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
     which holds the folder open from lstat to open, has its own tests (test_read_ahead.py)."""
     monkeypatch.setattr(sender_module, "READ_AHEAD_FROM", 1_000_000)
 
+
 def make_sender(root: Path) -> Sender:
     return Sender(
         LinkSettings(target="http://replica.invalid", server_key="k", node_id="n"),
