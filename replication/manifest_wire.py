@@ -120,7 +120,7 @@ class EntriesReader:
         return found
 
     def _start(self) -> bool:
-        return self._expect("{", self._first_key)
+        return self._expect({"{": self._first_key})
 
     def _first_key(self) -> bool:
         if self._peek() == "}":
@@ -140,7 +140,7 @@ class EntriesReader:
         return True
 
     def _colon(self) -> bool:
-        return self._expect(":", self._member_value)
+        return self._expect({":": self._member_value})
 
     def _member_value(self) -> bool:
         if self._key != KEY:
@@ -198,30 +198,10 @@ class EntriesReader:
         return True
 
     def _next_element(self) -> bool:
-        char = self._peek()
-        if char is None:
-            return False
-        self._pos += 1
-        if char == ",":
-            self._state = self._element
-        elif char == "]":
-            self._state = self._after_member
-        else:
-            raise self._malformed()
-        return True
+        return self._expect({",": self._element, "]": self._after_member})
 
     def _after_member(self) -> bool:
-        char = self._peek()
-        if char is None:
-            return False
-        self._pos += 1
-        if char == ",":
-            self._state = self._member_key
-        elif char == "}":
-            self._state = self._end
-        else:
-            raise self._malformed()
-        return True
+        return self._expect({",": self._member_key, "}": self._end})
 
     def _end(self) -> bool:
         if self._peek() is not None:
@@ -234,14 +214,15 @@ class EntriesReader:
         self._pos = _WS.match(self._text, self._pos).end()  # type: ignore[union-attr]  # always matches
         return self._text[self._pos] if self._pos < len(self._text) else None
 
-    def _expect(self, char: str, then: Any) -> bool:
+    def _expect(self, then: dict[str, Any]) -> bool:
+        """Step over the next character, one of `then`'s keys, into the state it maps to."""
         found = self._peek()
         if found is None:
             return False
-        if found != char:
+        if found not in then:
             raise self._malformed()
         self._pos += 1
-        self._state = then
+        self._state = then[found]
         return True
 
     def _value(self) -> Any:
