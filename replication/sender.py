@@ -166,8 +166,8 @@ class Sender:
         self._guard = PeerInputGuard(metrics.peer_input_refused, target=_public(settings.target))
         """Every answer of the replica is checked through here before it is used (peer_answers.py)."""
         self._refusals = 0
-        self._symlink_refusals: dict[str, int] = {}
-        """Refusals in a row for one symlinked folder on the replica (MAX_SYMLINK_REPAIRS)."""
+        self._symlink_refusals: tuple[str | None, int] = (None, 0)
+        """The replica's symlinked folder refused last, and how often in a row (MAX_SYMLINK_REPAIRS)."""
         self._full_backoff = FULL_BACKOFF_MIN
         self._answer_backoff = ANSWER_BACKOFF_MIN
         self._signatures: dict[str, Signature] = {}
@@ -330,7 +330,7 @@ class Sender:
                 raise
             return
         self._refusals = 0
-        self._symlink_refusals = {}
+        self._symlink_refusals = (None, 0)
         self._full_backoff = FULL_BACKOFF_MIN
         self._answer_backoff = ANSWER_BACKOFF_MIN
 
@@ -353,8 +353,9 @@ class Sender:
             self.journal.rewind(said.applied_seq)
         failed, symlink_at = said.failed_seq, said.symlink_at
         if symlink_at is not None:
-            repeats = self._symlink_refusals.get(symlink_at, 0) + 1
-            self._symlink_refusals = {symlink_at: repeats}
+            last, repeats = self._symlink_refusals
+            repeats = repeats + 1 if last == symlink_at else 1
+            self._symlink_refusals = (symlink_at, repeats)
             if repeats > MAX_SYMLINK_REPAIRS and isinstance(failed, int):
                 # The folder was sent first and the same refusal came back anyway (seen once in a
                 # full test run, cause not found): do not loop forever; a rescan repairs by manifest.
@@ -366,7 +367,7 @@ class Sender:
                     batch_head=[repr(change) for change in batch[:8]],
                 )
                 self.journal.request_rescan("refused_change")
-                self._symlink_refusals = {}
+                self._symlink_refusals = (None, 0)
                 return True
             if self._tree.is_real_folder(symlink_at):
                 # The replica still has a symlink where we now have a folder: send the folder first.
