@@ -18,6 +18,7 @@ from daemon.errors import ConfigError as ConfigError  # its home is daemon/error
 from daemon.exposure import is_loopback
 from daemon.redact import Redactor, hide_password
 from daemon.tls import TLSError, TLSFiles
+from replication.delta import DELTA_MIN_SIZE
 from replication.ssh_target import SshTarget, is_ssh_url
 
 Role = Literal["master", "slave"]
@@ -141,7 +142,7 @@ class Config:
     sync_write_timeout: float = 10.0
     control_interval: float = 0.25
     anti_entropy_interval: float = 300.0
-    delta_min_size: int = 1024 * 1024
+    delta_min_size: int = DELTA_MIN_SIZE
     liveness_bound: float = 5.0
     plugin_storage_root: str = "/app/storage"
     package_dir: str = "/app/storage/plugin_packages"
@@ -407,7 +408,7 @@ class EnvReader:
             sync_mode_fallback=self.literal("SYNC_MODE_FALLBACK", "none", SyncFallback),
             sync_write_timeout=self.seconds("SYNC_WRITE_TIMEOUT", 10.0, 0.1, 3600),
             control_interval=self.seconds("CONTROL_INTERVAL", 0.25, 0.01, 10),
-            delta_min_size=self.integer("DELTA_MIN_SIZE", 1024 * 1024, 0, 1 << 40),
+            delta_min_size=self.integer("DELTA_MIN_SIZE", DELTA_MIN_SIZE, 0, 1 << 40),
             anti_entropy_interval=self.seconds("ANTI_ENTROPY_INTERVAL", 300.0, 1.0, 7 * 86400),
             liveness_bound=self.seconds("LIVENESS_BOUND", 5.0, 0.5, 600),
             **self._election(),
