@@ -7,7 +7,11 @@ costs one wake-up, not one per event.
 A file is shipped when its writer closes it (close_write). Writes that are
 never followed by a close (a file moved in from outside, a writer that keeps
 its file open) are shipped after a quiet period, or at the latest after
-MAX_DIRTY_SECONDS so a long-running writer still replicates.
+MAX_DIRTY_SECONDS so a long-running writer still replicates. Quiet is judged
+by the file as well as by its events: inotify reports a write when the call
+returns, so one big write (40 MiB on a loaded machine: several tenths of a
+second) is silent while the file grows; shipped then, it travelled half
+written and again after its close (issue 15: a file sent three times).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import structlog
 from watchdog.events import (
@@ -99,6 +104,28 @@ class _Handoff(FileSystemEventHandler):
         self._drain(events)
 
 
+@dataclass
+class _Dirty:
+    """A file written and not yet closed, waiting for its close or for quiet."""
+
+    first: float
+    """When it was first seen dirty (monotonic): MAX_DIRTY_SECONDS count from here."""
+    timer: asyncio.TimerHandle
+    seen: tuple[int, int] | None
+    """Its (size, mtime_ns) when last looked at; None when not looked at yet."""
+
+
+def still_written(now: tuple[int, int], seen: tuple[int, int] | None, wall_ns: int) -> bool:
+    """Whether a file without events for QUIET_SECONDS is still being written.
+
+    Looked at before, any change of size or mtime says so. Otherwise only its mtime can: the
+    kernel sets it when a write starts and reports the write by event when it ends, so an mtime
+    within QUIET_SECONDS is a write begun after the last event."""
+    if seen is not None:
+        return now != seen
+    return now[1] >= wall_ns - int(QUIET_SECONDS * 1e9)
+
+
 class Watcher:
     """Watches STORAGE_PATH and records every change in the journal."""
 
@@ -108,7 +135,7 @@ class Watcher:
         self.journal = journal
         self._skip = skip
         self._observer: BaseObserver | None = None
-        self._dirty: dict[str, tuple[float, asyncio.TimerHandle]] = {}
+        self._dirty: dict[str, _Dirty] = {}
         self.on_vanished: Callable[[str], None] = lambda _path: None
         self.on_loss: Callable[[str], None] = lambda _reason: None
         """Called on the loop when events may have been lost; the owner rescans."""
@@ -199,8 +226,8 @@ class Watcher:
         if self._alarm is not None:
             self._alarm.uninstall()
             self._alarm = None
-        for _first, handle in self._dirty.values():
-            handle.cancel()
+        for dirty in self._dirty.values():
+            dirty.timer.cancel()
         self._dirty.clear()
         if self._observer is not None:
             self._observer.stop()
@@ -225,7 +252,7 @@ class Watcher:
         count = 0
         for entry in manifest.walk(self.root, rel, self._skip):
             if appeared and entry.type == "file" and entry.mtime_ns >= fresh_after:
-                self._mark_dirty(entry.path)
+                self._mark_dirty(entry.path, (entry.size, entry.mtime_ns))
             else:
                 recorder.record_sync(entry.path)
             count += 1
@@ -266,18 +293,17 @@ class Watcher:
             self.journal.record_sync(rel)
         elif isinstance(event, DirCreatedEvent):
             self.record_tree(rel, appeared=True)
-        elif isinstance(event, FileCreatedEvent) and self._is_symlink(rel):
-            self.journal.record_sync(rel)  # a symlink is complete when it appears
-        elif isinstance(event, (FileCreatedEvent, FileModifiedEvent)):
+        elif isinstance(event, FileCreatedEvent):
+            st = self._storage.lstat(rel)  # through no-follow folder fds: never past a symlinked folder
+            if st is not None and stat.S_ISLNK(st.st_mode):
+                self.journal.record_sync(rel)  # a symlink is complete when it appears
+            else:
+                self._mark_dirty(rel, None if st is None else (st.st_size, st.st_mtime_ns))
+        elif isinstance(event, FileModifiedEvent):
             self._mark_dirty(rel)
         elif isinstance(event, (FileDeletedEvent, DirDeletedEvent)):
             self._settle(rel)
             self.journal.record_delete(rel)
-
-    def _is_symlink(self, rel: str) -> bool:
-        """lstat through no-follow folder fds: never looks past a symlinked folder."""
-        st = self._storage.lstat(rel)
-        return st is not None and stat.S_ISLNK(st.st_mode)
 
     def _track_env_init(self, event: FileSystemEvent, rel: str) -> None:
         assert self.env_init is not None
@@ -302,16 +328,21 @@ class Watcher:
         if dest is not None and self.env_init is not None:
             self.env_init.file_written(dest)  # a marker written atomically arrives by rename
 
-    def _mark_dirty(self, rel: str) -> None:
-        first = time.monotonic()
-        if rel in self._dirty:
-            first, handle = self._dirty.pop(rel)
-            handle.cancel()
-        self._wait_for_quiet(rel, first)
+    def _mark_dirty(self, rel: str, seen: tuple[int, int] | None = None) -> None:
+        """`rel` changed and its writer has not closed it: wait for the close or for quiet.
 
-    def _wait_for_quiet(self, rel: str, first: float) -> None:
+        `seen`: its (size, mtime_ns) now, where known for free; quiet then also means it stopped growing."""
+        first = time.monotonic()
+        dirty = self._dirty.pop(rel, None)
+        if dirty is not None:
+            first = dirty.first
+            dirty.timer.cancel()
+        self._wait_for_quiet(rel, first, seen)
+
+    def _wait_for_quiet(self, rel: str, first: float, seen: tuple[int, int] | None) -> None:
         delay = QUIET_SECONDS if time.monotonic() - first < MAX_DIRTY_SECONDS else 0.0
-        self._dirty[rel] = (first, asyncio.get_running_loop().call_later(delay, self._settled, rel))
+        timer = asyncio.get_running_loop().call_later(delay, self._settled, rel)
+        self._dirty[rel] = _Dirty(first, timer, seen)
 
     def _move_dirty(self, src: str, dest: str | None) -> None:
         """Files waiting for quiet at or below a moved path wait on under their new name.
@@ -321,16 +352,23 @@ class Watcher:
         Moved out of the tree (no `dest`), they are forgotten like a deleted file.
         """
         for path in [path for path in self._dirty if is_within(path, src)]:
-            first, handle = self._dirty.pop(path)
-            handle.cancel()
+            dirty = self._dirty.pop(path)
+            dirty.timer.cancel()
             if dest is not None:
-                self._wait_for_quiet(rebase(path, src, dest), first)
+                self._wait_for_quiet(rebase(path, src, dest), dirty.first, dirty.seen)
 
     def _settled(self, rel: str) -> None:
-        self._dirty.pop(rel, None)
+        """No event for QUIET_SECONDS: ship `rel`, unless the file itself shows a write still going on."""
+        dirty = self._dirty.pop(rel, None)
+        if dirty is not None and time.monotonic() - dirty.first < MAX_DIRTY_SECONDS:
+            st = self._storage.lstat(rel)
+            now = None if st is None else (st.st_size, st.st_mtime_ns)
+            if now is not None and still_written(now, dirty.seen, time.time_ns()):
+                self._wait_for_quiet(rel, dirty.first, now)
+                return
         self.journal.record_sync(rel)
 
     def _settle(self, rel: str) -> None:
-        entry = self._dirty.pop(rel, None)
-        if entry is not None:
-            entry[1].cancel()
+        dirty = self._dirty.pop(rel, None)
+        if dirty is not None:
+            dirty.timer.cancel()

@@ -1,0 +1,94 @@
+"""A file written by one long call has no events while it grows: it must not ship half written
+(replication/watcher.py, Watcher._settled and still_written)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+from watchdog.events import FileClosedEvent, FileCreatedEvent, FileModifiedEvent
+
+from replication.watcher import QUIET_SECONDS, Watcher, still_written
+
+
+class Recorded:
+    def __init__(self) -> None:
+        self.synced: list[tuple[str, float]] = []
+        self.changed = asyncio.Event()
+
+    def record_sync(self, path: str, attr_hint: object = None, size_hint: object = None) -> None:
+        self.synced.append((path, time.monotonic()))
+        self.changed.set()
+
+    async def until(self, count: int) -> None:
+        while len(self.synced) < count:
+            self.changed.clear()
+            await self.changed.wait()
+
+    def record_delete(self, path: str) -> None:
+        raise AssertionError(path)
+
+    def record_rename(self, src: str, dest: str) -> None:
+        raise AssertionError(src)
+
+
+def grow(path: Path, seconds: float, step: float) -> float:
+    """Append to `path` every `step` seconds, without any event reaching the watcher; returns the end."""
+    with open(path, "ab") as fh:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            fh.write(b"x" * 4096)
+            fh.flush()
+            time.sleep(step)
+    return time.monotonic()
+
+
+def test_a_created_file_that_keeps_growing_without_events_waits_until_it_stops(tmp_path: Path) -> None:
+    recorded = Recorded()
+    target = tmp_path / "big.bin"
+    target.write_bytes(b"")
+
+    async def main() -> float:
+        watcher = Watcher(str(tmp_path), recorded, lambda _p: False)
+        watcher._on_events([FileCreatedEvent(str(target))])
+        finished = await asyncio.to_thread(grow, target, 4 * QUIET_SECONDS, QUIET_SECONDS / 8)
+        await recorded.until(1)
+        return finished
+
+    finished = asyncio.run(asyncio.wait_for(main(), 10))
+    assert [path for path, _at in recorded.synced] == ["big.bin"]
+    assert recorded.synced[0][1] >= finished, "shipped while it was still growing"
+
+
+def test_a_file_that_stays_still_ships_after_the_quiet_time_and_a_close_ships_at_once(tmp_path: Path) -> None:
+    recorded = Recorded()
+    still, closed = tmp_path / "still", tmp_path / "closed"
+    still.write_bytes(b"done")
+    closed.write_bytes(b"done")
+    os.utime(still, (time.time() - 10, time.time() - 10))
+
+    async def main() -> float:
+        watcher = Watcher(str(tmp_path), recorded, lambda _p: False)
+        started = time.monotonic()
+        watcher._on_events([FileModifiedEvent(str(still)), FileCreatedEvent(str(closed))])
+        watcher._on_events([FileClosedEvent(str(closed))])
+        await recorded.until(2)
+        await asyncio.sleep(3 * QUIET_SECONDS)  # nothing more comes: the closed file's timer was cancelled
+        return started
+
+    started = asyncio.run(asyncio.wait_for(main(), 10))
+    assert [path for path, _at in recorded.synced] == ["closed", "still"]
+    assert recorded.synced[0][1] - started < QUIET_SECONDS
+    assert QUIET_SECONDS <= recorded.synced[1][1] - started < 3 * QUIET_SECONDS
+
+
+def test_still_written_reads_a_change_or_a_fresh_mtime() -> None:
+    now_ns = 1_000 * 10**9
+    quiet_ns = int(QUIET_SECONDS * 1e9)
+    assert still_written((10, 5), (0, 5), now_ns)  # grew since the last look
+    assert still_written((10, 6), (10, 5), now_ns)  # rewritten in place
+    assert not still_written((10, 5), (10, 5), now_ns)
+    assert still_written((10, now_ns - quiet_ns // 2), None, now_ns)  # a write began after the last event
+    assert not still_written((10, now_ns - 2 * quiet_ns), None, now_ns)
