@@ -747,8 +747,11 @@ class Sender:
         kept, so the memory of a seed's 100,000 entries is free again for its 100,000 changes
         (Python reuses a freed block for another object only once its whole pool is free)."""
         for path in plan.delete:
-            if not self._tree.exists(path):  # re-created since the scan: it stays
-                self.journal.record_delete(path)
+            if self._tree.exists(path):  # re-created since the scan: it stays
+                continue
+            if self._tree.below_a_non_folder(path):  # its folder is replaced by what we have there
+                continue
+            self.journal.record_delete(path)
         sizes = {entry.path: entry.size for entry in plan.send}
         plan.send.clear()
         for path, size in sizes.items():

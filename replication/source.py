@@ -21,7 +21,7 @@ from prometheus_client import Counter
 
 from replication.errors import ContainmentError, NotRegularFileError
 from replication.journal import Change, Journal
-from replication.paths import StorageRoot, file_kind, is_special, is_within, rebase
+from replication.paths import StorageRoot, file_kind, is_special, is_within, rebase, split_parent
 
 log = structlog.get_logger("replication.source")
 
@@ -88,6 +88,20 @@ class SourceTree:
     def is_real_folder(self, path: str) -> bool:
         st = self.storage.lstat(path)
         return st is not None and stat.S_ISDIR(st.st_mode)
+
+    def below_a_non_folder(self, path: str) -> bool:
+        """Something other than a folder (a symlink, a file) is where a folder above `path` would be.
+
+        A replica's path there is not ours to name: the plan that found it replaces that folder
+        with what we have, which removes the path with it, and a delete of it would be a journal
+        entry below a symlink of ours (found by the answer fuzzer)."""
+        parent = split_parent(path)[0]
+        while parent:
+            st = self.storage.lstat(parent)
+            if st is not None and not stat.S_ISDIR(st.st_mode):
+                return True
+            parent = split_parent(parent)[0]
+        return False
 
     def exists(self, path: str) -> bool:
         """Something we replicate is at `path` now (checked before recording a delete: a path
