@@ -19,7 +19,8 @@ import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -39,16 +40,27 @@ from replication.applier import Applier
 from replication.envinit import EnvInitTracker
 from replication.errors import PeerError
 from replication.exclude import PathMatcher, ReadyMarkers
-from replication.journal import Journal, JournalFanout, SequenceCounter
-from replication.links import Link, make_sender
 from replication.metrics import ReplicaGauges, ReplicationMetrics, ReplicaView
 from replication.paths import StorageRoot
 from replication.protocol import FLAG_COMPLETE, Operation, encode_trailer
 from replication.receiver import Receiver
-from replication.sender import LinkSettings, SyncSummary
-from replication.watcher import Watcher
+
+if TYPE_CHECKING:  # what only a leader runs is imported by load_leader_code, off the loop
+    from replication.journal import Journal, JournalFanout
+    from replication.links import Link
+    from replication.sender import LinkSettings, SyncSummary
+    from replication.watcher import Watcher
 
 log = structlog.get_logger("daemon.node")
+
+LEADER_CODE = ("replication.journal", "replication.links", "replication.sender", "replication.watcher")
+"""Modules only a leader runs (with watchdog and the senders' helpers: ~25 ms of imports, a twentieth of
+a start); imported by Node.load_leader_code, not at start."""
+
+
+def _import_leader_code() -> None:
+    for name in LEADER_CODE:
+        import_module(name)
 
 
 WATCHER_FAILED_RESCAN_INTERVAL = 30.0
@@ -91,6 +103,8 @@ class LeaderParts:
 
     @property
     def recorder(self) -> JournalFanout:
+        from replication.journal import JournalFanout  # loaded: there are journals
+
         return JournalFanout(self.journals)
 
     def note_vanished(self, path: str) -> None:
@@ -140,6 +154,8 @@ class Node:
         under its name. The plugin store adds `plugin_workdirs` (daemon/store/factory.py)."""
         self._writes_in_flight = 0
         self._writes_idle = asyncio.Condition()
+        self._leader_code: asyncio.Future[None] | None = None
+        """The import of LEADER_CODE, started once (load_leader_code)."""
         self._track_metrics()
 
     def _define_metrics(self) -> None:
@@ -197,10 +213,32 @@ class Node:
 
     # -- lifecycle -------------------------------------------------------------------
     def prepare_storage(self) -> None:
-        """The folders, and the sweep of a killed predecessor's temp files started (Receiver.start_sweep)."""
+        """The folders; the sweep of a killed predecessor's temp files comes once the server listens
+        (start_background_work)."""
         os.makedirs(self.config.storage_path, exist_ok=True)
         os.makedirs(self.config.state_path, exist_ok=True)
+
+    def start_background_work(self) -> asyncio.Task[None]:
+        """What /health does not wait for, started once the server listens: the temp-file sweep, whose
+        walk of the whole storage in a thread took the interpreter's lock from the start-up steps it
+        overlapped before (Receiver.start_sweep: batches wait for it), and the leader's code, loaded
+        ahead of a first promotion (load_leader_code). Returns the task of the latter, for the caller to
+        keep and reap."""
         self.receiver.start_sweep()
+        return asyncio.create_task(self.load_leader_code(), name="leader-code")
+
+    async def load_leader_code(self) -> None:
+        """Import LEADER_CODE in a worker thread, once; later calls wait for that same import.
+
+        Not at start: /health answers sooner without it. The server starts it as soon as it listens,
+        so a replica's first promotion finds it loaded; a master's first tick waits for it. In a
+        thread, so the loop keeps answering meanwhile. The loop imports none of these modules before
+        this is done (become_leader takes them from here), so it never waits on the thread's import
+        locks, and there are no import cycles (test_import_graph) for two importers to deadlock on.
+        """
+        if self._leader_code is None:
+            self._leader_code = asyncio.ensure_future(asyncio.to_thread(_import_leader_code))
+        await asyncio.shield(self._leader_code)
 
     async def become_leader(self, epoch: int) -> None:
         """Stop applying the peer's changes, start watching and sending our own."""
@@ -210,6 +248,10 @@ class Node:
             self.identity.has_led = True
             self.identity.save()
         self.tracker.leading_from()
+        await self.load_leader_code()  # done already unless a promotion comes within its first moments
+        from replication.journal import Journal, JournalFanout, SequenceCounter  # loaded just above
+        from replication.watcher import Watcher
+
         journal_id, counter = uuid.uuid4().hex, SequenceCounter()
         journals = [
             Journal(
@@ -224,8 +266,12 @@ class Node:
         watcher = Watcher(self.config.storage_path, fanout, self.excluded.matches)
         watcher.on_loss = fanout.request_rescan
         watcher.env_init = self.env_init
-        watcher.start(asyncio.get_running_loop())
-        await watcher.ready()
+        try:
+            await watcher.start()
+            await watcher.ready()
+        except BaseException:  # cancelled (shutdown) or failed before the parts below own the watcher
+            watcher.stop()
+            raise
         parts = LeaderParts(journals, watcher, [])
         for target, journal in zip(self.config.peer_urls, journals, strict=False):
             parts.links.append(self._start_link(target, journal, watcher))
@@ -238,6 +284,8 @@ class Node:
         log.info("leading", epoch=epoch, targets=[hide_password(url) for url in self.config.peer_urls])
 
     def _start_link(self, target: str, journal: Journal, watcher: Watcher) -> ReplicaLink:
+        from replication.links import make_sender  # loaded: only become_leader calls this
+
         sender = make_sender(
             self._link_settings(target),
             self.config.storage_path,
@@ -323,6 +371,8 @@ class Node:
         self.receiver.raise_epoch(epoch)
 
     def _link_settings(self, target: str) -> LinkSettings:
+        from replication.sender import LinkSettings  # loaded: only a leader starts links
+
         return LinkSettings(
             target=target,
             server_key=self.config.server_key,
@@ -598,6 +648,8 @@ class Node:
                 "not a replicating leader",
                 "POST /internal/sync runs on the leader, which needs a peer (SYNC_TARGET)",
             )
+        from replication.sender import SyncSummary  # loaded: there are senders
+
         started = time.monotonic()
         summaries = await asyncio.gather(*(self._sync_one(sender, timeout) for sender in senders))
         total = SyncSummary("requested", up_to_seq=max(s.up_to_seq for s in summaries))

@@ -103,6 +103,7 @@ class Server:
             ssl_context=server_context(self.config.tls),
         )
         await site.start()
+        self._tasks.add(self.node.start_background_work())  # no await before it: no batch can come first
         for number, peer in enumerate(self.control.peers):
             self._spawn(peer.run(), f"peer-poller-{number}")
         if self.plugin_daemon is not None:

@@ -17,6 +17,7 @@ written and again after its close (issue 15: a file sent three times).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import stat
@@ -126,6 +127,14 @@ def still_written(now: tuple[int, int], seen: tuple[int, int] | None, wall_ns: i
     return now[1] >= wall_ns - int(QUIET_SECONDS * 1e9)
 
 
+def _abandon(observer: BaseObserver, starting: asyncio.Future[None]) -> None:
+    """Once the thread of a cancelled start returns, stop whatever it started (its error is moot)."""
+    if not starting.cancelled():
+        starting.exception()  # retrieved, so asyncio does not report it
+    with contextlib.suppress(Exception):
+        observer.stop()
+
+
 class Watcher:
     """Watches STORAGE_PATH and records every change in the journal."""
 
@@ -146,7 +155,15 @@ class Watcher:
         self.env_init: EnvInitTracker | None = None
         self._watches_before = 0
 
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+    async def start(self) -> None:
+        """Start watching STORAGE_PATH; the watches are added in a worker thread.
+
+        watchdog adds every folder's watch inside `Observer.start`, on the calling thread, walking the
+        whole tree: on the loop that held /health, the lease and heartbeats for the length of the walk
+        (~0.5 s for a leader's start over 10,000 files on a loaded machine, seconds over a storage full
+        of venvs at a promotion). `ready` still waits for every watch before the leader accepts writes.
+        """
+        loop = asyncio.get_running_loop()
         self._alarm = WatchdogAlarm(loop, self._lost)
         self._alarm.install()
         self._watches_before = inotify_watches_held()
@@ -156,7 +173,12 @@ class Watcher:
                 _Handoff(loop, self._on_events), self.root, recursive=True, event_filter=EVENT_FILTER
             )
             observer.daemon = True
-            observer.start()
+            starting = asyncio.ensure_future(asyncio.to_thread(observer.start))
+            try:
+                await asyncio.shield(starting)
+            except asyncio.CancelledError:  # the thread cannot be interrupted: stop what it started
+                starting.add_done_callback(lambda done: _abandon(observer, done))
+                raise
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
                 self._fail(
@@ -172,8 +194,9 @@ class Watcher:
     async def ready(self, timeout: float = 10.0) -> float:
         """Wait (bounded) until every folder is watched; returns the seconds waited.
 
-        watchdog adds its watches on its own thread after `start`; a write made before
-        a folder's watch exists would be seen by no event. The leader accepts writes
+        A folder created while `start` walked the tree may still lack its watch (watchdog
+        adds it on its own thread); a write made before a folder's watch exists would be
+        seen by no event. The leader accepts writes
         only after this, and its first reconciliation scans after it too.
         """
         started = time.monotonic()

@@ -12,7 +12,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from daemon import __version__, ctl
+from daemon import __version__
 from daemon.config import Config
 from daemon.peers import Poller
 from daemon.redact import hide_password
@@ -111,6 +111,8 @@ def verdict(
     entries: Sequence[dict[str, Any]], bodies: Sequence[Mapping[str, Any] | None], max_lag: float
 ) -> dict[str, Any]:
     """The operator command's own judgement (`hotstandby status`), on what this node sees."""
+    from daemon import ctl  # late: the operator commands' module is not needed before the page is asked
+
     statuses = [
         ctl.NodeStatus(
             entry["name"], body, None if body is not None else str(entry.get("error") or "no answer")

@@ -13,8 +13,7 @@ from __future__ import annotations
 import hmac
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from importlib import resources
+from dataclasses import dataclass, field
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -53,7 +52,8 @@ class UiContext:
     control: ControlLoop
     gate: PluginDaemon
     details: Details
-    files: dict[str, bytes]
+    files: dict[str, bytes] = field(default_factory=dict)
+    """The static files, read at the page's first request (load_static): a start does not wait for them."""
 
 
 UI = web.AppKey("status_page", UiContext)
@@ -61,6 +61,8 @@ UI = web.AppKey("status_page", UiContext)
 
 def load_static() -> dict[str, bytes]:
     """Every file under daemon/ui/static, read once from the installed package."""
+    from importlib import resources  # late, like the files: only the page needs it
+
     folder = resources.files("daemon.ui").joinpath("static")
     return {entry.name: entry.read_bytes() for entry in folder.iterdir() if entry.is_file()}
 
@@ -69,7 +71,7 @@ def add_ui_routes(
     app: web.Application, node: Node, control: ControlLoop, gate: PluginDaemon, store: PluginStore | None
 ) -> None:
     details = Details(node, node.config.peer_urls, store)
-    app[UI] = UiContext(node, control, gate, details, load_static())
+    app[UI] = UiContext(node, control, gate, details)
     router = app.router
     router.add_get("/", to_page)
     router.add_get("/ui", to_page)
@@ -84,6 +86,8 @@ def add_ui_routes(
 
 def _file(request: web.Request, name: str, cache: str = "no-cache") -> web.Response:
     files = request.app[UI].files
+    if not files:
+        files.update(load_static())
     suffix = name[name.rfind(".") :] if "." in name else ""
     if name not in files or suffix not in STATIC_TYPES:
         raise HTTPProblem(404, "not found", "no such file in the status page")
