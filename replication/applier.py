@@ -102,8 +102,11 @@ class Applier:
                 for staged in self._group.staged():
                     folder = self._group.folder(staged.folder)
                     assert folder is not None
-                    _clear_directory_in_the_way(folder, staged.name)
-                    os.rename(staged.temp, staged.name, src_dir_fd=folder, dst_dir_fd=folder)
+                    try:
+                        os.rename(staged.temp, staged.name, src_dir_fd=folder, dst_dir_fd=folder)
+                    except IsADirectoryError:  # rename(2) never replaces a folder with a file
+                        _clear_directory_in_the_way(folder, staged.name)
+                        os.rename(staged.temp, staged.name, src_dir_fd=folder, dst_dir_fd=folder)
                     self._dirty_dirs.add(staged.folder)
                 if synced:  # the folders too: one more pass covers the renames
                     await asyncio.to_thread(_syncfs_quietly, root_fd)

@@ -527,6 +527,12 @@ async def test_put_where_a_directory_was(env: Env):
     assert (env.storage / "x").read_bytes() == b"now a file"
 
 
+async def test_put_where_an_empty_directory_was(env: Env):
+    (env.storage / "x").mkdir()
+    await env.apply(put(1, "x", b"now a file") + end(1))
+    assert (env.storage / "x").read_bytes() == b"now a file"
+
+
 async def test_mkdir_where_a_file_was(env: Env):
     write(env.storage / "x", b"was a file")
     await env.apply(mkdir(1, "x", mode=0o755) + end(1))
