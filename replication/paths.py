@@ -32,7 +32,7 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 """O_NONBLOCK: opening a FIFO that replaced a file after our lstat returns at once instead of
 waiting for a writer (the fstat that follows then refuses it)."""
-_GONE = (FileNotFoundError, NotADirectoryError, ContainmentError)
+GONE = (FileNotFoundError, NotADirectoryError, ContainmentError)
 """What "not there for us" looks like: missing, a file where a folder was, or a symlinked folder."""
 
 
@@ -219,7 +219,7 @@ class StorageRoot:
                 return os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
             with self._folder(parent) as dir_fd:
                 return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        except _GONE:
+        except GONE:
             return None
 
     def readlink(self, rel: str) -> str | None:
@@ -228,7 +228,7 @@ class StorageRoot:
             parent, name = split_parent(validate_relpath(rel))
             with self._folder(parent) as dir_fd:
                 return os.readlink(name, dir_fd=dir_fd)
-        except _GONE:
+        except GONE:
             return None
         except OSError as exc:
             if exc.errno == errno.EINVAL:  # replaced by something that is no symlink
@@ -240,7 +240,7 @@ class StorageRoot:
         try:
             with self.open_dir(rel_dir, create=False) as dir_fd:
                 return sorted(_entries(dir_fd), key=lambda e: e.name)
-        except _GONE:
+        except GONE:
             return None
 
     def walk_dirs(
@@ -256,7 +256,7 @@ class StorageRoot:
         """
         try:
             top = self._open_dir_fd(rel_dir, create=False)
-        except _GONE:
+        except GONE:
             return
         frames: list[tuple[str, int | None, Iterator[str]]] = []
         try:
@@ -300,7 +300,7 @@ class StorageRoot:
             if parent_fd is None:
                 return self._open_dir_fd(rel, create=False)
             return os.open(split_parent(rel)[1], _DIR_FLAGS, dir_fd=parent_fd)
-        except _GONE:
+        except GONE:
             return None
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):  # a symlink or a file now: not entered

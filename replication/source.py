@@ -19,9 +19,9 @@ from collections.abc import Awaitable, Callable, Iterator
 import structlog
 from prometheus_client import Counter
 
-from replication.errors import ContainmentError, NotRegularFileError
+from replication.errors import NotRegularFileError
 from replication.journal import Change, Journal
-from replication.paths import StorageRoot, file_kind, is_special, is_within, rebase, split_parent
+from replication.paths import GONE, StorageRoot, file_kind, is_special, is_within, rebase, split_parent
 
 log = structlog.get_logger("replication.source")
 
@@ -79,7 +79,7 @@ class SourceTree:
         both); None when that folder is not there for us (they then find nothing either)."""
         try:
             folder = self.storage.parent_folder(path)
-        except (FileNotFoundError, NotADirectoryError, ContainmentError):
+        except GONE:
             yield None
             return
         with folder as fd:
@@ -125,7 +125,7 @@ class SourceTree:
             if is_special(exc.st_mode):
                 self.skipped.note(path, exc.st_mode)
             return None
-        except (FileNotFoundError, NotADirectoryError, ContainmentError):
+        except GONE:
             return None
 
     def size_of(self, change: Change) -> int:
