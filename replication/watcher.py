@@ -111,9 +111,15 @@ class _Dirty:
 
     first: float
     """When it was first seen dirty (monotonic): MAX_DIRTY_SECONDS count from here."""
+    last: float
+    """Its last event (monotonic): quiet counts from here. Later events only move this, so a file
+    costs one timer however many events it has (a timer per event was 2 % of a streaming leader)."""
     timer: asyncio.TimerHandle
     seen: tuple[int, int] | None
     """Its (size, mtime_ns) when last looked at; None when not looked at yet."""
+    created: bool
+    """It appeared with a create event: its writer holds it open and will close it, so it is looked
+    at once more before it ships without a close (the first look has nothing to compare with)."""
 
 
 def still_written(now: tuple[int, int], seen: tuple[int, int] | None, wall_ns: int) -> bool:
@@ -317,11 +323,9 @@ class Watcher:
         elif isinstance(event, DirCreatedEvent):
             self.record_tree(rel, appeared=True)
         elif isinstance(event, FileCreatedEvent):
-            st = self._storage.lstat(rel)  # through no-follow folder fds: never past a symlinked folder
-            if st is not None and stat.S_ISLNK(st.st_mode):
-                self.journal.record_sync(rel)  # a symlink is complete when it appears
-            else:
-                self._mark_dirty(rel, None if st is None else (st.st_size, st.st_mtime_ns))
+            # No lstat here (an openat2 per created file was 46 % of a streaming leader's loop):
+            # a symlink, which never gets a close, is recognised when its quiet time ends.
+            self._mark_dirty(rel, created=True)
         elif isinstance(event, FileModifiedEvent):
             self._mark_dirty(rel)
         elif isinstance(event, (FileDeletedEvent, DirDeletedEvent)):
@@ -351,21 +355,22 @@ class Watcher:
         if dest is not None and self.env_init is not None:
             self.env_init.file_written(dest)  # a marker written atomically arrives by rename
 
-    def _mark_dirty(self, rel: str, seen: tuple[int, int] | None = None) -> None:
+    def _mark_dirty(self, rel: str, seen: tuple[int, int] | None = None, *, created: bool = False) -> None:
         """`rel` changed and its writer has not closed it: wait for the close or for quiet.
 
         `seen`: its (size, mtime_ns) now, where known for free; quiet then also means it stopped growing."""
-        first = time.monotonic()
-        dirty = self._dirty.pop(rel, None)
-        if dirty is not None:
-            first = dirty.first
-            dirty.timer.cancel()
-        self._wait_for_quiet(rel, first, seen)
+        now = time.monotonic()
+        dirty = self._dirty.get(rel)
+        if dirty is None:
+            self._dirty[rel] = _Dirty(now, now, self._after_quiet(QUIET_SECONDS, rel), seen, created)
+            return
+        dirty.last = now
+        dirty.created = dirty.created or created
+        if seen is not None:
+            dirty.seen = seen
 
-    def _wait_for_quiet(self, rel: str, first: float, seen: tuple[int, int] | None) -> None:
-        delay = QUIET_SECONDS if time.monotonic() - first < MAX_DIRTY_SECONDS else 0.0
-        timer = asyncio.get_running_loop().call_later(delay, self._settled, rel)
-        self._dirty[rel] = _Dirty(first, timer, seen)
+    def _after_quiet(self, delay: float, rel: str) -> asyncio.TimerHandle:
+        return asyncio.get_running_loop().call_later(delay, self._settled, rel)
 
     def _move_dirty(self, src: str, dest: str | None) -> None:
         """Files waiting for quiet at or below a moved path wait on under their new name.
@@ -378,17 +383,31 @@ class Watcher:
             dirty = self._dirty.pop(path)
             dirty.timer.cancel()
             if dest is not None:
-                self._wait_for_quiet(rebase(path, src, dest), dirty.first, dirty.seen)
+                moved = rebase(path, src, dest)
+                left = max(0.0, dirty.last + QUIET_SECONDS - time.monotonic())
+                dirty.timer = self._after_quiet(left, moved)
+                self._dirty[moved] = dirty
 
     def _settled(self, rel: str) -> None:
-        """No event for QUIET_SECONDS: ship `rel`, unless the file itself shows a write still going on."""
-        dirty = self._dirty.pop(rel, None)
-        if dirty is not None and time.monotonic() - dirty.first < MAX_DIRTY_SECONDS:
-            st = self._storage.lstat(rel)
-            now = None if st is None else (st.st_size, st.st_mtime_ns)
-            if now is not None and still_written(now, dirty.seen, time.time_ns()):
-                self._wait_for_quiet(rel, dirty.first, now)
+        """Its timer ran out: ship `rel` unless an event came since (wait on) or the file itself shows
+        a write still going on (look again after another quiet time), within MAX_DIRTY_SECONDS."""
+        dirty = self._dirty.get(rel)
+        if dirty is None:
+            return
+        now = time.monotonic()
+        if now - dirty.first < MAX_DIRTY_SECONDS:
+            left = dirty.last + QUIET_SECONDS - now
+            if left > 0:
+                dirty.timer = self._after_quiet(left, rel)
                 return
+            st = self._storage.lstat(rel)  # through no-follow folder fds: never past a symlinked folder
+            if st is not None and not stat.S_ISLNK(st.st_mode):  # a symlink is complete when it appears
+                attr = (st.st_size, st.st_mtime_ns)
+                if still_written(attr, dirty.seen, time.time_ns()) or (dirty.seen is None and dirty.created):
+                    dirty.seen, dirty.last = attr, now
+                    dirty.timer = self._after_quiet(QUIET_SECONDS, rel)
+                    return
+        del self._dirty[rel]
         self.journal.record_sync(rel)
 
     def _settle(self, rel: str) -> None:

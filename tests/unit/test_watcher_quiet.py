@@ -92,3 +92,26 @@ def test_still_written_reads_a_change_or_a_fresh_mtime() -> None:
     assert not still_written((10, 5), (10, 5), now_ns)
     assert still_written((10, now_ns - quiet_ns // 2), None, now_ns)  # a write began after the last event
     assert not still_written((10, now_ns - 2 * quiet_ns), None, now_ns)
+
+
+def test_a_symlink_ships_after_one_quiet_time_and_a_file_never_closed_after_two(tmp_path: Path) -> None:
+    """Neither gets a close: the symlink is complete when it appears, the file is looked at twice."""
+    recorded = Recorded()
+    (tmp_path / "link").symlink_to("anywhere")
+    (tmp_path / "held").write_bytes(b"held open")
+    os.utime(tmp_path / "held", (time.time() - 10, time.time() - 10))
+
+    async def main() -> float:
+        watcher = Watcher(str(tmp_path), recorded, lambda _p: False)
+        started = time.monotonic()
+        watcher._on_events(
+            [FileCreatedEvent(str(tmp_path / "link")), FileCreatedEvent(str(tmp_path / "held"))]
+        )
+        await recorded.until(2)
+        return started
+
+    started = asyncio.run(asyncio.wait_for(main(), 10))
+    (link, link_at), (held, held_at) = recorded.synced
+    assert (link, held) == ("link", "held")
+    assert QUIET_SECONDS <= link_at - started < 2 * QUIET_SECONDS
+    assert 2 * QUIET_SECONDS <= held_at - started < 4 * QUIET_SECONDS
