@@ -386,6 +386,7 @@ class Watcher:
                 moved = rebase(path, src, dest)
                 left = max(0.0, dirty.last + QUIET_SECONDS - time.monotonic())
                 dirty.timer = self._after_quiet(left, moved)
+                self._settle(moved)  # a file waiting there was replaced by this one
                 self._dirty[moved] = dirty
 
     def _settled(self, rel: str) -> None:
