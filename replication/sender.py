@@ -751,10 +751,10 @@ class Sender:
                 self.journal.record_delete(path)
         sizes = {entry.path: entry.size for entry in plan.send}
         plan.send.clear()
-        for path, size in sizes.items():
-            self.journal.record_sync(path, size_hint=size)
-        for entry in plan.attrs_only:
-            self.journal.record_sync(entry.path, attr_hint=(entry.size, entry.mtime_ns), size_hint=entry.size)
+        self.journal.record_plan((path, None, size) for path, size in sizes.items())
+        self.journal.record_plan(
+            (entry.path, (entry.size, entry.mtime_ns), entry.size) for entry in plan.attrs_only
+        )
         return sizes
 
     async def _their_hashes(self, paths: list[str]) -> dict[str, str | None]:
