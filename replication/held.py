@@ -110,9 +110,8 @@ class _Run:
         return None
 
     def indexes_under(self, path: str) -> range:
-        """Indexes of `path` and of every path below it (all of them for '', the storage root)."""
-        if not path:
-            return range(len(self.paths))
+        """Indexes of `path` and of every path below it ('' has none below it: as in the journal's
+        index of unsent syncs, the root's own entry is no folder of the others)."""
         key = path_key(path)
         low = bisect_left(self.paths, key, key=path_key)
         return range(low, bisect_left(self.paths, key + "\x01", lo=low, key=path_key))
