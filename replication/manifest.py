@@ -179,9 +179,9 @@ class Listing:
     def __len__(self) -> int:
         return len(self._records)
 
-    def take(self, path: str) -> Entry | bool | None:
-        """Our entry of `path`, the first time it is asked for; False when it was taken before;
-        None when we have no such path."""
+    def take(self, path: str) -> int | None:
+        """The position of our entry of `path` the first time it is asked for; TAKEN when it was
+        asked for before; None when we have no such path."""
         prefix = path_key(path) + _SEPARATOR
         index = bisect_left(self._records, prefix)
         if index == len(self._records) or not self._records[index].startswith(prefix):
@@ -191,16 +191,31 @@ class Listing:
             return None  # the path itself holds two NULs: it cannot be ours
         position = _position_of(record)
         if self._taken[position]:
-            return False
+            return TAKEN
         self._taken[position] = 1
-        return self._entry(position, path)
+        return position
+
+    def fields(self, position: int) -> tuple[EntryType, int, int, int, str | None]:
+        """(type, mode, mtime_ns, size, target) of the entry at `position`, without making it."""
+        mtime_ns = self._odd_mtimes.get(position) if self._odd_mtimes else None
+        return (
+            _TYPES[self._types[position]],
+            self._modes[position],
+            self._mtimes[position] if mtime_ns is None else mtime_ns,
+            self._sizes[position],
+            self._targets.get(position) if self._targets else None,
+        )
+
+    def entry(self, position: int, path: str) -> Entry:
+        type_, mode, mtime_ns, size, target = self.fields(position)
+        return Entry(path, type_, _MODES.setdefault(mode, mode), mtime_ns, size, target)
 
     def left(self) -> Iterator[Entry]:
         """The entries never taken, in path order (parents first)."""
         for record in self._records:
             position = _position_of(record)
             if not self._taken[position]:
-                yield self._entry(position, _path_of(record))
+                yield self.entry(position, _path_of(record))
 
     def left_sizes(self) -> tuple[list[str], array[int]]:
         """The paths never taken, in path order, and their sizes."""
@@ -219,19 +234,9 @@ class Listing:
         self._modes, self._mtimes, self._sizes = array("H"), array("q"), array("q")
         self._targets, self._odd_mtimes = {}, {}
 
-    def _entry(self, position: int, path: str) -> Entry:
-        mode = self._modes[position]
-        mtime_ns = self._odd_mtimes.get(position) if self._odd_mtimes else None
-        return Entry(
-            path,
-            _TYPES[self._types[position]],
-            _MODES.setdefault(mode, mode),
-            self._mtimes[position] if mtime_ns is None else mtime_ns,
-            self._sizes[position],
-            self._targets.get(position),
-        )
 
-
+TAKEN = -1
+"""`Listing.take` of a path taken before."""
 _SEPARATOR = "\0\0"
 _POSITION_CHARS = 4
 
@@ -354,32 +359,33 @@ class Comparison:
 
     def add(self, theirs: Entry) -> None:
         path = theirs.path
-        mine = self._source.take(path)
-        if mine is False or (mine is None and path in self._extra):
+        position = self._source.take(path)
+        if position == TAKEN or (position is None and path in self._extra):
             self.repeated += 1
-        elif mine is None:
+        elif position is None:
             self._extra.add(path)
         else:
-            assert isinstance(mine, Entry)
-            self._decide(mine, theirs)
+            self._decide(position, theirs)
 
-    def _decide(self, mine: Entry, theirs: Entry) -> None:
-        if theirs.type != mine.type:
-            self._send.append(mine)
-        elif mine.type == "file":
-            if theirs.size != mine.size:
-                self._send.append(mine)
-            elif theirs.mtime_ns != mine.mtime_ns:
-                self.undecided[mine.path] = mine
-            elif theirs.mode != replicated_mode(mine.mode):
-                self._attrs.append(mine)
-        elif mine.type == "symlink":
-            if theirs.target != mine.target:
-                self._send.append(mine)
-            elif theirs.mtime_s != mine.mtime_s:
-                self._attrs.append(mine)
-        elif theirs.mode != replicated_mode(mine.mode):
-            self._attrs.append(mine)
+    def _decide(self, position: int, theirs: Entry) -> None:
+        """Our entry is made only when a list takes it (a no-change pass makes none)."""
+        type_, mode, mtime_ns, size, target = self._source.fields(position)
+        if theirs.type != type_:
+            self._send.append(self._source.entry(position, theirs.path))
+        elif type_ == "file":
+            if theirs.size != size:
+                self._send.append(self._source.entry(position, theirs.path))
+            elif theirs.mtime_ns != mtime_ns:
+                self.undecided[theirs.path] = self._source.entry(position, theirs.path)
+            elif theirs.mode != replicated_mode(mode):
+                self._attrs.append(self._source.entry(position, theirs.path))
+        elif type_ == "symlink":
+            if theirs.target != target:
+                self._send.append(self._source.entry(position, theirs.path))
+            elif theirs.mtime_s != mtime_ns // 1_000_000_000:
+                self._attrs.append(self._source.entry(position, theirs.path))
+        elif theirs.mode != replicated_mode(mode):
+            self._attrs.append(self._source.entry(position, theirs.path))
 
     def plan(self, whole: bool = True) -> Plan:
         """The plan once the answer is over: entries to send and attributes in path order, parents

@@ -259,9 +259,11 @@ def test_a_listing_gives_back_each_entry_once_and_the_rest_in_path_order() -> No
     listing = manifest.Listing(entries)
     assert len(listing) == len(entries)
     by_path = {e.path: e for e in entries}
-    assert listing.take("a/b") == by_path["a/b"]
-    assert listing.take("a/b") is False
-    assert listing.take("l") == by_path["l"]
+    for path in ("a/b", "l"):
+        position = listing.take(path)
+        assert position is not None and position >= 0
+        assert listing.entry(position, path) == by_path[path]
+        assert listing.take(path) == manifest.TAKEN
     assert listing.take("nothing") is None and listing.take("a/b/") is None
     left = list(manifest.Listing(entries).left())
     assert left == sorted(entries, key=lambda e: e.path.split("/"))
