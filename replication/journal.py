@@ -18,28 +18,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
-from typing import Literal, Protocol
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from typing import Protocol
 
+from replication.changes import Change, ChangeKind
 from replication.exclude import ReadyMarkers
+from replication.held import Held, fits_a_run
 from replication.paths import is_within, rebase
 
-ChangeKind = Literal["sync", "delete", "rename"]
-
-
-@dataclass(frozen=True, slots=True)
-class Change:
-    seq: int
-    kind: ChangeKind
-    path: str
-    dest: str | None = None
-    attr_hint: tuple[int, int] | None = None
-    """(size, mtime_ns) seen when a manifest found equal content: send attributes only if still so."""
-    enqueued_at: float = 0.0
-    size_hint: int | None = None
-    """The file's size when a manifest planned this change, for the batch byte limit: with it, taking
-    a batch of a seed needs no lstat per change (the sender reads the file's real size anyway)."""
+__all__ = ["Change", "ChangeKind", "Journal", "JournalFanout", "Recorder", "SequenceCounter"]
 
 
 class Recorder(Protocol):
@@ -85,7 +73,7 @@ class Journal:
         self._markers = markers
         self._max_entries = max_entries
         self._clock = clock
-        self._entries: dict[int, Change] = {}
+        self._entries = Held()
         self._late: dict[int, float] = {}
         """Entries appended with an older `enqueued_at` than one appended before them (a marker moved
         behind newer changes keeps its time): all others are in time order, so the oldest pending
@@ -109,12 +97,39 @@ class Journal:
         self, path: str, attr_hint: tuple[int, int] | None = None, size_hint: int | None = None
     ) -> None:
         self.records += 1  # a coalesced sync appends nothing: counted here (every append counts itself)
-        seq = self._unsent_sync.get(path)
+        seq = self._unsent_seq(path)
         if seq is not None:
-            if self._entries[seq].attr_hint is not None and attr_hint is None:
-                self._entries[seq] = replace(self._entries[seq], attr_hint=None)
+            if attr_hint is None and self._entries[seq].attr_hint is not None:
+                self._entries.forget_attr_hint(seq)
             return
         self._append(Change(0, "sync", path, attr_hint=attr_hint, size_hint=size_hint))
+
+    def record_plan(self, syncs: Iterable[tuple[str, tuple[int, int] | None, int | None]]) -> None:
+        """`record_sync` of each (path, attr_hint, size_hint), in order, recorded at one time: what a
+        manifest planned. Syncs in path order are held compactly (held.py), the same changes."""
+        stamp = self._clock()
+        for path, attr_hint, size_hint in syncs:
+            compact = self._holds_compactly(path, attr_hint, size_hint, stamp)
+            if not compact or self._unsent_seq(path) is not None:
+                self.record_sync(path, attr_hint, size_hint)
+                continue
+            self._entries.append_to_run(self.counter.next(), path, attr_hint, size_hint, stamp)
+            self.records += 1
+            self._newest_enqueued = stamp
+            self._check_overflow()
+
+    def _holds_compactly(
+        self, path: str, attr_hint: tuple[int, int] | None, size_hint: int | None, stamp: float
+    ) -> bool:
+        """A planned sync can go in a run unless it is a ready marker, would have to move one
+        (_keep_markers_last), is older than the newest change (times must not go back) or has
+        hints a run cannot hold."""
+        return (
+            fits_a_run(attr_hint, size_hint)
+            and stamp >= self._newest_enqueued
+            and self._markers.plugin_dir(path) is None
+            and not self._markers_holding(path)
+        )
 
     def record_delete(self, path: str) -> None:
         # Unsent syncs at or below `path` may describe a newer object (a scan can run
@@ -140,8 +155,8 @@ class Journal:
         behind = self._take_unsent(path)
         moved = [
             change
-            for seq, change in self._entries.items()
-            if seq > self.sent_upto
+            for change in self._entries.singles()
+            if change.seq > self.sent_upto
             and change.kind != "sync"
             and (is_within(change.path, path) or (change.dest is not None and is_within(change.dest, path)))
         ]
@@ -173,10 +188,7 @@ class Journal:
         """The next unsent changes in order, within the limits (at least one)."""
         batch: list[Change] = []
         total = 0
-        for seq in self._entries:
-            if seq <= self.sent_upto:
-                continue
-            change = self._entries[seq]
+        for _seq, change in self._entries.items(after=self.sent_upto):
             size = size_of(change)
             if batch and (len(batch) >= max_ops or total + size > max_bytes):
                 break
@@ -191,11 +203,10 @@ class Journal:
     def peek_unsent(self, count: int) -> list[Change]:
         """The first `count` changes the next batch would hand out, without taking them."""
         found: list[Change] = []
-        for seq, change in self._entries.items():
-            if seq > self.sent_upto:
-                found.append(change)
-                if len(found) >= count:
-                    break
+        for _seq, change in self._entries.items(after=self.sent_upto):
+            found.append(change)
+            if len(found) >= count:
+                break
         return found
 
     def acknowledge(self, seq: int) -> None:
@@ -203,13 +214,7 @@ class Journal:
         if seq <= self.acked:
             return
         self.acked = min(seq, self.head)
-        done = []
-        for held in self._entries:  # in ascending order: stop at the first one still pending
-            if held > self.acked:
-                break
-            done.append(held)
-        for held in done:
-            del self._entries[held]
+        for held in self._entries.drop_through(self.acked):
             self._late.pop(held, None)
 
     def rewind(self, seq: int) -> None:
@@ -218,7 +223,7 @@ class Journal:
         self.sent_upto = max(self.acked, min(seq, self.sent_upto))
         self._unsent_sync.clear()
         self._unsent_markers.clear()
-        for change in self._entries.values():
+        for change in self._entries.singles():  # a run's syncs need no index entry (held.py)
             if change.seq > self.sent_upto and change.kind == "sync":
                 self._unsent_sync.add(change.path, change.seq)
                 plugin_dir = self._markers.plugin_dir(change.path)
@@ -253,7 +258,8 @@ class Journal:
         journal got (a change that coalesced here): this replica will never be
         sent it, so "caught up" means having applied up to `last_held`.
         """
-        return next(reversed(self._entries)) if self._entries else self.head
+        last = self._entries.last()
+        return self.head if last is None else last
 
     @property
     def confirmed(self) -> int:
@@ -263,9 +269,8 @@ class Journal:
         replica has since acknowledged, or went to a journal sharing the counter.
         Entries are held in ascending order, so the oldest pending one bounds it.
         """
-        if not self._entries:
-            return self.head
-        return next(iter(self._entries)) - 1
+        first = self._entries.first()
+        return self.head if first is None else first - 1
 
     @property
     def pending(self) -> int:
@@ -277,7 +282,8 @@ class Journal:
 
     @property
     def has_unsent(self) -> bool:
-        return bool(self._entries) and next(reversed(self._entries)) > self.sent_upto
+        last = self._entries.last()
+        return last is not None and last > self.sent_upto
 
     def oldest_unacked_age(self) -> float:
         """Seconds since the oldest pending change was recorded (markers may sit behind newer ones)."""
@@ -293,7 +299,7 @@ class Journal:
         self.records += 1
         seq = self.counter.next()
         change = replace(change, seq=seq, enqueued_at=change.enqueued_at or self._clock())
-        self._entries[seq] = change
+        self._entries.append(change)
         if change.enqueued_at < self._newest_enqueued:
             self._late[seq] = change.enqueued_at
         else:
@@ -304,6 +310,9 @@ class Journal:
             if plugin_dir is not None:
                 self._unsent_markers[plugin_dir] = seq
         self._keep_markers_last(change)
+        self._check_overflow()
+
+    def _check_overflow(self) -> None:
         if len(self._entries) > self._max_entries:
             self.overflowed = True
         self.changed.set()
@@ -316,23 +325,44 @@ class Journal:
         """
         if not self._unsent_markers:
             return
-        holding: dict[str, int] = {}
-        for path in (change.path, change.dest):
-            if not path:
-                continue
-            for folder in ("", *_ancestors(path), path):
-                marker_seq = self._unsent_markers.get(folder)
-                if marker_seq is not None and marker_seq != change.seq:
-                    holding[folder] = marker_seq
-        for marker_seq in sorted(holding.values()):
+        holding = {
+            marker_seq
+            for path in (change.path, change.dest)
+            if path
+            for marker_seq in self._markers_holding(path)
+            if marker_seq != change.seq
+        }
+        for marker_seq in sorted(holding):
             if marker_seq in self._entries:
                 marker = self._entries[marker_seq]
                 self._drop(marker_seq)
                 self._append(replace(marker, seq=0))
 
+    def _markers_holding(self, path: str) -> list[int]:
+        """Sequences of the unsent markers whose plugin folder holds `path` (or is `path`)."""
+        if not self._unsent_markers:
+            return []
+        found = (self._unsent_markers.get(folder) for folder in ("", *_ancestors(path), path))
+        return [seq for seq in found if seq is not None]
+
+    def _unsent_seq(self, path: str) -> int | None:
+        """The unsent sync of `path`, the newest one if a rewind left two."""
+        single = self._unsent_sync.get(path)
+        in_run = self._entries.unsent_in_runs(path, self.sent_upto)
+        if in_run is None or (single is not None and single > in_run):
+            return single
+        return in_run
+
     def _take_unsent(self, path: str) -> list[Change]:
-        """Remove and return the unsent syncs at or below `path`."""
-        taken = [self._entries[seq] for seq in self._unsent_sync.under(path)]
+        """Remove and return the unsent syncs at or below `path` (of a path synced twice after a
+        rewind, only the newest: the older one stays where it is)."""
+        newest: dict[str, int] = {}
+        for seq, found in self._entries.unsent_in_runs_under(path, self.sent_upto):
+            newest[found] = max(seq, newest.get(found, 0))
+        for seq in self._unsent_sync.under(path):
+            found = self._entries[seq].path
+            newest[found] = max(seq, newest.get(found, 0))
+        taken = [self._entries[seq] for seq in sorted(newest.values())]
         for change in taken:
             self._drop(change.seq)
         return taken
@@ -344,6 +374,11 @@ class Journal:
     def _drop(self, seq: int) -> None:
         change = self._entries.pop(seq)
         self._late.pop(seq, None)
+        indexed = self._unsent_sync.get(change.path)
+        if indexed is not None and indexed < seq:
+            # `seq` was in a run, the newest unsent sync of its path: the index would have named it,
+            # so it names none now (an older one stays where it is, as after any rewind).
+            self._unsent_sync.discard(change.path, indexed)
         self._unsent_sync.discard(change.path, seq)
         plugin_dir = self._markers.plugin_dir(change.path)
         if plugin_dir is not None and self._unsent_markers.get(plugin_dir) == seq:

@@ -9,11 +9,14 @@ whose cheap fields disagree in a way that could still mean equal content
 from __future__ import annotations
 
 import hashlib
+import heapq
 import os
 import stat
+from array import array
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
-from typing import Any, Literal, cast
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from replication.errors import ReplicationError
 from replication.paths import MAX_PATH_BYTES, StorageRoot, is_temp_name
@@ -128,6 +131,128 @@ def scan(
     return {e.path: e for e in walk(root, "", skip, on_special)}
 
 
+def listing(
+    root: str, skip: Callable[[str], bool] = lambda _p: False, on_special: OnSpecial | None = None
+) -> Listing:
+    """`scan`, held as a `Listing`: what a reconciliation compares with the replica's answer."""
+    return Listing(walk(root, "", skip, on_special))
+
+
+_TYPES: tuple[EntryType, ...] = ("file", "dir", "symlink")
+_INT64 = (-(1 << 63), (1 << 63) - 1)
+
+
+class Listing:
+    """Our manifest for one comparison, compact (issue 15: 100,000 files under 100 MiB).
+
+    As a dict of entries it took about 280 bytes a path (an Entry, its mtime and size as ints, a
+    dict slot) beside the path's 80; here the fields are in arrays in the order the walk found
+    them, and each path is kept once, as a record: the path with '/' as NUL (`path_key`, so that
+    plain string order is path order), two NULs (below anything a path may continue with) and its
+    position in the arrays in four characters. The records are sorted in place (no second list,
+    no index objects): a path is found by bisection, and whatever the comparison did not meet is
+    already in the plan's order. Each entry can be taken once (`take`); `left` yields the others.
+    """
+
+    def __init__(self, entries: Iterable[Entry]) -> None:
+        self._records: list[str] = []
+        self._types, self._modes = bytearray(), array("H")
+        self._mtimes, self._sizes = array("q"), array("q")
+        self._targets: dict[int, str] = {}
+        self._odd_mtimes: dict[int, int] = {}
+        """mtimes beyond 64 bits (an absurd date is still a valid one), by position."""
+        for position, entry in enumerate(entries):
+            self._records.append(f"{path_key(entry.path)}{_SEPARATOR}{_position(position)}")
+            self._types.append(_TYPES.index(entry.type))
+            self._modes.append(entry.mode)
+            if _INT64[0] <= entry.mtime_ns <= _INT64[1]:
+                self._mtimes.append(entry.mtime_ns)
+            else:
+                self._mtimes.append(0)
+                self._odd_mtimes[position] = entry.mtime_ns
+            self._sizes.append(entry.size)
+            if entry.target is not None:
+                self._targets[position] = entry.target
+        self._records.sort()
+        self._taken = bytearray(len(self._records))
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def take(self, path: str) -> int | None:
+        """The position of our entry of `path` the first time it is asked for; TAKEN when it was
+        asked for before; None when we have no such path."""
+        prefix = path_key(path) + _SEPARATOR
+        index = bisect_left(self._records, prefix)
+        if index == len(self._records) or not self._records[index].startswith(prefix):
+            return None
+        record = self._records[index]
+        if len(record) != len(prefix) + _POSITION_CHARS:
+            return None  # the path itself holds two NULs: it cannot be ours
+        position = _position_of(record)
+        if self._taken[position]:
+            return TAKEN
+        self._taken[position] = 1
+        return position
+
+    def fields(self, position: int) -> tuple[EntryType, int, int, int, str | None]:
+        """(type, mode, mtime_ns, size, target) of the entry at `position`, without making it."""
+        mtime_ns = self._odd_mtimes.get(position) if self._odd_mtimes else None
+        return (
+            _TYPES[self._types[position]],
+            self._modes[position],
+            self._mtimes[position] if mtime_ns is None else mtime_ns,
+            self._sizes[position],
+            self._targets.get(position) if self._targets else None,
+        )
+
+    def entry(self, position: int, path: str) -> Entry:
+        type_, mode, mtime_ns, size, target = self.fields(position)
+        return Entry(path, type_, _MODES.setdefault(mode, mode), mtime_ns, size, target)
+
+    def left(self) -> Iterator[Entry]:
+        """The entries never taken, in path order (parents first)."""
+        for record in self._records:
+            position = _position_of(record)
+            if not self._taken[position]:
+                yield self.entry(position, _path_of(record))
+
+    def left_sizes(self) -> tuple[list[str], array[int]]:
+        """The paths never taken, in path order, and their sizes."""
+        paths, sizes = [], array("q")
+        for record in self._records:
+            position = _position_of(record)
+            if not self._taken[position]:
+                paths.append(_path_of(record))
+                sizes.append(self._sizes[position])
+        return paths, sizes
+
+    def release(self) -> None:
+        """Let the memory go (the comparison is over; a caller may still hold this object)."""
+        self._records = []
+        self._types, self._taken = bytearray(), bytearray()
+        self._modes, self._mtimes, self._sizes = array("H"), array("q"), array("q")
+        self._targets, self._odd_mtimes = {}, {}
+
+
+TAKEN = -1
+"""`Listing.take` of a path taken before."""
+_SEPARATOR = "\0\0"
+_POSITION_CHARS = 4
+
+
+def _position(position: int) -> str:
+    return position.to_bytes(_POSITION_CHARS, "big").decode("latin-1")
+
+
+def _position_of(record: str) -> int:
+    return int.from_bytes(record[-_POSITION_CHARS:].encode("latin-1"), "big")
+
+
+def _path_of(record: str) -> str:
+    return record[: -_POSITION_CHARS - len(_SEPARATOR)].replace("\0", "/")
+
+
 def storage_sha256(storage: StorageRoot, path: str) -> str | None:
     """Hex SHA-256 of the regular file `path` read through no-follow fds; None if it is gone or
     no regular file (a FIFO, socket or device is never opened)."""
@@ -167,11 +292,43 @@ class Plan:
     delete: list[str]
     to_hash: list[str]
     compared: int
+    unlisted: tuple[list[str], array[int]] = field(default_factory=lambda: ([], array("q")))
+    """With `Comparison.plan(whole=False)`: the paths the replica does not list (and their sizes),
+    in path order, kept out of `send` as paths rather than entries (a seed's 100,000)."""
+    _in_order: int = field(default=-1, repr=False, compare=False)
+    """How many entries at the head of `send` are in path order (what `resolve_hashes` appends after
+    them is not)."""
+
+    def __post_init__(self) -> None:
+        if self._in_order < 0:
+            self._in_order = len(self.send)
+
+    @property
+    def sending(self) -> int:
+        return len(self.send) + len(self.unlisted[0])
+
+    def sizes_to_send(self) -> dict[str, int]:
+        """Every path to send and its size, in the order to send them: `send` and `unlisted` merged
+        in path order, then what was appended to `send` since."""
+        paths, sizes = self.unlisted
+        ordered = heapq.merge(
+            ((entry.path, entry.size) for entry in self.send[: self._in_order]),
+            zip(paths, sizes, strict=True),
+            key=lambda item: path_key(item[0]),
+        )
+        found = dict(ordered)
+        found.update((entry.path, entry.size) for entry in self.send[self._in_order :])
+        return found
+
+
+def path_key(path: str) -> str:
+    """Sorts as the list of path components would ('/' below every character a name may hold)."""
+    return path.replace("/", "\0")
 
 
 def compare(source: dict[str, Entry], replica: dict[str, Entry]) -> Plan:
     """`Comparison` of two whole manifests (neither is changed)."""
-    comparison = Comparison(dict(source))
+    comparison = Comparison(Listing(source.values()))
     for entry in replica.values():
         comparison.add(entry)
     return comparison.plan()
@@ -181,19 +338,18 @@ class Comparison:
     """First pass, one replica entry at a time: decide from stat fields alone; `to_hash` lists the
     undecided paths (their entries stay in `undecided` for `resolve_hashes`).
 
-    It takes `source` over: each of our entries is dropped from it once compared (the slot stays,
-    holding None), so the replica's manifest is never held whole and ours shrinks as the answer
-    comes in (issue 15's 100,000 files under 100 MiB). A path the replica lists twice counts once,
-    the first time (`repeated` counts the others). Whatever is left when the answer ends is missing
-    on the replica.
+    It takes `source` over (a dict is made a Listing): each of our entries is taken from it once
+    compared, so the replica's manifest is never held whole (issue 15's 100,000 files under
+    100 MiB). A path the replica lists twice counts once, the first time (`repeated` counts the
+    others). Whatever is left when the answer ends is missing on the replica.
 
     A replica should have our mode without setuid, setgid and sticky bits: one that still has
     them (from before they were stripped) gets its attributes sent again.
     """
 
-    def __init__(self, source: dict[str, Entry]) -> None:
-        self._source = cast(dict[str, Entry | None], source)
-        self.compared = len(source)
+    def __init__(self, source: Listing | Mapping[str, Entry]) -> None:
+        self._source = source if isinstance(source, Listing) else Listing(source.values())
+        self.compared = len(self._source)
         self._send: list[Entry] = []
         self._attrs: list[Entry] = []
         self.undecided: dict[str, Entry] = {}
@@ -203,41 +359,44 @@ class Comparison:
 
     def add(self, theirs: Entry) -> None:
         path = theirs.path
-        mine = self._source.get(path, _ABSENT)
-        if mine is None or (mine is _ABSENT and path in self._extra):
+        position = self._source.take(path)
+        if position == TAKEN or (position is None and path in self._extra):
             self.repeated += 1
-        elif mine is _ABSENT:
+        elif position is None:
             self._extra.add(path)
         else:
-            assert isinstance(mine, Entry)
-            self._source[path] = None
-            self._decide(mine, theirs)
+            self._decide(position, theirs)
 
-    def _decide(self, mine: Entry, theirs: Entry) -> None:
-        if theirs.type != mine.type:
-            self._send.append(mine)
-        elif mine.type == "file":
-            if theirs.size != mine.size:
-                self._send.append(mine)
-            elif theirs.mtime_ns != mine.mtime_ns:
-                self.undecided[mine.path] = mine
-            elif theirs.mode != replicated_mode(mine.mode):
-                self._attrs.append(mine)
-        elif mine.type == "symlink":
-            if theirs.target != mine.target:
-                self._send.append(mine)
-            elif theirs.mtime_s != mine.mtime_s:
-                self._attrs.append(mine)
-        elif theirs.mode != replicated_mode(mine.mode):
-            self._attrs.append(mine)
+    def _decide(self, position: int, theirs: Entry) -> None:
+        """Our entry is made only when a list takes it (a no-change pass makes none)."""
+        type_, mode, mtime_ns, size, target = self._source.fields(position)
+        if theirs.type != type_:
+            self._send.append(self._source.entry(position, theirs.path))
+        elif type_ == "file":
+            if theirs.size != size:
+                self._send.append(self._source.entry(position, theirs.path))
+            elif theirs.mtime_ns != mtime_ns:
+                self.undecided[theirs.path] = self._source.entry(position, theirs.path)
+            elif theirs.mode != replicated_mode(mode):
+                self._attrs.append(self._source.entry(position, theirs.path))
+        elif type_ == "symlink":
+            if theirs.target != target:
+                self._send.append(self._source.entry(position, theirs.path))
+            elif theirs.mtime_s != mtime_ns // 1_000_000_000:
+                self._attrs.append(self._source.entry(position, theirs.path))
+        elif theirs.mode != replicated_mode(mode):
+            self._attrs.append(self._source.entry(position, theirs.path))
 
-    def plan(self) -> Plan:
+    def plan(self, whole: bool = True) -> Plan:
         """The plan once the answer is over: entries to send and attributes in path order, parents
-        first. Our entries are released here (the plan holds the ones it needs)."""
+        first; with `whole` False, the paths the replica does not list stay out of `send`, as
+        `unlisted`. Our listing is released here (the plan holds what it needs)."""
         send = self._send
-        send.extend(entry for entry in self._source.values() if entry is not None)
-        self._source.clear()  # emptied, not just dropped: the scan's caller may still hold the dict
         send.sort(key=_path_order)
+        unlisted = self._source.left_sizes() if not whole else ([], array("q"))
+        if whole:
+            send = list(heapq.merge(send, self._source.left(), key=_path_order))
+        self._source.release()
         self._attrs.sort(key=_path_order)
         plan = Plan(
             send=send,
@@ -245,17 +404,14 @@ class Comparison:
             delete=_topmost(self._extra),
             to_hash=list(self.undecided),
             compared=self.compared,
+            unlisted=unlisted,
         )
         self._send, self._attrs, self._extra = [], [], set()
         return plan
 
 
-_ABSENT = object()
-
-
 def _path_order(entry: Entry) -> str:
-    """Sorts as the list of path components would ('/' below every character a name may hold),
-    at the cost of one string rather than a list of them per entry."""
+    """`path_key` of an entry: one string rather than a list of components per entry."""
     return entry.path.replace("/", "\0")
 
 

@@ -683,7 +683,7 @@ class Sender:
             # walks overlap (on two cores they take about as long as the longer one). Whatever changes
             # here after our scan is recorded by the watcher and goes out after this plan.
             scanning = asyncio.ensure_future(
-                asyncio.to_thread(manifest.scan, self.root, self._skip, self._tree.skipped.note)
+                asyncio.to_thread(manifest.listing, self.root, self._skip, self._tree.skipped.note)
             )
             try:
                 plan, undecided = await self._compare_with_replica(scanning)
@@ -698,7 +698,7 @@ class Sender:
                     lambda: {p: manifest.storage_sha256(storage, p) for p in plan.to_hash}
                 )
                 manifest.resolve_hashes(plan, undecided, mine, theirs)
-            sent = len(plan.send)
+            sent = plan.sending
             sizes = self._record_plan(plan)
             self.baseline_seq = self.journal.last_held  # not the head: see Journal.last_held
             self.progress.planned(reason, sizes, self.journal.pending, self.bytes_sent)
@@ -715,7 +715,7 @@ class Sender:
             return summary
 
     async def _compare_with_replica(
-        self, scanning: asyncio.Future[dict[str, manifest.Entry]]
+        self, scanning: asyncio.Future[manifest.Listing]
     ) -> tuple[manifest.Plan, dict[str, manifest.Entry]]:
         """Our scan against the replica's manifest as it arrives (manifest_wire): the plan, and our
         entries of the paths it left undecided.
@@ -738,26 +738,26 @@ class Sender:
                 )
                 if comparison.repeated:
                     refuse("duplicate", "a path listed twice", comparison.repeated)
-        return comparison.plan(), comparison.undecided
+        return comparison.plan(whole=False), comparison.undecided
 
     def _record_plan(self, plan: manifest.Plan) -> dict[str, int]:
         """Queue the plan; returns the sizes of the files to send (path order), for progress.
 
         The entries to send are let go before the journal grows: only their paths and sizes are
-        kept, so the memory of a seed's 100,000 entries is free again for its 100,000 changes
-        (Python reuses a freed block for another object only once its whole pool is free)."""
+        kept (a seed's 100,000 files come as `unlisted` paths and sizes, never as entries)."""
         for path in plan.delete:
             if self._tree.exists(path):  # re-created since the scan: it stays
                 continue
             if self._tree.below_a_non_folder(path):  # its folder is replaced by what we have there
                 continue
             self.journal.record_delete(path)
-        sizes = {entry.path: entry.size for entry in plan.send}
+        sizes = plan.sizes_to_send()
         plan.send.clear()
-        for path, size in sizes.items():
-            self.journal.record_sync(path, size_hint=size)
-        for entry in plan.attrs_only:
-            self.journal.record_sync(entry.path, attr_hint=(entry.size, entry.mtime_ns), size_hint=entry.size)
+        plan.unlisted = ([], plan.unlisted[1][:0])
+        self.journal.record_plan((path, None, size) for path, size in sizes.items())
+        self.journal.record_plan(
+            (entry.path, (entry.size, entry.mtime_ns), entry.size) for entry in plan.attrs_only
+        )
         return sizes
 
     async def _their_hashes(self, paths: list[str]) -> dict[str, str | None]:
@@ -871,7 +871,7 @@ def _signature_answer_bytes(size: int) -> int:
 
 async def _compare_as_it_arrives(
     chunks: AsyncIterator[bytes],
-    scanning: asyncio.Future[dict[str, manifest.Entry]],
+    scanning: asyncio.Future[manifest.Listing],
     answer: peer_answers.ManifestAnswer,
     progress: Callable[[], None],
 ) -> manifest.Comparison:

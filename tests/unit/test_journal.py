@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
@@ -776,3 +777,125 @@ def test_a_size_hint_reaches_every_journal_of_a_fanout_and_survives_a_rename() -
         journal.record_rename("dir", "moved")
         synced = [c for c in take_all(journal) if c.kind == "sync"]
         assert [(c.path, c.size_hint) for c in synced] == [("moved/f", 123)]
+
+
+# --- plans held compactly (held.py) ------------------------------------------------------
+
+
+class OneByOne(Journal):
+    """What `record_plan` must equal: each planned sync recorded on its own."""
+
+    def record_plan(self, syncs: Any) -> None:
+        for path, attr_hint, size_hint in syncs:
+            self.record_sync(path, attr_hint, size_hint)
+
+
+PLAN_PATHS = [
+    "cwd",
+    "cwd/other",
+    "cwd/other/x",
+    "cwd/other/y",
+    "cwd/other-z",
+    PLUGIN,
+    f"{PLUGIN}/.venv",
+    MARKER,
+    f"{PLUGIN}/.venv/lib/x.py",
+    f"{PLUGIN}/a.py",
+    "plain.txt",
+]
+_PLAN = st.lists(
+    st.tuples(
+        st.sampled_from(PLAN_PATHS),
+        st.sampled_from([None, (7, 123), (9, 5)]),
+        st.sampled_from([None, 7, 4096]),
+    ),
+    max_size=12,
+)
+PLAN_STEPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("plan"), _PLAN, st.booleans()),
+        st.tuples(st.just("sync"), st.sampled_from(PLAN_PATHS)),
+        st.tuples(st.just("delete"), st.sampled_from(PLAN_PATHS)),
+        st.tuples(st.just("rename"), st.sampled_from(PLAN_PATHS), st.sampled_from(PLAN_PATHS)),
+        st.tuples(st.just("resync_first"), st.sampled_from(["cwd", PLUGIN, "cwd/other", ""])),
+        st.tuples(st.just("take"), st.integers(1, 5)),
+        st.tuples(st.just("ack"), st.integers(0, 6)),
+        st.tuples(st.just("rewind"), st.integers(0, 6)),
+        st.tuples(st.just("discard"), st.integers(0, 6)),
+        st.tuples(st.just("tick"), st.floats(0.0, 5.0)),
+    ),
+    max_size=40,
+)
+
+
+def _observed(journal: Journal) -> tuple[Any, ...]:
+    return (
+        list(journal._entries.values()),
+        journal.pending,
+        journal.head,
+        journal.acked,
+        journal.sent_upto,
+        journal.confirmed,
+        journal.last_held,
+        journal.has_unsent,
+        journal.overflowed,
+        journal.oldest_unacked_age(),
+        journal.peek_unsent(3),
+    )
+
+
+@settings(max_examples=400, deadline=None, database=None)
+@given(PLAN_STEPS)
+def test_a_plan_held_compactly_behaves_as_its_syncs_recorded_one_by_one(steps: list[tuple[Any, ...]]) -> None:
+    clock = FakeClock()
+    compact = Journal("j", MARKERS, max_entries=25, clock=clock)
+    reference = OneByOne("j", MARKERS, max_entries=25, clock=clock)
+    for step in steps:
+        for journal in (compact, reference):
+            kind = step[0]
+            if kind == "plan":
+                syncs = sorted(step[1], key=lambda s: s[0].replace("/", "\0")) if step[2] else step[1]
+                journal.record_plan(iter(syncs))
+            elif kind == "sync":
+                journal.record_sync(step[1])
+            elif kind == "delete":
+                journal.record_delete(step[1])
+            elif kind == "rename" and step[1] != step[2] and not is_within(step[2], step[1]):
+                journal.record_rename(step[1], step[2])
+            elif kind == "resync_first":
+                journal.resync_first(step[1])
+            elif kind == "take":
+                journal.take_batch(step[1], UNLIMITED, lambda change: 0)
+            elif kind == "ack":
+                journal.acknowledge(min(journal.acked + step[1], journal.sent_upto))
+            elif kind == "rewind":
+                journal.rewind(max(journal.acked, journal.sent_upto - step[1]))
+            elif kind == "discard":
+                held = list(journal._entries)
+                if held:
+                    journal.discard(held[step[1] % len(held)])
+            elif kind == "tick":
+                clock.now += step[1]
+        assert _observed(compact) == _observed(reference), step
+    assert take_all(compact) == take_all(reference)
+
+
+def test_a_seed_plan_is_held_without_a_change_object_per_file() -> None:
+    """Issue 15: 100,000 planned syncs in a few arrays, not 100,000 Change objects and their index."""
+    paths = sorted(
+        (f"d{i % 100:03d}/s{i % 97:03d}/f{i:06d}" for i in range(100_000)), key=lambda p: p.replace("/", "\0")
+    )
+    journal = make_journal()
+    tracemalloc.start()
+    try:
+        journal.record_plan((path, None, 1000 + i) for i, path in enumerate(paths))
+        held, _peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert journal.pending == 100_000
+    assert held < 3 * 1024 * 1024, f"{held / 2**20:.1f} MiB"  # was ~30 MiB as Change objects
+    first = take_all(journal)[:2]
+    assert [(c.seq, c.kind, c.path, c.size_hint) for c in first] == [
+        (1, "sync", paths[0], 1000),
+        (2, "sync", paths[1], 1001),
+    ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 import tracemalloc
+from array import array
 from typing import Any
 
 import pytest
@@ -210,7 +211,9 @@ def test_reading_and_comparing_50k_entries_holds_far_less_than_the_answer_parsed
     raw = [[p, "file", 0o644, 1_700_000_000_000_000_000 + i, 1000 + i, None] for i, p in enumerate(paths)]
     body = json.dumps({"entries": raw}).encode()
     del raw
-    ours = {p: Entry(p, "file", 0o644, 1_700_000_000_000_000_000 + i, 1000 + i) for i, p in enumerate(paths)}
+    ours = manifest.Listing(
+        Entry(p, "file", 0o644, 1_700_000_000_000_000_000 + i, 1000 + i) for i, p in enumerate(paths)
+    )
     pieces = [body[i : i + 65536] for i in range(0, len(body), 65536)]
     tracemalloc.start()
     try:
@@ -227,3 +230,107 @@ def test_reading_and_comparing_50k_entries_holds_far_less_than_the_answer_parsed
         tracemalloc.stop()
     assert plan.send == plan.attrs_only == plan.to_hash == plan.delete == []
     assert peak < 2 * 1024 * 1024, f"{peak / 2**20:.1f} MiB"
+
+
+# -- our side held compactly (manifest.Listing) -----------------------------------------------------
+ODD_NAMES = [
+    "a",
+    "a b",
+    "a-b",
+    "a.b",
+    "a/b",
+    "a/b/c",
+    "a/b-c",
+    "a/b.c",
+    "a/b c",
+    "a!/x",
+    "ab",
+    "a\u00e9",
+    "z",
+]
+
+
+def test_a_listing_gives_back_each_entry_once_and_the_rest_in_path_order() -> None:
+    entries = [
+        Entry(p, "dir" if p in ("a", "a/b") else "file", 0o755 if p == "a" else 0o644, i - 3, 10 * i)
+        for i, p in enumerate(reversed(ODD_NAMES))
+    ]
+    entries.append(Entry("l", "symlink", 0o777, 1 << 70, target="../x"))  # an mtime beyond 64 bits
+    listing = manifest.Listing(entries)
+    assert len(listing) == len(entries)
+    by_path = {e.path: e for e in entries}
+    for path in ("a/b", "l"):
+        position = listing.take(path)
+        assert position is not None and position >= 0
+        assert listing.entry(position, path) == by_path[path]
+        assert listing.take(path) == manifest.TAKEN
+    assert listing.take("nothing") is None and listing.take("a/b/") is None
+    left = list(manifest.Listing(entries).left())
+    assert left == sorted(entries, key=lambda e: e.path.split("/"))
+    rest = [e for e in left if e.path not in ("a/b", "l")]
+    assert list(listing.left()) == rest
+    assert listing.left_sizes() == ([e.path for e in rest], array("q", [e.size for e in rest]))
+
+
+def test_a_plan_with_unlisted_paths_apart_sends_what_a_whole_plan_sends_in_the_same_order() -> None:
+    rng = random.Random(7)
+    ours = {}
+    theirs = []
+    for i in range(3000):
+        path = f"{rng.choice(ODD_NAMES)}/{rng.choice(ODD_NAMES)}/f{i}"
+        ours[path] = Entry(path, "file", 0o644, 1_000 + i, i)
+        roll = rng.random()
+        if roll < 0.4:
+            continue  # not listed there
+        size = i + 1 if roll < 0.5 else i
+        theirs.append(Entry(path, "file", 0o644, 7 if roll > 0.9 else 1_000 + i, size))
+    plans = []
+    for whole in (True, False):
+        comparison = manifest.Comparison(dict(ours))
+        for entry in theirs:
+            comparison.add(entry)
+        plan = comparison.plan(whole=whole)
+        assert plan.to_hash
+        manifest.resolve_hashes(plan, comparison.undecided, {}, {})  # every hash unknown: all sent
+        plans.append(plan)
+    whole_plan, apart = plans
+    assert apart.sending == len(whole_plan.send) > len(apart.send)
+    assert list(apart.sizes_to_send().items()) == [(e.path, e.size) for e in whole_plan.send]
+    assert whole_plan.sizes_to_send() == apart.sizes_to_send()
+
+
+def test_a_listing_of_100k_entries_holds_far_less_than_a_dict_of_entries() -> None:
+    """Issue 15: our own scan of 100,000 files took ~28 MiB as a dict of entries."""
+    paths = [f"d{i % 100:03d}/s{i % 97:03d}/f{i:06d}" for i in range(100_000)]
+    tracemalloc.start()
+    try:
+        listing = manifest.Listing(
+            Entry(p, "file", 0o644, 1_700_000_000_000_000_000 + i, 1000 + i) for i, p in enumerate(paths)
+        )
+        held, _peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(listing) == 100_000
+    assert held < 12 * 1024 * 1024, f"{held / 2**20:.1f} MiB"
+
+
+def test_an_answer_held_until_our_scan_is_done_is_held_compressed_and_read_unchanged() -> None:
+    """Issue 15: the replica's whole answer (~7 MiB for 100,000 files) may arrive before our scan
+    is done; held as it came it sat in the leader's memory beside that scan."""
+    raw = [
+        [f"d{i % 100:03d}/s{i % 97:03d}/f{i:06d}", "file", 0o644, 1_700_000_000 + i, i, None]
+        for i in range(50_000)
+    ]
+    body = json.dumps({"entries": raw}).encode()
+    pieces = [body[i : i + 65536] for i in range(0, len(body), 65536)]
+    answer = peer_answers.ManifestAnswer(Refusals("manifest", None), skip=lambda _p: False)
+    tracemalloc.start()
+    try:
+        for piece in pieces[:-1]:
+            answer.hold(piece)
+        held, _peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held < len(body) // 3, f"{held} bytes held for {len(body)}"
+    found = list(answer.feed(pieces[-1])) + list(answer.close())
+    assert [e.to_json() for e in found] == raw
