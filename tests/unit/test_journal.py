@@ -735,6 +735,29 @@ STEPS = st.lists(
 )
 
 
+def _common_step(journal: Journal, clock: FakeClock, step: tuple[Any, ...]) -> bool:
+    """The steps the property tests share (record, resync, discard, clock); False for any other."""
+    kind = step[0]
+    if kind == "sync":
+        journal.record_sync(step[1])
+    elif kind == "delete":
+        journal.record_delete(step[1])
+    elif kind == "rename":
+        if step[1] != step[2] and not is_within(step[2], step[1]):
+            journal.record_rename(step[1], step[2])
+    elif kind == "resync_first":
+        journal.resync_first(step[1])
+    elif kind == "discard":
+        held = list(journal._entries)
+        if held:
+            journal.discard(held[step[1] % len(held)])
+    elif kind == "tick":
+        clock.now += step[1]
+    else:
+        return False
+    return True
+
+
 @settings(max_examples=300, deadline=None)
 @given(STEPS)
 def test_the_oldest_pending_age_is_the_minimum_over_every_pending_change(
@@ -745,25 +768,10 @@ def test_the_oldest_pending_age_is_the_minimum_over_every_pending_change(
     clock = FakeClock()
     journal = make_journal(clock=clock)
     for step in steps:
-        kind = step[0]
-        if kind == "sync":
-            journal.record_sync(step[1])
-        elif kind == "delete":
-            journal.record_delete(step[1])
-        elif kind == "rename" and step[1] != step[2] and not is_within(step[2], step[1]):
-            journal.record_rename(step[1], step[2])
-        elif kind == "resync_first":
-            journal.resync_first(step[1])
-        elif kind == "send_and_ack":
+        if not _common_step(journal, clock, step) and step[0] == "send_and_ack":
             batch = journal.take_batch(step[1] + 1, UNLIMITED, lambda change: 0)
             if batch:
                 journal.acknowledge(batch[-1].seq)
-        elif kind == "discard":
-            held = list(journal._entries)
-            if held:
-                journal.discard(held[step[1] % len(held)])
-        elif kind == "tick":
-            clock.now += step[1]
         pending = list(journal._entries.values())
         expected = max(0.0, clock.now - min(c.enqueued_at for c in pending)) if pending else 0.0
         assert journal.oldest_unacked_age() == expected
@@ -853,29 +861,17 @@ def test_a_plan_held_compactly_behaves_as_its_syncs_recorded_one_by_one(steps: l
     for step in steps:
         for journal in (compact, reference):
             kind = step[0]
-            if kind == "plan":
+            if _common_step(journal, clock, step):
+                pass
+            elif kind == "plan":
                 syncs = sorted(step[1], key=lambda s: s[0].replace("/", "\0")) if step[2] else step[1]
                 journal.record_plan(iter(syncs))
-            elif kind == "sync":
-                journal.record_sync(step[1])
-            elif kind == "delete":
-                journal.record_delete(step[1])
-            elif kind == "rename" and step[1] != step[2] and not is_within(step[2], step[1]):
-                journal.record_rename(step[1], step[2])
-            elif kind == "resync_first":
-                journal.resync_first(step[1])
             elif kind == "take":
                 journal.take_batch(step[1], UNLIMITED, lambda change: 0)
             elif kind == "ack":
                 journal.acknowledge(min(journal.acked + step[1], journal.sent_upto))
             elif kind == "rewind":
                 journal.rewind(max(journal.acked, journal.sent_upto - step[1]))
-            elif kind == "discard":
-                held = list(journal._entries)
-                if held:
-                    journal.discard(held[step[1] % len(held)])
-            elif kind == "tick":
-                clock.now += step[1]
         assert _observed(compact) == _observed(reference), step
     assert take_all(compact) == take_all(reference)
 
