@@ -109,7 +109,9 @@ def test_without_the_gate_a_standby_daemon_builds_over_a_venv_being_replicated(
         finally:
             os.killpg(leader.proc.pid, signal.SIGCONT)
         try:
-            leader.wait_for_event("lock_released", package.identifier, timeout=60)
+            # The leader's whole build (uv venv, pip install, compileall): 2-25 s here, over 60 s once
+            # in a fresh-clone run while the image test's buildah build loaded the same disk.
+            leader.wait_for_event("lock_released", package.identifier, timeout=120)
             built = standby.wait_for_event("uv_venv", package.identifier, timeout=30)
             building = (
                 standby.events().index(built) + 1
