@@ -18,18 +18,14 @@ import heapq
 from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterator
+from dataclasses import replace
 
 from replication.changes import Change
+from replication.paths import path_key
 
 _ALIVE = 1
 _ATTR = 2
 _NO_SIZE = -1
-
-
-def path_key(path: str) -> str:
-    """Sorts as the list of path components would ('/' below every character a name may hold):
-    the order a manifest plan is in, so a folder's subtree is one slice of a run."""
-    return path.replace("/", "\0")
 
 
 def fits_a_run(attr_hint: tuple[int, int] | None, size_hint: int | None) -> bool:
@@ -234,15 +230,7 @@ class Held:
         """The sync `seq` must send content again, not attributes only."""
         change = self._single.get(seq)
         if change is not None:
-            self._single[seq] = Change(
-                change.seq,
-                change.kind,
-                change.path,
-                change.dest,
-                None,
-                change.enqueued_at,
-                change.size_hint,
-            )
+            self._single[seq] = replace(change, attr_hint=None)
             return
         found = self._in_run(seq)
         if found is None:

@@ -25,7 +25,7 @@ from typing import Protocol
 from replication.changes import Change, ChangeKind
 from replication.exclude import ReadyMarkers
 from replication.held import Held, fits_a_run
-from replication.paths import is_within, rebase
+from replication.paths import ancestors, is_within, rebase
 
 __all__ = ["Change", "ChangeKind", "Journal", "JournalFanout", "Recorder", "SequenceCounter"]
 
@@ -342,7 +342,7 @@ class Journal:
         """Sequences of the unsent markers whose plugin folder holds `path` (or is `path`)."""
         if not self._unsent_markers:
             return []
-        found = (self._unsent_markers.get(folder) for folder in ("", *_ancestors(path), path))
+        found = (self._unsent_markers.get(folder) for folder in ("", *ancestors(path), path))
         return [seq for seq in found if seq is not None]
 
     def _unsent_seq(self, path: str) -> int | None:
@@ -436,7 +436,7 @@ class _UnsentIndex:
 
     def _link(self, path: str) -> None:
         child = path
-        for folder in reversed(_ancestors(path)):
+        for folder in reversed(ancestors(path)):
             kids = self._kids.setdefault(folder, set())
             if child in kids:
                 return  # the folders above are linked already
@@ -445,7 +445,7 @@ class _UnsentIndex:
 
     def _unlink(self, path: str) -> None:
         child = path
-        for folder in reversed(_ancestors(path)):
+        for folder in reversed(ancestors(path)):
             if child in self._by_path or self._kids.get(child):
                 return  # still pending itself, or still leads to pending paths
             kids = self._kids[folder]
@@ -456,11 +456,6 @@ class _UnsentIndex:
             child = folder
         if child not in self._by_path and not self._kids.get(child):
             self._kids.pop(child, None)
-
-
-def _ancestors(path: str) -> list[str]:
-    parts = path.split("/")
-    return ["/".join(parts[:n]) for n in range(1, len(parts))]
 
 
 class JournalFanout:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from replication.errors import ReplicationError
-from replication.paths import MAX_PATH_BYTES, StorageRoot, is_temp_name
+from replication.paths import MAX_PATH_BYTES, StorageRoot, is_temp_name, path_key
 from replication.protocol import replicated_mode
 
 EntryType = Literal["file", "dir", "symlink"]
@@ -321,11 +321,6 @@ class Plan:
         return found
 
 
-def path_key(path: str) -> str:
-    """Sorts as the list of path components would ('/' below every character a name may hold)."""
-    return path.replace("/", "\0")
-
-
 def compare(source: dict[str, Entry], replica: dict[str, Entry]) -> Plan:
     """`Comparison` of two whole manifests (neither is changed)."""
     comparison = Comparison(Listing(source.values()))
@@ -411,8 +406,7 @@ class Comparison:
 
 
 def _path_order(entry: Entry) -> str:
-    """`path_key` of an entry: one string rather than a list of components per entry."""
-    return entry.path.replace("/", "\0")
+    return path_key(entry.path)
 
 
 def resolve_hashes(

@@ -87,6 +87,19 @@ def split_parent(path: str) -> tuple[str, str]:
     return parent, name
 
 
+def ancestors(path: str) -> list[str]:
+    """The folders above `path`, outermost first, the root ('') left out: ['a', 'a/b'] for 'a/b/c'."""
+    parts = path.split("/")
+    return ["/".join(parts[:n]) for n in range(1, len(parts))]
+
+
+def path_key(path: str) -> str:
+    """Sorts as the list of path components would ('/' below every character a name may hold), at the
+    cost of one string rather than a list of them: a manifest plan's order, in which a folder's
+    subtree is one slice."""
+    return path.replace("/", "\0")
+
+
 @dataclass(frozen=True, slots=True)
 class DirEntry:
     """One name in a folder, as lstat saw it; `target` is a symlink's text (never followed)."""

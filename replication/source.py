@@ -21,7 +21,7 @@ from prometheus_client import Counter
 
 from replication.errors import NotRegularFileError
 from replication.journal import Change, Journal
-from replication.paths import GONE, StorageRoot, file_kind, is_special, is_within, rebase, split_parent
+from replication.paths import GONE, StorageRoot, ancestors, file_kind, is_special, is_within, rebase
 
 log = structlog.get_logger("replication.source")
 
@@ -95,12 +95,10 @@ class SourceTree:
         A replica's path there is not ours to name: the plan that found it replaces that folder
         with what we have, which removes the path with it, and a delete of it would be a journal
         entry below a symlink of ours (found by the answer fuzzer)."""
-        parent = split_parent(path)[0]
-        while parent:
-            st = self.storage.lstat(parent)
+        for folder in ancestors(path):
+            st = self.storage.lstat(folder)
             if st is not None and not stat.S_ISDIR(st.st_mode):
                 return True
-            parent = split_parent(parent)[0]
         return False
 
     def exists(self, path: str) -> bool:
