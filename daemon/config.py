@@ -117,8 +117,8 @@ class Config:
     log_format: LogFormat = "json"
     heartbeat_interval: float = 1.0
     shutdown_timeout: float = 10.0
-    batch_max_ops: int = 1000
-    batch_max_bytes: int = 16 * 1024 * 1024
+    batch_max_ops: int = 2000
+    batch_max_bytes: int = 32 * 1024 * 1024
     journal_max_entries: int = 200_000
     election: Election = "static"
     redis_url: str = field(default="", repr=False)
@@ -394,8 +394,8 @@ class EnvReader:
             log_format=self.literal("LOG_FORMAT", "json", LogFormat),
             heartbeat_interval=self.seconds("HEARTBEAT_INTERVAL", 1.0, 0.05, 60),
             shutdown_timeout=self.seconds("SHUTDOWN_TIMEOUT", 10.0, 0.1, 600),
-            batch_max_ops=self.integer("BATCH_MAX_OPS", 1000, 1, 100_000),
-            batch_max_bytes=self.integer("BATCH_MAX_BYTES", 16 * 1024 * 1024, 1024, 1 << 34),
+            batch_max_ops=self.integer("BATCH_MAX_OPS", 2000, 1, 100_000),
+            batch_max_bytes=self.integer("BATCH_MAX_BYTES", 32 * 1024 * 1024, 1024, 1 << 34),
             journal_max_entries=self.integer("JOURNAL_MAX_ENTRIES", 200_000, 100, 100_000_000),
             failover=self.literal("FAILOVER", "manual", Failover),
             failover_timeout=self.seconds("FAILOVER_TIMEOUT", 6.0, 0.5, 3600),

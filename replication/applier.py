@@ -4,7 +4,8 @@ Content goes to a temp file in the target's own directory, is hashed as it
 arrives, given its mode (never setuid, setgid or sticky, whatever the sender
 says) and mtime, and staged: `commit`, before the batch is acknowledged,
 makes every staged file durable at once, renames them over their targets and
-makes the renames durable (group_commit.py). An operation that touches a
+makes the renames durable (group_commit.py); a big batch hands its staged
+files to a worker thread in groups as it goes. An operation that touches a
 staged path (or a folder above one) commits the staged files first, so the
 batch's order is kept. All access goes through StorageRoot's no-follow
 directory fds (containment).
@@ -31,7 +32,7 @@ from replication.errors import (
     ReplicationError,
     StorageFullError,
 )
-from replication.group_commit import GroupCommit, syncfs
+from replication.group_commit import GroupCommit, clear_directory_in_the_way, rename_into_place, syncfs
 from replication.paths import TEMP_PREFIX, StorageRoot, is_temp_name, is_within, split_parent
 from replication.protocol import FLAG_DISCARD, TRAILER_BYTES, Operation, decode_trailer, replicated_mode
 from replication.write_behind import WriteBehind
@@ -61,6 +62,13 @@ class Applier:
     root: StorageRoot
     _dirty_dirs: set[str] = field(default_factory=set)
     _group: GroupCommit = field(default_factory=GroupCommit)
+    _committing: asyncio.Future[set[str]] | None = None
+    """The commit of the group handed off before `_group`, in a worker thread (group_commit.py)."""
+    _committing_group: GroupCommit | None = None
+    _handed_off: int = 0
+    """Files handed off whose renames no syncfs has covered yet: still not acknowledgeable."""
+    _failure: BaseException | None = None
+    """A handed-off group's commit failed: the next `commit` raises it."""
 
     async def apply(self, op: Operation, read: ReadExactly) -> ApplyOutcome:
         """Apply `op`; for a put, consume exactly its content and trailer from `read`."""
@@ -73,6 +81,8 @@ class Applier:
                 outcome = await self._put(op, read)
                 if self._group.full:
                     await self.commit()
+                elif self._group.worth_handing_off:
+                    self._hand_off()
                 return outcome
             return self._apply_meta(op)
         except OSError as exc:
@@ -82,14 +92,49 @@ class Applier:
 
     @property
     def staged(self) -> int:
-        """Files received but not yet committed (not visible, not durable)."""
-        return len(self._group)
+        """Files received but not yet committed (not durably in place: not acknowledgeable)."""
+        return len(self._group) + self._handed_off
 
     def _must_commit_before(self, op: Operation) -> bool:
         if op.op in ("put", "delta", "mkdir", "attr"):
-            return self._group.conflicts(op.path)
+            handed = self._committing_group
+            return self._group.conflicts(op.path) or (handed is not None and handed.conflicts(op.path))
         # A rename, delete or symlink may move, remove or replace folders this batch keeps open.
-        return self._group.holds_anything
+        return self._group.holds_anything or self._committing is not None
+
+    def _hand_off(self) -> None:
+        """Let a worker thread commit the staged group while the batch goes on, if none is at it.
+
+        One group at a time keeps the renames in batch order. A failure is kept for `commit`, which
+        reports the batch as applied only up to where it was before the first handed-off group
+        (`staged` counts handed-off files until a syncfs covered their renames)."""
+        if self._committing is not None:
+            if not self._committing.done():
+                return
+            self._collect(self._committing)
+        if self._failure is not None:
+            return
+        group, self._group = self._group, GroupCommit()
+        self._handed_off += len(group)
+        self._committing_group = group
+        self._committing = asyncio.ensure_future(asyncio.to_thread(group.commit_in_thread))
+
+    def _collect(self, done: asyncio.Future[set[str]]) -> None:
+        self._committing = self._committing_group = None
+        if done.exception() is not None:
+            self._failure = self._failure or done.exception()
+        else:
+            self._dirty_dirs.update(done.result())
+
+    async def _wait_handed_off(self) -> None:
+        """Until the handed-off group is in place. Shielded: the thread owns that group to its end."""
+        committing = self._committing
+        if committing is not None:
+            await asyncio.wait([committing])  # never raises, and a cancelled wait leaves it running
+            self._collect(committing)
+        failure, self._failure = self._failure, None
+        if failure is not None:
+            raise failure
 
     async def commit(self) -> None:
         """Make the staged files durable, rename them into place, make that durable (before acknowledging).
@@ -97,25 +142,24 @@ class Applier:
         On failure the staged temp files are removed: none of them became visible half-way.
         """
         try:
+            await self._wait_handed_off()
             with self.root.open_dir("", create=False) as root_fd:
                 synced = await self._group.make_durable(root_fd)
                 for staged in self._group.staged():
                     folder = self._group.folder(staged.folder)
                     assert folder is not None
-                    try:
-                        os.rename(staged.temp, staged.name, src_dir_fd=folder, dst_dir_fd=folder)
-                    except IsADirectoryError:  # rename(2) never replaces a folder with a file
-                        _clear_directory_in_the_way(folder, staged.name)
-                        os.rename(staged.temp, staged.name, src_dir_fd=folder, dst_dir_fd=folder)
+                    rename_into_place(folder, staged.temp, staged.name)
                     self._dirty_dirs.add(staged.folder)
-                if synced:  # the folders too: one more pass covers the renames
+                if synced or self._handed_off:  # the folders too: one more pass covers the renames
                     await asyncio.to_thread(_syncfs_quietly, root_fd)
                     self._dirty_dirs.clear()
         except BaseException as exc:
             self._group.abandon()
+            self._handed_off = 0
             if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise StorageFullError(errno.ENOSPC, "no space left committing a batch") from exc
             raise
+        self._handed_off = 0
         self._group.done()
 
     async def finish(self) -> None:
@@ -187,7 +231,7 @@ class Applier:
                 raise IntegrityError(f"content of {op.path!r} does not match its SHA-256")
             os.fchmod(fd, replicated_mode(op.mode))
             os.utime(fd, ns=(op.mtime_ns, op.mtime_ns))
-            self._group.stage(op.path, parent, temp, name, fd)
+            self._group.stage(op.path, parent, temp, name, fd, op.size)
             staged = True
         finally:
             if not staged:
@@ -276,7 +320,7 @@ class Applier:
                 temp = _temp_name(name)
                 os.symlink(op.target, temp, dir_fd=dir_fd)
                 try:
-                    _clear_directory_in_the_way(dir_fd, name)
+                    clear_directory_in_the_way(dir_fd, name)
                     os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
                 except BaseException:
                     with contextlib.suppress(FileNotFoundError):
@@ -315,7 +359,7 @@ class Applier:
                 with contextlib.suppress(FileNotFoundError):
                     _remove(dst_fd, dst_name)
             else:
-                _clear_directory_in_the_way(dst_fd, dst_name)
+                clear_directory_in_the_way(dst_fd, dst_name)
             os.rename(src_name, dst_name, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
         self._dirty_dirs.update((src_parent, dst_parent))
         return ApplyOutcome()
@@ -410,10 +454,3 @@ def _remove(dir_fd: int, name: str) -> None:
 
 def _syncfs_quietly(fd: int) -> None:
     syncfs(fd)
-
-
-def _clear_directory_in_the_way(dir_fd: int, name: str) -> None:
-    """rename(2) cannot replace a directory with a file: the sender's type wins."""
-    st = _lstat(name, dir_fd)
-    if st is not None and stat.S_ISDIR(st.st_mode):
-        shutil.rmtree(name, dir_fd=dir_fd)

@@ -15,6 +15,15 @@ never sees a partial file either way.
 
 Folders are opened once per batch (no-follow fds, kept until the commit),
 not once per file.
+
+A big batch (a seed) does not wait for its whole commit at the end: once a
+group holds HAND_OFF_FILES files or HAND_OFF_BYTES bytes, a worker thread
+takes it over (`commit_in_thread`: one syncfs, then its renames) while the
+next files of the batch are received into a new group. Renames stay in
+batch order (a group starts only when the one before it is done, and
+anything touching a path of a group still in flight waits for it), and the
+batch is acknowledged only after the last group's renames and one more
+syncfs covering all of them.
 """
 
 from __future__ import annotations
@@ -23,6 +32,8 @@ import asyncio
 import contextlib
 import ctypes
 import os
+import shutil
+import stat
 from dataclasses import dataclass
 
 from replication.paths import split_parent
@@ -33,6 +44,9 @@ MAX_STAGED = 4000
 """Commit early beyond this many staged files (bounds temp files and memory)."""
 MAX_FOLDERS = 256
 """Commit early beyond this many open folder fds."""
+HAND_OFF_FILES = 500
+HAND_OFF_BYTES = 8 * 1024 * 1024
+"""A group this big is committed by a worker thread while the batch goes on (see above)."""
 
 
 def _load_syncfs() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
@@ -74,6 +88,8 @@ class GroupCommit:
         self._above: set[str] = set()
         """Every folder above a staged path: a put or delete there must commit first."""
         self._folders: dict[str, int] = {}
+        self.bytes = 0
+        """Content bytes staged."""
 
     def __len__(self) -> int:
         return len(self._files)
@@ -85,6 +101,10 @@ class GroupCommit:
     @property
     def full(self) -> bool:
         return len(self._files) >= MAX_STAGED or len(self._folders) >= MAX_FOLDERS
+
+    @property
+    def worth_handing_off(self) -> bool:
+        return len(self._files) >= HAND_OFF_FILES or self.bytes >= HAND_OFF_BYTES
 
     # -- folders -----------------------------------------------------------------
     def folder(self, rel_dir: str) -> int | None:
@@ -105,8 +125,9 @@ class GroupCommit:
             os.close(fd)
 
     # -- files -------------------------------------------------------------------
-    def stage(self, path: str, folder: str, temp: str, name: str, fd: int) -> None:
-        """Take over the complete temp file `temp` (and its fd) as the next content of `path`."""
+    def stage(self, path: str, folder: str, temp: str, name: str, fd: int, size: int = 0) -> None:
+        """Take over the complete temp file `temp` (its fd, `size` bytes) as the next content of `path`."""
+        self.bytes += size
         if len(self._files) >= SYNCFS_FROM and _SYNCFS is not None:
             os.close(fd)
             held: int | None = None
@@ -141,6 +162,31 @@ class GroupCommit:
         await asyncio.to_thread(_fsync_all, [f.fd for f in files if f.fd is not None])
         return False
 
+    def commit_in_thread(self) -> set[str]:
+        """Make the staged files durable (one syncfs) and rename them into place; returns the folders
+        renamed in (their renames are not durable yet: a later syncfs must cover them).
+
+        Runs in a worker thread and owns the group from start to end, fds included: a cancelled
+        awaiter cannot close a folder fd under a rename still in flight (an fd number reused
+        meanwhile would rename in some other folder). On failure what was not renamed is removed.
+        """
+        try:
+            files = list(self._files.values())
+            if files:
+                anchor = next(iter(self._folders.values()))
+                if any(f.fd is None for f in files):
+                    syncfs(anchor)
+                else:
+                    _fsync_all([f.fd for f in files if f.fd is not None])
+            renamed = {staged.folder for staged in files}
+            for staged in files:
+                rename_into_place(self._folders[staged.folder], staged.temp, staged.name)
+        except BaseException:
+            self.abandon()
+            raise
+        self.done()
+        return renamed
+
     def staged(self) -> list[Staged]:
         return list(self._files.values())
 
@@ -151,6 +197,7 @@ class GroupCommit:
                 os.close(staged.fd)
         self._files.clear()
         self._above.clear()
+        self.bytes = 0
         self.close_folders()
 
     def abandon(self) -> None:
@@ -171,3 +218,22 @@ class GroupCommit:
 def _fsync_all(fds: list[int]) -> None:
     for fd in fds:
         os.fsync(fd)
+
+
+def rename_into_place(folder_fd: int, temp: str, name: str) -> None:
+    """Rename the staged `temp` over `name` in the folder `folder_fd`."""
+    try:
+        os.rename(temp, name, src_dir_fd=folder_fd, dst_dir_fd=folder_fd)
+    except IsADirectoryError:  # rename(2) never replaces a folder with a file
+        clear_directory_in_the_way(folder_fd, name)
+        os.rename(temp, name, src_dir_fd=folder_fd, dst_dir_fd=folder_fd)
+
+
+def clear_directory_in_the_way(dir_fd: int, name: str) -> None:
+    """rename(2) cannot replace a directory with a file: the sender's type wins."""
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(name, dir_fd=dir_fd)

@@ -95,8 +95,8 @@ class LinkSettings:
     server_key: str
     node_id: str
     heartbeat_interval: float = 1.0
-    batch_max_ops: int = 1000
-    batch_max_bytes: int = 16 * 1024 * 1024
+    batch_max_ops: int = 2000
+    batch_max_bytes: int = 32 * 1024 * 1024
     delta_min_size: int = DELTA_MIN_SIZE
     """Smaller files travel whole: below ~1 MiB a LAN sends them faster than a signature round trip."""
     connect_timeout: float = 5.0

@@ -51,8 +51,8 @@ class SftpSettings:
     key_file: str
     known_hosts: str
     heartbeat_interval: float = 1.0
-    batch_max_ops: int = 1000
-    batch_max_bytes: int = 16 * 1024 * 1024
+    batch_max_ops: int = 2000
+    batch_max_bytes: int = 32 * 1024 * 1024
     connect_timeout: float = 10.0
     keepalive_interval: float = 5.0
     """An SSH keepalive this often; three unanswered ones drop the link."""

@@ -1,7 +1,7 @@
 """kill -9 of the standby in the middle of a group-committed batch (replication/group_commit.py).
 
-The standby writes every file of a batch to a temp file and renames them all into place in one
-commit just before its acknowledgement. Killed in between, it must have lost nothing it
+The standby writes every file of a batch to a temp file and renames them into place, in groups
+as the batch goes and the last group just before its acknowledgement. Killed in between, it must have lost nothing it
 acknowledged, and no file may be visible that is not complete.
 """
 
@@ -21,7 +21,9 @@ from tests.support.ha import FAST, primary
 pytestmark = pytest.mark.timeout(150)
 FILES = 240
 SIZE = 64 << 10
-"""240 x 64 KiB: one batch (under the sender's 16 MiB and 1,000-operation limits)."""
+"""240 x 64 KiB: one batch (under the sender's 32 MiB and 2,000-operation limits). Past 8 MiB
+(group_commit.HAND_OFF_BYTES) its first files are committed by a thread while the rest arrive: a kill
+can find some renamed into place (complete, not acknowledged) and the others staged."""
 
 
 @pytest.fixture
