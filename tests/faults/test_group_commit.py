@@ -1,8 +1,8 @@
 """kill -9 of the standby in the middle of a group-committed batch (replication/group_commit.py).
 
-The standby writes every file of a batch to a temp file and renames them into place, in groups
-as the batch goes and the last group just before its acknowledgement. Killed in between, it must have lost nothing it
-acknowledged, and no file may be visible that is not complete.
+The standby writes every file of a batch to a temp file and renames them into place in groups
+as the batch goes, the last group just before its acknowledgement. Killed in between, it must
+have lost nothing it acknowledged, and no file may be visible that is not complete.
 """
 
 from __future__ import annotations
