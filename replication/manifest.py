@@ -154,14 +154,21 @@ class Listing:
     already in the plan's order. Each entry can be taken once (`take`); `left` yields the others.
     """
 
-    def __init__(self, entries: Iterable[Entry]) -> None:
+    def __init__(self, entries: Iterable[Entry] = (), *, sealed: bool = True) -> None:
+        """With `sealed` False, `extend` it as a walk goes and `seal` it before any lookup."""
         self._records: list[str] = []
         self._types, self._modes = bytearray(), array("H")
         self._mtimes, self._sizes = array("q"), array("q")
         self._targets: dict[int, str] = {}
         self._odd_mtimes: dict[int, int] = {}
         """mtimes beyond 64 bits (an absurd date is still a valid one), by position."""
-        for position, entry in enumerate(entries):
+        self._taken = bytearray()
+        self.extend(entries)
+        if sealed:
+            self.seal()
+
+    def extend(self, entries: Iterable[Entry]) -> None:
+        for position, entry in enumerate(entries, start=len(self._records)):
             self._records.append(f"{path_key(entry.path)}{_SEPARATOR}{_position(position)}")
             self._types.append(_TYPES.index(entry.type))
             self._modes.append(entry.mode)
@@ -173,6 +180,8 @@ class Listing:
             self._sizes.append(entry.size)
             if entry.target is not None:
                 self._targets[position] = entry.target
+
+    def seal(self) -> None:
         self._records.sort()
         self._taken = bytearray(len(self._records))
 
@@ -364,22 +373,12 @@ class Comparison:
 
     def _decide(self, position: int, theirs: Entry) -> None:
         """Our entry is made only when a list takes it (a no-change pass makes none)."""
-        type_, mode, mtime_ns, size, target = self._source.fields(position)
-        if theirs.type != type_:
+        verdict = difference(self._source.fields(position), theirs)
+        if verdict == "send":
             self._send.append(self._source.entry(position, theirs.path))
-        elif type_ == "file":
-            if theirs.size != size:
-                self._send.append(self._source.entry(position, theirs.path))
-            elif theirs.mtime_ns != mtime_ns:
-                self.undecided[theirs.path] = self._source.entry(position, theirs.path)
-            elif theirs.mode != replicated_mode(mode):
-                self._attrs.append(self._source.entry(position, theirs.path))
-        elif type_ == "symlink":
-            if theirs.target != target:
-                self._send.append(self._source.entry(position, theirs.path))
-            elif theirs.mtime_s != mtime_ns // 1_000_000_000:
-                self._attrs.append(self._source.entry(position, theirs.path))
-        elif theirs.mode != replicated_mode(mode):
+        elif verdict == "hash":
+            self.undecided[theirs.path] = self._source.entry(position, theirs.path)
+        elif verdict == "attrs":
             self._attrs.append(self._source.entry(position, theirs.path))
 
     def plan(self, whole: bool = True) -> Plan:
@@ -402,6 +401,90 @@ class Comparison:
             unlisted=unlisted,
         )
         self._send, self._attrs, self._extra = [], [], set()
+        return plan
+
+
+Verdict = Literal["send", "hash", "attrs"] | None
+"""What one path needs: its content sent, its content hashed on both sides (same size and type,
+another mtime: maybe the same bytes), its attributes only, or nothing."""
+
+
+def difference(ours: tuple[EntryType, int, int, int, str | None], theirs: Entry) -> Verdict:
+    """What the replica's `theirs` needs to equal our (type, mode, mtime_ns, size, target)."""
+    type_, mode, mtime_ns, size, target = ours
+    if theirs.type != type_:
+        return "send"
+    if type_ == "file":
+        if theirs.size != size:
+            return "send"
+        if theirs.mtime_ns != mtime_ns:
+            return "hash"
+        return "attrs" if theirs.mode != replicated_mode(mode) else None
+    if type_ == "symlink":
+        if theirs.target != target:
+            return "send"
+        return "attrs" if theirs.mtime_s != mtime_ns // 1_000_000_000 else None
+    return "attrs" if theirs.mode != replicated_mode(mode) else None
+
+
+class ScanComparison:
+    """The other way round from `Comparison`, for a replica that has little: its whole manifest is
+    held (a dict of at most a few thousand entries) and our scan is compared a chunk at a time as
+    the walk goes, so what the replica lacks can be queued, and sent, before our walk is over (a
+    seed: the replica lists nothing, and 100,000 files used to wait for the whole walk).
+
+    `add` answers what to send of each chunk; `rest` is the plan of everything else once the walk
+    is over: attributes, paths to hash, and what only the replica has (to delete).
+    """
+
+    def __init__(self, theirs: dict[str, Entry], repeated: int = 0) -> None:
+        self._theirs = theirs
+        self.repeated = repeated
+        """Paths the replica listed more than once (the first counts, as in `Comparison`)."""
+        self.compared = 0
+        self._attrs: list[Entry] = []
+        self.undecided: dict[str, Entry] = {}
+
+    @classmethod
+    def of(cls, answer: Iterable[Entry]) -> ScanComparison:
+        theirs: dict[str, Entry] = {}
+        repeated = 0
+        for entry in answer:
+            if entry.path in theirs:
+                repeated += 1
+            else:
+                theirs[entry.path] = entry
+        return cls(theirs, repeated)
+
+    def add(self, chunk: Iterable[Entry]) -> list[Entry]:
+        """Our entries of one chunk of the walk (parents first); returns those to send, in that order."""
+        send: list[Entry] = []
+        for ours in chunk:
+            self.compared += 1
+            theirs = self._theirs.pop(ours.path, None)
+            if theirs is None:
+                send.append(ours)
+                continue
+            verdict = difference((ours.type, ours.mode, ours.mtime_ns, ours.size, ours.target), theirs)
+            if verdict == "send":
+                send.append(ours)
+            elif verdict == "hash":
+                self.undecided[ours.path] = ours
+            elif verdict == "attrs":
+                self._attrs.append(ours)
+        return send
+
+    def rest(self) -> Plan:
+        """After the last chunk: what `add` did not send (nothing is left to send in it)."""
+        self._attrs.sort(key=_path_order)
+        plan = Plan(
+            send=[],
+            attrs_only=self._attrs,
+            delete=_topmost(self._theirs),
+            to_hash=list(self.undecided),
+            compared=self.compared,
+        )
+        self._attrs, self._theirs = [], {}
         return plan
 
 

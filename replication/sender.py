@@ -66,6 +66,7 @@ from replication.protocol import (
 )
 from replication.read_ahead import READ_AHEAD_FROM, ReadAhead, Snapshot
 from replication.read_ahead import WINDOW as READ_AHEAD_WINDOW
+from replication.scan import Scan
 from replication.source import SentObjects, SourceTree, SpecialFiles, next_batch
 
 log = structlog.get_logger("replication.sender")
@@ -85,6 +86,10 @@ MAX_SYMLINK_REPAIRS = 20
 first (a race of folder swaps can need several); beyond this the refused change is dropped and a rescan
 repairs instead."""
 LINK_PATH = "/internal/replication"
+STREAM_MAX = 5000
+"""A replica manifest of at most this many entries is held whole (about 1.5 MiB) and our walk
+compared with it as it goes (Sender._compare_with_replica): a new standby's seed starts sending
+before our walk is over."""
 FULL_BACKOFF_MIN = 0.5
 ANSWER_BACKOFF_MIN = 0.1
 
@@ -179,6 +184,8 @@ class Sender:
         """Seeding and catch-up: files and bytes done of the total known so far (status shows it)."""
         self.protocol: int | None = None
         """The protocol version the replica chose at the last hello (versions.py)."""
+        self._planning: asyncio.Task[SyncSummary] | None = None
+        """The link's reconciliation after a hello, running beside the stream (_start_planning)."""
 
     # -- lifecycle ---------------------------------------------------------------
     async def run(self) -> None:
@@ -193,9 +200,12 @@ class Sender:
             try:
                 while True:
                     try:
-                        await self._link_up()
-                        backoff.reset()
-                        await self._stream()
+                        try:
+                            await self._link_up()
+                            backoff.reset()
+                            await self._stream()
+                        finally:
+                            await self._stop_planning()
                     except FencedError as exc:
                         self._down(str(exc))
                         self.fenced_by = exc.peer_epoch
@@ -306,11 +316,36 @@ class Sender:
             self.journal.reset()
         else:
             self.journal.rewind(self.journal.acked)
-        await self.reconcile(reason)
+        self._start_planning(reason)
+
+    def _start_planning(self, reason: str) -> None:
+        """The link's reconciliation runs beside `_stream`: what a streamed comparison queues goes out
+        while the rest is planned (a seed's first files leave long before our walk is over)."""
+        planning = asyncio.create_task(self.reconcile(reason), name="link-plan")
+        planning.add_done_callback(lambda _done: self.journal.changed.set())  # wakes _stream
+        self._planning = planning
+
+    def _planning_done(self) -> bool:
+        """True once the link's reconciliation is over (then the replica must hear the new baseline);
+        its failure takes the link down here."""
+        planning = self._planning
+        if planning is None or not planning.done():
+            return False
+        self._planning = None
+        planning.result()
+        return True
+
+    async def _stop_planning(self) -> None:
+        planning, self._planning = self._planning, None
+        if planning is not None:
+            planning.cancel()
+            await asyncio.gather(planning, return_exceptions=True)
 
     async def _stream(self) -> None:
         settings = self.settings
         while True:
+            if self._planning_done() and not self.journal.pending:
+                await self._send([])  # everything went out while planning: now the baseline too
             batch = await next_batch(
                 self.journal,
                 settings.batch_max_ops,
@@ -675,22 +710,26 @@ class Sender:
 
     # -- reconciliation ----------------------------------------------------------
     async def reconcile(self, reason: str) -> SyncSummary:
-        """Compare manifests and queue exactly what differs; returns at once with the plan's size."""
+        """Compare manifests and queue exactly what differs; returns with the plan's size once it is
+        all queued (a streamed plan queued, and the link may have sent, its first files long before)."""
         async with self._reconcile_lock:
             started = time.monotonic()
             self.metrics.full_rescans.labels(reason=reason).inc()
-            # Our scan runs in a thread while the replica scans its own tree for the answer: the two
+            # Our walk runs in a thread while the replica walks its own tree for the answer: the two
             # walks overlap (on two cores they take about as long as the longer one). Whatever changes
-            # here after our scan is recorded by the watcher and goes out after this plan.
-            scanning = asyncio.ensure_future(
-                asyncio.to_thread(manifest.listing, self.root, self._skip, self._tree.skipped.note)
-            )
+            # here after our walk passed is recorded by the watcher and goes out after this plan.
+            scan = Scan(self.root, self._skip, self._tree.skipped.note)
+            scan.start()
+            queued = 0
+
+            def queue(entries: list[manifest.Entry]) -> None:
+                nonlocal queued
+                queued += self._queue_sends(reason, entries)
+
             try:
-                plan, undecided = await self._compare_with_replica(scanning)
+                plan, undecided = await self._compare_with_replica(scan, queue)
             finally:
-                if not scanning.done():
-                    scanning.cancel()
-                    await asyncio.gather(scanning, return_exceptions=True)
+                scan.stop()  # its thread ends at its next chunk if the comparison failed
             if plan.to_hash:
                 theirs = await self._their_hashes(plan.to_hash)
                 storage = self._tree.storage
@@ -698,7 +737,7 @@ class Sender:
                     lambda: {p: manifest.storage_sha256(storage, p) for p in plan.to_hash}
                 )
                 manifest.resolve_hashes(plan, undecided, mine, theirs)
-            sent = plan.sending
+            sent = plan.sending + queued
             sizes = self._record_plan(plan)
             self.baseline_seq = self.journal.last_held  # not the head: see Journal.last_held
             self.progress.planned(reason, sizes, self.journal.pending, self.bytes_sent)
@@ -711,18 +750,20 @@ class Sender:
                 seconds=time.monotonic() - started,
                 up_to_seq=self.journal.head,
             )
-            log.info("reconciliation_planned", **summary.to_json())
+            log.info("reconciliation_planned", streamed=queued > 0, **summary.to_json())
             return summary
 
     async def _compare_with_replica(
-        self, scanning: asyncio.Future[manifest.Listing]
+        self, scan: Scan, queue: Callable[[list[manifest.Entry]], None]
     ) -> tuple[manifest.Plan, dict[str, manifest.Entry]]:
-        """Our scan against the replica's manifest as it arrives (manifest_wire): the plan, and our
+        """Our walk against the replica's manifest as it arrives (manifest_wire): the plan, and our
         entries of the paths it left undecided.
 
-        What arrives before our scan is done waits as bytes, its most compact form; after that each
-        entry is checked (peer_answers.ManifestAnswer) and compared (manifest.Comparison) as it is
-        read, so neither manifest is held whole (issue 15: 100,000 files under 100 MiB).
+        A replica that lists at most STREAM_MAX entries is held whole and our walk compared with it
+        a chunk at a time (manifest.ScanComparison): what it lacks is queued at once (`queue`).
+        Otherwise what arrives before our walk is done waits as bytes, its most compact form; after
+        that each entry is checked (peer_answers.ManifestAnswer) and compared (manifest.Comparison)
+        as it is read, so neither manifest is held whole (issue 15: 100,000 files under 100 MiB).
         """
         async with self._request("GET", "/manifest") as resp:
             if resp.status >= 400:
@@ -734,11 +775,24 @@ class Sender:
                     )
                 answer = peer_answers.ManifestAnswer(refuse, skip=self._skip)
                 comparison = await _compare_as_it_arrives(
-                    resp.content.iter_any(), scanning, answer, self._progress
+                    resp.content.iter_any(), scan, answer, self._progress
                 )
                 if comparison.repeated:
                     refuse("duplicate", "a path listed twice", comparison.repeated)
+        if isinstance(comparison, manifest.ScanComparison):
+            async for chunk in scan.stream():
+                queue(comparison.add(chunk))
+            return comparison.rest(), comparison.undecided
         return comparison.plan(whole=False), comparison.undecided
+
+    def _queue_sends(self, reason: str, entries: list[manifest.Entry]) -> int:
+        """Queue what a streamed comparison found missing or different, as `_record_plan` queues
+        the sends of a whole plan; returns how many."""
+        if entries:
+            sizes = {entry.path: entry.size for entry in entries}
+            self.progress.planned(reason, sizes, self.journal.pending, self.bytes_sent)
+            self.journal.record_plan((path, None, size) for path, size in sizes.items())
+        return len(entries)
 
     def _record_plan(self, plan: manifest.Plan) -> dict[str, int]:
         """Queue the plan; returns the sizes of the files to send (path order), for progress.
@@ -870,27 +924,60 @@ def _signature_answer_bytes(size: int) -> int:
 
 
 async def _compare_as_it_arrives(
-    chunks: AsyncIterator[bytes],
-    scanning: asyncio.Future[manifest.Listing],
+    pieces: AsyncIterator[bytes],
+    scan: Scan,
     answer: peer_answers.ManifestAnswer,
     progress: Callable[[], None],
-) -> manifest.Comparison:
-    """Each entry of the answer compared with our scan as it is read; pieces that arrive before
-    our scan is done are held (as bytes) until it is."""
+) -> manifest.Comparison | manifest.ScanComparison:
+    """The comparison that fits the answer (see Sender._compare_with_replica), fed with it.
+
+    The answer's entries are read as they come while there are at most STREAM_MAX of them: if it
+    ends there, it is held whole for a ScanComparison. Past that, or once our walk is over, our walk
+    is kept as a Listing (Scan.keep) and the entries read so far wait until it is complete, as do
+    the pieces that arrive before (held as bytes)."""
+    early: list[manifest.Entry] | None = []
+    """The answer's entries while it may still turn out small (None once it cannot)."""
+    waiting: list[manifest.Entry] = []
+    """Entries read before our Listing was complete."""
     comparison: manifest.Comparison | None = None
-    async for chunk in chunks:
+    closed = False
+    async for piece in pieces:
         progress()
-        if comparison is None and scanning.done():
-            comparison = manifest.Comparison(scanning.result())
-        if comparison is None:
-            answer.hold(chunk)
+        if early is not None:
+            early.extend(answer.feed(piece))
+            if len(early) <= STREAM_MAX and not scan.done:
+                continue
+            scan.keep()
+            waiting, early = early, None
+            if scan.done:
+                comparison = _listed(await scan.listing(), waiting)
             continue
-        for entry in answer.feed(chunk):
+        if comparison is None and scan.done:
+            comparison = _listed(await scan.listing(), waiting)
+        if comparison is None:
+            answer.hold(piece)
+            continue
+        for entry in answer.feed(piece):
             comparison.add(entry)
+    if early is not None:
+        early.extend(answer.close())
+        closed = True
+        if len(early) <= STREAM_MAX:
+            return manifest.ScanComparison.of(early)
+        scan.keep()
+        waiting = early
     if comparison is None:
-        comparison = manifest.Comparison(await scanning)
-    for entry in answer.close():
+        comparison = _listed(await scan.listing(), waiting)
+    for entry in () if closed else answer.close():
         comparison.add(entry)
+    return comparison
+
+
+def _listed(listing: manifest.Listing, entries: list[manifest.Entry]) -> manifest.Comparison:
+    comparison = manifest.Comparison(listing)
+    for entry in entries:
+        comparison.add(entry)
+    entries.clear()
     return comparison
 
 

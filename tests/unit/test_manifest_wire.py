@@ -196,6 +196,47 @@ def test_comparing_one_entry_at_a_time_plans_what_a_whole_comparison_planned() -
     assert streamed.compared == plan.compared == 2000
 
 
+def test_our_walk_a_chunk_at_a_time_against_a_held_answer_plans_what_a_whole_comparison_planned() -> None:
+    """manifest.ScanComparison (a replica that has little): the same plan, its sends as the chunks go."""
+    rng = random.Random(16)
+    ours: dict[str, Entry] = {}
+    theirs: list[Entry] = []
+    for i in range(600):
+        path = f"d{i % 7}/f{i}"
+        mine = ours[path] = Entry(path, "file", 0o644, 1_000 + i, i)
+        roll = rng.random()
+        if roll < 0.4:
+            continue
+        if roll < 0.5:
+            theirs.append(Entry(path, "file", 0o644, 1_000 + i, i + 1))
+        elif roll < 0.6:
+            theirs.append(Entry(path, "file", 0o644, 7, i))
+        elif roll < 0.7:
+            theirs.append(Entry(path, "file", 0o600, 1_000 + i, i))
+        elif roll < 0.75:
+            theirs.append(Entry(path, "dir", 0o755, 1_000 + i))
+        else:
+            theirs.append(mine)
+    ours["link"] = Entry("link", "symlink", 0o777, 5_000_000_000, target="a")
+    theirs.append(Entry("link", "symlink", 0o777, 9_000_000_000, target="a"))  # another second: attrs
+    theirs += [Entry(f"gone{i}/x", "file", 0o644, 0, 0) for i in range(20)]
+    theirs += [Entry("gone", "dir", 0o755, 0)]
+    whole = manifest.compare(ours, {entry.path: entry for entry in theirs})
+
+    comparison = manifest.ScanComparison.of([*theirs, *theirs[:4]])  # four listed twice
+    walk = list(ours.values())
+    sent = [entry for start in range(0, len(walk), 50) for entry in comparison.add(walk[start : start + 50])]
+    rest = comparison.rest()
+    assert comparison.repeated == 4
+    assert sorted(e.path for e in sent) == sorted(e.path for e in whole.send)
+    assert [e.path for e in sent] == [e.path for e in walk if e in sent], "walk order"
+    assert rest.send == []
+    assert sorted(e.path for e in rest.attrs_only) == sorted(e.path for e in whole.attrs_only)
+    assert sorted(rest.to_hash) == sorted(whole.to_hash) == sorted(comparison.undecided)
+    assert rest.delete == whole.delete and "gone" in rest.delete and len(rest.delete) == 21
+    assert rest.compared == whole.compared == len(ours)
+
+
 def test_a_repeated_path_the_replica_alone_has_is_deleted_once() -> None:
     comparison = manifest.Comparison({})
     for _ in range(3):

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from replication import manifest
+from replication import sender as sender_module
 from replication.delta import signature_of_fd
 from replication.errors import ContainmentError, FencedError, PeerError, ProtocolError
 from replication.exclude import ReadyMarkers
@@ -617,8 +618,23 @@ def replica_answers(draw: st.DrawFn, tree: AnswerTree) -> dict[str, tuple[int, b
 
 
 def _run_sender_against(
-    tree: AnswerTree, answers: dict[str, tuple[int, bytes, bool]], *, in_hypothesis: bool = True
+    tree: AnswerTree,
+    answers: dict[str, tuple[int, bytes, bool]],
+    *,
+    in_hypothesis: bool = True,
+    held_whole: bool = True,
 ) -> None:
+    """`held_whole` False: the manifest answer is compared as it arrives against our whole walk
+    (manifest.Comparison), as a big replica's is; True: a small one is held whole (ScanComparison)."""
+    stream_max = sender_module.STREAM_MAX
+    sender_module.STREAM_MAX = stream_max if held_whole else -1
+    try:
+        _exchange(tree, answers, in_hypothesis)
+    finally:
+        sender_module.STREAM_MAX = stream_max
+
+
+def _exchange(tree: AnswerTree, answers: dict[str, tuple[int, bytes, bool]], in_hypothesis: bool) -> None:
     journal = Journal("J", ReadyMarkers([]))
     replica = FakeReplica(answers)
     record_tree_calls: list[str] = []
@@ -644,9 +660,14 @@ def _run_sender_against(
     for path in ("data", "data/a.txt", "big.bin", "escape"):
         journal.record_sync(path)
 
+    async def link_up() -> None:
+        await sender._link_up()
+        if sender._planning is not None:  # the link's reconciliation, beside the stream
+            await sender._planning
+
     async def exchanges() -> None:
         for step in (
-            sender._link_up,
+            link_up,
             lambda: sender._send(journal.take_batch(100, 1 << 30, lambda _c: 0)),
             lambda: sender.reconcile("requested"),
         ):
@@ -674,7 +695,8 @@ def _run_sender_against(
 @settings(FUZZ, max_examples=300)
 @given(data=st.data())
 def test_the_master_survives_any_answer_of_its_replica_and_never_reads_outside(answer_tree, data):
-    _run_sender_against(answer_tree, data.draw(replica_answers(answer_tree)))
+    held_whole = data.draw(st.booleans(), label="manifest held whole")
+    _run_sender_against(answer_tree, data.draw(replica_answers(answer_tree)), held_whole=held_whole)
 
 
 def test_a_replica_path_below_our_symlink_is_never_queued_for_deletion(answer_tree):
@@ -682,7 +704,8 @@ def test_a_replica_path_below_our_symlink_is_never_queued_for_deletion(answer_tr
     delete of it in the journal. Sending our symlink replaces the replica's folder and all below it."""
     answers = {route: (200, b"", False) for route in ROUTES}
     answers["manifest"] = (200, b'{"entries": [["escape/secret", "file", 0, 0, 0, null]]}', False)
-    _run_sender_against(answer_tree, answers, in_hypothesis=False)
+    for held_whole in (True, False):
+        _run_sender_against(answer_tree, answers, in_hypothesis=False, held_whole=held_whole)
 
 
 def test_the_fake_replica_exchange_works_with_honest_answers(answer_tree):
@@ -710,6 +733,8 @@ def test_the_fake_replica_exchange_works_with_honest_answers(answer_tree):
 
     async def exchange() -> None:
         await sender._link_up()
+        assert sender._planning is not None
+        await sender._planning  # the link's reconciliation, beside the stream
         await sender._send(journal.take_batch(100, 1 << 30, lambda _c: 0))
 
     asyncio.run(exchange())
