@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import errno
 import hashlib
+import itertools
 import os
 import secrets
 import shutil
@@ -69,6 +70,7 @@ class Applier:
     """Files handed off whose renames no syncfs has covered yet: still not acknowledgeable."""
     _failure: BaseException | None = None
     """A handed-off group's commit failed: the next `commit` raises it."""
+    _temp_name: _TempNames = field(default_factory=lambda: _TempNames())
 
     async def apply(self, op: Operation, read: ReadExactly) -> ApplyOutcome:
         """Apply `op`; for a put, consume exactly its content and trailer from `read`."""
@@ -216,7 +218,7 @@ class Applier:
         parent, name = split_parent(op.path)
         digest = hashlib.sha256()
         dir_fd = self._folder(parent, created)
-        temp = _temp_name(name)
+        temp = self._temp_name(name)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         fd = os.open(temp, flags, 0o600, dir_fd=dir_fd)
         staged = False
@@ -317,7 +319,7 @@ class Applier:
             if st is not None and stat.S_ISLNK(st.st_mode) and os.readlink(name, dir_fd=dir_fd) == op.target:
                 pass
             else:
-                temp = _temp_name(name)
+                temp = self._temp_name(name)
                 os.symlink(op.target, temp, dir_fd=dir_fd)
                 try:
                     clear_directory_in_the_way(dir_fd, name)
@@ -396,10 +398,18 @@ def sweep_temp_files(root: str) -> int:
     return removed
 
 
-def _temp_name(name: str) -> str:
-    """A sibling name for the in-flight copy, within NAME_MAX whatever the encoding of `name`."""
-    stem = os.fsdecode(os.fsencode(name)[:200])
-    return f"{TEMP_PREFIX}{stem}.{secrets.token_hex(4)}"
+class _TempNames:
+    """Sibling names for in-flight copies, within NAME_MAX whatever the encoding of a name: a random
+    token per applier and a counter (O_EXCL still refuses a name that exists; a getrandom(2) per
+    file was a syscall on the replica's busiest path)."""
+
+    def __init__(self) -> None:
+        self._token = secrets.token_hex(4)
+        self._count = itertools.count()
+
+    def __call__(self, name: str) -> str:
+        stem = name if len(name) <= 50 else os.fsdecode(os.fsencode(name)[:200])
+        return f"{TEMP_PREFIX}{stem}.{self._token}{next(self._count):x}"
 
 
 async def _copy_content(fd: int, digest: hashlib._Hash, read: ReadExactly, size: int) -> bool:

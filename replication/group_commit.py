@@ -144,6 +144,10 @@ class GroupCommit:
         if path in self._files or path in self._above:
             return True
         parent = split_parent(path)[0]
+        if parent in self._folders:
+            # Opened for a file staged below it: it and every folder above it are in `_above`, so
+            # none of them can be a staged file (staging one there would have conflicted).
+            return False
         while parent:
             if parent in self._files:
                 return True

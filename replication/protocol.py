@@ -50,6 +50,8 @@ TRAILER_BYTES = 33
 FLAG_COMPLETE = 0
 FLAG_DISCARD = 1
 _LEN = struct.Struct(">I")
+_HEADER_JSON = json.JSONEncoder(separators=(",", ":"))
+"""json.dumps with arguments builds an encoder per call: a seed encodes one header per file."""
 
 _REQUIRED: dict[str, tuple[str, ...]] = {
     "put": ("path", "mode", "mtime_ns", "size"),
@@ -82,7 +84,7 @@ class Operation:
         # Not dataclasses.asdict: its deep copy was ~9% of the leader's time in a seed (issue 15 profile).
         fields = {k: v for k in self.__slots__ if (v := getattr(self, k)) is not None and v != ""}
         # ASCII escapes keep non-UTF-8 file names (surrogate escapes) intact.
-        raw = json.dumps(fields, separators=(",", ":")).encode()
+        raw = _HEADER_JSON.encode(fields).encode()
         return _LEN.pack(len(raw)) + raw
 
 

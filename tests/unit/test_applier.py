@@ -792,7 +792,7 @@ async def test_a_failed_start_up_sweep_fails_the_batches_not_the_start(
 
 # --- property: arbitrary bytes never escape and fail only with named errors -------------------------
 
-RECEIVER_TEMP = re.compile(re.escape(TEMP_PREFIX) + r".*\.[0-9a-f]{8}\Z", re.DOTALL)
+RECEIVER_TEMP = re.compile(re.escape(TEMP_PREFIX) + r".*\.[0-9a-f]{9,}\Z", re.DOTALL)
 SAFE_PATHS = st.sampled_from(["a", "a/b", "link", "link/x", "real/link/y", "d/e/f", "a b", "a/b/c"])
 
 
