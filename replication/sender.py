@@ -721,10 +721,17 @@ class Sender:
             scan = Scan(self.root, self._skip, self._tree.skipped.note)
             scan.start()
             queued = 0
+            markers: list[manifest.Entry] = []
+            """READY_MARKERS files found missing: queued once the walk is over, behind every other
+            file of their plugin folder (sent before those were even found, a marker would tell a
+            promoted replica's plugin daemon that a half-copied venv is complete)."""
 
             def queue(entries: list[manifest.Entry]) -> None:
                 nonlocal queued
-                queued += self._queue_sends(reason, entries)
+                now: list[manifest.Entry] = []
+                for entry in entries:
+                    (markers if self.journal.is_ready_marker(entry.path) else now).append(entry)
+                queued += self._queue_sends(reason, now)
 
             try:
                 plan, undecided = await self._compare_with_replica(scan, queue)
@@ -737,8 +744,9 @@ class Sender:
                     lambda: {p: manifest.storage_sha256(storage, p) for p in plan.to_hash}
                 )
                 manifest.resolve_hashes(plan, undecided, mine, theirs)
-            sent = plan.sending + queued
             sizes = self._record_plan(plan)
+            queued += self._queue_sends(reason, markers)
+            sent = plan.sending + queued
             self.baseline_seq = self.journal.last_held  # not the head: see Journal.last_held
             self.progress.planned(reason, sizes, self.journal.pending, self.bytes_sent)
             summary = SyncSummary(

@@ -1,0 +1,92 @@
+"""A seed's plan queued as our walk goes (Sender._compare_with_replica, manifest.ScanComparison).
+
+Against a replica that lists little, what it lacks is queued chunk by chunk while the walk goes on;
+a plugin folder's ready marker still goes behind every other file of that folder, although the walk
+(folders in name order, `dify` before `lib`) finds it first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from replication import scan
+from replication.exclude import ReadyMarkers
+from replication.journal import Journal
+from replication.metrics import ReplicationMetrics
+from replication.sender import LinkSettings, Sender
+from tests.unit.test_protocol_fuzz import FakeReplica
+
+MARKER = "p/.venv/dify/plugin.json"
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    (tmp_path / "p/.venv/dify").mkdir(parents=True)
+    (tmp_path / MARKER).write_text("{}")
+    (tmp_path / "p/.venv/lib").mkdir()
+    for index in range(30):
+        (tmp_path / f"p/.venv/lib/m{index:02d}.py").write_text(f"# {index}")
+    (tmp_path / "q").mkdir()
+    for index in range(10):
+        (tmp_path / f"q/f{index}").write_text("x")
+    return tmp_path
+
+
+def plan_against(tree: Path, manifest_body: bytes) -> tuple[Journal, list[list[str]], Any]:
+    journal = Journal("J", ReadyMarkers(["**/.venv/dify/plugin.json"]))
+    recorded: list[list[str]] = []
+    record_plan = journal.record_plan
+
+    def recording(syncs: Any) -> None:
+        syncs = list(syncs)
+        recorded.append([path for path, _hint, _size in syncs])
+        record_plan(syncs)
+
+    journal.record_plan = recording  # type: ignore[method-assign]
+    sender = Sender(
+        LinkSettings(target="http://replica.invalid", server_key="k", node_id="n"),
+        str(tree),
+        journal,
+        ReplicationMetrics(CollectorRegistry()),
+        skip=lambda _p: False,
+        epoch=lambda: 1,
+        record_tree=lambda _rel: 0,
+    )
+    sender._session = FakeReplica({"manifest": (200, manifest_body, True)})  # type: ignore[assignment]
+    summary = asyncio.run(sender.reconcile("initial"))
+    return journal, [calls for calls in recorded if calls], summary
+
+
+def test_what_an_empty_replica_lacks_is_queued_a_chunk_at_a_time_marker_last(
+    tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(scan, "CHUNK_ENTRIES", 4)
+    journal, calls, summary = plan_against(tree, b'{"entries": []}')
+
+    assert len(calls) > 5, f"queued at once, not as the walk went: {calls}"
+    everything = [path for call in calls for path in call]
+    assert sorted(everything) == sorted(str(p.relative_to(tree)) for p in tree.rglob("*")), (
+        "every path queued exactly once"
+    )
+    assert calls[-1] == [MARKER], "the marker was queued before the walk was over"
+    order = [change.path for change in journal.take_batch(1000, 1 << 30, lambda _c: 0)]
+    assert order.index(MARKER) > max(order.index(p) for p in order if p.startswith("p/") and p != MARKER)
+    assert summary.sent == len(everything)
+
+
+def test_a_replica_that_has_most_of_it_is_compared_against_our_whole_walk(
+    tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(scan, "CHUNK_ENTRIES", 4)
+    monkeypatch.setattr("replication.sender.STREAM_MAX", 3)
+    entries = ", ".join(f'["q/f{index}", "file", 420, 0, 1, null]' for index in range(10))
+    _journal, calls, summary = plan_against(tree, ('{"entries": [' + entries + "]}").encode())
+
+    assert len(calls) <= 2, "a big answer is compared against the whole walk: one plan"
+    assert summary.compared == len(list(tree.rglob("*")))
+    assert MARKER in [path for call in calls for path in call]
