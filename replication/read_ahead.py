@@ -57,7 +57,7 @@ class Snapshot:
 def take_snapshot(tree: SourceTree, change: Change, limit: int = SMALL_FILE) -> Snapshot:
     """lstat `change.path` and, for a small regular file whose content must travel, read all of it.
 
-    The same reads `Sender._sync_frames` does on the loop, through the same no-follow StorageRoot,
+    The same reads `Sender._sync_frame` does on the loop, through the same no-follow StorageRoot,
     with the file's folder opened once for both.
     """
     with tree.folder_of(change.path) as parent_fd:

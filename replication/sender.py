@@ -468,12 +468,27 @@ class Sender:
                 self.journal.record_sync(path)
 
     async def _frames(self, batch: list[Change], end_seq: int, resend: list[str]) -> AsyncIterator[bytes]:
+        """The batch's frames. A small file's header, content and trailer go as one chunk made by a plain
+        call (`_sync_frame`): a generator or two per file and three chunks through every layer below
+        were a good part of the leader's CPU per file in a seed (issue 15)."""
         ahead = self._read_ahead_for(batch)
         records = self.journal.records
         try:
             for index, change in enumerate(batch):
-                async for chunk in self._change_frames(change, resend, ahead, index):
-                    yield chunk
+                frame: bytes | None
+                if change.kind in ("delete", "rename"):
+                    frame = self._move_frame(change, resend)
+                else:
+                    snapshot = await ahead.get(index)
+                    if change.path in self._signatures:
+                        snapshot = None  # a delta: read by the loop against the replica's signature
+                    frame = self._sync_frame(change, resend, snapshot)
+                    if frame is None:  # a file read and sent as it goes (big, or a delta)
+                        async for chunk in self._put_frames(change, resend):
+                            yield chunk
+                        continue
+                if frame:
+                    yield frame
         finally:
             ahead.close()
         if self.journal.records == records:
@@ -512,66 +527,57 @@ class Sender:
         self._next_reads = ReadAhead(self._tree, upcoming, _carries_content, records=self.journal.records)
         self._next_reads.start()
 
-    async def _change_frames(
-        self, change: Change, resend: list[str], ahead: ReadAhead, index: int
-    ) -> AsyncIterator[bytes]:
+    def _move_frame(self, change: Change, resend: list[str]) -> bytes:
+        """A delete's or a rename's frame; b"" for a rename made stale by what was sent before it."""
         if change.kind == "delete":
             self._sent.deleted(change.path)
-            yield self._counted(Operation(change.seq, "delete", change.path)).header()
-        elif change.kind == "rename":
-            assert change.dest is not None
-            if self._sent.rename_is_stale(change.path, change.dest):
-                resend.append(change.dest)
-                return
-            resend.extend(self._sent.vanished_below(change.path, change.dest))
-            yield self._counted(Operation(change.seq, "rename", change.path, dest=change.dest)).header()
-        else:
-            snapshot = await ahead.get(index)
-            if change.path in self._signatures:
-                snapshot = None  # a delta: read by the loop against the replica's signature
-            async for chunk in self._sync_frames(change, resend, snapshot):
-                yield chunk
+            return self._counted(Operation(change.seq, "delete", change.path)).header()
+        assert change.dest is not None
+        if self._sent.rename_is_stale(change.path, change.dest):
+            resend.append(change.dest)
+            return b""
+        resend.extend(self._sent.vanished_below(change.path, change.dest))
+        return self._counted(Operation(change.seq, "rename", change.path, dest=change.dest)).header()
 
-    async def _sync_frames(
+    def _sync_frame(
         self, change: Change, resend: list[str], snapshot: Snapshot | None = None
-    ) -> AsyncIterator[bytes]:
+    ) -> bytes | None:
+        """A sync's frames whole (b"" when there is nothing to send), or None when the file's content
+        must be read and sent as it goes (`_put_frames`)."""
         st = snapshot.st if snapshot is not None else self._tree.current(change.path)
         if st is None:
             # Gone since (or a folder on the way is a symlink now): a delete that follows covers
             # it, and a rename that follows re-sends it under its new name (see vanished_below).
             self.note_vanished(change.path)
-            return
+            return b""
         if is_special(st.st_mode):
             # Never opened, never replicated: for the replica there is nothing at this path.
             self._tree.skipped.note(change.path, st.st_mode)
             self._sent.deleted(change.path)
-            yield self._counted(Operation(change.seq, "delete", change.path)).header()
-            return
+            return self._counted(Operation(change.seq, "delete", change.path)).header()
         self._sent.remember(change.path, st.st_ino)
         if stat.S_ISDIR(st.st_mode):
-            yield self._counted(
+            return self._counted(
                 Operation(change.seq, "mkdir", change.path, mode=self._mode(st), mtime_ns=st.st_mtime_ns)
             ).header()
-        elif stat.S_ISLNK(st.st_mode):
+        if stat.S_ISLNK(st.st_mode):
             target = self._tree.readlink(change.path)
             if target is None:  # replaced since the lstat (its own event follows) or moved away
                 self.note_vanished(change.path)
-                return
-            yield self._counted(
+                return b""
+            return self._counted(
                 Operation(change.seq, "symlink", change.path, target=target, mtime_ns=st.st_mtime_ns)
             ).header()
-        elif change.attr_hint == (st.st_size, st.st_mtime_ns):
-            yield self._counted(
+        if change.attr_hint == (st.st_size, st.st_mtime_ns):
+            return self._counted(
                 Operation(change.seq, "attr", change.path, mode=self._mode(st), mtime_ns=st.st_mtime_ns)
             ).header()
-        elif snapshot is not None and snapshot.vanished:
+        if snapshot is not None and snapshot.vanished:
             self.note_vanished(change.path)  # see _put_frames
-        elif snapshot is not None and snapshot.opened is not None:
-            for chunk in self._read_ahead_frames(change, resend, snapshot, snapshot.opened):
-                yield chunk
-        else:
-            async for chunk in self._put_frames(change, resend):
-                yield chunk
+            return b""
+        if snapshot is not None and snapshot.opened is not None:
+            return self._read_ahead_frame(change, resend, snapshot, snapshot.opened)
+        return None
 
     def _mode(self, st: os.stat_result) -> int:
         """The mode that travels; setuid, setgid and sticky bits are stripped (and counted)."""
@@ -579,16 +585,16 @@ class Sender:
             self.metrics.mode_bits_stripped.labels(side="sent").inc()
         return replicated_mode(st.st_mode)
 
-    def _read_ahead_frames(
+    def _read_ahead_frame(
         self, change: Change, resend: list[str], snapshot: Snapshot, before: os.stat_result
-    ) -> Iterator[bytes]:
+    ) -> bytes:
         """A small file's frames from the content the read-ahead thread took (read_ahead.py)."""
         self._whole_next.discard(change.path)
-        yield self._content_header(change, before, None)
+        header = self._content_header(change, before, None)
         if snapshot.content:
             self._count_sent(len(snapshot.content))
-            yield snapshot.content
-        yield self._trailer(change, resend, before, snapshot.after, snapshot.digest)
+        trailer = self._trailer(change, resend, before, snapshot.after, snapshot.digest)
+        return b"".join((header, snapshot.content, trailer))
 
     async def _put_frames(self, change: Change, resend: list[str]) -> AsyncIterator[bytes]:
         opened = self._tree.open_file(change.path)

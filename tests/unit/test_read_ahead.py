@@ -31,7 +31,10 @@ def loop_frames(root: Path, change: Change) -> tuple[bytes, list[str]]:
     resend: list[str] = []
 
     async def collect() -> bytes:
-        return b"".join([chunk async for chunk in sender._sync_frames(change, resend)])
+        whole = sender._sync_frame(change, resend)
+        if whole is not None:
+            return whole
+        return b"".join([chunk async for chunk in sender._put_frames(change, resend)])
 
     return asyncio.run(collect()), resend
 
