@@ -2,12 +2,14 @@
 
 Against a replica that lists little, what it lacks is queued chunk by chunk while the walk goes on;
 a plugin folder's ready marker still goes behind every other file of that folder, although the walk
-(folders in name order, `dify` before `lib`) finds it first.
+(folders in name order, `dify` before `lib`) finds it first. The link's plan runs beside its stream: a
+plan that fails takes the link down, and one that ends tells the replica its baseline at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from replication import scan
+from replication.errors import MalformedAnswerError
 from replication.exclude import ReadyMarkers
 from replication.journal import Journal
 from replication.metrics import ReplicationMetrics
@@ -37,6 +40,20 @@ def tree(tmp_path: Path) -> Path:
     return tmp_path
 
 
+def make_sender(tree: Path, journal: Journal, answers: dict[str, tuple[int, bytes, bool]]) -> Sender:
+    sender = Sender(
+        LinkSettings(target="http://replica.invalid", server_key="k", node_id="n", heartbeat_interval=30.0),
+        str(tree),
+        journal,
+        ReplicationMetrics(CollectorRegistry()),
+        skip=lambda _p: False,
+        epoch=lambda: 1,
+        record_tree=lambda _rel: 0,
+    )
+    sender._session = FakeReplica(answers)  # type: ignore[assignment]
+    return sender
+
+
 def plan_against(tree: Path, manifest_body: bytes) -> tuple[Journal, list[list[str]], Any]:
     journal = Journal("J", ReadyMarkers(["**/.venv/dify/plugin.json"]))
     recorded: list[list[str]] = []
@@ -48,16 +65,7 @@ def plan_against(tree: Path, manifest_body: bytes) -> tuple[Journal, list[list[s
         record_plan(syncs)
 
     journal.record_plan = recording  # type: ignore[method-assign]
-    sender = Sender(
-        LinkSettings(target="http://replica.invalid", server_key="k", node_id="n"),
-        str(tree),
-        journal,
-        ReplicationMetrics(CollectorRegistry()),
-        skip=lambda _p: False,
-        epoch=lambda: 1,
-        record_tree=lambda _rel: 0,
-    )
-    sender._session = FakeReplica({"manifest": (200, manifest_body, True)})  # type: ignore[assignment]
+    sender = make_sender(tree, journal, {"manifest": (200, manifest_body, True)})
     summary = asyncio.run(sender.reconcile("initial"))
     return journal, [calls for calls in recorded if calls], summary
 
@@ -90,3 +98,52 @@ def test_a_replica_that_has_most_of_it_is_compared_against_our_whole_walk(
     assert len(calls) <= 2, "a big answer is compared against the whole walk: one plan"
     assert summary.compared == len(list(tree.rglob("*")))
     assert MARKER in [path for call in calls for path in call]
+
+
+HELLO = (200, b'{"journal_id": "", "applied_seq": 0}', True)
+BATCH = (200, b'{"applied_seq": 0, "resend": []}', True)
+
+
+def test_a_plan_that_fails_beside_the_stream_takes_the_link_down(tree: Path) -> None:
+    answers = {"hello": HELLO, "manifest": (200, b"{", True), "batch": BATCH}
+    sender = make_sender(tree, Journal("J", ReadyMarkers([])), answers)
+
+    async def link() -> None:
+        await sender._link_up()
+        await asyncio.wait_for(sender._stream(), 10)  # not a heartbeat interval (30 s) later
+
+    with pytest.raises(MalformedAnswerError):
+        asyncio.run(link())
+
+
+def test_the_replica_hears_the_new_baseline_as_soon_as_the_plan_is_over(tree: Path) -> None:
+    """Everything went out while the plan was made: a batch still says so at once (the replica reports
+    itself synced only when told the baseline), not after the idle link's heartbeat interval."""
+    journal = Journal("J", ReadyMarkers([]))
+    entries = ", ".join(
+        f'["{p.relative_to(tree)}", "{"dir" if p.is_dir() else "file"}", {p.stat().st_mode & 0o777}, '
+        f"{p.stat().st_mtime_ns}, {0 if p.is_dir() else p.stat().st_size}, null]"
+        for p in sorted(tree.rglob("*"))
+    )
+    answers = {
+        "hello": HELLO,
+        "manifest": (200, ('{"entries": [' + entries + "]}").encode(), True),
+        "batch": BATCH,
+    }
+    sender = make_sender(tree, journal, answers)
+    batches: list[str] = []
+    send_once = sender._send_once
+
+    async def sent(batch: Any) -> None:
+        batches.append(str(sender.baseline_seq))
+        await send_once(batch)
+
+    sender._send_once = sent  # type: ignore[method-assign]
+
+    async def link() -> None:
+        await sender._link_up()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(sender._stream(), 2)
+
+    asyncio.run(link())
+    assert batches and batches[0] != "None", f"no batch with the plan's baseline within 2 s: {batches}"
