@@ -358,9 +358,7 @@ class Node:
         parts.watcher.stop()
         for task in [link.task for link in parts.links] + [parts.anti_entropy_task]:
             if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+                await cancel_until_done(task)
 
     def set_epoch(self, epoch: int) -> None:
         """Persist a new epoch (node.json) and refuse lower ones from now on (the control loop calls this
@@ -669,3 +667,15 @@ class Node:
         await sender.wait_acked(summary.up_to_seq, timeout)
         summary.bytes = sender.bytes_sent - bytes_before
         return summary
+
+
+async def cancel_until_done(task: asyncio.Task[Any], every: float = 1.0) -> None:
+    """Cancel `task` and wait for its end, cancelling again every `every` seconds: a cancel can be
+    swallowed (asyncio.wait_for in Python 3.11 returns the inner result when it completes in the same
+    step, gh-86296), and a link that swallowed its one cancel kept a stopping node alive forever."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=every)
+    if not task.cancelled():
+        with contextlib.suppress(Exception):
+            task.result()
