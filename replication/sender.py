@@ -727,10 +727,10 @@ class Sender:
             scan = Scan(self.root, self._skip, self._tree.skipped.note)
             scan.start()
             queued = 0
+            # READY_MARKERS files found missing are queued once the walk is over, behind every other
+            # file of their plugin folder: sent before those were even found, a marker would tell a
+            # promoted replica's plugin daemon that a half-copied venv is complete.
             markers: list[manifest.Entry] = []
-            """READY_MARKERS files found missing: queued once the walk is over, behind every other
-            file of their plugin folder (sent before those were even found, a marker would tell a
-            promoted replica's plugin daemon that a half-copied venv is complete)."""
 
             def queue(entries: list[manifest.Entry]) -> None:
                 nonlocal queued
