@@ -750,9 +750,10 @@ class Sender:
                     lambda: {p: manifest.storage_sha256(storage, p) for p in plan.to_hash}
                 )
                 manifest.resolve_hashes(plan, undecided, mine, theirs)
+            sent = plan.sending  # before _record_plan, which lets the plan's lists go
             sizes = self._record_plan(plan)
             queued += self._queue_sends(reason, markers)
-            sent = plan.sending + queued
+            sent += queued
             self.baseline_seq = self.journal.last_held  # not the head: see Journal.last_held
             self.progress.planned(reason, sizes, self.journal.pending, self.bytes_sent)
             summary = SyncSummary(

@@ -97,6 +97,7 @@ def test_a_replica_that_has_most_of_it_is_compared_against_our_whole_walk(
 
     assert len(calls) <= 2, "a big answer is compared against the whole walk: one plan"
     assert summary.compared == len(list(tree.rglob("*")))
+    assert summary.sent == summary.compared, "every path differs or is missing there: all sent"
     assert MARKER in [path for call in calls for path in call]
 
 
