@@ -153,13 +153,20 @@ class Journal:
         refused change, and left in front it would be refused again, forever.
         """
         behind = self._take_unsent(path)
-        moved = [
-            change
-            for change in self._entries.singles()
-            if change.seq > self.sent_upto
-            and change.kind != "sync"
-            and (is_within(change.path, path) or (change.dest is not None and is_within(change.dest, path)))
-        ]
+        # After a rewind a path may be held twice; _take_unsent took the newer sync of each, and an
+        # older one left in front would be refused again, forever: it goes too (the newer is re-sent).
+        older = [seq for seq, _found in self._entries.unsent_in_runs_under(path, self.sent_upto)]
+        moved = []
+        for change in self._entries.singles():
+            if change.seq <= self.sent_upto:
+                continue
+            if change.kind == "sync":
+                if is_within(change.path, path):
+                    older.append(change.seq)
+            elif is_within(change.path, path) or (change.dest is not None and is_within(change.dest, path)):
+                moved.append(change)
+        for seq in older:
+            self._drop(seq)
         for change in moved:
             self._drop(change.seq)
         self._append(Change(0, "sync", path))

@@ -718,6 +718,26 @@ def test_a_refused_delete_below_a_folder_to_repair_goes_behind_the_repair() -> N
     ]
 
 
+def test_a_file_synced_twice_before_a_refusal_goes_behind_the_repair_once() -> None:
+    """After a rewind a path may be held twice (the sync sent and a newer one). resync_first moved only
+    the newer behind `race`: the older stayed in front, was refused again, and so on (a full run's
+    symlink-swap race looped for 30 s, 12 files x MAX_SYMLINK_REPAIRS refusals before each was
+    dropped). Every sync at or below the folder goes behind it, once per path."""
+    journal = Journal("J", ReadyMarkers([]))
+    journal.record_sync("race/f1.txt")
+    journal.record_sync("other.txt")
+    journal.take_batch(100, 1 << 30, lambda _c: 0)  # in flight
+    journal.record_sync("race/f1.txt")  # written again meanwhile: a second, newer sync
+    journal.rewind(0)  # the refusal: nothing of the batch applied
+    journal.resync_first("race")
+    batch = journal.take_batch(100, 1 << 30, lambda _c: 0)
+    assert [(c.kind, c.path) for c in batch] == [
+        ("sync", "other.txt"),
+        ("sync", "race"),
+        ("sync", "race/f1.txt"),
+    ]
+
+
 FILES = st.sampled_from(
     [f"{PLUGIN}/a.py", f"{PLUGIN}/lib/b.py", MARKER, "cwd/other/x", "cwd/other/y", "plain.txt"]
 )
