@@ -707,10 +707,7 @@ def test_a_refused_delete_below_a_folder_to_repair_goes_behind_the_repair() -> N
     journal.record_sync("race/f2.txt")
     journal.record_sync("other.txt")
     journal.take_batch(100, 1 << 30, lambda _c: 0)
-    journal.rewind(0)  # the refusal: nothing of the batch applied
-    journal.resync_first("race")
-    batch = journal.take_batch(100, 1 << 30, lambda _c: 0)
-    assert [(c.kind, c.path) for c in batch] == [
+    assert _next_batch_after_refusal_and_repair(journal) == [
         ("sync", "other.txt"),
         ("sync", "race"),
         ("delete", "race/f1.txt"),
@@ -728,14 +725,19 @@ def test_a_file_synced_twice_before_a_refusal_goes_behind_the_repair_once() -> N
     journal.record_sync("other.txt")
     journal.take_batch(100, 1 << 30, lambda _c: 0)  # in flight
     journal.record_sync("race/f1.txt")  # written again meanwhile: a second, newer sync
-    journal.rewind(0)  # the refusal: nothing of the batch applied
-    journal.resync_first("race")
-    batch = journal.take_batch(100, 1 << 30, lambda _c: 0)
-    assert [(c.kind, c.path) for c in batch] == [
+    assert _next_batch_after_refusal_and_repair(journal) == [
         ("sync", "other.txt"),
         ("sync", "race"),
         ("sync", "race/f1.txt"),
     ]
+
+
+def _next_batch_after_refusal_and_repair(journal: Journal) -> list[tuple[str, str]]:
+    """The replica refused the batch in flight (nothing applied) because its `race` is a symlink:
+    rewind, send `race` first, and take the next batch."""
+    journal.rewind(0)
+    journal.resync_first("race")
+    return [(c.kind, c.path) for c in journal.take_batch(100, 1 << 30, lambda _c: 0)]
 
 
 FILES = st.sampled_from(
