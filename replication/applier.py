@@ -33,7 +33,7 @@ from replication.errors import (
     ReplicationError,
     StorageFullError,
 )
-from replication.group_commit import GroupCommit, clear_directory_in_the_way, rename_into_place, syncfs
+from replication.group_commit import GroupCommit, clear_directory_in_the_way, syncfs
 from replication.paths import TEMP_PREFIX, StorageRoot, is_temp_name, is_within, split_parent
 from replication.protocol import FLAG_DISCARD, TRAILER_BYTES, Operation, decode_trailer, replicated_mode
 from replication.write_behind import WriteBehind
@@ -147,11 +147,7 @@ class Applier:
             await self._wait_handed_off()
             with self.root.open_dir("", create=False) as root_fd:
                 synced = await self._group.make_durable(root_fd)
-                for staged in self._group.staged():
-                    folder = self._group.folder(staged.folder)
-                    assert folder is not None
-                    rename_into_place(folder, staged.temp, staged.name)
-                    self._dirty_dirs.add(staged.folder)
+                self._group.rename_all(self._dirty_dirs)
                 if synced or self._handed_off:  # the folders too: one more pass covers the renames
                     await asyncio.to_thread(_syncfs_quietly, root_fd)
                     self._dirty_dirs.clear()

@@ -156,15 +156,25 @@ class GroupCommit:
 
     async def make_durable(self, root_fd: int) -> bool:
         """Flush the staged files' content to disk; True when a syncfs did it (it covers folders too)."""
-        files = list(self._files.values())
-        if not files:
+        if not self._files:
             return False
-        use_syncfs = any(f.fd is None for f in files)
-        if use_syncfs:
-            await asyncio.to_thread(syncfs, root_fd)
+        return await asyncio.to_thread(self._flush, root_fd)
+
+    def _flush(self, fd: int) -> bool:
+        """`make_durable` in the calling thread; `fd` is any fd on the storage's file system."""
+        files = list(self._files.values())
+        if any(f.fd is None for f in files):
+            syncfs(fd)
             return True
-        await asyncio.to_thread(_fsync_all, [f.fd for f in files if f.fd is not None])
+        _fsync_all([f.fd for f in files if f.fd is not None])
         return False
+
+    def rename_all(self, into: set[str]) -> None:
+        """Rename every staged file into place (after `make_durable`), adding each folder renamed in to
+        `into` as it goes (a failure half-way leaves the folders already changed there)."""
+        for staged in self._files.values():
+            rename_into_place(self._folders[staged.folder], staged.temp, staged.name)
+            into.add(staged.folder)
 
     def commit_in_thread(self) -> set[str]:
         """Make the staged files durable (one syncfs) and rename them into place; returns the folders
@@ -175,24 +185,15 @@ class GroupCommit:
         meanwhile would rename in some other folder). On failure what was not renamed is removed.
         """
         try:
-            files = list(self._files.values())
-            if files:
-                anchor = next(iter(self._folders.values()))
-                if any(f.fd is None for f in files):
-                    syncfs(anchor)
-                else:
-                    _fsync_all([f.fd for f in files if f.fd is not None])
-            renamed = {staged.folder for staged in files}
-            for staged in files:
-                rename_into_place(self._folders[staged.folder], staged.temp, staged.name)
+            if self._files:
+                self._flush(next(iter(self._folders.values())))
+            renamed: set[str] = set()
+            self.rename_all(renamed)
         except BaseException:
             self.abandon()
             raise
         self.done()
         return renamed
-
-    def staged(self) -> list[Staged]:
-        return list(self._files.values())
 
     def done(self) -> None:
         """Everything staged was renamed into place: close what is still open."""

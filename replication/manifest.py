@@ -131,13 +131,6 @@ def scan(
     return {e.path: e for e in walk(root, "", skip, on_special)}
 
 
-def listing(
-    root: str, skip: Callable[[str], bool] = lambda _p: False, on_special: OnSpecial | None = None
-) -> Listing:
-    """`scan`, held as a `Listing`: what a reconciliation compares with the replica's answer."""
-    return Listing(walk(root, "", skip, on_special))
-
-
 _TYPES: tuple[EntryType, ...] = ("file", "dir", "symlink")
 _INT64 = (-(1 << 63), (1 << 63) - 1)
 
