@@ -32,7 +32,7 @@ from daemon.store.routes import store_app
 from daemon.store.store import PluginStore
 from daemon.ui.routes import add_ui_routes
 from replication import versions
-from replication.delta import DIGEST_BYTES, DIGEST_WIDTHS
+from replication.delta import BLOCK_HASHES, CRC_DIGEST_BYTES, DIGEST_BYTES, DIGEST_WIDTHS, block_digester
 from replication.errors import ReplicationError
 from replication.paths import StorageRoot, validate_relpath
 from replication.protocol import MAX_PATHS_PER_REQUEST, MAX_PEER_EPOCH, MAX_SEQUENCE
@@ -459,10 +459,21 @@ async def replication_hashes(request: web.Request) -> web.Response:
 async def replication_signatures(request: web.Request) -> web.Response:
     receiver = _receiver(request, 0)
     paths = await _path_list(request)
-    width = (await _json_object(request)).get("digest_bytes", DIGEST_BYTES)
-    if isinstance(width, bool) or width not in DIGEST_WIDTHS:
-        raise HTTPProblem(400, "bad request", f"digest_bytes must be an integer in {DIGEST_WIDTHS}")
-    return web.json_response({"signatures": await asyncio.to_thread(receiver.signatures, paths, width)})
+    body = await _json_object(request)
+    width, block_hash = body.get("digest_bytes", DIGEST_BYTES), body.get("block_hash", "sha256")
+    try:
+        if isinstance(width, bool) or not isinstance(width, int) or not isinstance(block_hash, str):
+            raise ValueError("digest_bytes must be an integer and block_hash a string")
+        block_digester(block_hash, width)
+    except ValueError as exc:
+        raise HTTPProblem(
+            400,
+            "bad request",
+            f"{exc}: block_hash is one of {BLOCK_HASHES}, with digest_bytes {CRC_DIGEST_BYTES} for crc32 "
+            f"or in {DIGEST_WIDTHS} for sha256",
+        ) from None
+    answer = await asyncio.to_thread(receiver.signatures, paths, width, block_hash)
+    return web.json_response({"signatures": answer})
 
 
 async def _path_list(request: web.Request) -> list[str]:

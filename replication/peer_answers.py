@@ -292,6 +292,8 @@ class ManifestAnswer:
         100,000 entries): the replica's whole answer may arrive before our own scan is done."""
         self.listed = 0
         """Entries the answer listed, refused ones included."""
+        self.largest = 0
+        """The size of the largest file among the entries handed out (0: none)."""
 
     def hold(self, piece: bytes) -> None:
         """Keep a piece to read later (the leader is not ready to compare yet); counted at once."""
@@ -349,6 +351,8 @@ class ManifestAnswer:
             entry = manifest_entry(raw, self._refuse, self._skip)
             if entry is not None:
                 found.append(entry)
+                if entry.size > self.largest and entry.type == "file":
+                    self.largest = entry.size
         return found
 
 

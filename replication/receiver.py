@@ -274,19 +274,22 @@ class Receiver:
         """SHA-256 of each path, read through no-follow fds; None where there is no regular file."""
         return {p: self._hash(validate_relpath(p)) for p in paths}
 
-    def signatures(self, paths: list[str], digest_bytes: int = DIGEST_BYTES) -> dict[str, str | None]:
+    def signatures(
+        self, paths: list[str], digest_bytes: int = DIGEST_BYTES, block_hash: str = "sha256"
+    ) -> dict[str, str | None]:
         """Block signatures (base64) of our copies, for the sender's deltas; None where we have no file.
 
-        `digest_bytes`: the strong digests' width the sender asked for (protocol 2 asks for 8)."""
-        return {p: self._signature(validate_relpath(p), digest_bytes) for p in paths}
+        `digest_bytes`, `block_hash`: the strong digests the sender asked for (protocol 2: SHA-256
+        of 6 bytes; protocol 3: CRC-32)."""
+        return {p: self._signature(validate_relpath(p), digest_bytes, block_hash) for p in paths}
 
-    def _signature(self, path: str, digest_bytes: int) -> str | None:
+    def _signature(self, path: str, digest_bytes: int, block_hash: str) -> str | None:
         try:
             fd, _st = self._applier.root.open_regular(path)
         except (OSError, ReplicationError):
             return None  # gone, below a symlink, or no regular file (a FIFO is never opened)
         try:
-            signature = signature_of_fd(fd, digest_bytes=digest_bytes)
+            signature = signature_of_fd(fd, digest_bytes=digest_bytes, block_hash=block_hash)
             return base64.b64encode(signature.to_bytes()).decode("ascii")
         finally:
             os.close(fd)

@@ -29,6 +29,7 @@ import structlog
 from replication import manifest, peer_answers, versions
 from replication.backoff import Backoff
 from replication.delta import (
+    CRC_DIGEST_BYTES,
     DELTA_MIN_SIZE,
     MAX_BLOCKS,
     SHORT_DIGEST_BYTES,
@@ -700,8 +701,11 @@ class Sender:
         return signatures
 
     def _signature_request(self, paths: list[str]) -> dict[str, Any]:
-        """Protocol 2 asks for short strong digests (delta.SHORT_DIGEST_BYTES); a replica of the
-        previous release does not know the field and answers full ones, which parse too."""
+        """Protocol 3 asks for CRC-32 block digests, protocol 2 for short SHA-256 ones
+        (delta.SHORT_DIGEST_BYTES); a replica of the release before versions does not know the
+        field and answers full SHA-256 ones. Each signature names its own kind, so any parses."""
+        if (self.protocol or 1) >= 3:
+            return {"paths": paths, "block_hash": "crc32", "digest_bytes": CRC_DIGEST_BYTES}
         if (self.protocol or 1) >= 2:
             return {"paths": paths, "digest_bytes": SHORT_DIGEST_BYTES}
         return {"paths": paths}
@@ -794,6 +798,8 @@ class Sender:
                 )
                 if comparison.repeated:
                     refuse("duplicate", "a path listed twice", comparison.repeated)
+                if answer.largest >= self.settings.delta_min_size:
+                    preload_numpy()  # the replica has a file big enough for a delta: an edit needs NumPy
         if isinstance(comparison, manifest.ScanComparison):
             async for chunk in scan.stream():
                 queue(comparison.add(chunk))

@@ -11,6 +11,7 @@ broken route.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -24,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from replication.delta import Signature
 from tests.support.cluster import SERVER_KEY, Node, http, snapshot
 
 BATCH = "/internal/replication/batch"
@@ -364,6 +366,29 @@ def test_hashes_do_not_read_through_a_symlinked_directory(env: Env, escapes: Pat
         "real-dir/inner-escape/victim": None,
         "escape": None,
     }
+
+
+def test_signatures_come_in_the_block_hash_asked_for(env: Env) -> None:
+    """Protocol 3's CRC-32 signatures (format 2) and protocol 2's SHA-256 ones (format 1); any other
+    block hash, or a width that does not fit it, is a 400 naming what is accepted."""
+    (env.slave.storage / "sig.bin").write_bytes(os.urandom(100_000))
+    for request, version, width in [
+        ({"block_hash": "crc32", "digest_bytes": 4}, 2, 4),
+        ({"digest_bytes": 6}, 1, 6),
+        ({}, 1, 16),
+    ]:
+        payload = json.dumps({"paths": ["sig.bin"], **request}).encode()
+        status, _h, raw = post_json(env.slave, "/internal/replication/signatures", payload)
+        assert status == 200, raw
+        blob = base64.b64decode(json.loads(raw)["signatures"]["sig.bin"])
+        sig = Signature.from_bytes(blob)
+        assert (blob[4], sig.digest_bytes, sig.file_size) == (version, width, 100_000)
+    for bad in [{"block_hash": "md5"}, {"block_hash": "crc32", "digest_bytes": 6}, {"block_hash": 3}]:
+        payload = json.dumps({"paths": ["sig.bin"], **bad}).encode()
+        status, _h, raw = post_json(env.slave, "/internal/replication/signatures", payload)
+        assert status == 400, raw
+        assert "block_hash is one of" in json.loads(raw)["detail"]
+    os.unlink(env.slave.storage / "sig.bin")
 
 
 # -- content that does not match its header --------------------------------------------

@@ -1,9 +1,11 @@
 """Compatibility with the previous release and the rolling upgrade of a pair (README: rolling upgrade).
 
-The previous release is main at PREVIOUS_RELEASE (before the protocol had versions), taken from this
-repository's history with `git archive` into a temp folder and run from there with this venv (its
-dependencies are the same; the test checks this venv satisfies the old release's). Its hello names no
-version, so this release talks protocol 1 to it, in both directions.
+The previous releases are main at PREVIOUS_RELEASES: before the protocol had versions (its hello
+names none, so this release talks protocol 1 to it) and at protocol 2 (SHA-256 block signatures; this
+release's protocol 3 asks for CRC-32 ones). Each is taken from this repository's history with
+`git archive` into a temp folder and run from there with this venv (its dependencies are the same; the
+test checks this venv satisfies the old release's). Every step also edits one big file already on
+both nodes, so the deltas of each pairing of versions are exercised, not only whole files.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import tomllib
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 from packaging.requirements import Requirement
@@ -24,32 +27,41 @@ from packaging.requirements import Requirement
 from replication import versions
 from tests.support.cluster import SERVER_KEY, Node, Pair, http, make_pair, wait_until
 
-PREVIOUS_RELEASE = "d763280"
+PREVIOUS_RELEASES = {"d763280": 1, "98e92b5": 2}
+"""Commit -> the newest protocol it speaks."""
 REPO = Path(__file__).resolve().parents[2]
 FAST = {"CONTROL_INTERVAL": "0.1", "HEARTBEAT_INTERVAL": "0.3"}
 
 pytestmark = pytest.mark.timeout(180)
 
 
+class Release(NamedTuple):
+    root: Path
+    """Its daemon and replication packages, to run with this venv."""
+    protocol: int
+    """The newest protocol version it speaks."""
+
+
 def _git(*args: str) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, check=False)
 
 
-@pytest.fixture(scope="module")
-def previous_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if _git("cat-file", "-e", f"{PREVIOUS_RELEASE}^{{commit}}").returncode != 0:
-        pytest.skip(f"commit {PREVIOUS_RELEASE} is not in this clone's history (shallow clone?)")
-    old = tomllib.loads(_git("show", f"{PREVIOUS_RELEASE}:pyproject.toml").stdout.decode())
+@pytest.fixture(scope="module", params=sorted(PREVIOUS_RELEASES))
+def previous_release(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Release:
+    release: str = request.param
+    if _git("cat-file", "-e", f"{release}^{{commit}}").returncode != 0:
+        pytest.skip(f"commit {release} is not in this clone's history (shallow clone?)")
+    old = tomllib.loads(_git("show", f"{release}:pyproject.toml").stdout.decode())
     for line in old["project"]["dependencies"]:
         wanted = Requirement(line)
         have = metadata.version(wanted.name)
         assert wanted.specifier.contains(have, prereleases=True), f"{wanted}: {have} installed; needs a venv"
-    root = tmp_path_factory.mktemp("previous-release")
-    archive = _git("archive", "--format=tar", PREVIOUS_RELEASE, "daemon", "replication")
+    root = tmp_path_factory.mktemp(f"release-{release}")
+    archive = _git("archive", "--format=tar", release, "daemon", "replication")
     assert archive.returncode == 0, archive.stderr
     with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
         tar.extractall(root, filter="data")
-    return root
+    return Release(root, PREVIOUS_RELEASES[release])
 
 
 @pytest.fixture
@@ -68,6 +80,13 @@ def write_files(node: Node, prefix: str, count: int = 30) -> None:
         (folder / f"f{i}.bin").write_bytes(os.urandom(100 + 997 * i))
     big = folder / "big.bin"
     big.write_bytes(os.urandom(3 << 20))
+    shared = node.storage / "shared.bin"  # on both nodes since the first step: this edit is a delta
+    if shared.exists():
+        with open(shared, "r+b") as fh:
+            fh.seek(os.urandom(1)[0] << 12)
+            fh.write(prefix.encode())
+    else:
+        shared.write_bytes(os.urandom(4 << 20))
 
 
 def leads(node: Node) -> bool:
@@ -115,32 +134,38 @@ def test_a_sender_without_a_shared_protocol_version_is_refused_naming_both(pair:
     assert pair.master.status()["replicas"][0]["protocol"] == versions.PROTOCOL_VERSION
 
 
-def test_rolling_upgrade_of_a_pair_from_the_previous_release(pair: Pair, previous_release: Path) -> None:
+def test_rolling_upgrade_of_a_pair_from_the_previous_release(pair: Pair, previous_release: Release) -> None:
     """Both nodes on the previous release; upgrade the replica, switch over, upgrade the other, switch
     back. Every step replicates: previous sender -> new replica, new sender -> previous replica, new
     -> new."""
-    pair.master.code_root = pair.slave.code_root = previous_release
+    spoken = previous_release.protocol
+    pair.master.code_root = pair.slave.code_root = previous_release.root
     pair.start()
     write_files(pair.master, "1-both-previous")
     converged(pair.master, pair.slave, pair)
-    assert "protocol" not in pair.slave.status()  # it is the previous release indeed
+    assert pair.slave.status().get("protocol", 1) == spoken  # it is that release indeed
 
     upgrade(pair.slave)
     wait_until(lambda: pair.master.status()["peer_connected"], 20, message="the link to the new replica")
     write_files(pair.master, "2-previous-to-new")
     converged(pair.master, pair.slave, pair)
-    assert pair.slave.status()["protocol"] == 1
+    assert pair.slave.status()["protocol"] == spoken
 
     switchover(pair)
+    deltas = pair.slave.metric("plugin_sync_operations_total", {"op": "delta"})
     write_files(pair.slave, "3-new-to-previous")
     converged(pair.slave, pair.master, pair)
-    assert pair.slave.status()["replicas"][0]["protocol"] == 1
+    assert pair.slave.status()["replicas"][0]["protocol"] == spoken
+    assert pair.slave.metric("plugin_sync_operations_total", {"op": "delta"}) > deltas
 
     upgrade(pair.master)
     wait_until(lambda: pair.slave.status()["peer_connected"], 20, message="the link to the upgraded node")
+    deltas = pair.slave.metric("plugin_sync_operations_total", {"op": "delta"})
     write_files(pair.slave, "4-new-to-new")
     converged(pair.slave, pair.master, pair)
     assert pair.master.status()["protocol"] == versions.PROTOCOL_VERSION
+    assert pair.slave.metric("plugin_sync_operations_total", {"op": "delta"}) > deltas
+    assert pair.master.metric("plugin_sync_delta_fallbacks_total") == 0
 
     switchover(pair)
     write_files(pair.master, "5-back")

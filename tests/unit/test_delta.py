@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -93,12 +94,16 @@ def literal_bytes(instructions: list[Instruction]) -> int:
 
 
 def roundtrip(
-    old: bytes, new: bytes, block_size: int | None = None, digest_bytes: int = delta.DIGEST_BYTES
+    old: bytes,
+    new: bytes,
+    block_size: int | None = None,
+    digest_bytes: int = delta.DIGEST_BYTES,
+    block_hash: str = "sha256",
 ) -> list[Instruction]:
     """Signature of old -> wire -> delta of new -> wire -> apply; asserts the result is new."""
     old_fd = fd_with(old)
     try:
-        sig = signature_of_fd(old_fd, block_size, digest_bytes)
+        sig = signature_of_fd(old_fd, block_size, digest_bytes, block_hash)
         assert Signature.from_bytes(sig.to_bytes()) == sig
         sig = Signature.from_bytes(sig.to_bytes())
         instructions = delta_of(sig, new)
@@ -250,6 +255,61 @@ def test_short_digests_rebuild_the_file_with_the_same_instructions(name: str) ->
     saved = delta.DIGEST_BYTES - delta.SHORT_DIGEST_BYTES
     assert len(short.to_bytes()) == len(full.to_bytes()) - saved * full.block_count
     assert short.strong[: delta.SHORT_DIGEST_BYTES] == full.strong[: delta.SHORT_DIGEST_BYTES]
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_crc32_digests_rebuild_the_file_with_the_same_instructions(name: str) -> None:
+    """Protocol 3's CRC-32 block digests: signature format 2, 4 bytes a block, the same delta."""
+    old, new = CASES[name]
+    crc = roundtrip(old, new, digest_bytes=delta.CRC_DIGEST_BYTES, block_hash="crc32")
+    assert crc == roundtrip(old, new)
+    old_fd = fd_with(old)
+    try:
+        sig = signature_of_fd(old_fd, digest_bytes=delta.CRC_DIGEST_BYTES, block_hash="crc32")
+    finally:
+        os.close(old_fd)
+    assert sig.to_bytes()[4] == 2  # the format version names the block hash
+    blocks = [old[i : i + sig.block_size] for i in range(0, len(old), sig.block_size)]
+    assert sig.strong == b"".join(zlib.crc32(block).to_bytes(4, "big") for block in blocks)
+
+
+def test_a_crc32_block_match_that_is_false_is_caught_by_the_whole_file_check() -> None:
+    """Two different blocks with the same weak sum and CRC-32 (forged here): the search takes the
+    replica's block, and the rebuilt file differs from the new one, which the whole-file SHA-256
+    then refuses (the applier sends the file whole): CRC-32 may only cost a transfer, never a file."""
+    old_fd = fd_with(BASE)
+    try:
+        sig = signature_of_fd(old_fd, digest_bytes=delta.CRC_DIGEST_BYTES, block_hash="crc32")
+        new = bytearray(BASE)
+        new[100] ^= 0xFF
+        forged = Signature(
+            sig.block_size,
+            sig.file_size,
+            sig.weak.copy(),
+            _crc_of(bytes(new), sig.block_size),
+            delta.CRC_DIGEST_BYTES,
+            "crc32",
+        )
+        instructions = delta_of(forged, bytes(new))
+        assert literal_bytes(instructions) == 0  # every block "matched"
+        rebuilt = rebuild(old_fd, instructions, sig.block_size)
+    finally:
+        os.close(old_fd)
+    assert hashlib.sha256(rebuilt).digest() != hashlib.sha256(bytes(new)).digest()
+
+
+def _crc_of(data: bytes, n: int) -> bytes:
+    return b"".join(zlib.crc32(data[i : i + n]).to_bytes(4, "big") for i in range(0, len(data), n))
+
+
+@pytest.mark.parametrize(("version", "width"), [(1, 4), (2, 6), (2, 16), (3, 4), (0, 16)])
+def test_a_signature_whose_block_hash_and_width_disagree_is_refused(version: int, width: int) -> None:
+    sig = signature_of_fd(fd := fd_with(BASE[:10000]))
+    os.close(fd)
+    blob = bytearray(sig.to_bytes())
+    blob[4], blob[5] = version, width
+    with pytest.raises(ProtocolError):
+        Signature.from_bytes(bytes(blob))
 
 
 @pytest.mark.parametrize("width", [0, 5, 17, 255])

@@ -131,6 +131,22 @@ def test_streamed_entries_are_checked_as_a_whole_answer_is() -> None:
     assert refuse.counts == {"path": 3, "manifest_entry": 6}
 
 
+def test_the_answer_knows_its_largest_file_and_only_a_checked_one_counts() -> None:
+    """The leader loads NumPy ahead when the replica has a file big enough for a delta (Sender)."""
+    refuse = Refusals("manifest", None)
+    answer = peer_answers.ManifestAnswer(refuse, skip=lambda _p: False)
+    raw = [
+        ["small.txt", "file", 0o644, 0, 7, None],
+        ["big.bin", "file", 0o644, 0, 3 << 20, None],
+        ["../huge.bin", "file", 0o644, 0, 9 << 30, None],
+        ["folder", "dir", 0o755, 0, 1 << 30, None],
+    ]
+    assert answer.largest == 0
+    body = json.dumps({"entries": raw}).encode()
+    assert [e.path for e in [*answer.feed(body), *answer.close()]] == ["small.txt", "big.bin", "folder"]
+    assert answer.largest == 3 << 20
+
+
 def test_an_answer_over_the_byte_limit_is_unusable_even_while_held() -> None:
     body = json.dumps({"entries": ENTRIES * 100}).encode()
     with pytest.raises(MalformedAnswerError):
