@@ -16,7 +16,8 @@ import errno
 import os
 import stat
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from operator import itemgetter
+from typing import NamedTuple
 
 from replication.beneath import OPEN_BENEATH, OpenBeneath
 from replication.errors import ContainmentError, NotRegularFileError
@@ -100,9 +101,10 @@ def path_key(path: str) -> str:
     return path.replace("/", "\0")
 
 
-@dataclass(frozen=True, slots=True)
-class DirEntry:
-    """One name in a folder, as lstat saw it; `target` is a symlink's text (never followed)."""
+class DirEntry(NamedTuple):
+    """One name in a folder, as lstat saw it; `target` is a symlink's text (never followed).
+
+    A tuple: a walk makes one per name, and a frozen dataclass's __init__ cost twice as much."""
 
     name: str
     st: os.stat_result
@@ -278,7 +280,7 @@ class StorageRoot:
                 if current is not None:
                     rel, fd = current
                     try:
-                        entries = sorted(_entries(fd), key=lambda e: e.name)
+                        entries = sorted(_entries(fd), key=_BY_NAME)
                         yield rel, fd, entries
                     except BaseException:  # closed while this folder was being handled
                         os.close(fd)
@@ -362,6 +364,10 @@ class _Folder:
 
     def __exit__(self, *_exc: object) -> None:
         os.close(self.fd)
+
+
+_BY_NAME = itemgetter(0)
+"""DirEntry.name, as a sort key."""
 
 
 def _join(rel_dir: str, name: str) -> str:

@@ -21,7 +21,7 @@ import os
 import stat
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import asyncssh
@@ -405,7 +405,7 @@ def quick_check(local: dict[str, manifest.Entry], remote: dict[str, manifest.Ent
     Entries in the plan are the local ones, with their full mtime, as the journal's attribute hints
     must match what the sender will lstat.
     """
-    trimmed = {p: replace(e, mtime_ns=e.mtime_s * NS) for p, e in local.items()}
+    trimmed = {p: e._replace(mtime_ns=e.mtime_s * NS) for p, e in local.items()}
     plan = manifest.compare(trimmed, remote)
     plan.send = [local[e.path] for e in plan.send] + [local[p] for p in plan.to_hash]
     plan.attrs_only = [local[e.path] for e in plan.attrs_only]

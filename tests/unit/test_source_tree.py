@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import socket
 import stat
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -68,7 +67,7 @@ def test_a_replica_should_have_our_modes_without_the_special_bits(tree: Path) ->
     ours = manifest.scan(str(tree))
     assert (ours["tool"].mode, ours["shared"].mode) == (0o4755, 0o3777)
     stripped = {
-        path: replace(entry, mode=entry.mode & 0o777) if entry.type != "symlink" else entry
+        path: entry._replace(mode=entry.mode & 0o777) if entry.type != "symlink" else entry
         for path, entry in ours.items()
     }
     plan = manifest.compare(ours, stripped)
