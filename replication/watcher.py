@@ -1,8 +1,9 @@
 """Turn inotify events (via watchdog) into journal changes on the event loop.
 
-watchdog calls us on its observer thread; events are buffered under a lock
-and drained on the loop in one callback per burst, so a storm of events
-costs one wake-up, not one per event.
+watchdog's inotify emitter calls us on its thread (`Inotify`: no observer
+thread in between); events are buffered under a lock and drained on the loop
+in one callback per burst, so a storm of events costs one wake-up, not one
+per event.
 
 A file is shipped when its writer closes it (close_write). Writes that are
 never followed by a close (a file moved in from outside, a writer that keeps
@@ -41,8 +42,9 @@ from watchdog.events import (
     FileSystemEvent,
     FileSystemEventHandler,
 )
-from watchdog.observers import Observer
-from watchdog.observers.api import BaseObserver
+from watchdog.observers.api import DEFAULT_EMITTER_TIMEOUT, ObservedWatch
+from watchdog.observers.inotify import InotifyEmitter
+from watchdog.observers.inotify_c import InotifyFD
 
 from replication import manifest
 from replication.envinit import EnvInitTracker
@@ -73,7 +75,7 @@ HANDOFF_CHUNK = 256
 
 
 class _Handoff(FileSystemEventHandler):
-    """Runs on watchdog's thread: buffer, and wake the loop once per burst.
+    """Runs on watchdog's emitter thread: buffer, and wake the loop once per burst.
 
     The loop takes the buffer HANDOFF_CHUNK events at a time, one callback each: a burst of tens of
     thousands of events (a plugin's venv being installed) is handled no-follow, folder by folder, which
@@ -105,6 +107,65 @@ class _Handoff(FileSystemEventHandler):
         self._drain(events)
 
 
+class _Direct:
+    """The emitter's event queue, handing each event to `_Handoff` at once on the emitter's thread.
+
+    Like watchdog's EventQueue it drops an event equal to the one before (a file written in many
+    calls makes a modify event per call)."""
+
+    def __init__(self, handoff: _Handoff) -> None:
+        self._handoff = handoff
+        self._last: tuple[FileSystemEvent, ObservedWatch] | None = None
+
+    def put(self, item: tuple[FileSystemEvent, ObservedWatch]) -> None:
+        if item != self._last:
+            self._last = item
+            self._handoff.on_any_event(item[0])
+
+
+class Inotify:
+    """watchdog's inotify reader and emitter threads for one recursive watch, without an Observer.
+
+    An Observer puts every event on a queue for a thread of its own whose only work is to call the
+    handler: one more thread wake-up and hand-over per event. At 1,000 files/s (three events a file)
+    the leader's threads other than the loop used more CPU than the loop (issue 15, streaming lag)."""
+
+    def __init__(self, root: str, handoff: _Handoff) -> None:
+        self._reader = InotifyFD()
+        watch = ObservedWatch(root, recursive=True, event_filter=EVENT_FILTER)
+        self._emitter = InotifyEmitter(
+            _Direct(handoff),  # type: ignore[arg-type]  # only its put() is used
+            watch,
+            timeout=DEFAULT_EMITTER_TIMEOUT,
+            event_filter=EVENT_FILTER,
+            inotify_fd=self._reader,
+        )
+
+    def start(self) -> None:
+        """Add a watch to every folder (a walk of the whole tree: call it off the loop), then emit."""
+        self._reader.start()
+        try:
+            self._emitter.start()
+        except BaseException:
+            self._reader.stop()
+            raise
+
+    def stop(self) -> None:
+        self._emitter.stop()
+        self._reader.stop()
+
+    def join(self, timeout: float) -> None:
+        self._emitter.join(timeout)
+        self._reader.join(timeout)
+
+    def is_alive(self) -> bool:
+        return self._emitter.is_alive() and self._reader.is_alive()
+
+    @property
+    def stopped(self) -> bool:
+        return self._emitter.stopped_event.is_set()
+
+
 @dataclass
 class _Dirty:
     """A file written and not yet closed, waiting for its close or for quiet."""
@@ -133,12 +194,12 @@ def still_written(now: tuple[int, int], seen: tuple[int, int] | None, wall_ns: i
     return now[1] >= wall_ns - int(QUIET_SECONDS * 1e9)
 
 
-def _abandon(observer: BaseObserver, starting: asyncio.Future[None]) -> None:
+def _abandon(inotify: Inotify, starting: asyncio.Future[None]) -> None:
     """Once the thread of a cancelled start returns, stop whatever it started (its error is moot)."""
     if not starting.cancelled():
         starting.exception()  # retrieved, so asyncio does not report it
     with contextlib.suppress(Exception):
-        observer.stop()
+        inotify.stop()
 
 
 class Watcher:
@@ -149,7 +210,7 @@ class Watcher:
         self._storage = StorageRoot(self.root)
         self.journal = journal
         self._skip = skip
-        self._observer: BaseObserver | None = None
+        self._inotify: Inotify | None = None
         self._dirty: dict[str, _Dirty] = {}
         self.on_vanished: Callable[[str], None] = lambda _path: None
         self.on_loss: Callable[[str], None] = lambda _reason: None
@@ -164,7 +225,7 @@ class Watcher:
     async def start(self) -> None:
         """Start watching STORAGE_PATH; the watches are added in a worker thread.
 
-        watchdog adds every folder's watch inside `Observer.start`, on the calling thread, walking the
+        watchdog adds every folder's watch as its emitter starts, on the calling thread, walking the
         whole tree: on the loop that held /health, the lease and heartbeats for the length of the walk
         (~0.5 s for a leader's start over 10,000 files on a loaded machine, seconds over a storage full
         of venvs at a promotion). `ready` still waits for every watch before the leader accepts writes.
@@ -173,17 +234,13 @@ class Watcher:
         self._alarm = WatchdogAlarm(loop, self._lost)
         self._alarm.install()
         self._watches_before = inotify_watches_held()
-        observer = Observer()
         try:
-            observer.schedule(
-                _Handoff(loop, self._on_events), self.root, recursive=True, event_filter=EVENT_FILTER
-            )
-            observer.daemon = True
-            starting = asyncio.ensure_future(asyncio.to_thread(observer.start))
+            inotify = Inotify(self.root, _Handoff(loop, self._on_events))
+            starting = asyncio.ensure_future(asyncio.to_thread(inotify.start))
             try:
                 await asyncio.shield(starting)
             except asyncio.CancelledError:  # the thread cannot be interrupted: stop what it started
-                starting.add_done_callback(lambda done: _abandon(observer, done))
+                starting.add_done_callback(lambda done: _abandon(inotify, done))
                 raise
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
@@ -194,7 +251,7 @@ class Watcher:
             else:
                 self._fail(f"cannot watch {self.root}: {exc}")
             return
-        self._observer = observer
+        self._inotify = inotify
         log.info("watcher_started", root=self.root)
 
     async def ready(self, timeout: float = 10.0) -> float:
@@ -206,7 +263,7 @@ class Watcher:
         only after this, and its first reconciliation scans after it too.
         """
         started = time.monotonic()
-        if self._observer is None:
+        if self._inotify is None:
             return 0.0
         needed = await asyncio.to_thread(directories_below, self.root)
         held, grew_at = -1, started
@@ -224,17 +281,16 @@ class Watcher:
         return waited
 
     def check(self) -> None:
-        """Called periodically: a dead observer or emitter thread means events are being missed."""
-        observer = self._observer
-        if observer is None or self.failure is not None:
+        """Called periodically: a dead reader or emitter thread means events are being missed."""
+        inotify = self._inotify
+        if inotify is None or self.failure is not None:
             return
-        dead = not observer.is_alive() or any(not e.is_alive() for e in observer.emitters)
-        if dead:
+        if not inotify.is_alive():
             self._fail("the inotify watcher thread stopped (see the log; inotify watches may have run out)")
 
     async def verify_coverage(self) -> None:
         """Compare directories with the kernel's count of our watches; a shortfall is a failure."""
-        if self._observer is None or self.failure is not None:
+        if self._inotify is None or self.failure is not None:
             return
         shortfall = await asyncio.to_thread(watch_shortfall, self.root)
         if shortfall is not None:
@@ -258,10 +314,10 @@ class Watcher:
         for dirty in self._dirty.values():
             dirty.timer.cancel()
         self._dirty.clear()
-        if self._observer is not None:
-            self._observer.stop()
-            self._observer.join(timeout=5)
-            self._observer = None
+        if self._inotify is not None:
+            self._inotify.stop()
+            self._inotify.join(timeout=5)
+            self._inotify = None
             log.info("watcher_stopped")
 
     def record_tree(self, rel: str, into: Recorder | None = None, *, appeared: bool = False) -> int:

@@ -1,4 +1,4 @@
-"""The watches are added off the loop (watchdog adds them inside Observer.start, walking the whole tree),
+"""The watches are added off the loop (watchdog adds them as its emitter starts, walking the whole tree),
 and a start abandoned half way stops what its thread started (replication/watcher.py, Watcher.start)."""
 
 from __future__ import annotations
@@ -8,10 +8,9 @@ import threading
 from pathlib import Path
 
 import pytest
-from watchdog.observers import Observer
 
 from replication import watcher as watcher_module
-from replication.watcher import Watcher
+from replication.watcher import Inotify, Watcher
 from tests.unit.test_watcher_quiet import Recorded
 
 
@@ -22,12 +21,12 @@ def test_the_watches_are_added_off_the_loop_and_changes_are_recorded(
         (tmp_path / f"d{n}" / "sub").mkdir(parents=True)
     started_on: list[threading.Thread] = []
 
-    class Recording(Observer):  # type: ignore[misc, valid-type]
+    class Recording(Inotify):
         def start(self) -> None:
             started_on.append(threading.current_thread())
             super().start()
 
-    monkeypatch.setattr(watcher_module, "Observer", Recording)
+    monkeypatch.setattr(watcher_module, "Inotify", Recording)
     recorded = Recorded()
 
     async def main() -> None:
@@ -45,20 +44,20 @@ def test_the_watches_are_added_off_the_loop_and_changes_are_recorded(
     assert [path for path, _at in recorded.synced] == ["d7/sub/new.txt"]
 
 
-def test_a_cancelled_start_stops_the_observer_once_its_thread_returns(
+def test_a_cancelled_start_stops_the_inotify_threads_once_its_thread_returns(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     entered, release = threading.Event(), threading.Event()
-    made: list[Observer] = []
+    made: list[Inotify] = []
 
-    class Slow(Observer):  # type: ignore[misc, valid-type]
+    class Slow(Inotify):
         def start(self) -> None:
             made.append(self)
             entered.set()
             release.wait(5)
             super().start()
 
-    monkeypatch.setattr(watcher_module, "Observer", Slow)
+    monkeypatch.setattr(watcher_module, "Inotify", Slow)
 
     async def main() -> None:
         watcher = Watcher(str(tmp_path), Recorded(), lambda _p: False)
@@ -69,12 +68,12 @@ def test_a_cancelled_start_stops_the_observer_once_its_thread_returns(
             await starting
         watcher.stop()  # what the node does when its start is cancelled: the alarm goes
         release.set()
-        for _ in range(200):  # the observer is stopped on the loop once the start thread returns
-            if made[0].stopped_event.is_set():
+        for _ in range(200):  # the threads are stopped on the loop once the start thread returns
+            if made[0].stopped:
                 break
             await asyncio.sleep(0.01)
 
     asyncio.run(asyncio.wait_for(main(), 10))
-    assert made[0].stopped_event.is_set()
+    assert made[0].stopped
     made[0].join(5)
     assert not made[0].is_alive()
