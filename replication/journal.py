@@ -302,7 +302,8 @@ class Journal:
         return 0.0 if oldest is None else max(0.0, self._clock() - oldest)
 
     # -- internals -------------------------------------------------------------
-    def _append(self, change: Change) -> None:
+    def _append(self, change: Change, moved: set[str] | None = None) -> None:
+        """`moved`: the markers already moved behind the change that started this (`_keep_markers_last`)."""
         self.records += 1
         seq = self.counter.next()
         change = replace(change, seq=seq, enqueued_at=change.enqueued_at or self._clock())
@@ -316,7 +317,7 @@ class Journal:
             plugin_dir = self._markers.plugin_dir(change.path)
             if plugin_dir is not None:
                 self._unsent_markers[plugin_dir] = seq
-        self._keep_markers_last(change)
+        self._keep_markers_last(change, set() if moved is None else moved)
         self._check_overflow()
 
     def _check_overflow(self) -> None:
@@ -324,11 +325,16 @@ class Journal:
             self.overflowed = True
         self.changed.set()
 
-    def _keep_markers_last(self, change: Change) -> None:
+    def _keep_markers_last(self, change: Change, moved: set[str]) -> None:
         """Move every unsent marker whose plugin folder holds `change` behind it.
 
         Looked up by the folders above the changed paths (a few dict lookups), not by
         walking every unsent marker: a burst installing many plugins stays linear.
+
+        A marker moves at most once for the change that started the moves (`moved`, by path): two
+        markers can each lie in the other's plugin folder (a marker's path renamed into a folder
+        that holds a marker of its own: `p/.venv/dify/plugin.json/.venv/dify/plugin.json`, found by
+        test_journal's fuzz), and each would otherwise be moved behind the other without end.
         """
         if not self._unsent_markers:
             return
@@ -342,8 +348,11 @@ class Journal:
         for marker_seq in sorted(holding):
             if marker_seq in self._entries:
                 marker = self._entries[marker_seq]
+                if marker.path in moved:
+                    continue
+                moved.add(marker.path)
                 self._drop(marker_seq)
-                self._append(replace(marker, seq=0))
+                self._append(replace(marker, seq=0), moved)
 
     def _markers_holding(self, path: str) -> list[int]:
         """Sequences of the unsent markers whose plugin folder holds `path` (or is `path`)."""

@@ -323,6 +323,24 @@ def test_ready_markers_of_two_plugins_are_ordered_independently():
     assert paths.index(other_marker) < paths.index(f"{PLUGIN}/x")
 
 
+def test_markers_lying_in_each_others_plugin_folder_are_moved_once_each():
+    """A marker's path renamed into a folder that holds a plugin of its own: each marker lies in the
+    other's plugin folder. Recording used to move them behind each other until the recursion limit
+    (found by test_a_plan_held_compactly_behaves_as_its_syncs_recorded_one_by_one)."""
+    journal = make_journal()
+    journal.record_sync(MARKER)
+    journal.record_rename(PLUGIN, "cwd/other")
+    journal.record_sync("cwd/other")
+    journal.record_rename("cwd/other", MARKER)  # the plugin folder, marker and all, now lies at MARKER
+    nested = f"{MARKER}/.venv/dify/plugin.json"
+    assert summary(take_all(journal)) == [
+        ("rename", PLUGIN, "cwd/other"),
+        ("rename", "cwd/other", MARKER),
+        ("sync", MARKER, None),  # a folder now, and the plugin folder of the marker below it
+        ("sync", nested, None),
+    ]
+
+
 _NAMES = st.sampled_from(
     [
         f"{PLUGIN}/a",
