@@ -3,7 +3,7 @@
 watchdog (7.x) handles an inotify queue overflow or a failed watch inside its
 own threads and only says so in its log. `WatchdogAlarm` is a logging
 handler on watchdog's loggers that turns those lines into a call on the event
-loop; `Watcher.check` separately notices observer or emitter threads that
+loop; `Watcher.check` separately notices inotify reader or emitter threads that
 died (for example when inotify watches run out: ENOSPC). Either way the
 leader rescans and repairs by manifest comparison. The integration test
 that overflows a real kernel queue guards this against watchdog changing
