@@ -233,6 +233,12 @@ class Config:
         return EnvReader(os.environ if env is None else env).build()
 
 
+def _shown(value: str) -> str:
+    """`value` quoted for an error message; a URL's password masked, whichever variable it was put in
+    (a DATABASE_URL pasted into the wrong variable is still a secret; found by test_input_fuzz)."""
+    return repr(hide_password(value) if "://" in value and "@" in value else value)
+
+
 class EnvReader:
     """Reads one variable at a time so every error names its variable; the operator commands read their
     own settings with it too (daemon/client.py), so a variable has one parser and one message."""
@@ -247,7 +253,7 @@ class EnvReader:
         value = self.raw(name, default)
         value = value.upper() if upper else value.lower()
         if value not in accepted:
-            raise ConfigError(f"{name}={value!r} is invalid: accepted values are {', '.join(accepted)}")
+            raise ConfigError(f"{name}={_shown(value)} is invalid: accepted values are {', '.join(accepted)}")
         return value
 
     def literal(self, name: str, default: _Choice, kind: Any) -> _Choice:
@@ -264,7 +270,7 @@ class EnvReader:
         try:
             number = int(value)
         except ValueError:
-            raise ConfigError(f"{name}={value!r} is invalid: expected an integer") from None
+            raise ConfigError(f"{name}={_shown(value)} is invalid: expected an integer") from None
         if not low <= number <= high:
             raise ConfigError(f"{name}={number} is out of range: expected {low}..{high}")
         return number
@@ -274,7 +280,7 @@ class EnvReader:
         try:
             number = float(value)
         except ValueError:
-            raise ConfigError(f"{name}={value!r} is invalid: expected a number of seconds") from None
+            raise ConfigError(f"{name}={_shown(value)} is invalid: expected a number of seconds") from None
         if not low <= number <= high:
             raise ConfigError(f"{name}={number} is out of range: expected {low}..{high} seconds")
         return number
@@ -350,7 +356,7 @@ class EnvReader:
             raise ConfigError(f"{name} is required with an ssh:// SYNC_TARGET: {why}")
         path = os.path.abspath(os.path.expanduser(value))
         if not os.path.isfile(path) or not os.access(path, os.R_OK):
-            raise ConfigError(f"{name}={value!r} is not a readable file ({why})")
+            raise ConfigError(f"{name}={_shown(value)} is not a readable file ({why})")
         return path
 
     def tls_files(self) -> TLSFiles:
