@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import replication.paths as paths_module
 from replication.errors import ContainmentError, NotRegularFileError, ReplicationError
 from replication.paths import (
     MAX_HELD_DIR_FDS,
@@ -446,6 +447,35 @@ def test_walk_dirs_never_enters_a_symlinked_folder(root, outside):
         rel_dir: [e.name for e in entries] for rel_dir, _fd, entries in StorageRoot(str(root)).walk_dirs()
     }
     assert seen == {"": ["a"], "a": ["b", "escape"], "a/b": ["f"]}
+
+
+def test_walk_dirs_with_only_lists_just_the_folders_and_the_names_it_accepts(root, outside, monkeypatch):
+    (root / "a" / "b").mkdir(parents=True)
+    for rel in ("a/keep", "a/b/take.me", "take.top", "other"):
+        (root / rel).write_bytes(b"x")
+    (root / "a" / "take.link").symlink_to(outside, target_is_directory=True)  # listed, never entered
+    (root / "a" / "escape").symlink_to(outside, target_is_directory=True)  # neither
+    statted: list[str] = []
+    real_entries = paths_module._entries
+
+    def counting(dir_fd, only=None):
+        for entry in real_entries(dir_fd, only):
+            statted.append(entry.name)
+            yield entry
+
+    monkeypatch.setattr(paths_module, "_entries", counting)
+    seen = {
+        rel_dir: [(e.name, stat.S_ISDIR(e.st.st_mode)) for e in entries]
+        for rel_dir, _fd, entries in StorageRoot(str(root)).walk_dirs(
+            only=lambda name: name.startswith("take")
+        )
+    }
+    assert seen == {
+        "": [("a", True), ("take.top", False)],
+        "a": [("b", True), ("take.link", False)],
+        "a/b": [("take.me", False)],
+    }
+    assert sorted(statted) == ["a", "b", "take.link", "take.me", "take.top"]
 
 
 def test_walk_dirs_in_pre_order_and_skipping_what_enter_refuses(root):
