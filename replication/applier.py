@@ -385,17 +385,13 @@ def sweep_temp_files(root: str) -> int:
     during the sweep never makes it unlink anything outside the root.
     """
     removed = 0
-    for _rel_dir, dir_fd, entries in StorageRoot(root).walk_dirs(only=_is_temp):
+    for _rel_dir, dir_fd, entries in StorageRoot(root).walk_dirs(only=is_temp_name):
         for entry in entries:
             if entry.name.startswith(TEMP_PREFIX) and not stat.S_ISDIR(entry.st.st_mode):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(entry.name, dir_fd=dir_fd)
                     removed += 1
     return removed
-
-
-def _is_temp(name: str) -> bool:
-    return name.startswith(TEMP_PREFIX)
 
 
 class _TempNames:
