@@ -210,18 +210,21 @@ class StorageRoot:
         ContainmentError when that folder is not there for us."""
         return self._folder(split_parent(validate_relpath(rel))[0])
 
-    def open_regular(self, rel: str, parent_fd: int | None = None) -> tuple[int, os.stat_result]:
+    def open_regular(
+        self, rel: str, parent_fd: int | None = None, lstat: os.stat_result | None = None
+    ) -> tuple[int, os.stat_result]:
         """An fd and its fstat for the regular file `rel`; NotRegularFileError for anything else.
 
         lstat first, so a FIFO, socket or device is never even opened; then
         open with O_NOFOLLOW | O_NONBLOCK and fstat again, so something swapped
         in between the two is refused too. FileNotFoundError when it is gone,
         ContainmentError when a folder on the way is a symlink. `parent_fd`: the
-        `parent_folder` of `rel`, open already.
+        `parent_folder` of `rel`, open already; `lstat`: what `lstat(rel, parent_fd)` just found
+        there (it is not asked again).
         """
         parent, name = split_parent(validate_relpath(rel))
         if parent_fd is not None:
-            return _open_regular_in(parent_fd, rel, name)
+            return _open_regular_in(parent_fd, rel, name, lstat)
         with self._folder(parent) as dir_fd:
             return _open_regular_in(dir_fd, rel, name)
 
@@ -382,8 +385,11 @@ def _join(rel_dir: str, name: str) -> str:
     return f"{rel_dir}/{name}" if rel_dir else name
 
 
-def _open_regular_in(dir_fd: int, rel: str, name: str) -> tuple[int, os.stat_result]:
-    before = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+def _open_regular_in(
+    dir_fd: int, rel: str, name: str, before: os.stat_result | None = None
+) -> tuple[int, os.stat_result]:
+    if before is None:
+        before = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     _require_regular(rel, before.st_mode)
     try:
         fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from replication.journal import Change
-from replication.source import SourceTree
+from replication.source import OpenFolders, SourceTree
 
 SMALL_FILE = 512 * 1024
 """Regular files up to this size are read whole ahead of their frame; bigger ones are streamed."""
@@ -54,22 +54,28 @@ class Snapshot:
     """A regular file at the lstat, gone (or no regular file) at the open."""
 
 
-def take_snapshot(tree: SourceTree, change: Change, limit: int = SMALL_FILE) -> Snapshot:
+def take_snapshot(
+    tree: SourceTree, change: Change, limit: int = SMALL_FILE, folders: OpenFolders | None = None
+) -> Snapshot:
     """lstat `change.path` and, for a small regular file whose content must travel, read all of it.
 
-    The same reads `Sender._sync_frame` does on the loop, through the same no-follow StorageRoot,
-    with the file's folder opened once for both.
+    The same reads `Sender._sync_frame` does on the loop, through the same no-follow StorageRoot:
+    lstat, open, fstat, read, fstat, close, in the file's folder as `folders` holds it open (one
+    folder opened for this file alone without it).
     """
-    with tree.folder_of(change.path) as parent_fd:
-        st = tree.current(change.path, parent_fd)
-        if (
-            st is None
-            or not stat.S_ISREG(st.st_mode)
-            or st.st_size > limit
-            or change.attr_hint == (st.st_size, st.st_mtime_ns)
-        ):
-            return Snapshot(st)
-        opened = tree.open_file(change.path, parent_fd)
+    if folders is None:
+        with tree.folders() as own:
+            return take_snapshot(tree, change, limit, own)
+    parent_fd = folders.of(change.path)
+    st = tree.current(change.path, parent_fd)
+    if (
+        st is None
+        or not stat.S_ISREG(st.st_mode)
+        or st.st_size > limit
+        or change.attr_hint == (st.st_size, st.st_mtime_ns)
+    ):
+        return Snapshot(st)
+    opened = tree.open_file(change.path, parent_fd, st)
     if opened is None:
         return Snapshot(st, vanished=True)
     fd, before = opened
@@ -170,7 +176,9 @@ class ReadAhead:
         return started
 
     def _take(self, changes: list[Change | None]) -> list[Snapshot | None]:
-        return [None if c is None else take_snapshot(self._tree, c, self._limit) for c in changes]
+        with self._tree.folders() as folders:
+            limit = self._limit
+            return [None if c is None else take_snapshot(self._tree, c, limit, folders) for c in changes]
 
     def close(self) -> None:
         """Drop reads not consumed (a thread already reading finishes and closes its file)."""

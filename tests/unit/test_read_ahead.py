@@ -201,3 +201,24 @@ def test_a_small_batch_is_read_by_the_loop_without_a_thread(
     monkeypatch.setattr(ReadAhead, "_take", no_thread)
     sent, _ = frames(make_sender(tmp_path), [Change(1, "sync", "f")])
     assert b"streamed" in sent
+
+
+def test_a_window_opens_each_folder_once_and_closes_them_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        for i in range(3):
+            (tmp_path / folder / f"f{i}").write_bytes(f"{folder}{i}".encode())
+    tree = SourceTree(str(tmp_path))
+    opened: list[str] = []
+    parent_folder = tree.storage.parent_folder
+    monkeypatch.setattr(tree.storage, "parent_folder", lambda rel: opened.append(rel) or parent_folder(rel))
+    fds_before = len(os.listdir("/proc/self/fd"))
+    changes = [Change(i + 1, "sync", f"{d}/f{i % 3}") for i, d in enumerate("aaabbb")]
+    changes.append(Change(7, "sync", "gone/f"))
+    snapshots = ReadAhead(tree, changes, lambda _c: True)._take(list(changes))
+    assert [s.content if s else None for s in snapshots] == [b"a0", b"a1", b"a2", b"b0", b"b1", b"b2", b""]
+    assert snapshots[-1] == Snapshot(None)
+    assert opened == ["a/f0", "b/f0", "gone/f"]  # one open per folder, a missing one asked once
+    assert len(os.listdir("/proc/self/fd")) == fds_before
