@@ -38,7 +38,7 @@ def fits_a_run(attr_hint: tuple[int, int] | None, size_hint: int | None) -> bool
 class _Run:
     """Syncs with sequences `first`, `first` + 1, ... of paths in strictly increasing path order."""
 
-    __slots__ = ("enqueued_at", "first", "flags", "live", "mtimes", "paths", "sizes")
+    __slots__ = ("enqueued_at", "first", "flags", "last_key", "live", "mtimes", "paths", "sizes")
 
     def __init__(self, first: int, enqueued_at: float) -> None:
         self.first = first
@@ -49,17 +49,21 @@ class _Run:
         self.flags = bytearray()
         self.live = 0
         self.enqueued_at = enqueued_at
+        self.last_key = ""
+        """path_key of the last path appended: a lookup of a later path stops at one comparison."""
 
     @property
     def end(self) -> int:
         """The sequence right after the last one."""
         return self.first + len(self.paths)
 
-    def takes(self, path: str) -> bool:
-        return not self.paths or path_key(path) > path_key(self.paths[-1])
+    def takes(self, key: str) -> bool:
+        """A path of path_key `key` can follow the last one."""
+        return not self.paths or key > self.last_key
 
-    def append(self, path: str, attr_hint: tuple[int, int] | None, size_hint: int | None) -> None:
+    def append(self, path: str, key: str, attr_hint: tuple[int, int] | None, size_hint: int | None) -> None:
         self.paths.append(path)
+        self.last_key = key
         self.sizes.append(_NO_SIZE if size_hint is None else size_hint)
         flags = _ALIVE
         if attr_hint is not None:
@@ -96,9 +100,9 @@ class _Run:
     def forget_attr_hint(self, index: int) -> None:
         self.flags[index] &= ~_ATTR
 
-    def index_of(self, path: str) -> int | None:
-        key = path_key(path)
-        if not self.paths or key > path_key(self.paths[-1]):
+    def index_of(self, path: str, key: str) -> int | None:
+        """The index of `path` (whose path_key is `key`), if this run holds it."""
+        if not self.paths or key > self.last_key:
             return None  # at once for the next path of a run being recorded
         index = bisect_left(self.paths, key, key=path_key)
         if index < len(self.paths) and self.paths[index] == path:
@@ -121,6 +125,31 @@ class _Run:
         self.first += index
 
 
+class _PathFilter:
+    """A Bloom filter of paths (two bits of 2**20 from the string's own cached hash, 128 KiB): "not
+    held" at once for nearly every path that is not, where a set of 100,000 paths would cost 4 MiB
+    of the leader's 100 MiB. Paths are never removed: a path gone from every run may still pass,
+    and is then looked up."""
+
+    BITS = 1 << 20
+
+    def __init__(self) -> None:
+        self._bits = bytearray(self.BITS // 8)
+        self.empty = True
+
+    def add(self, path: str) -> None:
+        value = hash(path)
+        low, high = value & (self.BITS - 1), (value >> 20) & (self.BITS - 1)
+        self._bits[low >> 3] |= 1 << (low & 7)
+        self._bits[high >> 3] |= 1 << (high & 7)
+        self.empty = False
+
+    def may_hold(self, path: str) -> bool:
+        value = hash(path)
+        low, high = value & (self.BITS - 1), (value >> 20) & (self.BITS - 1)
+        return bool(self._bits[low >> 3] & (1 << (low & 7)) and self._bits[high >> 3] & (1 << (high & 7)))
+
+
 class Held:
     """Pending changes by sequence: a dict of single `Change`s and runs of planned syncs."""
 
@@ -128,6 +157,11 @@ class Held:
         self._single: dict[int, Change] = {}
         self._runs: list[_Run] = []
         """In sequence order; their sequences never overlap the singles' or each other's."""
+        self._live_in_runs = 0
+        """The sum of the runs' `live`: the journal asks for its length at every record."""
+        self._in_runs = _PathFilter()
+        """Every path a run holds passed it (and some that no run holds): a seed's plan comes in
+        chunks, a run each, and each planned path was looked up in every earlier run."""
 
     # -- adding --------------------------------------------------------------------------------
     def append(self, change: Change) -> None:
@@ -145,15 +179,18 @@ class Held:
         """Hold a planned sync (`seq` above every one held; hints that `fits_a_run`) in the last
         run when it continues it (next sequence, next path in path order, same time), else in a
         new run."""
+        key = path_key(path)
         run = self._runs[-1] if self._runs else None
-        if run is None or run.end != seq or run.enqueued_at != enqueued_at or not run.takes(path):
+        if run is None or run.end != seq or run.enqueued_at != enqueued_at or not run.takes(key):
             run = _Run(seq, enqueued_at)
             self._runs.append(run)
-        run.append(path, attr_hint, size_hint)
+        run.append(path, key, attr_hint, size_hint)
+        self._live_in_runs += 1
+        self._in_runs.add(path)
 
     # -- reading -------------------------------------------------------------------------------
     def __len__(self) -> int:
-        return len(self._single) + sum(run.live for run in self._runs)
+        return len(self._single) + self._live_in_runs
 
     def __bool__(self) -> bool:
         return bool(self._single) or bool(self._runs)
@@ -208,10 +245,13 @@ class Held:
 
     def unsent_in_runs(self, path: str, sent_upto: int) -> int | None:
         """The highest unsent sequence of a sync of `path` held in a run."""
+        if not self._in_runs.may_hold(path):
+            return None
+        key = path_key(path)
         for run in reversed(self._runs):
             if run.end - 1 <= sent_upto:
                 break
-            index = run.index_of(path)
+            index = run.index_of(path, key)
             if index is not None and run.alive(index) and run.first + index > sent_upto:
                 return run.first + index
         return None
@@ -247,8 +287,10 @@ class Held:
         run, index = found
         change = run.change(index)
         run.kill(index)
+        self._live_in_runs -= 1
         if not run.live:
             self._runs.remove(run)
+            self._forget_paths_if_no_runs()
         return change
 
     def drop_through(self, seq: int) -> list[int]:
@@ -263,18 +305,28 @@ class Held:
         while self._runs and self._runs[0].first <= seq:
             run = self._runs[0]
             if run.end - 1 <= seq:
+                self._live_in_runs -= run.live
                 self._runs.pop(0)
             else:
+                live = run.live
                 run.drop_before(seq + 1 - run.first)
+                self._live_in_runs -= live - run.live
                 if not run.live:
                     self._runs.pop(0)
+        self._forget_paths_if_no_runs()
         return done
 
     def clear(self) -> None:
         self._single.clear()
         self._runs.clear()
+        self._live_in_runs = 0
+        self._in_runs = _PathFilter()
 
     # -- internals -----------------------------------------------------------------------------
+    def _forget_paths_if_no_runs(self) -> None:
+        if not self._runs and not self._in_runs.empty:
+            self._in_runs = _PathFilter()
+
     def _in_run(self, seq: int) -> tuple[_Run, int] | None:
         position = bisect_right(self._runs, seq, key=lambda run: run.first) - 1
         if position < 0:
