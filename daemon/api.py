@@ -91,6 +91,7 @@ def build_app(
     router.add_post("/internal/replication/hello", replication_hello)
     router.add_post("/internal/replication/batch", replication_batch)
     router.add_get("/internal/replication/manifest", replication_manifest)
+    router.add_get("/internal/replication/manifest/digest", replication_tree_digest)
     router.add_post("/internal/replication/hashes", replication_hashes)
     router.add_post("/internal/replication/signatures", replication_signatures)
     if store is not None:
@@ -448,6 +449,12 @@ async def replication_manifest(request: web.Request) -> web.StreamResponse:
     finally:
         walker.submit(pieces.close)  # after a piece still being read, on the walk's own thread
         walker.shutdown(wait=False)
+
+
+async def replication_tree_digest(request: web.Request) -> web.Response:
+    """One digest of the replica's whole manifest (manifest.TreeDigest, protocol 4)."""
+    receiver = _receiver(request, 0)
+    return web.json_response(await asyncio.to_thread(receiver.tree_digest))
 
 
 async def replication_hashes(request: web.Request) -> web.Response:

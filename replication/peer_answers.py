@@ -173,6 +173,31 @@ def hello(body: dict[str, Any], refuse: Refusals) -> HelloAnswer:
 
 
 @dataclass(frozen=True)
+class TreeDigestAnswer:
+    synced: bool
+    digest: str | None
+    """manifest.TreeDigest's hex digest; None when the replica never held a full copy (not asked)."""
+
+
+_HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
+
+
+def tree_digest(body: dict[str, Any], refuse: Refusals) -> TreeDigestAnswer:
+    """The replica's TreeDigest answer (protocol 4). A replica that lies here can only claim to be
+    equal when it is not, which its manifest could claim as well: it stays behind, and nothing
+    outside its own storage is touched."""
+    synced = body.get("synced")
+    if not isinstance(synced, bool):
+        raise refuse.malformed("malformed", synced, "synced must be true or false")
+    if not synced:
+        return TreeDigestAnswer(False, None)
+    digest = body.get("digest")
+    if not isinstance(digest, str) or not _HEX_DIGEST.fullmatch(digest):
+        raise refuse.malformed("malformed", digest, "digest must be 64 lowercase hex digits")
+    return TreeDigestAnswer(True, digest)
+
+
+@dataclass(frozen=True)
 class BatchAnswer:
     applied_seq: int
     resend: list[str]

@@ -270,6 +270,15 @@ class Receiver:
 
         return manifest_wire.pieces(entries())
 
+    def tree_digest(self) -> dict[str, Any]:
+        """The TreeDigest of our tree (protocol 4), or only `synced: false` when this replica never
+        held a full copy: a new standby's partial tree would cost a walk for a digest that cannot
+        match, before the leader's plan could start. Call it off the loop (a walk of the tree)."""
+        if not self.synced:
+            return {"synced": False}
+        digest = manifest.replica_digest(self.storage_path, self._skip)
+        return {"synced": True, "digest": digest.hexdigest(), "entries": digest.entries}
+
     def hashes(self, paths: list[str]) -> dict[str, str | None]:
         """SHA-256 of each path, read through no-follow fds; None where there is no regular file."""
         return {p: self._hash(validate_relpath(p)) for p in paths}

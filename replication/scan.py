@@ -16,7 +16,7 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Literal
 
-from replication.manifest import Entry, Listing, OnSpecial, walk
+from replication.manifest import Entry, Listing, OnSpecial, TreeDigest, walk
 
 CHUNK_ENTRIES = 500
 """Entries handed to the loop at a time when streaming: a few milliseconds of its work each."""
@@ -30,7 +30,7 @@ class Scan:
         self._skip = skip
         self._on_special = on_special
         self._lock = threading.Lock()
-        self._mode: Literal["open", "stream", "keep"] = "open"
+        self._mode: Literal["open", "stream", "keep", "digest"] = "open"
         self._listing: Listing | None = Listing(sealed=False)
         self._early: list[list[Entry]] = []
         """Chunks walked while the mode was open (dropped by `keep`)."""
@@ -40,6 +40,8 @@ class Scan:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.walking: asyncio.Future[None] | None = None
         """The thread's work; its exception (a walk that failed) is raised by `listing` and `stream`."""
+        self.digest: TreeDigest | None = None
+        """Set before `start`: the walk's TreeDigest, computed as it goes (complete once `done`)."""
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -54,6 +56,21 @@ class Scan:
     @property
     def done(self) -> bool:
         return self.walking is not None and self.walking.done()
+
+    def digest_only(self) -> None:
+        """Keep nothing but `digest` (a replica whose TreeDigest may equal ours: if it does not, a
+        new walk is compared with its manifest, and a no-change pass held no listing)."""
+        with self._lock:
+            assert self._mode == "open" and self.digest is not None, "a scan is taken one way only"
+            self._mode = "digest"
+            self._early = []
+            self._listing = None
+
+    async def finished(self) -> TreeDigest:
+        """The complete `digest` once the walk is over (after `digest_only`)."""
+        assert self.walking is not None and self.digest is not None
+        await self.walking
+        return self.digest
 
     async def listing(self) -> Listing:
         """Our whole walk as a sealed Listing (after `keep`)."""
@@ -101,8 +118,11 @@ class Scan:
             self._end()
 
     def _deliver(self, chunk: list[Entry]) -> None:
+        digest = self.digest  # once: the loop may drop it meanwhile (a replica without a full copy)
+        if digest is not None:
+            digest.add(chunk)
         with self._lock:
-            if self._mode != "stream":
+            if self._mode in ("open", "keep"):
                 assert self._listing is not None
                 self._listing.extend(chunk)
             if self._mode == "open":

@@ -87,6 +87,8 @@ MAX_SYMLINK_REPAIRS = 20
 first (a race of folder swaps can need several); beyond this the refused change is dropped and a rescan
 repairs instead."""
 LINK_PATH = "/internal/replication"
+MAX_DIGEST_ANSWER_BYTES = 4096
+"""An honest TreeDigest answer is about 110 bytes."""
 STREAM_MAX = 5000
 """A replica manifest of at most this many entries is held whole (about 1.5 MiB) and our walk
 compared with it as it goes (Sender._compare_with_replica): a new standby's seed starts sending
@@ -728,8 +730,7 @@ class Sender:
             # Our walk runs in a thread while the replica walks its own tree for the answer: the two
             # walks overlap (on two cores they take about as long as the longer one). Whatever changes
             # here after our walk passed is recorded by the watcher and goes out after this plan.
-            scan = Scan(self.root, self._skip, self._tree.skipped.note)
-            scan.start()
+            scan = self._start_scan(digest=(self.protocol or 1) >= 4)
             queued = 0
             # READY_MARKERS files found missing are queued once the walk is over, behind every other
             # file of their plugin folder: sent before those were even found, a marker would tell a
@@ -743,8 +744,14 @@ class Sender:
                     (markers if self.journal.is_ready_marker(entry.path) else now).append(entry)
                 queued += self._queue_sends(reason, now)
 
+            undecided: dict[str, manifest.Entry] = {}
             try:
-                plan, undecided = await self._compare_with_replica(scan, queue)
+                if await self._replica_matches(scan):
+                    plan = _nothing_to_do(scan)
+                else:
+                    if scan.digest is not None:  # walked for its digest only: walk again
+                        scan = self._start_scan(digest=False)
+                    plan, undecided = await self._compare_with_replica(scan, queue)
             finally:
                 scan.stop()  # its thread ends at its next chunk if the comparison failed
             if plan.to_hash:
@@ -771,6 +778,36 @@ class Sender:
             )
             log.info("reconciliation_planned", streamed=queued > 0, **summary.to_json())
             return summary
+
+    def _start_scan(self, *, digest: bool) -> Scan:
+        """Our walk, started in a thread (with its TreeDigest when `digest`)."""
+        scan = Scan(self.root, self._skip, self._tree.skipped.note)
+        if digest:
+            scan.digest = manifest.TreeDigest("source")
+        scan.start()
+        return scan
+
+    async def _replica_matches(self, scan: Scan) -> bool:
+        """Whether the replica's TreeDigest equals our walk's (protocol 4): then nothing differs,
+        and neither manifest is listed or compared entry by entry (issue 15: the no-change pass).
+
+        A replica that never held a full copy answers at once, without a walk: our walk then goes
+        on as before and its digest stops (a seed's first chunks go into the plan as it walks).
+        A replica that did is asked while both walk; our walk keeps only its digest, and when the
+        two differ the caller walks again for the comparison (after an outage: one walk more)."""
+        if scan.digest is None:
+            return False
+        answer = await self._call("GET", "/manifest/digest", limit=MAX_DIGEST_ANSWER_BYTES)
+        with self._guard.answer("manifest/digest") as refuse:
+            theirs = peer_answers.tree_digest(answer, refuse)
+        if not theirs.synced:
+            scan.digest = None
+            return False
+        scan.digest_only()
+        ours = await scan.finished()
+        matches = ours.hexdigest() == theirs.digest
+        log.info("tree_digests_compared", entries=ours.entries, equal=matches)
+        return matches
 
     async def _compare_with_replica(
         self, scan: Scan, queue: Callable[[list[manifest.Entry]], None]
@@ -992,6 +1029,12 @@ async def _compare_as_it_arrives(
     for entry in () if closed else answer.close():
         comparison.add(entry)
     return comparison
+
+
+def _nothing_to_do(scan: Scan) -> manifest.Plan:
+    """The plan of a replica whose TreeDigest equals our walk's."""
+    compared = scan.digest.entries if scan.digest is not None else 0
+    return manifest.Plan(send=[], attrs_only=[], delete=[], to_hash=[], compared=compared)
 
 
 def _listed(listing: manifest.Listing, entries: list[manifest.Entry]) -> manifest.Comparison:

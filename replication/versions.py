@@ -15,6 +15,10 @@ Versions:
   3  the sender asks for block signatures with CRC-32 strong digests (`block_hash`: "crc32",
      signature format version 2, delta.BLOCK_HASHES): 2.3x cheaper to compute on both sides than
      SHA-256 (issue 15: delta time); everything else is version 2's
+  4  before asking for a replica's manifest, the sender may ask for one digest of it
+     (`GET /internal/replication/manifest/digest`, manifest.TreeDigest): equal to the digest of its
+     own walk, nothing differs and no manifest moves (issue 15: the no-change pass); everything else
+     is version 3's
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from typing import Any
 
 from replication.errors import ProtocolError
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 """The newest version this node speaks."""
 OLDEST_PROTOCOL = 1
 """The oldest version this node still speaks (1: a node of the previous release)."""

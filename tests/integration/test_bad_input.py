@@ -538,11 +538,12 @@ def test_a_batch_without_the_right_key_is_refused(env: Env, authorization: str |
     [
         ("GET", "/internal/status", None),
         ("GET", "/internal/replication/manifest", None),
+        ("GET", "/internal/replication/manifest/digest", None),
         ("POST", "/internal/replication/hello", {"journal_id": "j", "epoch": 1, "node_id": "intruder"}),
         ("POST", "/internal/replication/hashes", {"paths": ["control/data.bin"]}),
         ("POST", "/internal/sync", {}),
     ],
-    ids=["status", "manifest", "hello", "hashes", "sync"],
+    ids=["status", "manifest", "digest", "hello", "hashes", "sync"],
 )
 @pytest.mark.parametrize("key", [None, "wrong-key-0123456789"], ids=["missing", "wrong"])
 def test_internal_endpoints_need_the_key(

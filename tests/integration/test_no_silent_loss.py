@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 from collections.abc import Iterator
@@ -45,6 +46,21 @@ def test_anti_entropy_repairs_drift_made_directly_on_the_slave(tmp_path: Path) -
         pair.wait_converged(15)
         assert (pair.slave.storage / "config.yaml").read_text() == "model: a\n"
         assert pair.master.metric("plugin_sync_full_rescans_total", {"reason": "anti_entropy"}) >= 1
+        # Protocol 4: the replica's one digest told the drift, and its manifest was then compared;
+        # once repaired, a pass finds the digests equal and compares no manifest.
+        assert False in digests_compared(pair.master.log_path)
+        wait_until(lambda: True in digests_compared(pair.master.log_path), 15, message="an equal digest")
+
+
+def digests_compared(log_path: Path) -> list[bool]:
+    """Whether each tree_digests_compared the leader logged found the two digests equal."""
+    found = []
+    for line in log_path.read_text().splitlines():
+        with contextlib.suppress(ValueError):
+            record = json.loads(line)
+            if isinstance(record, dict) and record.get("event") == "tree_digests_compared":
+                found.append(record["equal"])
+    return found
 
 
 def watches_in_use() -> int:

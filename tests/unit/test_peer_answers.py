@@ -273,3 +273,32 @@ def test_a_peer_detail_is_shortened() -> None:
     assert len(peer_answers.detail({"detail": "y" * 100_000}) or "") <= peer_answers.MAX_DETAIL_CHARS + 3
     assert peer_answers.detail({"detail": None}) is None
     assert peer_answers.detail([]) is None
+
+
+# -- the tree digest (protocol 4) --------------------------------------------------------------------
+def test_a_tree_digest_answer(env: Env) -> None:
+    digest = "ab" * 32
+    answer = peer_answers.tree_digest({"synced": True, "digest": digest, "entries": 3}, env.refusals())
+    assert answer == peer_answers.TreeDigestAnswer(True, digest)
+    assert peer_answers.tree_digest({"synced": False}, env.refusals()) == peer_answers.TreeDigestAnswer(
+        False, None
+    )
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"synced": "yes"},
+        {"synced": 1, "digest": "ab" * 32},
+        {"synced": True},
+        {"synced": True, "digest": "AB" * 32},
+        {"synced": True, "digest": "ab" * 31},
+        {"synced": True, "digest": "ab" * 32 + "\n"},
+        {"synced": True, "digest": ["ab" * 32]},
+    ],
+)
+def test_a_malformed_tree_digest_answer_is_refused(env: Env, body: dict[str, object]) -> None:
+    with pytest.raises(MalformedAnswerError):
+        peer_answers.tree_digest(body, env.refusals())
+    assert env.refused("malformed") == 1

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 
-from replication import scan
+from replication import manifest, scan
 from replication.errors import MalformedAnswerError
 from replication.exclude import ReadyMarkers
 from replication.journal import Journal
@@ -148,3 +149,44 @@ def test_the_replica_hears_the_new_baseline_as_soon_as_the_plan_is_over(tree: Pa
 
     asyncio.run(link())
     assert batches and batches[0] != "None", f"no batch with the plan's baseline within 2 s: {batches}"
+
+
+# -- protocol 4: the replica's TreeDigest first ------------------------------------------------------
+def digest_plan(tree: Path, digest_answer: bytes) -> tuple[list[str], Any, list[list[str]]]:
+    journal = Journal("J", ReadyMarkers(["**/.venv/dify/plugin.json"]))
+    sender = make_sender(
+        tree, journal, {"digest": (200, digest_answer, True), "manifest": (200, b'{"entries": []}', True)}
+    )
+    sender.protocol = 4
+    summary = asyncio.run(sender.reconcile("anti_entropy"))
+    queued = [change.path for change in journal.take_batch(1000, 1 << 30, lambda _c: 0)]
+    return sender._session.routes, summary, [queued]  # type: ignore[attr-defined]
+
+
+def test_a_replica_whose_digest_equals_ours_is_not_asked_for_its_manifest(tree: Path) -> None:
+    theirs = manifest.replica_digest(str(tree)).hexdigest()
+    routes, summary, (queued,) = digest_plan(tree, json.dumps({"synced": True, "digest": theirs}).encode())
+    assert routes == ["digest"]
+    assert queued == [] and summary.sent == 0
+    assert summary.compared == len(list(tree.rglob("*")))
+
+
+def test_a_replica_whose_digest_differs_is_compared_entry_by_entry(tree: Path) -> None:
+    routes, summary, (queued,) = digest_plan(tree, json.dumps({"synced": True, "digest": "0" * 64}).encode())
+    assert routes == ["digest", "manifest"]
+    assert sorted(queued) == sorted(str(p.relative_to(tree)) for p in tree.rglob("*"))
+    assert summary.sent == summary.compared == len(queued)
+
+
+def test_a_replica_without_a_full_copy_is_compared_as_its_walk_goes(
+    tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(scan, "CHUNK_ENTRIES", 4)
+    routes, summary, (queued,) = digest_plan(tree, b'{"synced": false}')
+    assert routes == ["digest", "manifest"]
+    assert summary.sent == len(queued) == len(list(tree.rglob("*")))
+
+
+def test_a_malformed_digest_answer_fails_the_plan(tree: Path) -> None:
+    with pytest.raises(MalformedAnswerError):
+        digest_plan(tree, b'{"synced": true, "digest": "not hex"}')
