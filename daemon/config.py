@@ -236,7 +236,12 @@ class Config:
 def _shown(value: str) -> str:
     """`value` quoted for an error message; a URL's password masked, whichever variable it was put in
     (a DATABASE_URL pasted into the wrong variable is still a secret; found by test_input_fuzz)."""
-    return repr(hide_password(value) if "://" in value and "@" in value else value)
+    return repr(_masked(value))
+
+
+def _masked(value: str) -> str:
+    """`value` with a URL's password masked, unquoted."""
+    return hide_password(value) if "://" in value and "@" in value else value
 
 
 class EnvReader:
@@ -593,7 +598,7 @@ def _check_exposure(config: Config) -> None:
     if config.allow_unauthenticated or is_loopback(config.server_host):
         return
     raise ConfigError(
-        f"SERVER_KEY is not set and SERVER_HOST={config.server_host} is not a loopback address: "
+        f"SERVER_KEY is not set and SERVER_HOST={_masked(config.server_host)} is not a loopback address: "
         "set SERVER_KEY (8+ characters; in a container, SERVER_KEY_FILE names a file the entrypoint reads), "
         "or ALLOW_UNAUTHENTICATED=true to let anyone who reaches the port write into STORAGE_PATH"
     )

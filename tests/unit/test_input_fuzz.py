@@ -243,15 +243,22 @@ def test_the_fuzzer_knows_the_variables() -> None:
 @example({"SYNC_TARGET": "http://u:secret@[::1"})
 @example({"ALLOW_UNAUTHENTICATED": "SECRET"})  # found by this test: quoted, and no password
 @example({"MAX_PLUGIN_PACKAGE_SIZE": "A://:0@"})  # found by this test: a URL's password was quoted
+@example({"PACKAGE_DIR": ":0@", "ALLOW_UNAUTHENTICATED": "A://:0@"})  # the same text, not a URL, is quoted
+@example({"SERVER_HOST": "A://:0@"})  # found by this test: quoted raw where SERVER_KEY is missing
 @example({"ROLE": "slave", "SYNC_SOURCE": "http://[::1"})
 def test_config_from_any_environment_is_a_config_or_a_config_error(env: dict[str, str]) -> None:
     try:
         config = Config.from_env(env)
     except ConfigError as exc:
         assert str(exc), "a ConfigError always says what is wrong"
-        for password in filter(None, (_url_password(v) for k, v in env.items() if not _names_a_path(k))):
+        for name, value in env.items():
+            password = None if _names_a_path(name) else _url_password(value)
+            if not password:
+                continue
             # A short password may well be a letter of the message: then only its URL form is looked for.
             echoed = password if len(password) >= 4 else f":{password}@"
+            if any(echoed in other for key, other in env.items() if key != name):
+                continue  # the same text is another variable's value, which the message may quote
             assert echoed not in str(exc), "a password in a URL is never echoed"
         return
     assert isinstance(config, Config)
