@@ -162,6 +162,8 @@ def detail(body: object) -> str | None:
 class HelloAnswer:
     journal_id: str | None
     applied_seq: int
+    synced: bool = False
+    """The replica held a full copy of some journal's baseline (protocol 4; older replicas say nothing)."""
 
 
 def hello(body: dict[str, Any], refuse: Refusals) -> HelloAnswer:
@@ -169,7 +171,7 @@ def hello(body: dict[str, Any], refuse: Refusals) -> HelloAnswer:
     if journal_id is not None and not isinstance(journal_id, str):
         refuse("malformed", journal_id)
         journal_id = None
-    return HelloAnswer(journal_id, sequence(body.get("applied_seq", 0), refuse))
+    return HelloAnswer(journal_id, sequence(body.get("applied_seq", 0), refuse), body.get("synced") is True)
 
 
 @dataclass(frozen=True)

@@ -139,6 +139,7 @@ class Receiver:
             "applied_seq": self.applied_seq,
             "epoch": self.epoch,
             "protocol": chosen,
+            "synced": self.synced,
         }
 
     def lag_seconds(self) -> float:

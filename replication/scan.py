@@ -59,7 +59,9 @@ class Scan:
 
     def digest_only(self) -> None:
         """Keep nothing but `digest` (a replica whose TreeDigest may equal ours: if it does not, a
-        new walk is compared with its manifest, and a no-change pass held no listing)."""
+        new walk is compared with its manifest, and a no-change pass held no listing). Chosen before
+        `start` or at once: until the replica's digest is in (after its own walk), an open scan
+        would hold our whole walk twice, as chunks and as a listing."""
         with self._lock:
             assert self._mode == "open" and self.digest is not None, "a scan is taken one way only"
             self._mode = "digest"
@@ -118,9 +120,8 @@ class Scan:
             self._end()
 
     def _deliver(self, chunk: list[Entry]) -> None:
-        digest = self.digest  # once: the loop may drop it meanwhile (a replica without a full copy)
-        if digest is not None:
-            digest.add(chunk)
+        if self.digest is not None:
+            self.digest.add(chunk)
         with self._lock:
             if self._mode in ("open", "keep"):
                 assert self._listing is not None

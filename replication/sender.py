@@ -167,6 +167,8 @@ class Sender:
         self.fenced_by: int | None = None
         """Set when the peer answered with a higher epoch: this node must stop leading."""
         self.baseline_seq: int | None = None
+        self._replica_synced = False
+        """The replica said at hello that it held a full copy (then its TreeDigest is worth asking)."""
         """The replica is a full copy once it has applied this sequence (set by each reconciliation)."""
         self.on_ack: Callable[[], None] = lambda: None
         self._tree = SourceTree(root, SpecialFiles(metrics.special_files_skipped))
@@ -298,6 +300,7 @@ class Sender:
         with self._guard.answer("hello") as refuse:
             hello = peer_answers.hello(answer, refuse)
         applied = hello.applied_seq
+        self._replica_synced = hello.synced
         self._link_up_flag = True
         self.last_error = None
         same_journal = hello.journal_id == self.journal.journal_id and self.baseline_seq is not None
@@ -730,7 +733,7 @@ class Sender:
             # Our walk runs in a thread while the replica walks its own tree for the answer: the two
             # walks overlap (on two cores they take about as long as the longer one). Whatever changes
             # here after our walk passed is recorded by the watcher and goes out after this plan.
-            scan = self._start_scan(digest=(self.protocol or 1) >= 4)
+            scan = self._start_scan(digest=self._asks_tree_digest())
             queued = 0
             # READY_MARKERS files found missing are queued once the walk is over, behind every other
             # file of their plugin folder: sent before those were even found, a marker would tell a
@@ -750,6 +753,7 @@ class Sender:
                     plan = _nothing_to_do(scan)
                 else:
                     if scan.digest is not None:  # walked for its digest only: walk again
+                        scan.stop()
                         scan = self._start_scan(digest=False)
                     plan, undecided = await self._compare_with_replica(scan, queue)
             finally:
@@ -779,11 +783,20 @@ class Sender:
             log.info("reconciliation_planned", streamed=queued > 0, **summary.to_json())
             return summary
 
+    def _asks_tree_digest(self) -> bool:
+        """The replica speaks protocol 4 and holds a full copy: it said so at hello, or it applied
+        this link's last plan (a seed's replica does neither, and is not asked: see _replica_matches)."""
+        if (self.protocol or 1) < 4:
+            return False
+        applied_last_plan = self.baseline_seq is not None and self.journal.acked >= self.baseline_seq
+        return self._replica_synced or applied_last_plan
+
     def _start_scan(self, *, digest: bool) -> Scan:
-        """Our walk, started in a thread (with its TreeDigest when `digest`)."""
+        """Our walk, started in a thread; with `digest`, it keeps nothing but its TreeDigest."""
         scan = Scan(self.root, self._skip, self._tree.skipped.note)
         if digest:
             scan.digest = manifest.TreeDigest("source")
+            scan.digest_only()
         scan.start()
         return scan
 
@@ -791,19 +804,18 @@ class Sender:
         """Whether the replica's TreeDigest equals our walk's (protocol 4): then nothing differs,
         and neither manifest is listed or compared entry by entry (issue 15: the no-change pass).
 
-        A replica that never held a full copy answers at once, without a walk: our walk then goes
-        on as before and its digest stops (a seed's first chunks go into the plan as it walks).
-        A replica that did is asked while both walk; our walk keeps only its digest, and when the
-        two differ the caller walks again for the comparison (after an outage: one walk more)."""
+        Only a replica that holds a full copy is asked (`_asks_tree_digest`), while both walk; our
+        walk keeps nothing but its digest, so nothing is held twice while the replica walks. When the
+        two differ, or the replica answers that it holds no full copy after all (it answers that at
+        once, without a walk), the caller walks again for the comparison: after an outage, one walk
+        more. A new standby is never asked: its seed's first chunks go into the plan as our walk goes."""
         if scan.digest is None:
             return False
         answer = await self._call("GET", "/manifest/digest", limit=MAX_DIGEST_ANSWER_BYTES)
         with self._guard.answer("manifest/digest") as refuse:
             theirs = peer_answers.tree_digest(answer, refuse)
         if not theirs.synced:
-            scan.digest = None
             return False
-        scan.digest_only()
         ours = await scan.finished()
         matches = ours.hexdigest() == theirs.digest
         log.info("tree_digests_compared", entries=ours.entries, equal=matches)

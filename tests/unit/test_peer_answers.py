@@ -104,6 +104,8 @@ def test_hello_answer(env: Env) -> None:
         peer_answers.HelloAnswer("j", 4)
     )
     assert peer_answers.hello({"journal_id": ["j"]}, env.refusals()).journal_id is None
+    assert peer_answers.hello({"applied_seq": 1, "synced": True}, env.refusals()).synced
+    assert not peer_answers.hello({"applied_seq": 1, "synced": "true"}, env.refusals()).synced
     with pytest.raises(MalformedAnswerError):
         peer_answers.hello({"applied_seq": "abc"}, env.refusals())
 

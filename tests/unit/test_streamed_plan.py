@@ -152,12 +152,15 @@ def test_the_replica_hears_the_new_baseline_as_soon_as_the_plan_is_over(tree: Pa
 
 
 # -- protocol 4: the replica's TreeDigest first ------------------------------------------------------
-def digest_plan(tree: Path, digest_answer: bytes) -> tuple[list[str], Any, list[list[str]]]:
+def digest_plan(
+    tree: Path, digest_answer: bytes, *, synced_at_hello: bool = True
+) -> tuple[list[str], Any, list[list[str]]]:
     journal = Journal("J", ReadyMarkers(["**/.venv/dify/plugin.json"]))
     sender = make_sender(
         tree, journal, {"digest": (200, digest_answer, True), "manifest": (200, b'{"entries": []}', True)}
     )
     sender.protocol = 4
+    sender._replica_synced = synced_at_hello
     summary = asyncio.run(sender.reconcile("anti_entropy"))
     queued = [change.path for change in journal.take_batch(1000, 1 << 30, lambda _c: 0)]
     return sender._session.routes, summary, [queued]  # type: ignore[attr-defined]
@@ -178,10 +181,14 @@ def test_a_replica_whose_digest_differs_is_compared_entry_by_entry(tree: Path) -
     assert summary.sent == summary.compared == len(queued)
 
 
-def test_a_replica_without_a_full_copy_is_compared_as_its_walk_goes(
-    tree: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(scan, "CHUNK_ENTRIES", 4)
+def test_a_replica_without_a_full_copy_is_not_asked_for_a_digest(tree: Path) -> None:
+    """A new standby's seed: our walk goes into the plan chunk by chunk, as before protocol 4."""
+    routes, summary, (queued,) = digest_plan(tree, b"{}", synced_at_hello=False)
+    assert routes == ["manifest"]
+    assert summary.sent == len(queued) == len(list(tree.rglob("*")))
+
+
+def test_a_replica_that_says_it_holds_no_full_copy_after_all_is_compared_entry_by_entry(tree: Path) -> None:
     routes, summary, (queued,) = digest_plan(tree, b'{"synced": false}')
     assert routes == ["digest", "manifest"]
     assert summary.sent == len(queued) == len(list(tree.rglob("*")))
@@ -190,3 +197,17 @@ def test_a_replica_without_a_full_copy_is_compared_as_its_walk_goes(
 def test_a_malformed_digest_answer_fails_the_plan(tree: Path) -> None:
     with pytest.raises(MalformedAnswerError):
         digest_plan(tree, b'{"synced": true, "digest": "not hex"}')
+
+
+def test_a_replica_that_applied_this_links_last_plan_is_asked_for_a_digest(tree: Path) -> None:
+    """It said at hello it held no full copy (a seed), then acknowledged the seed's baseline."""
+    journal = Journal("J", ReadyMarkers([]))
+    theirs = manifest.replica_digest(str(tree)).hexdigest()
+    answer = json.dumps({"synced": True, "digest": theirs}).encode()
+    sender = make_sender(tree, journal, {"digest": (200, answer, True)})
+    sender.protocol = 4
+    assert not sender._asks_tree_digest()
+    sender.baseline_seq = journal.acked  # the last plan's baseline, acknowledged
+    assert sender._asks_tree_digest()
+    summary = asyncio.run(sender.reconcile("anti_entropy"))
+    assert sender._session.routes == ["digest"] and summary.sent == 0  # type: ignore[attr-defined]
