@@ -84,7 +84,7 @@ def lines(results: dict[str, Any]) -> list[Line]:
         for edit, tools in delta["edits"].items():
             wire = {tool: _get(tools, tool, "median", "wire_bytes") for tool in (HS, RSYNC, LSYNCD)}
             found.append(Line(f"delta, {edit}: bytes on the wire", "B", wire, speed=False))
-            took = {tool: _get(tools, tool, "median", "seconds") for tool in (HS, RSYNC, LSYNCD)}
+            took = {tool: _get(tools, tool, "median", "seconds") for tool in (HS, RSYNC, RSYNC_FSYNC, LSYNCD)}
             found.append(Line(f"delta, {edit}: time", "s", took))
     lag = results.get("lag")
     if lag and "error" not in lag:

@@ -8,7 +8,7 @@ Tools (keys used in the results):
   lsyncd-delay0         the same tuned for latency: delay = 0
   lsyncd-delay0-local   delay = 0 to a local folder (no daemon, no TCP): lag scenario only, for reference
   rsync                 plain rsync -a to the same rsync daemon (where a one-shot copy applies)
-  rsync-fsync           rsync -a --fsync (full sync only: hotstandby fsyncs every file, rsync -a does not)
+  rsync-fsync           rsync -a --fsync (full sync, delta: hotstandby fsyncs every file, rsync -a does not)
 """
 
 from __future__ import annotations
@@ -367,7 +367,8 @@ def flush_seconds() -> float:
 # ---------------------------------------------------------------- 3. delta
 
 
-DELTA_TOOLS = (HS, RSYNC, LS_FAST, LS_DEFAULT)
+DELTA_TOOLS = (HS, RSYNC, RSYNC_FSYNC, LS_FAST, LS_DEFAULT)
+"""rsync-fsync: the replica makes the rebuilt file durable before it counts; `rsync -a` leaves it dirty."""
 PRISTINE_MTIME = 1_600_000_000
 
 
@@ -419,13 +420,14 @@ def delta_once(
     for side in (master, slave):
         _reset_copy(pristine, side / "blob.bin")
     os.sync()
-    if tool == RSYNC:
+    if tool in (RSYNC, RSYNC_FSYNC):
         with (
             RsyncDaemon(root / "rsyncd", slave) as daemon,
             contextlib.closing(CountingRelay(daemon.port)) as relay,
         ):
             edit(master / "blob.bin")
-            pushed = rsync_push(master, daemon.url(relay.port), ["-a", "--no-whole-file"])
+            options = ["-a", "--no-whole-file"] + (["--fsync"] if tool == RSYNC_FSYNC else [])
+            pushed = rsync_push(master, daemon.url(relay.port), options)
             outcome: dict[str, Any] = {
                 "seconds": round(pushed.seconds, 3),
                 "wire_bytes": relay.total(),
