@@ -14,7 +14,7 @@ import os
 import stat
 import threading
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 
 import structlog
 from prometheus_client import Counter
@@ -82,23 +82,12 @@ class SourceTree:
 
     def current(self, path: str, parent_fd: int | None = None) -> os.stat_result | None:
         """lstat of `path` now, or None when it is gone or a folder on its way is no folder any more.
-        `parent_fd`: what `folder_of(path)` gave, when not None."""
+        `parent_fd`: what `folders().of(path)` gave, when not None."""
         return self.storage.lstat(path, parent_fd)
 
-    @contextlib.contextmanager
-    def folder_of(self, path: str) -> Iterator[int | None]:
-        """The folder holding `path`, open for `current` and `open_file` of it (one folder open for
-        both); None when that folder is not there for us (they then find nothing either)."""
-        try:
-            folder = self.storage.parent_folder(path)
-        except GONE:
-            yield None
-            return
-        with folder as fd:
-            yield fd
-
     def folders(self) -> OpenFolders:
-        """Folders opened once each for a run of paths, closed on leaving the `with` block."""
+        """Folders opened once each for a run of paths (`current` and `open_file` of each path in one
+        of them), closed on leaving the `with` block."""
         return OpenFolders(self.storage)
 
     def is_real_folder(self, path: str) -> bool:
@@ -133,7 +122,7 @@ class SourceTree:
         """An fd and fstat of the regular file `path`, or None when it is gone or no regular file now.
 
         A FIFO, socket or device found here is never opened: it is counted and logged once.
-        `parent_fd`: what `folder_of(path)` gave, when not None; `lstat`: what `current(path,
+        `parent_fd`: what `folders().of(path)` gave, when not None; `lstat`: what `current(path,
         parent_fd)` just found.
         """
         try:
@@ -169,7 +158,8 @@ class OpenFolders:
         self._fds: dict[str, int | None] = {}
 
     def of(self, path: str) -> int | None:
-        """The open folder holding `path`; None when it is not there for us (see `folder_of`)."""
+        """The open folder holding `path`; None when it is not there for us (`current` and
+        `open_file` then look it up themselves and find nothing either)."""
         parent = split_parent(path)[0]
         try:
             return self._fds[parent]
