@@ -41,7 +41,7 @@ class Scan:
         self.walking: asyncio.Future[None] | None = None
         """The thread's work; its exception (a walk that failed) is raised by `listing` and `stream`."""
         self.digest: TreeDigest | None = None
-        """Set before `start`: the walk's TreeDigest, computed as it goes (complete once `done`)."""
+        """The walk's TreeDigest after `digest_only`, computed as it goes (complete once `done`)."""
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -58,13 +58,14 @@ class Scan:
         return self.walking is not None and self.walking.done()
 
     def digest_only(self) -> None:
-        """Keep nothing but `digest` (a replica whose TreeDigest may equal ours: if it does not, a
-        new walk is compared with its manifest, and a no-change pass held no listing). Chosen before
-        `start` or at once: until the replica's digest is in (after its own walk), an open scan
-        would hold our whole walk twice, as chunks and as a listing."""
+        """Keep nothing but a TreeDigest of the walk, `digest` (a replica whose TreeDigest may equal
+        ours: if it does not, a new walk is compared with its manifest, and a no-change pass held no
+        listing). Chosen before `start`: until the replica's digest is in (after its own walk), an
+        open scan would hold our whole walk twice, as chunks and as a listing."""
         with self._lock:
-            assert self._mode == "open" and self.digest is not None, "a scan is taken one way only"
+            assert self._mode == "open" and self.walking is None, "chosen before the walk starts"
             self._mode = "digest"
+            self.digest = TreeDigest("source")
             self._early = []
             self._listing = None
 

@@ -795,7 +795,6 @@ class Sender:
         """Our walk, started in a thread; with `digest`, it keeps nothing but its TreeDigest."""
         scan = Scan(self.root, self._skip, self._tree.skipped.note)
         if digest:
-            scan.digest = manifest.TreeDigest("source")
             scan.digest_only()
         scan.start()
         return scan
