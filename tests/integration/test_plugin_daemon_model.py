@@ -263,6 +263,48 @@ def test_sigterm_stops_every_plugin_and_leaves_no_process(tmp_path: Path) -> Non
         assert not Path(f"/proc/{plugin_pid}").exists()
 
 
+SPAWN_A_SLEEPER = """
+import asyncio, subprocess, sys
+from pathlib import Path
+from tests.support.plugin_daemon_model import Children
+
+async def main():
+    quiet = subprocess.DEVNULL
+    proc = await Children().spawn(["sleep", "60"], Path("."), None, stdin=quiet, stdout=quiet)
+    print(proc.pid, flush=True)
+    await asyncio.sleep(60)
+
+asyncio.run(main())
+"""
+
+
+def test_a_child_that_ignores_its_pipes_dies_with_the_model_killed_alone(tmp_path: Path) -> None:
+    """PR_SET_PDEATHSIG (setpriv before the exec), not pipe EOF: a plugin or a uv that never reads
+    its stdin must not outlive the model and keep writing into a storage the test thinks quiet."""
+    model = subprocess.Popen(
+        [sys.executable, "-c", SPAWN_A_SLEEPER], stdout=subprocess.PIPE, cwd=Path(__file__).parents[2]
+    )
+    try:
+        assert model.stdout is not None
+        sleeper = int(model.stdout.readline())
+        assert Path(f"/proc/{sleeper}").exists()
+        model.kill()  # the model only, not its group
+        model.wait(10)
+        ModelProcess.wait_until(lambda: _gone(sleeper), 10, "the child to die with the model")
+    finally:
+        model.kill()
+        model.wait(10)
+
+
+def _gone(pid: int) -> bool:
+    """Whether `pid` has ended (a zombie counts as ended: its parent is gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state == "Z"
+
+
 def test_sigterm_during_a_launch_exits_at_once_and_releases_nothing_it_does_not_hold(
     tmp_path: Path, redis_service: RedisService
 ) -> None:

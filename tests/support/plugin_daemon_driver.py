@@ -102,8 +102,27 @@ class ModelProcess:
         try:
             self.wait_until(seen, timeout, f"event {name} for {plugin or 'any plugin'}")
         except TimeoutError as exc:
-            raise TimeoutError(f"{exc}; the model's log ends with:\n{self.log_tail()}") from None
+            raise TimeoutError(
+                f"{exc}; the model's processes:\n{self.group_processes()}\n"
+                f"its log ends with:\n{self.log_tail()}"
+            ) from None
         return found[0]
+
+    def group_processes(self) -> str:
+        """One line per process of the model's group: pid, state, kernel wait channel, command line.
+
+        Printed when an awaited event never comes, so that a hang says where it hangs (a child
+        stopped, blocked in the kernel, or never started) instead of only that it did.
+        """
+        if self.proc is None:
+            return "(not started)"
+        lines = []
+        for proc_dir, fields in _group_members(self.proc.pid):
+            with contextlib.suppress(OSError):
+                wchan = (proc_dir / "wchan").read_text().strip() or "-"
+                command = (proc_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                lines.append(f"  {proc_dir.name} {fields[0]} {wchan} {command.strip()[:200]}")
+        return "\n".join(lines) or "  (none left)"
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -173,12 +192,7 @@ class ModelProcess:
         except PermissionError:
             return True
         # Zombies of the group count as gone.
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-                if int(fields[2]) == self.proc.pid and fields[0] != "Z":
-                    return True
-        return False
+        return any(fields[0] != "Z" for _, fields in _group_members(self.proc.pid))
 
     @staticmethod
     def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
@@ -188,6 +202,16 @@ class ModelProcess:
                 return
             time.sleep(0.05)
         raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+def _group_members(pgid: int) -> Iterator[tuple[Path, list[str]]]:
+    """Each process of group `pgid`: its /proc folder and the fields of its stat after the name
+    (state first, then ppid, pgrp, ...). Processes that end while being read are left out."""
+    for stat in sorted(Path("/proc").glob("[0-9]*/stat")):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid:
+                yield stat.parent, fields
 
 
 def parse_sse(text: str) -> list[dict[str, Any]]:

@@ -62,7 +62,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import io
 import json
 import os
@@ -254,19 +253,17 @@ class EventLog:
 # Child processes
 
 
-_PRCTL = ctypes.CDLL(None, use_errno=True).prctl
-"""Resolved before any fork: a child must not dlopen between fork and exec."""
-PR_SET_PDEATHSIG = 1
+DIE_WITH_PARENT = ["setpriv", "--pdeathsig", "KILL", "--"]
+"""Prefixed to every child's command: SIGKILL it when the model dies, even by SIGKILL.
 
-
-def _die_with_parent() -> None:
-    """Runs in each child before exec: SIGKILL it when the model dies, even by SIGKILL.
-
-    The real daemon (Go exec.Command) does not do this; it relies on the container going away.
-    Here tests run on a shared machine, where an orphaned plugin would keep writing into a
-    storage that the test thinks is quiet.
-    """
-    _PRCTL(PR_SET_PDEATHSIG, signal.SIGKILL)
+The real daemon (Go exec.Command) does not do this; it relies on the container going away.
+Here tests run on a shared machine, where an orphaned plugin would keep writing into a
+storage that the test thinks is quiet. setpriv (util-linux) sets PR_SET_PDEATHSIG and execs
+the command in the same process, so pids and exit codes are the command's own. It replaces a
+preexec_fn: Python code run between fork and exec in a process with threads (this one has
+its to_thread workers and child watchers) may deadlock, and the model, blocked in fork_exec,
+would stop answering with no event to say why.
+"""
 
 
 class Children:
@@ -278,15 +275,17 @@ class Children:
     async def spawn(
         self, args: list[str], cwd: Path, env: dict[str, str] | None, *, stdin: int, stdout: int
     ) -> asyncio.subprocess.Process:
+        if shutil.which(args[0]) is None:  # cmd.Start's error, not setpriv's exit code 127
+            raise LaunchError(f"failed to start {args[0]}: executable file not found")
         try:
             proc = await asyncio.create_subprocess_exec(
+                *DIE_WITH_PARENT,
                 *args,
                 cwd=cwd,
                 env=env,
                 stdin=stdin,
                 stdout=stdout,
                 stderr=subprocess.PIPE,
-                preexec_fn=_die_with_parent,
                 limit=STDOUT_MAX_LINE,
             )
         except OSError as exc:  # Go's cmd.Start error: the step fails, the daemon goes on
