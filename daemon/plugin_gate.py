@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import json
 import os
 import signal
@@ -213,11 +214,13 @@ def _die_with_the_gate() -> None:
     (the no-Docker runner, an OOM kill of the wrapper) would leave an unsupervised daemon writing
     into storage that replication must own, and the replica would refuse to apply until it went.
     """
-    if sys.platform.startswith("linux"):
-        import ctypes
+    if _PRCTL is not None:
+        _PRCTL(PR_SET_PDEATHSIG, int(signal.SIGKILL))
 
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL))
+
+PR_SET_PDEATHSIG = 1
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+"""Resolved at import: nothing is imported or dlopen()ed between fork and exec."""
 
 
 def _signal_group(child: subprocess.Popen[bytes], sig: signal.Signals) -> None:
