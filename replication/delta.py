@@ -474,6 +474,22 @@ class _Emitter:
         self.flush_copy()
         self._run_index, self._run_count = index, 1
 
+    def copy_run(self, index: int, count: int) -> None:
+        """`count` consecutive blocks from `index`: exactly what `copy` of each emits, in one call."""
+        if count and not (self._run_count and index == self._run_index + self._run_count):
+            self.flush_copy()
+            self._run_count = 0
+        while count:
+            if not self._run_count:  # a new run: `copy` checks the length only when one grows
+                self._run_index, self._run_count = index, 1
+                index, count = index + 1, count - 1
+                continue
+            grown = min(max(self._max_run - self._run_count, 1), count)
+            self._run_count += grown
+            index, count = index + grown, count - grown
+            if self._run_count >= self._max_run:
+                self.flush_copy()
+
     def literal(self, data: memoryview) -> None:
         if not len(data):
             return
@@ -661,6 +677,28 @@ class _Search:
             self._scan(p)
         return self._from_candidates(p, last + 1)
 
+    def run_at(self, p: int, expected: int) -> int:
+        """How many full blocks from `expected` on sit one after the other from p, within the window.
+
+        What `next_match` finds block by block in an unchanged stretch (p outside the rolling
+        search's range), in one tight loop: one strong hash per block and no call per block
+        beyond it. That loop was most of the leader's Python time in a 1-byte delta."""
+        if self.lo <= p < self.hi:
+            return 0  # next_match would try the rolling search's candidates first
+        window, n, width = self.window, self.n, self.width
+        limit = min(self.full - expected, (window.end - p) // n)
+        view, strong, digest = window.view, self.strong, self._hash
+        at = p - window.base
+        first = expected * width
+        count = 0
+        while count < limit:
+            if digest(view[at : at + n]) != strong[first : first + width]:
+                break
+            count += 1
+            at += n
+            first += width
+        return count
+
     def tail_match(self, p: int, last: int) -> Match | None:
         """With less than a block left: the old file's short last block, right after the block before
         it (an append) or at the very end of the new file."""
@@ -776,6 +814,10 @@ def _delta_over(sig: Signature, window: _Window) -> Iterator[Instruction]:
             lit = p
         elif p + n > window.end:
             break  # end of file with less than a block left
+        elif p == lit and (run := search.run_at(p, last + 1)):
+            emit.copy_run(last + 1, run)
+            last += run
+            p = lit = p + run * n
         elif (match := search.next_match(p, last)) is None:
             p = search.hi
         else:

@@ -417,6 +417,80 @@ def test_roundtrip_property_tiny_windows(case: tuple[bytes, bytes], window: int,
         roundtrip(*case, block_size=2048)
 
 
+def instructions_block_by_block(sig: Signature, new: bytes) -> list[Instruction]:
+    """compute_delta without the run fast path: every block through next_match, as before it."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(delta._Search, "run_at", lambda self, p, expected: 0)
+        return delta_of(sig, new)
+
+
+@FUZZ
+@given(edited(), st.integers(500, 40000), st.integers(1, 20000), st.sampled_from(["sha256", "crc32"]))
+def test_the_run_fast_path_emits_exactly_what_the_block_by_block_search_does(
+    case: tuple[bytes, bytes], window: int, chunk: int, block_hash: str
+) -> None:
+    old, new = case
+    width = delta.CRC_DIGEST_BYTES if block_hash == "crc32" else delta.DIGEST_BYTES
+    old_fd = fd_with(old)
+    try:
+        sig = signature_of_fd(old_fd, 2048, width, block_hash)
+    finally:
+        os.close(old_fd)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(delta, "WINDOW_BYTES", window)
+        mp.setattr(delta, "ROLL_CHUNK", chunk)
+        mp.setattr(delta, "COPY_RUN_BYTES", 3 * 2048)  # runs split often: copy_run must split alike
+        assert delta_of(sig, new) == instructions_block_by_block(sig, new)
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("copy"), st.integers(0, 40), st.integers(1, 9)),
+            st.tuples(st.just("literal"), st.integers(1, 5), st.just(0)),
+        ),
+        max_size=30,
+    ),
+    st.integers(1, 6),
+)
+def test_an_emitted_copy_run_is_what_copying_each_block_emits(
+    steps: list[tuple[str, int, int]], max_run: int
+) -> None:
+    one_by_one, in_runs = delta._Emitter(max_run), delta._Emitter(max_run)
+    for kind, first, count in steps:
+        if kind == "copy":
+            for index in range(first, first + count):
+                one_by_one.copy(index)
+            in_runs.copy_run(first, count)
+        else:
+            one_by_one.literal(memoryview(b"x" * first))
+            in_runs.literal(memoryview(b"x" * first))
+    one_by_one.flush_copy()
+    in_runs.flush_copy()
+    assert in_runs.out == one_by_one.out
+
+
+def test_an_unchanged_stretch_costs_no_call_per_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The 1-byte change: next_match runs around the change (as far as the rolling search reached),
+    not once per unchanged block (400 here)."""
+    old = rand(400 * 2048, seed=21)
+    new = bytearray(old)
+    new[200 * 2048 + 5] ^= 1
+    calls = 0
+    next_match = delta._Search.next_match
+
+    def counted(self: delta._Search, p: int, last: int) -> delta.Match | None:
+        nonlocal calls
+        calls += 1
+        return next_match(self, p, last)
+
+    monkeypatch.setattr(delta._Search, "next_match", counted)
+    monkeypatch.setattr(delta, "ROLL_CHUNK", 16 * 2048)  # the rolling search's reach past the change
+    instructions = roundtrip(old, bytes(new), block_size=2048)
+    assert literal_bytes(instructions) == 2048
+    assert calls < 16 + 10
+
+
 def test_weak_sum_collisions_cost_linear_work() -> None:
     """With an even block size, a run of 0x40 bytes has the all-zero block's weak sum at every
     offset (2048 * 64 = 0 and 64 * 2048 * 2049 / 2 = 0 mod 2**16): without the rate limit each of
