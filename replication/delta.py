@@ -164,6 +164,10 @@ _TAG_END = 0x45  # "E"
 _TAG_LITERAL_BODY = -1  # parser state: the bytes of a literal whose length was read
 _U32_MAX = 0xFFFFFFFF
 _READ_CHUNK = 8 << 20
+_SIGNATURE_CHUNK = 2 << 20
+"""What signature_of_fd reads at a time, as two buffers used in turn: its weak sums and CRC-32s then
+run over data still in the CPU's cache (a 256 MiB signature: 129-130 ms here against 145-154 ms
+with 8 MiB, best of 4; 1 MiB was slower again, 179 ms)."""
 _ENCODE_BATCH = 64 << 10
 # Two odd multipliers for the membership tables: their products' top bits are independent enough
 # that a false positive in the first table rarely survives the second.
@@ -386,7 +390,7 @@ def signature_of_fd(
     digester = block_digester(block_hash, digest_bytes)
     if not MIN_BLOCK_SIZE <= n <= MAX_BLOCK_SIZE:
         raise ValueError(f"block size {n} outside [{MIN_BLOCK_SIZE}, {MAX_BLOCK_SIZE}]")
-    per_chunk = max(1, _READ_CHUNK // 2 // n)
+    per_chunk = max(1, _SIGNATURE_CHUNK // 2 // n)
     buffers = [bytearray(per_chunk * n) for _ in range(2)]
     weights = np.arange(n, 0, -1, dtype=np.uint32).astype(np.uint16)
     weak_parts: list[U32Array] = []
