@@ -109,6 +109,8 @@ def header(document: dict[str, Any]) -> str:
             f"hotstandby benchmark: {kind}, {m['date']}",
             f"cores: {m['cores']} ({m['cores_usable']} usable), {m['cpu']}, {m['memory']}",
             f"kernel: {m['kernel']}; python {m['python']}; disk: {m['workspace_filesystem']}",
+            f"creating a file in the workspace: {m.get('file_create_us_at_start', '?')} us at start, "
+            f"{m.get('file_create_us_at_end', '?')} us at end (bench/report.py file_create_us)",
             f"hotstandby {m['hotstandby']}; {m['lsyncd']}; {m['rsync']}",
             f"rsync transport: {RSYNC_TRANSPORT}",
             f"caches: {document['caches']}",
@@ -172,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                 results[name] = {"error": f"{type(exc).__name__}: {exc}"}
             results[name]["elapsed_seconds"] = round(time.monotonic() - began, 1)
             ctx.log(f"{name} done in {results[name]['elapsed_seconds']} s")
+        document["machine"]["file_create_us_at_end"] = report.file_create_us(workspace)
     finally:
         with contextlib.suppress(OSError):
             shutil.rmtree(workspace, ignore_errors=True)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from bench import bulk_report
+from pathlib import Path
+
+from bench import bulk_report, report
 
 
 def tools(**seconds: float) -> dict[str, object]:
@@ -48,3 +50,9 @@ def test_the_table_names_every_tool_and_says_how_to_read_the_ratios():
         assert column in header
     assert "0.50x" in text and "2.00x" in text and "their time / ours" in text
     assert bulk_report.table({}) == ""
+
+
+def test_the_file_creation_probe_measures_and_leaves_nothing(tmp_path: Path) -> None:
+    took = report.file_create_us(tmp_path)
+    assert 0 < took < 1_000_000
+    assert list(tmp_path.iterdir()) == []
