@@ -48,7 +48,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench import report  # noqa: E402
-from bench.scenarios import RSYNC_TRANSPORT, SCENARIOS, Context  # noqa: E402
+from bench.scenarios import GRAVEYARD, RSYNC_TRANSPORT, SCENARIOS, Context  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -143,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
     workspace = Path(tempfile.mkdtemp(prefix="hsbench-", dir=args.tmp))
+    (workspace / GRAVEYARD).mkdir()
     ctx = Context(
         workspace=workspace,
         quick=args.quick,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench import bulk_report, report
+from bench import bulk_report, report, scenarios
 
 
 def tools(**seconds: float) -> dict[str, object]:
@@ -56,3 +56,22 @@ def test_the_file_creation_probe_measures_and_leaves_nothing(tmp_path: Path) -> 
     took = report.file_create_us(tmp_path)
     assert 0 < took < 1_000_000
     assert list(tmp_path.iterdir()) == []
+
+
+def test_old_trees_go_to_the_graveyard_when_there_is_one_else_away(tmp_path: Path) -> None:
+    workspace = tmp_path / "workspace"
+    (workspace / scenarios.GRAVEYARD).mkdir(parents=True)
+    old = workspace / "small" / "slave"
+    (old / "sub").mkdir(parents=True)
+    (old / "sub" / "file").write_bytes(b"x")
+    assert scenarios.fresh(old) == old
+    assert list(old.iterdir()) == []
+    buried = list((workspace / scenarios.GRAVEYARD).iterdir())
+    assert [(p / "sub" / "file").read_bytes() for p in buried] == [b"x"]
+    scenarios.set_aside(workspace / "small")
+    assert len(list((workspace / scenarios.GRAVEYARD).iterdir())) == 2
+    elsewhere = tmp_path / "elsewhere" / "tree"
+    elsewhere.mkdir(parents=True)
+    scenarios.set_aside(elsewhere)  # no graveyard above it: deleted at once
+    assert not elsewhere.exists()
+    assert len(list((workspace / scenarios.GRAVEYARD).iterdir())) == 2
