@@ -91,6 +91,19 @@ def test_health_check_answers_at_once_and_errors_have_the_daemon_shape(tmp_path:
         assert '"plugin not found"' in error["message"]
 
 
+def test_an_event_that_never_comes_says_what_the_model_is_doing(tmp_path: Path) -> None:
+    """The timeout names each process of the model's group with its state and kernel wait channel."""
+    with running_model(tmp_path / "storage", free_port(), tmp_path / "events.jsonl") as model:
+        assert model.proc is not None
+        with pytest.raises(TimeoutError) as raised:
+            model.wait_for_event("no_such_event", timeout=0.2)
+        listing = str(raised.value)
+        assert "timed out after 0.2s waiting for event no_such_event" in listing
+        assert f"  {model.proc.pid} " in listing
+        assert "tests.support.plugin_daemon_model" in listing
+        assert '"event": "listening"' in listing  # the log's tail follows
+
+
 def test_an_installed_plugin_is_launched_and_answers_tool_calls(
     launched: tuple[ModelProcess, PluginPackage],
 ) -> None:
