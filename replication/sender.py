@@ -183,6 +183,9 @@ class Sender:
         self._signatures: dict[str, Signature] = {}
         self._whole_next: set[str] = set()
         """Paths whose last delta failed on the replica: sent whole once."""
+        self._measured: dict[str, int] = {}
+        """Sizes `_size_of` took for the batch being cut (an lstat each): `_fetch_signatures` then needs
+        no second lstat on the loop to know a file is too small for a delta."""
         self._next_reads: ReadAhead | None = None
         """Reads started for the next batch while this one awaits its answer (_read_next_batch_ahead)."""
         self.progress = Progress()
@@ -356,12 +359,19 @@ class Sender:
                 self.journal,
                 settings.batch_max_ops,
                 settings.batch_max_bytes,
-                self._tree.size_of,
+                self._size_of,
                 settings.heartbeat_interval,
                 self.reconcile,
             )
             if batch is not None:  # an empty batch is the idle link's heartbeat
                 await self._send(batch)
+
+    def _size_of(self, change: Change) -> int:
+        """The batch byte limit's size of `change` (SourceTree.size_of), kept for `_fetch_signatures`."""
+        size = self._tree.size_of(change)
+        if change.kind == "sync" and change.size_hint is None:
+            self._measured[change.path] = size
+        return size
 
     async def _send(self, batch: list[Change]) -> None:
         try:
@@ -670,12 +680,15 @@ class Sender:
         An answer that cannot be used only costs the delta: those files go whole.
         """
         wanted: dict[str, int] = {}
+        measured, self._measured = self._measured, {}
         for change in batch:
             if change.kind != "sync" or change.path in self._whole_next:
                 continue
-            if change.size_hint is not None and change.size_hint < self.settings.delta_min_size:
-                # Planned by a manifest as a small file: no lstat on the loop for each of a seed's
-                # files (a file grown since only goes whole instead of as a delta).
+            size = change.size_hint if change.size_hint is not None else measured.get(change.path)
+            if size is not None and size < self.settings.delta_min_size:
+                # Planned by a manifest as a small file, or measured so when the batch was cut: no
+                # second lstat on the loop for each of a seed's or a burst's files (a file grown since
+                # only goes whole instead of as a delta).
                 continue
             st = self._tree.current(change.path)
             if (

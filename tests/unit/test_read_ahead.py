@@ -222,3 +222,33 @@ def test_a_window_opens_each_folder_once_and_closes_them_all(
     assert snapshots[-1] == Snapshot(None)
     assert opened == ["a/f0", "b/f0", "gone/f"]  # one open per folder, a missing one asked once
     assert len(os.listdir("/proc/self/fd")) == fds_before
+
+
+def test_a_batch_cut_by_size_needs_one_lstat_per_file_on_the_loop_for_deltas(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The size taken for the batch limit also says which files are too small for a delta: only the
+    big file is looked at again, and only its signature is asked for."""
+    (tmp_path / "small").write_bytes(b"x" * 100)
+    (tmp_path / "big").write_bytes(b"y" * (2 << 20))
+    sender = make_sender(tmp_path)
+    for name in ("small", "big"):
+        sender.journal.record_sync(name)
+    batch = sender.journal.take_batch(10, 1 << 30, sender._size_of)
+    looked_at: list[str] = []
+    current = sender._tree.current
+    monkeypatch.setattr(sender._tree, "current", lambda path, *a: looked_at.append(path) or current(path, *a))
+    asked: list[list[str]] = []
+
+    async def answer(method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        asked.append(kwargs["json"]["paths"])
+        return {"signatures": {}}
+
+    monkeypatch.setattr(sender, "_call", answer)
+    assert asyncio.run(sender._fetch_signatures(batch)) == {}
+    assert (looked_at, asked) == (["big"], [["big"]])
+    # Not measured (a batch not cut by _size_of): both are looked at, as before.
+    looked_at.clear()
+    asked.clear()
+    asyncio.run(sender._fetch_signatures(batch))
+    assert (looked_at, asked) == (["small", "big"], [["big"]])
