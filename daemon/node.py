@@ -253,17 +253,18 @@ class Node:
         from replication.watcher import Watcher
 
         journal_id, counter = uuid.uuid4().hex, SequenceCounter()
+        markers = ReadyMarkers(self.config.ready_markers)
         journals = [
             Journal(
                 journal_id,
-                ReadyMarkers(self.config.ready_markers),
+                markers,
                 self.config.journal_max_entries,
                 counter=counter,
             )
             for _ in self.config.peer_urls or ("",)
         ]
         fanout = JournalFanout(journals)
-        watcher = Watcher(self.config.storage_path, fanout, self.excluded.matches)
+        watcher = Watcher(self.config.storage_path, fanout, self.excluded.matches, markers)
         watcher.on_loss = fanout.request_rescan
         watcher.env_init = self.env_init
         try:

@@ -48,6 +48,7 @@ from watchdog.observers.inotify_c import InotifyFD
 
 from replication import manifest
 from replication.envinit import EnvInitTracker
+from replication.exclude import ReadyMarkers
 from replication.journal import Recorder
 from replication.losses import WatchdogAlarm, directories_below, inotify_watches_held, watch_shortfall
 from replication.paths import StorageRoot, is_temp_name, is_within, rebase
@@ -205,11 +206,19 @@ def _abandon(inotify: Inotify, starting: asyncio.Future[None]) -> None:
 class Watcher:
     """Watches STORAGE_PATH and records every change in the journal."""
 
-    def __init__(self, root: str, journal: Recorder, skip: Callable[[str], bool]) -> None:
+    def __init__(
+        self,
+        root: str,
+        journal: Recorder,
+        skip: Callable[[str], bool],
+        markers: ReadyMarkers | None = None,
+    ) -> None:
         self.root = os.path.abspath(root)
         self._storage = StorageRoot(self.root)
         self.journal = journal
         self._skip = skip
+        self._markers = markers
+        """Ready markers (READY_MARKERS): one is recorded only after every file of its plugin folder."""
         self._inotify: Inotify | None = None
         self._dirty: dict[str, _Dirty] = {}
         self.on_vanished: Callable[[str], None] = lambda _path: None
@@ -335,15 +344,42 @@ class Watcher:
         recorder = into or self.journal
         fresh_after = time.time_ns() - int(QUIET_SECONDS * 1e9)
         count = 0
+        markers: list[str] = []
         for entry in manifest.walk(self.root, rel, self._skip):
             if appeared and entry.type == "file" and entry.mtime_ns >= fresh_after:
                 self._mark_dirty(entry.path, (entry.size, entry.mtime_ns))
+            elif self._plugin_of_marker(entry.path) is not None:
+                markers.append(entry.path)  # after the walk: files walked later may wait for quiet
             else:
                 recorder.record_sync(entry.path)
             count += 1
+        for path in markers:
+            self._record(path, recorder)
         if count == 0:
             self.on_vanished(rel)
         return count
+
+    def _plugin_of_marker(self, rel: str) -> str | None:
+        return None if self._markers is None else self._markers.plugin_dir(rel)
+
+    def _record(self, rel: str, recorder: Recorder | None = None) -> None:
+        """record_sync of `rel`; a ready marker only once every file of its plugin folder is recorded.
+
+        A file of a folder that appeared waits for its close or for quiet (record_tree), and its close
+        may have come before our watch: recorded after the marker, it would reach the replica after it,
+        and a standby's daemon would trust a venv still missing files (design: the marker arrives last).
+        The marker says they are complete, so they go now, before it."""
+        plugin = self._plugin_of_marker(rel)
+        if plugin is not None:
+            self._record_waiting_below(plugin, rel)
+        (recorder or self.journal).record_sync(rel)
+
+    def _record_waiting_below(self, folder: str, marker: str) -> None:
+        """Record now every file below `folder` still waiting for its close or for quiet."""
+        prefix = f"{folder}/" if folder else ""
+        for path in [p for p in self._dirty if p != marker and p.startswith(prefix)]:
+            self._settle(path)
+            self.journal.record_sync(path)
 
     # -- event handling, on the loop ---------------------------------------------
     def _relative(self, path: str | bytes) -> str | None:
@@ -375,7 +411,7 @@ class Watcher:
             self._track_env_init(event, rel)
         if isinstance(event, (FileClosedEvent, FileAttribEvent, DirAttribEvent)):
             self._settle(rel)
-            self.journal.record_sync(rel)
+            self._record(rel)
         elif isinstance(event, DirCreatedEvent):
             self.record_tree(rel, appeared=True)
         elif isinstance(event, FileCreatedEvent):
@@ -402,6 +438,8 @@ class Watcher:
         dest = self._relative(event.dest_path)
         if src is not None:
             self._move_dirty(src, dest)
+        if dest is not None and (plugin := self._plugin_of_marker(dest)) is not None:
+            self._record_waiting_below(plugin, dest)  # a marker written atomically: see _record
         if src is not None and dest is not None:
             self.journal.record_rename(src, dest)
         elif src is not None:
@@ -465,7 +503,7 @@ class Watcher:
                     dirty.timer = self._after_quiet(QUIET_SECONDS, rel)
                     return
         del self._dirty[rel]
-        self.journal.record_sync(rel)
+        self._record(rel)
 
     def _settle(self, rel: str) -> None:
         dirty = self._dirty.pop(rel, None)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from watchdog.events import FileClosedEvent, FileCreatedEvent, FileModifiedEvent
 
+from replication.exclude import ReadyMarkers
 from replication.watcher import QUIET_SECONDS, Watcher, still_written
 
 
@@ -115,3 +116,75 @@ def test_a_symlink_ships_after_one_quiet_time_and_a_file_never_closed_after_two(
     assert (link, held) == ("link", "held")
     assert QUIET_SECONDS <= link_at - started < 2 * QUIET_SECONDS
     assert 2 * QUIET_SECONDS <= held_at - started < 4 * QUIET_SECONDS
+
+
+MARKERS = ReadyMarkers(["**/.venv/dify/plugin.json"])
+
+
+def files_in_order(recorded: Recorded) -> list[str]:
+    """The files recorded, in order (the walk of a new folder records its folders too)."""
+    return [path for path, _at in recorded.synced if path.endswith((".py", ".json"))]
+
+
+def plugin_folder_that_appeared(tmp_path: Path, *, marker_written: bool) -> tuple[Path, Path]:
+    """`p/` with a file written just now (its close came before any watch) and maybe its marker."""
+    plugin = tmp_path / "p"
+    (plugin / ".venv" / "dify").mkdir(parents=True)
+    (plugin / "a.py").write_text("value = 1\n")
+    marker = plugin / ".venv" / "dify" / "plugin.json"
+    if marker_written:
+        marker.write_text("{}")
+        old = time.time() - 10
+        os.utime(marker, (old, old))  # walked as a settled file, not one still being written
+    return plugin, marker
+
+
+def test_a_ready_marker_closed_while_its_plugin_files_wait_for_quiet_goes_after_them(tmp_path: Path) -> None:
+    """The installer wrote a.py before our watch on the new folder: a.py waits for quiet, the
+    marker's close comes at once. The marker must still reach the journal last, and at once."""
+    recorded = Recorded()
+
+    async def main() -> None:
+        watcher = Watcher(str(tmp_path), recorded, lambda _p: False, MARKERS)
+        _plugin, marker = plugin_folder_that_appeared(tmp_path, marker_written=False)
+        watcher.record_tree("p", appeared=True)
+        assert files_in_order(recorded) == []  # a.py waits for its close or for quiet
+        marker.write_text("{}")
+        watcher._on_events([FileCreatedEvent(str(marker)), FileClosedEvent(str(marker))])
+        watcher.stop()
+
+    asyncio.run(asyncio.wait_for(main(), 10))
+    assert files_in_order(recorded) == ["p/a.py", "p/.venv/dify/plugin.json"]
+
+
+def test_a_ready_marker_found_walking_a_new_folder_goes_after_its_waiting_files(tmp_path: Path) -> None:
+    recorded = Recorded()
+
+    async def main() -> None:
+        watcher = Watcher(str(tmp_path), recorded, lambda _p: False, MARKERS)
+        plugin_folder_that_appeared(tmp_path, marker_written=True)
+        watcher.record_tree("p", appeared=True)
+        watcher.stop()
+
+    asyncio.run(asyncio.wait_for(main(), 10))
+    assert files_in_order(recorded) == ["p/a.py", "p/.venv/dify/plugin.json"]
+
+
+def test_files_of_other_plugins_keep_waiting_for_quiet(tmp_path: Path) -> None:
+    recorded = Recorded()
+
+    async def main() -> None:
+        watcher = Watcher(str(tmp_path), recorded, lambda _p: False, MARKERS)
+        (tmp_path / "q").mkdir()
+        (tmp_path / "q" / "b.py").write_text("value = 2\n")
+        watcher.record_tree("q", appeared=True)
+        _plugin, marker = plugin_folder_that_appeared(tmp_path, marker_written=False)
+        marker.write_text("{}")
+        watcher._on_events([FileClosedEvent(str(marker))])
+        assert files_in_order(recorded) == ["p/.venv/dify/plugin.json"]
+        while len(files_in_order(recorded)) < 2:  # q/b.py after its quiet time
+            await recorded.until(len(recorded.synced) + 1)
+        watcher.stop()
+
+    asyncio.run(asyncio.wait_for(main(), 10))
+    assert files_in_order(recorded) == ["p/.venv/dify/plugin.json", "q/b.py"]
