@@ -482,7 +482,6 @@ class _Emitter:
         """`count` consecutive blocks from `index`: exactly what `copy` of each emits, in one call."""
         if count and not (self._run_count and index == self._run_index + self._run_count):
             self.flush_copy()
-            self._run_count = 0
         while count:
             if not self._run_count:  # a new run: `copy` checks the length only when one grows
                 self._run_index, self._run_count = index, 1
