@@ -300,13 +300,22 @@ def test_a_child_that_ignores_its_pipes_dies_with_the_model_killed_alone(tmp_pat
     try:
         assert model.stdout is not None
         sleeper = int(model.stdout.readline())
-        assert Path(f"/proc/{sleeper}").exists()
+        # The pid is setpriv's until it has set the death signal and exec'd sleep: killing the
+        # model before that would orphan setpriv with no signal armed (CI, stop 28).
+        ModelProcess.wait_until(lambda: _command(sleeper) == "sleep", 10, "setpriv to exec sleep")
         model.kill()  # the model only, not its group
         model.wait(10)
         ModelProcess.wait_until(lambda: _gone(sleeper), 10, "the child to die with the model")
     finally:
         model.kill()
         model.wait(10)
+
+
+def _command(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
 
 
 def _gone(pid: int) -> bool:
