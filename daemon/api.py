@@ -33,9 +33,9 @@ from daemon.store.store import PluginStore
 from daemon.ui.routes import add_ui_routes
 from replication import versions
 from replication.delta import BLOCK_HASHES, CRC_DIGEST_BYTES, DIGEST_BYTES, DIGEST_WIDTHS, block_digester
-from replication.errors import ReplicationError
+from replication.errors import ProtocolError, ReplicationError
 from replication.paths import StorageRoot, validate_relpath
-from replication.protocol import MAX_PATHS_PER_REQUEST, MAX_PEER_EPOCH, MAX_SEQUENCE
+from replication.protocol import MAX_PATHS_PER_REQUEST, MAX_PEER_EPOCH, MAX_SEQUENCE, named_check
 from replication.receiver import Receiver
 
 NODE = web.AppKey("node", Node)
@@ -417,11 +417,16 @@ async def replication_batch(request: web.Request) -> web.Response:
         raise HTTPProblem(
             400, "bad request", "X-Hotstandby-Journal, -Epoch and -Baseline must be valid"
         ) from None
+    try:
+        check = named_check(request.headers.get("X-Hotstandby-Check"))
+    except ProtocolError:  # a 400 naming the checks we know (problems.py)
+        request.app[NODE].metrics.refused.labels(reason="bad_headers").inc()
+        raise
     receiver = _receiver(request, epoch, applies=True)
     if request.transport is not None:
         request.app[NODE].leader_connection = request.transport.get_extra_info("peername")
     result = await receiver.apply_batch(
-        journal_id=journal_id, epoch=epoch, read=request.content.readexactly, baseline=baseline
+        journal_id=journal_id, epoch=epoch, read=request.content.readexactly, baseline=baseline, check=check
     )
     return web.json_response(result.to_json())
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import hashlib
 import itertools
 import os
 import secrets
@@ -35,13 +34,21 @@ from replication.errors import (
 )
 from replication.group_commit import GroupCommit, clear_directory_in_the_way, syncfs
 from replication.paths import TEMP_PREFIX, StorageRoot, is_temp_name, is_within, split_parent
-from replication.protocol import FLAG_DISCARD, TRAILER_BYTES, Operation, decode_trailer, replicated_mode
+from replication.protocol import (
+    FLAG_DISCARD,
+    SHA256,
+    ContentCheck,
+    Hasher,
+    Operation,
+    decode_trailer,
+    replicated_mode,
+)
 from replication.write_behind import WriteBehind
 
 CHUNK = 1024 * 1024
 
 ReadExactly = Callable[[int], Awaitable[bytes]]
-Filler = Callable[[int, "hashlib._Hash"], Awaitable[bool]]
+Filler = Callable[[int, Hasher], Awaitable[bool]]
 """Writes the new content to the temp fd, hashing it; False when it cannot be the announced file."""
 
 
@@ -72,15 +79,16 @@ class Applier:
     """A handed-off group's commit failed: the next `commit` raises it."""
     _temp_name: _TempNames = field(default_factory=lambda: _TempNames())
 
-    async def apply(self, op: Operation, read: ReadExactly) -> ApplyOutcome:
-        """Apply `op`; for a put, consume exactly its content and trailer from `read`."""
+    async def apply(self, op: Operation, read: ReadExactly, check: ContentCheck = SHA256) -> ApplyOutcome:
+        """Apply `op`; for a put, consume exactly its content and trailer from `read`. `check` is the
+        batch's whole-file check (SHA-256 when the batch names none: protocol 1-4)."""
         if is_temp_name(op.path) or (op.dest is not None and is_temp_name(op.dest)):
             raise ProtocolError(f"names starting with {TEMP_PREFIX!r} are reserved for in-flight files")
         if self._must_commit_before(op):
             await self.commit()
         try:
             if op.op in ("put", "delta"):
-                outcome = await self._put(op, read)
+                outcome = await self._put(op, read, check)
                 if self._group.full:
                     await self.commit()
                 elif self._group.worth_handing_off:
@@ -194,12 +202,12 @@ class Applier:
             raise ProtocolError(f"operation {op.op!r} cannot be applied")
         return ApplyOutcome()
 
-    async def _put(self, op: Operation, read: ReadExactly) -> ApplyOutcome:
+    async def _put(self, op: Operation, read: ReadExactly, check: ContentCheck) -> ApplyOutcome:
         """Receive into a temp file, verify, then rename; a refused put leaves no trace, not even folders."""
         created: list[str] = []
         fill = self._delta_filler(op, read) if op.op == "delta" else _plain_filler(op, read)
         try:
-            outcome = await self._receive_file(op, read, created, fill)
+            outcome = await self._receive_file(op, read, created, fill, check)
         except BaseException:
             self.root.remove_created(created)
             raise
@@ -208,11 +216,11 @@ class Applier:
         return outcome
 
     async def _receive_file(
-        self, op: Operation, read: ReadExactly, created: list[str], fill: Filler
+        self, op: Operation, read: ReadExactly, created: list[str], fill: Filler, check: ContentCheck
     ) -> ApplyOutcome:
         assert op.size is not None and op.mode is not None and op.mtime_ns is not None
         parent, name = split_parent(op.path)
-        digest = hashlib.sha256()
+        digest = check.new()
         dir_fd = self._folder(parent, created)
         temp = self._temp_name(name)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -220,13 +228,13 @@ class Applier:
         staged = False
         try:
             consistent = await fill(fd, digest)
-            flag, expected = decode_trailer(await read(TRAILER_BYTES))
+            flag, expected = decode_trailer(await read(check.trailer_bytes), check)
             if flag == FLAG_DISCARD:
                 return ApplyOutcome(applied=False, discarded=op.path)
             if not consistent or digest.digest() != expected:
                 if op.op == "delta":  # our copy was not what the signature said: send it whole
                     return ApplyOutcome(applied=False, resend=op.path, delta_fallback=True)
-                raise IntegrityError(f"content of {op.path!r} does not match its SHA-256")
+                raise IntegrityError(f"content of {op.path!r} does not match its {check.name}")
             os.fchmod(fd, replicated_mode(op.mode))
             os.utime(fd, ns=(op.mtime_ns, op.mtime_ns))
             self._group.stage(op.path, parent, temp, name, fd, op.size)
@@ -255,7 +263,7 @@ class Applier:
         size, block, basis_size = op.size, op.block_size, op.basis_size
         block_count = -(-basis_size // block)
 
-        async def fill(fd: int, digest: hashlib._Hash) -> bool:
+        async def fill(fd: int, digest: Hasher) -> bool:
             basis = self._open_basis(op.path)
             behind = WriteBehind(fd)  # a delta is a big file: its pages go to disk as they are written
             written = 0
@@ -408,7 +416,7 @@ class _TempNames:
         return f"{TEMP_PREFIX}{stem}.{self._token}{next(self._count):x}"
 
 
-async def _copy_content(fd: int, digest: hashlib._Hash, read: ReadExactly, size: int) -> bool:
+async def _copy_content(fd: int, digest: Hasher, read: ReadExactly, size: int) -> bool:
     remaining = size
     while remaining:
         chunk = await read(min(CHUNK, remaining))

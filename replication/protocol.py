@@ -2,9 +2,10 @@
 
     frame    := u32be(len(header)) header
     header   := UTF-8 JSON object, at most MAX_HEADER_BYTES
-    put      := frame(op=put, size=N) N content bytes, then a 33-byte trailer:
-                1 flag byte (0 = complete, 1 = the source changed while it was
-                read: discard) and the SHA-256 of the N bytes
+    put      := frame(op=put, size=N) N content bytes, then a trailer: 1 flag
+                byte (0 = complete, 1 = the source changed while it was read:
+                discard) and the whole-file check of the N bytes (ContentCheck:
+                XXH3-128 from protocol 5, SHA-256 before)
     delta    := frame(op=delta, size=N, block_size, basis_size) an instruction
                 stream (see delta.py) against the replica's current copy, then
                 the same trailer, for the N bytes it rebuilds
@@ -18,11 +19,15 @@ ContainmentError, never another exception.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import stat
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any, Literal, Protocol, get_args
+
+import xxhash
 
 from replication.errors import ProtocolError
 from replication.paths import validate_relpath
@@ -46,7 +51,6 @@ MAX_PATHS_PER_REQUEST = 10_000
 SPECIAL_MODE_BITS = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX
 """Never replicated: a setuid file of an unprivileged user must not become a root-owned setuid file
 on a standby that runs as root."""
-TRAILER_BYTES = 33
 FLAG_COMPLETE = 0
 FLAG_DISCARD = 1
 _LEN = struct.Struct(">I")
@@ -93,12 +97,66 @@ def replicated_mode(mode: int) -> int:
     return stat.S_IMODE(mode) & ~SPECIAL_MODE_BITS
 
 
+class Hasher(Protocol):
+    def update(self, data: bytes | memoryview, /) -> None: ...
+
+    def digest(self) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class ContentCheck:
+    """The whole-file check in a put's or a delta's trailer.
+
+    It proves that the replica wrote what the leader read (and, for a delta, that the blocks it
+    matched rebuilt the leader's file); it is no defence against the leader itself, which is trusted
+    with the content anyway. So it needs no collision resistance against an adversary, and rsync
+    uses XXH3-128 for the same check. SHA-256 cost each side 0.7 s of CPU per GiB (1.5 GB/s with
+    SHA-NI), about a fifth of both nodes' CPU in a 1 GiB seed on two cores; XXH3-128 runs at tens of
+    GB/s (issue 15, bench/results/2026-12-07-session16-notes.txt).
+    """
+
+    name: str
+    new: Callable[[], Hasher]
+    digest_bytes: int
+
+    @property
+    def trailer_bytes(self) -> int:
+        return 1 + self.digest_bytes
+
+    def of(self, content: bytes) -> bytes:
+        hasher = self.new()
+        hasher.update(content)
+        return hasher.digest()
+
+
+SHA256 = ContentCheck("sha256", hashlib.sha256, 32)
+"""Protocols 1-4, and what a batch naming no check uses."""
+XXH128 = ContentCheck("xxh128", xxhash.xxh3_128, 16)
+"""Protocol 5 on."""
+CONTENT_CHECKS = {check.name: check for check in (SHA256, XXH128)}
+
+
+def content_check(protocol: int) -> ContentCheck:
+    """The check a sender uses with a replica that chose `protocol` (versions.py)."""
+    return XXH128 if protocol >= 5 else SHA256
+
+
+def named_check(name: str | None) -> ContentCheck:
+    """The check a batch names (X-Hotstandby-Check); SHA-256 when it names none (protocol 1-4)."""
+    if name is None:
+        return SHA256
+    check = CONTENT_CHECKS.get(name)
+    if check is None:
+        raise ProtocolError(f"unknown content check {name[:40]!r}; known: {', '.join(CONTENT_CHECKS)}")
+    return check
+
+
 def encode_trailer(flag: int, digest: bytes) -> bytes:
     return bytes([flag]) + digest
 
 
-def decode_trailer(raw: bytes) -> tuple[int, bytes]:
-    if len(raw) != TRAILER_BYTES or raw[0] not in (FLAG_COMPLETE, FLAG_DISCARD):
+def decode_trailer(raw: bytes, check: ContentCheck) -> tuple[int, bytes]:
+    if len(raw) != check.trailer_bytes or raw[0] not in (FLAG_COMPLETE, FLAG_DISCARD):
         raise ProtocolError("malformed content trailer")
     return raw[0], raw[1:]
 

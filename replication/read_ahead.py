@@ -3,7 +3,7 @@
 A profile of a 10,000-file seed with a cold cache (bench/results/2026-12-06-read-ahead.txt) showed
 the leader's event loop spending about a third of its time in lstat, open and read of small files,
 one after the other, while the replica waited for bytes. Here the I/O of a window of changes runs
-in a thread (reads and SHA-256 release the GIL), one window ahead of the frames the loop encodes.
+in a thread (reads release the GIL), one window ahead of the frames the loop encodes.
 Only I/O moves: what the sender remembers about what it sent is still decided on the loop, in the
 batch's order, from the snapshot taken here.
 """
@@ -11,7 +11,6 @@ batch's order, from the snapshot taken here.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import stat
 from collections.abc import Callable
@@ -47,7 +46,6 @@ class Snapshot:
     opened: os.stat_result | None = None
     """fstat of the open file whose `content` was read; None when the content was not read ahead."""
     content: bytes = b""
-    digest: bytes = b""
     after: os.stat_result | None = None
     """fstat once read: a size or mtime that moved means the read may be torn."""
     vanished: bool = False
@@ -86,7 +84,7 @@ def take_snapshot(
         after = os.fstat(fd)
     finally:
         os.close(fd)
-    return Snapshot(st, before, content, hashlib.sha256(content).digest(), after)
+    return Snapshot(st, before, content, after)
 
 
 def read_exactly(fd: int, size: int) -> bytes:

@@ -32,8 +32,9 @@ from replication.metrics import ReplicationMetrics
 from replication.paths import StorageRoot, validate_relpath
 from replication.protocol import (
     MAX_PEER_EPOCH,
+    SHA256,
     SPECIAL_MODE_BITS,
-    TRAILER_BYTES,
+    ContentCheck,
     Operation,
     decode_header,
     decode_length,
@@ -151,9 +152,16 @@ class Receiver:
 
     # -- batches -----------------------------------------------------------------
     async def apply_batch(
-        self, *, journal_id: str, epoch: int, read: ReadExactly, baseline: int = -1
+        self,
+        *,
+        journal_id: str,
+        epoch: int,
+        read: ReadExactly,
+        baseline: int = -1,
+        check: ContentCheck = SHA256,
     ) -> BatchResult:
-        """Apply one batch; `baseline` is the sequence after which this replica is a full copy."""
+        """Apply one batch; `baseline` is the sequence after which this replica is a full copy, `check`
+        the whole-file check its trailers carry (SHA-256 when the batch names none)."""
         async with self._lock:
             if self._sweep is not None:
                 await self._sweep  # a failed sweep fails the batch (and is logged): see `sweep`
@@ -169,7 +177,7 @@ class Receiver:
             self._durable_seq = self.applied_seq
             received: float | None = None
             try:
-                await self._apply_stream(read, result)
+                await self._apply_stream(read, result, check)
                 received = time.perf_counter()
                 await self._commit(result)
             except ReplicationError as exc:
@@ -204,21 +212,21 @@ class Receiver:
             raise
         self._durable_seq = result.applied_seq
 
-    async def _apply_stream(self, read: ReadExactly, result: BatchResult) -> None:
+    async def _apply_stream(self, read: ReadExactly, result: BatchResult, check: ContentCheck) -> None:
         while True:
             op = decode_header(await _read(read, decode_length(await _read(read, 4))))
             if op.op == "end":
                 result.applied_seq = max(result.applied_seq, op.seq)
                 return
             if op.seq <= result.applied_seq:
-                await self._skip_content(op, read)
+                await self._skip_content(op, read, check)
                 continue
             if op.mode is not None and op.mode & SPECIAL_MODE_BITS:
                 self._metrics.mode_bits_stripped.labels(side="received").inc()  # the applier strips them
             if not self._applier.staged:
                 self._durable_seq = result.applied_seq  # a failed commit falls back to here
             try:
-                outcome = await self._applier.apply(op, lambda n: _read(read, n))
+                outcome = await self._applier.apply(op, lambda n: _read(read, n), check)
             except ReplicationError as exc:
                 exc.failed_seq = op.seq
                 raise
@@ -241,17 +249,17 @@ class Receiver:
                 self.applied_seq = result.applied_seq
                 self._persist()
 
-    async def _skip_content(self, op: Operation, read: ReadExactly) -> None:
+    async def _skip_content(self, op: Operation, read: ReadExactly, check: ContentCheck) -> None:
         if op.op == "delta" and op.block_size is not None and op.basis_size is not None:
             async for _ in read_instructions(
                 lambda n: _read(read, n), block_count=-(-op.basis_size // op.block_size)
             ):
                 pass
-            await _read(read, TRAILER_BYTES)
+            await _read(read, check.trailer_bytes)
             return
         if op.op != "put" or op.size is None:
             return
-        remaining = op.size + TRAILER_BYTES
+        remaining = op.size + check.trailer_bytes
         while remaining:
             remaining -= len(await _read(read, min(remaining, 1 << 20)))
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import os
 import ssl
@@ -61,7 +60,10 @@ from replication.protocol import (
     FLAG_DISCARD,
     MAX_PATHS_PER_REQUEST,
     SPECIAL_MODE_BITS,
+    ContentCheck,
+    Hasher,
     Operation,
+    content_check,
     encode_trailer,
     replicated_mode,
 )
@@ -447,12 +449,7 @@ class Sender:
                 "/batch",
                 limit=MAX_ANSWER_BYTES,
                 data=self._tracked(_pieces(self._frames(batch, end_seq, resend))),
-                headers={
-                    "Content-Type": "application/octet-stream",
-                    "X-Hotstandby-Journal": self.journal.journal_id,
-                    "X-Hotstandby-Epoch": str(self._epoch()),
-                    "X-Hotstandby-Baseline": str(-1 if self.baseline_seq is None else self.baseline_seq),
-                },
+                headers=self._batch_headers(),
             )
             with self._guard.answer("batch") as refuse:
                 said = peer_answers.batch(
@@ -475,6 +472,22 @@ class Sender:
         self._send_again([*resend, *said.resend])
         async with self._acked:
             self._acked.notify_all()
+
+    @property
+    def _check(self) -> ContentCheck:
+        """The whole-file check of the protocol the replica chose at the last hello."""
+        return content_check(self.protocol or 1)
+
+    def _batch_headers(self) -> dict[str, str]:
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "X-Hotstandby-Journal": self.journal.journal_id,
+            "X-Hotstandby-Epoch": str(self._epoch()),
+            "X-Hotstandby-Baseline": str(-1 if self.baseline_seq is None else self.baseline_seq),
+        }
+        if (self.protocol or 1) >= 5:  # a replica of protocol 1-4 knows no other check than SHA-256
+            headers["X-Hotstandby-Check"] = self._check.name
+        return headers
 
     def _send_again(self, paths: list[str]) -> None:
         for path in paths:
@@ -609,7 +622,7 @@ class Sender:
         header = self._content_header(change, before, None)
         if snapshot.content:
             self._count_sent(len(snapshot.content))
-        trailer = self._trailer(change, resend, before, snapshot.after, snapshot.digest)
+        trailer = self._trailer(change, resend, before, snapshot.after, self._check.of(snapshot.content))
         return b"".join((header, snapshot.content, trailer))
 
     async def _put_frames(self, change: Change, resend: list[str]) -> AsyncIterator[bytes]:
@@ -624,7 +637,7 @@ class Sender:
             signature = self._signatures.get(change.path)
             self._whole_next.discard(change.path)
             yield self._content_header(change, before, signature)
-            digest = hashlib.sha256()
+            digest = self._check.new()
             if signature:
                 for chunk in encode_instructions(
                     compute_delta(signature, fd, tee=digest.update), signature.block_size
@@ -1120,7 +1133,7 @@ async def _pieces(chunks: AsyncIterator[bytes], size: int = PIECE) -> AsyncItera
         yield b"".join(pending)
 
 
-def _read_chunk(fh: BinaryIO, size: int, digest: hashlib._Hash) -> bytes:
+def _read_chunk(fh: BinaryIO, size: int, digest: Hasher) -> bytes:
     """Up to `size` bytes of the file, hashed; zeros if it shrank since (the trailer then says discard)."""
     chunk = fh.read(size) or b"\0" * size
     digest.update(chunk)

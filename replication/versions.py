@@ -19,6 +19,10 @@ Versions:
      (`GET /internal/replication/manifest/digest`, manifest.TreeDigest): equal to the digest of its
      own walk, nothing differs and no manifest moves (issue 15: the no-change pass); everything else
      is version 3's
+  5  the whole-file check in each put's and delta's trailer is XXH3-128 (16 bytes) instead of SHA-256
+     (protocol.ContentCheck); the batch names it (`X-Hotstandby-Check: xxh128`), a batch that names
+     none is checked with SHA-256 (issue 15: the seeds' and the deltas' CPU); everything else is
+     version 4's
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from typing import Any
 
 from replication.errors import ProtocolError
 
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 """The newest version this node speaks."""
 OLDEST_PROTOCOL = 1
 """The oldest version this node still speaks (1: a node of the previous release)."""

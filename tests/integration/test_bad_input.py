@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 
 from replication.delta import Signature
+from replication.protocol import XXH128
 from tests.support.cluster import SERVER_KEY, Node, http, snapshot
 
 BATCH = "/internal/replication/batch"
@@ -139,8 +140,11 @@ def post_batch(
     journal: str | None = None,
     epoch: str | None = "1",
     authorization: str | None = f"Bearer {SERVER_KEY}",
+    check: str | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
     headers = {"Content-Type": "application/octet-stream"}
+    if check is not None:
+        headers["X-Hotstandby-Check"] = check
     if authorization is not None:
         headers["Authorization"] = authorization
     headers["X-Hotstandby-Journal"] = uuid.uuid4().hex if journal is None else journal
@@ -582,6 +586,29 @@ def test_a_batch_without_valid_replication_headers_is_refused(
     batch = put(1, "headerless.txt", b"would be written") + end(1)
     body = refuse(env, lambda: post_batch(env.slave, batch, journal=journal, epoch=epoch), 400)
     assert body["title"] == "bad request"
+
+
+@pytest.mark.parametrize("check", ["md5", "", "SHA256", "xxh-128"])
+def test_a_batch_naming_an_unknown_content_check_is_refused(env: Env, check: str) -> None:
+    batch = put(1, "unchecked.txt", b"would be written") + end(1)
+    body = refuse(env, lambda: post_batch(env.slave, batch, check=check), 400)
+    assert body["title"] == "malformed replication stream"
+    assert "unknown content check" in body["detail"]
+
+
+def test_a_batch_naming_xxh128_is_checked_with_it(env: Env) -> None:
+    """Protocol 5's trailers (16 bytes of XXH3-128); a SHA-256 trailer in such a batch is refused."""
+    content = b"checked with xxh3-128"
+    status, _h, _raw = post_batch(
+        env.slave, put(1, "xxh.txt", content, digest=XXH128.of(content)) + end(1), check="xxh128"
+    )
+    assert status == 200
+    assert (env.slave.storage / "xxh.txt").read_bytes() == content
+    body = refuse(
+        env, lambda: post_batch(env.slave, put(1, "sha.txt", content) + end(1), check="xxh128"), 422
+    )
+    assert body["title"] == "content does not match its hash"
+    assert not (env.slave.storage / "sha.txt").exists()
 
 
 # -- fencing --------------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 The previous releases are main at PREVIOUS_RELEASES: before the protocol had versions (its hello
 names none, so this release talks protocol 1 to it), at protocol 2 (SHA-256 block signatures; protocol 3
-asks for CRC-32 ones) and at protocol 3 (it has no manifest digest; this release's protocol 4 asks a
-replica for one before its manifest). Each is taken from this repository's history with
+asks for CRC-32 ones), at protocol 3 (it has no manifest digest; protocol 4 asks a replica for one
+before its manifest) and at protocol 4 (its trailers carry SHA-256; protocol 5's carry XXH3-128 and
+the batch names the check). Each is taken from this repository's history with
 `git archive` into a temp folder and run from there with this venv (its dependencies are the same; the
 test checks this venv satisfies the old release's). Every step also edits one big file already on
 both nodes, so the deltas of each pairing of versions are exercised, not only whole files.
@@ -28,7 +29,7 @@ from packaging.requirements import Requirement
 from replication import versions
 from tests.support.cluster import SERVER_KEY, Node, Pair, http, make_pair, wait_until
 
-PREVIOUS_RELEASES = {"d763280": 1, "98e92b5": 2, "7894748": 3}
+PREVIOUS_RELEASES = {"d763280": 1, "98e92b5": 2, "7894748": 3, "cee30da": 4}
 """Commit -> the newest protocol it speaks."""
 REPO = Path(__file__).resolve().parents[2]
 FAST = {"CONTROL_INTERVAL": "0.1", "HEARTBEAT_INTERVAL": "0.3"}

@@ -33,7 +33,7 @@ from replication.errors import (
 )
 from replication.metrics import ReplicationMetrics
 from replication.paths import TEMP_PREFIX
-from replication.protocol import FLAG_COMPLETE, FLAG_DISCARD, Operation, encode_trailer
+from replication.protocol import FLAG_COMPLETE, FLAG_DISCARD, XXH128, Operation, encode_trailer
 from replication.receiver import BatchResult, Receiver
 
 JOURNAL = "journal-a"
@@ -261,6 +261,24 @@ async def test_hash_mismatch_raises_integrity_error_and_keeps_the_old_content(en
     assert env.refused("IntegrityError") == 1
 
 
+async def test_a_batch_checked_with_xxh128_applies_and_refuses_a_wrong_or_sha256_trailer(env: Env):
+    """Protocol 5: the batch names XXH3-128 and every trailer carries 16 bytes; a mismatch is an
+    IntegrityError as with SHA-256, and so is a SHA-256 trailer (its first 16 bytes read as XXH3-128)."""
+    good = put(1, "a", b"new content", digest=XXH128.of(b"new content"))
+    await env.receiver.apply_batch(journal_id=JOURNAL, epoch=1, read=Stream(good + end(1)), check=XXH128)
+    assert (env.storage / "a").read_bytes() == b"new content"
+    op = Operation(2, "put", "b", mode=0o644, mtime_ns=MTIME, size=3)
+    wrong = op.header() + b"abc" + encode_trailer(FLAG_COMPLETE, XXH128.of(b"abd"))
+    with pytest.raises(IntegrityError, match="xxh128"):
+        await env.receiver.apply_batch(journal_id=JOURNAL, epoch=1, read=Stream(wrong + end(2)), check=XXH128)
+    sha = op.header() + b"abc" + encode_trailer(FLAG_COMPLETE, hashlib.sha256(b"abc").digest())
+    with pytest.raises(IntegrityError, match="xxh128"):
+        await env.receiver.apply_batch(journal_id=JOURNAL, epoch=1, read=Stream(sha + end(2)), check=XXH128)
+    assert not (env.storage / "b").exists()
+    assert temp_files(env.storage) == []
+    assert env.receiver.applied_seq == 1
+
+
 async def test_error_mid_batch_keeps_and_persists_the_applied_prefix(env: Env):
     stream = put(1, "a", b"one") + put(2, "b", b"two", digest=b"\x00" * 32) + put(3, "c", b"three") + end(3)
     with pytest.raises(IntegrityError) as info:
@@ -275,7 +293,7 @@ async def test_error_mid_batch_keeps_and_persists_the_applied_prefix(env: Env):
 
 
 def _cut_points(frame: bytes, content_len: int) -> list[int]:
-    header_len = len(frame) - content_len - protocol.TRAILER_BYTES
+    header_len = len(frame) - content_len - protocol.SHA256.trailer_bytes
     return [
         2,  # inside the length prefix
         header_len - 3,  # inside the header

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import hashlib
 import json
 import os
 import struct
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import xxhash
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
@@ -38,12 +38,16 @@ from replication.protocol import (
     MAX_MTIME_NS,
     MAX_PEER_EPOCH,
     OP_KINDS,
-    TRAILER_BYTES,
+    SHA256,
+    XXH128,
+    ContentCheck,
     Operation,
+    content_check,
     decode_header,
     decode_length,
     decode_trailer,
     encode_trailer,
+    named_check,
 )
 from replication.sender import LinkSettings, Sender
 
@@ -183,35 +187,51 @@ def test_decode_length_refuses_a_prefix_that_is_not_four_bytes(raw):
 
 # --- decode_trailer --------------------------------------------------------------------
 
-DIGEST = hashlib.sha256(b"content").digest()
+CHECKS = pytest.mark.parametrize("check", [SHA256, XXH128], ids=lambda c: c.name)
 
 
+@CHECKS
 @pytest.mark.parametrize("flag", [FLAG_COMPLETE, FLAG_DISCARD])
-def test_decode_trailer_returns_flag_and_digest(flag):
-    assert decode_trailer(encode_trailer(flag, DIGEST)) == (flag, DIGEST)
+def test_decode_trailer_returns_flag_and_digest(flag: int, check: ContentCheck) -> None:
+    digest = check.of(b"content")
+    assert len(digest) == check.digest_bytes
+    assert decode_trailer(encode_trailer(flag, digest), check) == (flag, digest)
 
 
-@pytest.mark.parametrize("size", [0, 1, TRAILER_BYTES - 1, TRAILER_BYTES + 1, 64])
-def test_decode_trailer_refuses_wrong_length(size):
+@CHECKS
+@pytest.mark.parametrize("delta", [-33, -1, 1, 16, 64])
+def test_decode_trailer_refuses_wrong_length(delta: int, check: ContentCheck) -> None:
+    """A SHA-256 trailer under XXH3-128 and the reverse are refused too (17 against 33 bytes)."""
     with pytest.raises(ProtocolError):
-        decode_trailer(bytes(size))
+        decode_trailer(bytes(max(0, check.trailer_bytes + delta)), check)
 
 
+@CHECKS
 @pytest.mark.parametrize("flag", [2, 3, 0x7F, 0xFF])
-def test_decode_trailer_refuses_unknown_flags(flag):
+def test_decode_trailer_refuses_unknown_flags(flag: int, check: ContentCheck) -> None:
     with pytest.raises(ProtocolError):
-        decode_trailer(bytes([flag]) + DIGEST)
+        decode_trailer(bytes([flag]) + check.of(b"content"), check)
 
 
 @FUZZ
-@given(st.binary(max_size=80))
-def test_decode_trailer_on_arbitrary_bytes_returns_a_known_flag_or_refuses(raw):
+@given(st.binary(max_size=80), st.sampled_from([SHA256, XXH128]))
+def test_decode_trailer_on_arbitrary_bytes_returns_a_known_flag_or_refuses(raw, check):
     try:
-        flag, digest = decode_trailer(raw)
+        flag, digest = decode_trailer(raw, check)
     except ProtocolError:
         return
     assert flag in (FLAG_COMPLETE, FLAG_DISCARD)
-    assert len(digest) == 32
+    assert len(digest) == check.digest_bytes
+
+
+def test_the_check_follows_the_protocol_and_a_batch_names_only_known_ones() -> None:
+    assert [content_check(v).name for v in (1, 2, 3, 4, 5, 6)] == ["sha256"] * 4 + ["xxh128"] * 2
+    assert named_check(None) is SHA256  # a sender of protocol 1-4 names none
+    assert named_check("xxh128") is XXH128 and named_check("sha256") is SHA256
+    for name in ("", "md5", "XXH128", "x" * 500):
+        with pytest.raises(ProtocolError, match="unknown content check"):
+            named_check(name)
+    assert XXH128.of(b"content") == bytes.fromhex(xxhash.xxh3_128_hexdigest(b"content"))
 
 
 # --- decode_header: explicit refusals --------------------------------------------------

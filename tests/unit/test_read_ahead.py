@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -99,7 +98,7 @@ def test_a_snapshot_reads_only_small_regular_files_that_must_travel(tmp_path: Pa
     st = os.lstat(tmp_path / "small")
 
     small = take_snapshot(tree, Change(1, "sync", "small"), limit=4096)
-    assert small.content == b"s" * 10 and small.digest == hashlib.sha256(b"s" * 10).digest()
+    assert small.content == b"s" * 10
     assert take_snapshot(tree, Change(2, "sync", "big"), limit=4096).opened is None
     assert take_snapshot(tree, Change(3, "sync", "fifo"), limit=4096).opened is None
     hinted = Change(4, "sync", "small", attr_hint=(st.st_size, st.st_mtime_ns))
