@@ -800,3 +800,24 @@ def test_preload_imports_numpy_in_the_background() -> None:
     )
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=60)
+
+
+NUMPY_THREADS = """
+import os
+from replication import delta
+delta._NUMPY.zeros  # the first use imports NumPy
+print(os.environ.get("OPENBLAS_NUM_THREADS"), len(os.listdir("/proc/self/task")))
+"""
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "1 1"), ("2", "2 2")])
+def test_numpy_starts_no_blas_threads_unless_the_operator_asks(given: str | None, expected: str) -> None:
+    """OpenBLAS's thread pool spun ~0.1 s of CPU in each node at import, and no BLAS routine is used;
+    an OPENBLAS_NUM_THREADS the operator set is kept (2 -> one more thread than the main one)."""
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    if given is not None:
+        env["OPENBLAS_NUM_THREADS"] = given
+    done = subprocess.run(
+        [sys.executable, "-c", NUMPY_THREADS], env=env, capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.split() == expected.split()
