@@ -112,9 +112,10 @@ class ContentCheck:
     with the content anyway. Whoever could craft a collision (a plugin writing into the storage)
     already decides that file's content on the leader, and a delta's basis is the replica's copy of
     the same path, so a forged match cannot bring in another file's bytes. So it needs no collision
-    resistance against an adversary, and rsync 3 uses XXH3-128 for the same check. SHA-256 cost each side 0.7 s of CPU per GiB (1.5 GB/s with
-    SHA-NI), about a fifth of both nodes' CPU in a 1 GiB seed on two cores; XXH3-128 runs at tens of
-    GB/s (issue 15, bench/results/2026-12-07-session16-notes.txt).
+    resistance against an adversary, and rsync 3 uses XXH3-128 for the same check. SHA-256 cost
+    each side 0.7 s of CPU per GiB (1.6 GiB/s with SHA-NI), about a fifth of both nodes' CPU in a
+    1 GiB seed on two cores; XXH3-128 runs at tens of GiB/s (issue 15,
+    bench/results/2026-12-07-session16-notes.txt).
     """
 
     name: str
