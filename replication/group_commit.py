@@ -43,7 +43,8 @@ SYNCFS_FROM = 2
 of a new file commits the journal again, since delayed allocation gives it blocks only then): 1 file
 0.41 ms fsync / 0.33 ms syncfs, 2 files 0.70 / 0.44, 4 files 1.12 / 0.53, 8 files 2.12 / 0.62 (medians
 of 15). It was 8: at 1,000 files/s a batch holds 5-10 files, and half the batches paid a journal commit
-per file; lag p50 / p99 went from 11.2 / 22.8 ms to 7.6 / 18.0 ms (bench, 30 s). One file keeps its
+per file; the replica's commit per batch went from 4.6 to 2.7 ms and the lag p50 from 11.2 to 7.5-7.7 ms
+(bench, 30 s; the p99 is set by stalls: 18-39 ms in three runs, 22.8 ms in one before). One file keeps its
 fsync: a syncfs also flushes whatever else is dirty on the file system, which a quiet link's single
 files should not wait for."""
 MAX_STAGED = 4000
