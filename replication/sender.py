@@ -59,6 +59,7 @@ from replication.protocol import (
     FLAG_COMPLETE,
     FLAG_DISCARD,
     MAX_PATHS_PER_REQUEST,
+    SHA256,
     SPECIAL_MODE_BITS,
     ContentCheck,
     Hasher,
@@ -485,8 +486,9 @@ class Sender:
             "X-Hotstandby-Epoch": str(self._epoch()),
             "X-Hotstandby-Baseline": str(-1 if self.baseline_seq is None else self.baseline_seq),
         }
-        if (self.protocol or 1) >= 5:  # a replica of protocol 1-4 knows no other check than SHA-256
-            headers["X-Hotstandby-Check"] = self._check.name
+        check = self._check
+        if check is not SHA256:  # a replica of protocol 1-4 knows no other check, nor the header
+            headers["X-Hotstandby-Check"] = check.name
         return headers
 
     def _send_again(self, paths: list[str]) -> None:
