@@ -34,6 +34,7 @@ from daemon.ui.routes import add_ui_routes
 from replication import versions
 from replication.delta import BLOCK_HASHES, CRC_DIGEST_BYTES, DIGEST_BYTES, DIGEST_WIDTHS, block_digester
 from replication.errors import ProtocolError, ReplicationError
+from replication.exact_read import ExactRead
 from replication.paths import StorageRoot, validate_relpath
 from replication.protocol import MAX_PATHS_PER_REQUEST, MAX_PEER_EPOCH, MAX_SEQUENCE, named_check
 from replication.receiver import Receiver
@@ -426,7 +427,11 @@ async def replication_batch(request: web.Request) -> web.Response:
     if request.transport is not None:
         request.app[NODE].leader_connection = request.transport.get_extra_info("peername")
     result = await receiver.apply_batch(
-        journal_id=journal_id, epoch=epoch, read=request.content.readexactly, baseline=baseline, check=check
+        journal_id=journal_id,
+        epoch=epoch,
+        read=ExactRead(request.content.readany),
+        baseline=baseline,
+        check=check,
     )
     return web.json_response(result.to_json())
 

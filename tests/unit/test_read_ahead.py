@@ -251,3 +251,50 @@ def test_a_batch_cut_by_size_needs_one_lstat_per_file_on_the_loop_for_deltas(
     asked.clear()
     asyncio.run(sender._fetch_signatures(batch))
     assert (looked_at, asked) == (["small", "big"], [["big"]])
+
+
+def test_a_window_asks_for_every_file_before_it_reads_the_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cold disk serves a window's files faster when it has all their reads queued (FADVISE)."""
+    from replication import read_ahead
+
+    for i in range(4):
+        (tmp_path / f"f{i}").write_bytes(b"x" * (i + 1))
+    (tmp_path / "empty").write_bytes(b"")
+    calls: list[tuple[str, int]] = []
+    advise, read = os.posix_fadvise, read_ahead.read_exactly
+    monkeypatch.setattr(
+        os, "posix_fadvise", lambda fd, off, n, how: calls.append(("advise", n)) or advise(fd, off, n, how)
+    )
+    monkeypatch.setattr(read_ahead, "read_exactly", lambda fd, n: calls.append(("read", n)) or read(fd, n))
+    changes = [Change(i + 1, "sync", f"f{i}") for i in range(4)] + [Change(5, "sync", "empty")]
+    snapshots = ReadAhead(SourceTree(str(tmp_path)), changes, lambda _c: True)._take(list(changes))
+    assert [s.content if s else None for s in snapshots] == [b"x", b"xx", b"xxx", b"xxxx", b""]
+    assert calls == [("advise", 1), ("advise", 2), ("advise", 3), ("advise", 4)] + [
+        ("read", n) for n in (1, 2, 3, 4, 0)
+    ]
+
+
+def test_a_read_failing_in_the_middle_of_a_window_closes_every_file_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from replication import read_ahead
+
+    for i in range(5):
+        (tmp_path / f"f{i}").write_bytes(b"y" * 10)
+    read = read_ahead.read_exactly
+
+    def failing(fd: int, size: int) -> bytes:
+        if failing.calls == 2:  # type: ignore[attr-defined]
+            raise OSError(5, "Input/output error")
+        failing.calls += 1  # type: ignore[attr-defined]
+        return read(fd, size)
+
+    failing.calls = 0  # type: ignore[attr-defined]
+    monkeypatch.setattr(read_ahead, "read_exactly", failing)
+    fds_before = len(os.listdir("/proc/self/fd"))
+    changes = [Change(i + 1, "sync", f"f{i}") for i in range(5)]
+    with pytest.raises(OSError, match="Input/output"):
+        ReadAhead(SourceTree(str(tmp_path)), changes, lambda _c: True)._take(list(changes))
+    assert len(os.listdir("/proc/self/fd")) == fds_before
