@@ -188,3 +188,38 @@ def test_files_of_other_plugins_keep_waiting_for_quiet(tmp_path: Path) -> None:
 
     asyncio.run(asyncio.wait_for(main(), 10))
     assert files_in_order(recorded) == ["p/.venv/dify/plugin.json", "q/b.py"]
+
+
+def test_the_creates_watchdog_reports_for_a_new_folders_files_cost_no_wait(tmp_path: Path) -> None:
+    """watchdog reports every file it finds in a folder that appeared as created; our walk of that
+    folder already recorded the closed ones, so those creates must arm no timer (Watcher._created)."""
+    from watchdog.events import DirCreatedEvent, FileDeletedEvent
+
+    recorded = Recorded()
+    recorded.record_delete = lambda path: None  # type: ignore[method-assign]
+    folder = tmp_path / "venv"
+    folder.mkdir()
+    old = time.time() - 10
+    for name in ("a.py", "b.py", "gone.py"):
+        (folder / name).write_bytes(b"done")
+        os.utime(folder / name, (old, old))
+
+    async def main() -> tuple[list[str], int, int]:
+        watcher = Watcher(str(tmp_path), recorded, lambda _p: False)
+        watcher._on_events([DirCreatedEvent(str(folder))])
+        walked = sorted(path for path, _at in recorded.synced)
+        (folder / "gone.py").unlink()
+        (folder / "gone.py").write_bytes(b"new")  # created again after the walk: a new file
+        watcher._on_events(
+            [FileCreatedEvent(str(folder / n)) for n in ("a.py", "b.py")]
+            + [FileDeletedEvent(str(folder / "gone.py")), FileCreatedEvent(str(folder / "gone.py"))]
+        )
+        waiting = len(watcher._dirty)
+        await recorded.until(5)  # the new gone.py, once quiet
+        return walked, waiting, len(watcher._walked)
+
+    walked, waiting, left = asyncio.run(asyncio.wait_for(main(), 10))
+    assert walked == ["venv", "venv/a.py", "venv/b.py", "venv/gone.py"]
+    assert waiting == 1, "only the file created after the walk waits for its close or for quiet"
+    assert [path for path, _at in recorded.synced[4:]] == ["venv/gone.py"]
+    assert left == 0
