@@ -2,9 +2,8 @@
 
 A seed's batch carries four pieces per file (frame length, header, content,
 trailer). aiohttp's `StreamReader.readexactly` costs a few microseconds of
-Python per call even when the bytes are already buffered, and the replica's
-event loop applies a seed (bench/results/2026-12-07-session17-notes.txt: 0.05-0.1 s of the
-replica's CPU per 10,000 files).
+Python per call even when the bytes are already buffered: up to 0.1 s of the
+replica's CPU in a 10,000-file seed (bench/results/2026-12-07-session17-notes.txt).
 Here a piece that lies within the chunk already taken is a slice of it; the
 stream is asked only when the chunk is used up.
 """

@@ -10,7 +10,7 @@ batch's order, from the snapshot taken here.
 A window's files are all opened (and the kernel told POSIX_FADV_WILLNEED of each) before the first
 is read: with every read of the window queued at once, a cold disk delivered a 10,000-file seed's
 251 MB here in 0.75 s instead of 0.98 s one file after the other, and the seed, which waited on
-these reads, went from 2.05-2.2 s to 1.64-1.82 s (bench/results/2026-12-07-session17-notes.txt).
+these reads, went from 2.05-2.2 s to 1.6-1.8 s (bench/results/2026-12-07-session17-notes.txt).
 """
 
 from __future__ import annotations
