@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -211,3 +212,31 @@ def test_a_replica_that_applied_this_links_last_plan_is_asked_for_a_digest(tree:
     assert sender._asks_tree_digest()
     summary = asyncio.run(sender.reconcile("anti_entropy"))
     assert sender._session.routes == ["digest"] and summary.sent == 0  # type: ignore[attr-defined]
+
+
+def _plan_then_send(tree: Path, manifest_body: bytes) -> list[str]:
+    """Reconcile against a replica that lists `manifest_body`, send what was queued; the routes used."""
+    journal = Journal("J", ReadyMarkers([]))
+    sender = make_sender(tree, journal, {"manifest": (200, manifest_body, True), "batch": BATCH})
+    sender.settings = dataclasses.replace(sender.settings, delta_min_size=1024)
+
+    async def plan_and_send() -> None:
+        await sender.reconcile("initial")
+        await sender._send(journal.take_batch(1000, 1 << 30, lambda _c: 0))
+
+    asyncio.run(plan_and_send())
+    return sender._session.routes  # type: ignore[attr-defined,no-any-return]
+
+
+def test_a_seed_sends_big_files_whole_without_asking_for_signatures(tree: Path) -> None:
+    """The replica lists no file big enough for a delta: nothing to build one on, so no round trip
+    for signatures (nor NumPy's import on the leader) before the batch."""
+    (tree / "q/model.bin").write_bytes(b"m" * 4096)
+    routes = _plan_then_send(tree, b'{"entries": []}')
+    assert "batch" in routes and "signatures" not in routes
+
+
+def test_a_replica_with_a_big_file_is_asked_for_signatures(tree: Path) -> None:
+    (tree / "q/model.bin").write_bytes(b"m" * 4096)
+    routes = _plan_then_send(tree, b'{"entries": [["q/model.bin", "file", 420, 1, 4000, null]]}')
+    assert routes.index("signatures") < routes.index("batch")
