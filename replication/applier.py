@@ -386,16 +386,23 @@ class Applier:
         return ApplyOutcome()
 
 
-def sweep_temp_files(root: str) -> int:
+def sweep_temp_files(root: str, before_ns: int | None = None) -> int:
     """Remove temp files a killed receiver left behind; returns how many.
 
     Folders are reached through no-follow fds, so a folder swapped for a symlink
     during the sweep never makes it unlink anything outside the root.
+
+    `before_ns`: only files changed (ctime: `utime` cannot set it back) before then. The plugin store
+    stages its files under the same prefix (daemon/store/files.py), and on a leader nothing waits for
+    the sweep: a walk of 100,000 files cold takes over a second, and a store write meanwhile would
+    have lost its temp file.
     """
     removed = 0
     for _rel_dir, dir_fd, entries in StorageRoot(root).walk_dirs(only=is_temp_name):
         for entry in entries:
-            if entry.name.startswith(TEMP_PREFIX) and not stat.S_ISDIR(entry.st.st_mode):
+            if not entry.name.startswith(TEMP_PREFIX) or stat.S_ISDIR(entry.st.st_mode):
+                continue
+            if before_ns is None or entry.st.st_ctime_ns < before_ns:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(entry.name, dir_fd=dir_fd)
                     removed += 1

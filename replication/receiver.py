@@ -95,11 +95,13 @@ class Receiver:
         """The protocol version chosen at the last sender's hello (versions.py)."""
         self._sweep: asyncio.Future[int] | None = None
         """The start-up sweep running in a thread (start_sweep); batches wait for it."""
+        self._created_ns = time.time_ns()
+        """What the sweep removes is older: a temp file made since is this process's own."""
 
     def sweep(self) -> int:
         """Remove temp files left by a killed predecessor; run once, before the first batch."""
         try:
-            removed = sweep_temp_files(self.storage_path)
+            removed = sweep_temp_files(self.storage_path, before_ns=self._created_ns)
         except OSError as exc:
             log.error("stale_temp_files_sweep_failed", error=str(exc))  # batches fail with it until a restart
             raise

@@ -12,6 +12,7 @@ import stat
 import struct
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -766,9 +767,22 @@ def test_sweep_temp_files_removes_only_the_receivers_temp_files(tmp_path: Path):
 
 async def test_receiver_sweep_removes_what_an_interrupted_put_would_leave(env: Env):
     write(env.storage / f"a/{TEMP_PREFIX}f.12345678", b"partial")
-    assert env.receiver.sweep() == 1
-    assert env.receiver.sweep() == 0
+    receiver = env.new_receiver()  # a restart: the file is older than this receiver
+    assert receiver.sweep() == 1
+    assert receiver.sweep() == 0
     assert temp_files(env.storage) == []
+
+
+async def test_the_sweep_keeps_temp_files_made_since_the_receiver_started(env: Env):
+    """The plugin store stages its files under the same prefix, and on a leader nothing waits for the
+    sweep: a temp file made after this process started is its own, in flight."""
+    write(env.storage / f"a/{TEMP_PREFIX}old.12345678", b"left by a killed predecessor")
+    time.sleep(0.02)  # past the file system's coarse clock tick
+    receiver = env.new_receiver()
+    time.sleep(0.02)
+    write(env.storage / f"a/{TEMP_PREFIX}pkg.abcdef01", b"the store, writing now")
+    assert receiver.sweep() == 1
+    assert temp_files(env.storage) == [f"a/{TEMP_PREFIX}pkg.abcdef01"]
 
 
 async def test_a_batch_waits_for_the_start_up_sweep_which_never_takes_its_temp_files(
@@ -779,13 +793,14 @@ async def test_a_batch_waits_for_the_start_up_sweep_which_never_takes_its_temp_f
     release = threading.Event()
     real_sweep = receiver_module.sweep_temp_files
 
-    def held_sweep(root: str) -> int:
+    def held_sweep(root: str, before_ns: int | None = None) -> int:
         release.wait(10)
-        return real_sweep(root)
+        return real_sweep(root, before_ns)
 
     monkeypatch.setattr(receiver_module, "sweep_temp_files", held_sweep)
-    env.receiver.start_sweep()
-    batch = asyncio.ensure_future(env.apply(put(1, "a/new", b"content") + end(1)))
+    receiver = env.new_receiver()  # a restart: the file is older than this receiver
+    receiver.start_sweep()
+    batch = asyncio.ensure_future(env.apply(put(1, "a/new", b"content") + end(1), receiver=receiver))
     await asyncio.sleep(0.2)
     assert not batch.done(), "a batch must not be applied while the sweep may still run"
     release.set()
@@ -798,7 +813,7 @@ async def test_a_batch_waits_for_the_start_up_sweep_which_never_takes_its_temp_f
 async def test_a_failed_start_up_sweep_fails_the_batches_not_the_start(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ):
-    def failing_sweep(_root: str) -> int:
+    def failing_sweep(_root: str, before_ns: int | None = None) -> int:
         raise PermissionError(13, "Permission denied", "a")
 
     monkeypatch.setattr(receiver_module, "sweep_temp_files", failing_sweep)
