@@ -773,7 +773,7 @@ async def test_receiver_sweep_removes_what_an_interrupted_put_would_leave(env: E
     assert temp_files(env.storage) == []
 
 
-async def test_the_sweep_keeps_temp_files_made_since_the_receiver_started(env: Env):
+def test_the_sweep_keeps_temp_files_made_since_the_receiver_started(env: Env) -> None:
     """The plugin store stages its files under the same prefix, and on a leader nothing waits for the
     sweep: a temp file made after this process started is its own, in flight."""
     write(env.storage / f"a/{TEMP_PREFIX}old.12345678", b"left by a killed predecessor")
