@@ -63,6 +63,10 @@ def _import_leader_code() -> None:
         import_module(name)
 
 
+SWEEP_DEFERRED_AT_MOST = 300.0
+"""How long a leader's temp-file sweep waits for its replicas to hold a copy (Node._sweep_once_seeded)."""
+SWEEP_POLL_INTERVAL = 1.0
+
 WATCHER_FAILED_RESCAN_INTERVAL = 30.0
 """While the watcher cannot be trusted, anti-entropy runs at least this often."""
 
@@ -222,10 +226,31 @@ class Node:
         """What /health does not wait for, started once the server listens: the temp-file sweep, whose
         walk of the whole storage in a thread took the interpreter's lock from the start-up steps it
         overlapped before (Receiver.start_sweep: batches wait for it), and the leader's code, loaded
-        ahead of a first promotion (load_leader_code). Returns the task of the latter, for the caller to
-        keep and reap."""
+        ahead of a first promotion (load_leader_code). On a leader the sweep waits for its replicas'
+        copies (`_sweep_once_seeded`). Returns the task, for the caller to keep and reap."""
+        if self.role_state.role == "leader":
+            return asyncio.create_task(self._leader_background(), name="leader-code")
         self.receiver.start_sweep()
         return asyncio.create_task(self.load_leader_code(), name="leader-code")
+
+    async def _leader_background(self) -> None:
+        await self.load_leader_code()
+        await self._sweep_once_seeded()
+
+    async def _sweep_once_seeded(self) -> None:
+        """Start a leader's sweep once every replica holds a copy, at most SWEEP_DEFERRED_AT_MOST later.
+
+        The sweep walks the whole storage, as a seed's plan does: during a 100,000-file seed it was 4.8 %
+        of the leader's samples (a cold walk of 1.3 s, 0.85 s of CPU), for temp files that nothing but a
+        replica's batch needs gone. A batch that comes first (a demotion) starts it (Receiver.apply_batch);
+        a temp file of this process is never swept (it is not older than the receiver)."""
+        deadline = time.monotonic() + SWEEP_DEFERRED_AT_MOST
+        while time.monotonic() < deadline and not self.receiver.sweep_started:
+            leader = self.leader
+            if leader is not None and all(link.sender.holds_copy for link in leader.links):
+                break
+            await asyncio.sleep(SWEEP_POLL_INTERVAL)
+        self.receiver.start_sweep()
 
     async def load_leader_code(self) -> None:
         """Import LEADER_CODE in a worker thread, once; later calls wait for that same import.

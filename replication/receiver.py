@@ -109,12 +109,19 @@ class Receiver:
             log.warning("stale_temp_files_removed", count=removed)
         return removed
 
-    def start_sweep(self) -> None:
-        """`sweep` in a worker thread while the node already serves: it walks the whole storage (per
-        10,000 files here 0.05 s with warm caches, 0.5 s cold as after a reboot), which delayed /health by
-        as much. Only a batch must wait for it (apply_batch), so that no temp file of this process is ever
-        swept; leaders, scans and signatures skip temp files anyway."""
-        self._sweep = asyncio.ensure_future(asyncio.to_thread(self.sweep))
+    def start_sweep(self) -> asyncio.Future[int]:
+        """`sweep` in a worker thread while the node already serves, once (later calls return the same
+        future): it walks the whole storage (per 10,000 files here 0.05 s with warm caches, 0.5 s cold as
+        after a reboot), which delayed /health by as much. Only a batch must wait for it (apply_batch, which
+        starts it where no one did: a leader's waits for its seeds, Node._sweep_once_seeded), so that no
+        temp file of this process is ever swept; leaders, scans and signatures skip temp files anyway."""
+        if self._sweep is None:
+            self._sweep = asyncio.ensure_future(asyncio.to_thread(self.sweep))
+        return self._sweep
+
+    @property
+    def sweep_started(self) -> bool:
+        return self._sweep is not None
 
     # -- link handshake ----------------------------------------------------------
     def hello(
@@ -165,8 +172,7 @@ class Receiver:
         """Apply one batch; `baseline` is the sequence after which this replica is a full copy, `check`
         the whole-file check its trailers carry (SHA-256 when the batch names none)."""
         async with self._lock:
-            if self._sweep is not None:
-                await self._sweep  # a failed sweep fails the batch (and is logged): see `sweep`
+            await self.start_sweep()  # a failed sweep fails the batch (and is logged): see `sweep`
             self._check_epoch(epoch)
             if epoch > self.epoch:
                 self.epoch = epoch

@@ -275,6 +275,12 @@ class Sender:
     def silence_bound(self) -> float:
         return max(10 * self.settings.heartbeat_interval, 10.0)
 
+    @property
+    def holds_copy(self) -> bool:
+        """The replica said at hello that it holds a full copy, or it applied this link's last plan."""
+        applied_last_plan = self.baseline_seq is not None and self.journal.acked >= self.baseline_seq
+        return self._replica_synced or applied_last_plan
+
     def _progress(self) -> None:
         self._last_progress = time.monotonic()
 
@@ -820,10 +826,7 @@ class Sender:
     def _asks_tree_digest(self) -> bool:
         """The replica speaks protocol 4 and holds a full copy: it said so at hello, or it applied
         this link's last plan (a seed's replica does neither, and is not asked: see _replica_matches)."""
-        if (self.protocol or 1) < 4:
-            return False
-        applied_last_plan = self.baseline_seq is not None and self.journal.acked >= self.baseline_seq
-        return self._replica_synced or applied_last_plan
+        return (self.protocol or 1) >= 4 and self.holds_copy
 
     def _start_scan(self, *, digest: bool) -> Scan:
         """Our walk, started in a thread; with `digest`, it keeps nothing but its TreeDigest."""

@@ -93,6 +93,11 @@ class SftpSender:
         self.baseline_seq: int | None = None
         self.on_ack: Callable[[], None] = lambda: None
 
+    @property
+    def holds_copy(self) -> bool:
+        """The host applied this link's last plan: it holds a full copy."""
+        return self.baseline_seq is not None and self.journal.acked >= self.baseline_seq
+
     # -- lifecycle ---------------------------------------------------------------
     async def run(self) -> None:
         """Replicate until cancelled; reconnect with capped, jittered backoff."""

@@ -810,6 +810,17 @@ async def test_a_batch_waits_for_the_start_up_sweep_which_never_takes_its_temp_f
     assert temp_files(env.storage) == []
 
 
+async def test_a_first_batch_starts_the_sweep_no_one_started(env: Env):
+    """A leader's sweep waits for its replicas (Node._sweep_once_seeded); demoted before, its first
+    batch as a replica sweeps first."""
+    write(env.storage / f"a/{TEMP_PREFIX}f.12345678", b"left by a killed predecessor")
+    receiver = env.new_receiver()
+    assert not receiver.sweep_started
+    result = await env.apply(put(1, "a/new", b"content") + end(1), receiver=receiver)
+    assert result.applied_seq == 1 and receiver.sweep_started
+    assert temp_files(env.storage) == []
+
+
 async def test_a_failed_start_up_sweep_fails_the_batches_not_the_start(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ):
