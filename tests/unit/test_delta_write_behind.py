@@ -45,15 +45,21 @@ async def test_an_early_flush_error_is_raised(monkeypatch: pytest.MonkeyPatch) -
         await behind.settle()
 
 
-async def test_a_delta_flushes_early_and_still_rebuilds_the_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _flushing_every_256_kib(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[list[int], Env]:
+    """A replica whose write-behind flushes every 256 KiB; the fds it flushed, recorded as it goes."""
     monkeypatch.setattr(write_behind, "WRITE_BEHIND_BYTES", 256 * 1024)
+    monkeypatch.setattr(applier, "WRITE_BEHIND_BYTES", 256 * 1024)
     synced: list[int] = []
     real = os.fdatasync
     monkeypatch.setattr(write_behind.os, "fdatasync", lambda fd: (synced.append(fd), real(fd))[1])
     (tmp_path / "replica").mkdir()
-    env = Env(tmp_path / "replica")
+    return synced, Env(tmp_path / "replica")
+
+
+async def test_a_delta_flushes_early_and_still_rebuilds_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced, env = _flushing_every_256_kib(tmp_path, monkeypatch)
     old = os.urandom(3 * 1024 * 1024)
     basis = write(env.storage / "big.bin", old)
     new = old[:1000] + b"X" + old[1001:]
@@ -68,13 +74,7 @@ async def test_a_big_put_flushes_early_and_a_small_one_does_not(
 ) -> None:
     """A plain put at least WRITE_BEHIND_BYTES long goes to disk while it arrives (its commit's fsync
     then has little left); a smaller one waits for the commit, as before."""
-    monkeypatch.setattr(write_behind, "WRITE_BEHIND_BYTES", 256 * 1024)
-    monkeypatch.setattr(applier, "WRITE_BEHIND_BYTES", 256 * 1024)
-    synced: list[int] = []
-    real = os.fdatasync
-    monkeypatch.setattr(write_behind.os, "fdatasync", lambda fd: (synced.append(fd), real(fd))[1])
-    (tmp_path / "replica").mkdir()
-    env = Env(tmp_path / "replica")
+    synced, env = _flushing_every_256_kib(tmp_path, monkeypatch)
     small, big = os.urandom(256 * 1024 - 1), os.urandom(3 * 1024 * 1024)
     result = await env.apply(put(1, "small.bin", small) + end(1))
     assert result.applied_seq == 1 and synced == []
