@@ -16,6 +16,7 @@ import asyncio
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 
 WATCHDOG_LOGGERS = ("watchdog.observers.inotify_c", "watchdog.observers.inotify", "watchdog.observers.api")
 _SIGNS = (
@@ -79,13 +80,24 @@ def directories_below(root: str) -> int:
     return count
 
 
-def watch_shortfall(root: str, slack: int = 2) -> str | None:
-    """A sentence when fewer directories are watched than exist (watchdog drops ENOSPC silently)."""
+@dataclass(frozen=True)
+class Coverage:
+    """Folders a recursive watch needs against watches the kernel says this process holds."""
+
+    needed: int
+    held: int
+
+    def short(self, slack: int = 2) -> bool:
+        return self.held + slack < self.needed
+
+    def sentence(self) -> str:
+        return (
+            f"only {self.held} of {self.needed} directories are watched: inotify watches ran out "
+            "(raise fs.inotify.max_user_watches); periodic rescans cover the rest"
+        )
+
+
+def coverage(root: str) -> Coverage:
+    """Count both now (a walk of every folder: call it off the loop)."""
     needed = directories_below(root)
-    held = inotify_watches_held()
-    if held + slack >= needed:
-        return None
-    return (
-        f"only {held} of {needed} directories are watched: inotify watches ran out "
-        "(raise fs.inotify.max_user_watches); periodic rescans cover the rest"
-    )
+    return Coverage(needed=needed, held=inotify_watches_held())
