@@ -960,7 +960,9 @@ def test_a_seed_plan_in_chunks_looks_no_path_up_in_earlier_runs(monkeypatch: pyt
         clock.now += 0.01  # a new time: a new run
         journal.record_plan((path, None, 10) for path in chunk)
     assert journal.pending == 5_050 and len(journal._entries._runs) == 51
-    assert lookups < 50  # was one per earlier run for each path (about 125,000)
+    # Was one per earlier run for each path (about 125,000). A false positive of the filter costs a lookup
+    # per earlier run (up to 50 here); with 5,050 paths in 2**20 bits there are a few at most, by hash seed.
+    assert lookups < 1_000
     before = lookups
     journal.record_plan([("d010/f005", None, 10)])  # already unsent: found, coalesced
     assert journal.pending == 5_050 and lookups > before
