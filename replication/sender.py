@@ -71,7 +71,7 @@ from replication.protocol import (
 from replication.read_ahead import READ_AHEAD_FROM, ReadAhead, Snapshot
 from replication.read_ahead import WINDOW as READ_AHEAD_WINDOW
 from replication.scan import Scan
-from replication.source import SentObjects, SourceTree, SpecialFiles, next_batch
+from replication.source import OpenFolders, SentObjects, SourceTree, SpecialFiles, next_batch
 
 log = structlog.get_logger("replication.sender")
 
@@ -373,6 +373,7 @@ class Sender:
                 self.journal,
                 settings.batch_max_ops,
                 settings.batch_max_bytes,
+                self._tree,
                 self._size_of,
                 settings.heartbeat_interval,
                 self.reconcile,
@@ -380,9 +381,9 @@ class Sender:
             if batch is not None:  # an empty batch is the idle link's heartbeat
                 await self._send(batch)
 
-    def _size_of(self, change: Change) -> int:
+    def _size_of(self, change: Change, folders: OpenFolders) -> int:
         """The batch byte limit's size of `change` (SourceTree.size_of), kept for `_fetch_signatures`."""
-        size = self._tree.size_of(change)
+        size = self._tree.size_of(change, folders)
         if change.kind == "sync" and change.size_hint is None:
             self._measured[change.path] = size
         return size

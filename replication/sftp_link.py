@@ -185,6 +185,7 @@ class SftpSender:
                 self.journal,
                 settings.batch_max_ops,
                 settings.batch_max_bytes,
+                self._tree,
                 self._tree.size_of,
                 settings.heartbeat_interval,
                 self.reconcile,

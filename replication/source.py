@@ -42,7 +42,8 @@ async def next_batch(
     journal: Journal,
     max_ops: int,
     max_bytes: int,
-    size_of: Callable[[Change], int],
+    tree: SourceTree,
+    size_of: Callable[[Change, OpenFolders], int],
     idle: float,
     reconcile: Callable[[str], Awaitable[object]],
 ) -> list[Change] | None:
@@ -59,7 +60,8 @@ async def next_batch(
         reason, journal.rescan_reason = journal.rescan_reason, None
         await reconcile(reason)
     journal.changed.clear()
-    batch = journal.take_batch(max_ops, max_bytes, size_of)
+    with tree.folders() as folders:  # a burst's files come a few hundred to a folder
+        batch = journal.take_batch(max_ops, max_bytes, lambda change: size_of(change, folders))
     if batch:
         return batch
     # asyncio.timeout, not wait_for: in Python 3.11 wait_for swallows a cancel that comes in the same
@@ -134,13 +136,13 @@ class SourceTree:
         except GONE:
             return None
 
-    def size_of(self, change: Change) -> int:
-        """Bytes a change will move (for batch limits)."""
+    def size_of(self, change: Change, folders: OpenFolders | None = None) -> int:
+        """Bytes a change will move (for batch limits); `folders`: those open for the batch being cut."""
         if change.kind != "sync":
             return 0
         if change.size_hint is not None:
             return change.size_hint
-        st = self.storage.lstat(change.path)
+        st = self.storage.lstat(change.path, None if folders is None else folders.of(change.path))
         return st.st_size if st is not None else 0
 
 

@@ -10,12 +10,16 @@ leader's links also cancels again until they end (daemon.node.cancel_until_done)
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from replication.exclude import ReadyMarkers
 from replication.journal import Journal
-from replication.source import next_batch
+from replication.source import SourceTree, next_batch
+
+TREE = SourceTree("/nonexistent")  # the journals here are empty: nothing is measured
 
 
 async def _no_reconcile(_reason: str) -> None:
@@ -24,7 +28,9 @@ async def _no_reconcile(_reason: str) -> None:
 
 async def test_a_cancel_in_the_same_step_as_a_change_still_cancels() -> None:
     journal = Journal("J", ReadyMarkers([]))
-    waiting = asyncio.create_task(next_batch(journal, 10, 1 << 20, lambda _c: 0, 30.0, _no_reconcile))
+    waiting = asyncio.create_task(
+        next_batch(journal, 10, 1 << 20, TREE, lambda _c, _f: 0, 30.0, _no_reconcile)
+    )
     await asyncio.sleep(0)  # it waits for a change now
     journal.changed.set()
     waiting.cancel()
@@ -34,11 +40,13 @@ async def test_a_cancel_in_the_same_step_as_a_change_still_cancels() -> None:
 
 async def test_a_change_ends_the_wait_and_idleness_gives_a_heartbeat() -> None:
     journal = Journal("J", ReadyMarkers([]))
-    waiting = asyncio.create_task(next_batch(journal, 10, 1 << 20, lambda _c: 0, 30.0, _no_reconcile))
+    waiting = asyncio.create_task(
+        next_batch(journal, 10, 1 << 20, TREE, lambda _c, _f: 0, 30.0, _no_reconcile)
+    )
     await asyncio.sleep(0)
     journal.changed.set()
     assert await waiting is None  # take again: something was recorded
-    assert await next_batch(journal, 10, 1 << 20, lambda _c: 0, 0.01, _no_reconcile) == []
+    assert await next_batch(journal, 10, 1 << 20, TREE, lambda _c, _f: 0, 0.01, _no_reconcile) == []
 
 
 async def test_a_task_that_swallows_its_first_cancel_is_still_stopped() -> None:
@@ -61,3 +69,27 @@ async def test_a_task_that_swallows_its_first_cancel_is_still_stopped() -> None:
     await asyncio.sleep(0)
     await asyncio.wait_for(cancel_until_done(task, every=0.01), 5)
     assert task.cancelled() and swallowed == 2
+
+
+async def test_a_batch_is_measured_through_one_open_of_each_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A burst's files come a few hundred to a folder: measuring each (the batch byte limit) opened its
+    folder for it, five system calls a file on the leader's loop."""
+    (tmp_path / "d").mkdir()
+    journal = Journal("J", ReadyMarkers([]))
+    for n in range(20):
+        (tmp_path / "d" / f"f{n:02d}").write_bytes(b"x" * 100)
+        journal.record_sync(f"d/f{n:02d}")
+    tree = SourceTree(str(tmp_path))
+    opened: list[str] = []
+    open_dir_fd = tree.storage._open_dir_fd
+
+    def counted(rel_dir: str, **kwargs: Any) -> int:
+        opened.append(rel_dir)
+        return open_dir_fd(rel_dir, **kwargs)
+
+    monkeypatch.setattr(tree.storage, "_open_dir_fd", counted)
+    batch = await next_batch(journal, 100, 1_000, tree, tree.size_of, 30.0, _no_reconcile)
+    assert [change.path for change in batch] == [f"d/f{n:02d}" for n in range(10)]  # measured: 100 B each
+    assert opened == ["d"]

@@ -233,7 +233,8 @@ def test_a_batch_cut_by_size_needs_one_lstat_per_file_on_the_loop_for_deltas(
     sender = make_sender(tmp_path)
     for name in ("small", "big"):
         sender.journal.record_sync(name)
-    batch = sender.journal.take_batch(10, 1 << 30, sender._size_of)
+    with sender._tree.folders() as folders:
+        batch = sender.journal.take_batch(10, 1 << 30, lambda change: sender._size_of(change, folders))
     looked_at: list[str] = []
     current = sender._tree.current
     monkeypatch.setattr(sender._tree, "current", lambda path, *a: looked_at.append(path) or current(path, *a))
