@@ -114,6 +114,21 @@ def walk(
             yield entry
 
 
+def walk_kinds(root: str | StorageRoot, top: str, skip: Callable[[str], bool]) -> Iterator[tuple[str, str]]:
+    """(path, kind) of what `walk(root, top, skip)` would list, kind "dir", "file" or "symlink", from the
+    folder listings alone: no lstat, so no mode, mtime or size (StorageRoot.kinds_below)."""
+    if is_temp_name(top) or skip(top):
+        return
+    storage = root if isinstance(root, StorageRoot) else StorageRoot(root)
+
+    def listed(rel: str) -> bool:
+        return not is_temp_name(rel) and not skip(rel) and _acceptable(rel)
+
+    for path, kind in storage.kinds_below(top, listed):
+        if kind != "other":  # FIFOs, sockets and devices are never replicated
+            yield path, kind
+
+
 class TreeDigest:
     """SHA-256 over what `difference` compares of each entry of a walk, in the walk's order.
 

@@ -261,6 +261,48 @@ class StorageRoot:
         except GONE:
             return None
 
+    def kinds_below(self, rel_dir: str, enter: Callable[[str], bool]) -> Iterator[tuple[str, str]]:
+        """(path, kind) of `rel_dir` and of everything below it that `enter` accepts, parents first;
+        kind is "dir", "file", "symlink" or "other" (FIFO, socket, device).
+
+        The kinds come from the folder listings (the directory entry's type), not from an lstat of each
+        name: for a folder just made, whose files the watcher waits for anyway, that lstat was most of
+        its loop's time in a burst of new files (Watcher._folder_made). Folders are opened no-follow
+        from their parent's fd; one that is gone or was swapped for a symlink is left out."""
+        try:
+            top = self._open_dir_fd(rel_dir, create=False)
+        except GONE:
+            return
+        yield rel_dir, "dir"
+        stack: list[tuple[str, int]] = [(rel_dir, top)]
+        try:
+            while stack:
+                rel, fd = stack.pop()
+                try:
+                    folders: list[str] = []
+                    with os.scandir(fd) as listing:
+                        for child in listing:
+                            path = _join(rel, child.name)
+                            if not enter(path):
+                                continue
+                            try:
+                                kind = _kind_of(child)
+                            except FileNotFoundError:
+                                continue
+                            yield path, kind
+                            if kind == "dir":
+                                folders.append(path)
+                    for path in reversed(folders):  # popped in listing order
+                        try:
+                            stack.append((path, os.open(split_parent(path)[1], _DIR_FLAGS, dir_fd=fd)))
+                        except OSError:  # gone, or no folder any more (ELOOP: a symlink now)
+                            continue
+                finally:
+                    os.close(fd)
+        finally:
+            for _rel, fd_left in stack:
+                os.close(fd_left)
+
     def walk_dirs(
         self,
         rel_dir: str = "",
@@ -409,6 +451,18 @@ def _open_regular_in(
 def _require_regular(rel: str, mode: int) -> None:
     if not stat.S_ISREG(mode):
         raise NotRegularFileError(f"{rel!r} is a {file_kind(mode)}, not a regular file", st_mode=mode)
+
+
+def _kind_of(child: os.DirEntry[str]) -> str:
+    """The kind of a listed name from its directory entry's type (an lstat only where the file system
+    gives none)."""
+    if child.is_symlink():
+        return "symlink"
+    if child.is_dir(follow_symlinks=False):
+        return "dir"
+    if child.is_file(follow_symlinks=False):
+        return "file"
+    return "other"
 
 
 def _entries(dir_fd: int, only: Callable[[str], bool] | None = None) -> Iterator[DirEntry]:

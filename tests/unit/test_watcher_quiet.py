@@ -190,36 +190,40 @@ def test_files_of_other_plugins_keep_waiting_for_quiet(tmp_path: Path) -> None:
     assert files_in_order(recorded) == ["p/.venv/dify/plugin.json", "q/b.py"]
 
 
-def test_the_creates_watchdog_reports_for_a_new_folders_files_cost_no_wait(tmp_path: Path) -> None:
-    """watchdog reports every file it finds in a folder that appeared as created; our walk of that
-    folder already recorded the closed ones, so those creates must arm no timer (Watcher._created)."""
+def test_a_new_folders_files_wait_for_their_close_and_its_creates_add_no_wait(tmp_path: Path) -> None:
+    """A folder that was made is listed, not lstat'ed file by file (Watcher._folder_made): its files wait
+    for their close, or ship after one quiet time and one look. watchdog reports every file it finds in
+    such a folder as created; those creates must not make them wait twice (Watcher._created)."""
     from watchdog.events import DirCreatedEvent, FileDeletedEvent
 
     recorded = Recorded()
     recorded.record_delete = lambda path: None  # type: ignore[method-assign]
     folder = tmp_path / "venv"
-    folder.mkdir()
+    (folder / "lib").mkdir(parents=True)
     old = time.time() - 10
-    for name in ("a.py", "b.py", "gone.py"):
+    for name in ("a.py", "b.py", "gone.py", "closed.py"):
         (folder / name).write_bytes(b"done")
         os.utime(folder / name, (old, old))
+    os.symlink("a.py", folder / "link")
 
-    async def main() -> tuple[list[str], int, int]:
+    async def main() -> tuple[list[str], dict[str, bool], list[str], int]:
         watcher = Watcher(str(tmp_path), recorded, lambda _p: False)
         watcher._on_events([DirCreatedEvent(str(folder))])
-        walked = sorted(path for path, _at in recorded.synced)
+        at_once = sorted(path for path, _at in recorded.synced)
         (folder / "gone.py").unlink()
-        (folder / "gone.py").write_bytes(b"new")  # created again after the walk: a new file
+        (folder / "gone.py").write_bytes(b"new")  # created again after the listing: a new file
         watcher._on_events(
-            [FileCreatedEvent(str(folder / n)) for n in ("a.py", "b.py")]
+            [FileCreatedEvent(str(folder / n)) for n in ("a.py", "b.py", "closed.py")]
             + [FileDeletedEvent(str(folder / "gone.py")), FileCreatedEvent(str(folder / "gone.py"))]
+            + [FileClosedEvent(str(folder / "closed.py"))]
         )
-        waiting = len(watcher._dirty)
-        await recorded.until(5)  # the new gone.py, once quiet
-        return walked, waiting, len(watcher._walked)
+        waiting = {path: dirty.created for path, dirty in watcher._dirty.items()}
+        await recorded.until(len(at_once) + 4)  # the new gone.py last, once quiet twice
+        return at_once, waiting, [path for path, _at in recorded.synced[len(at_once) :]], len(watcher._walked)
 
-    walked, waiting, left = asyncio.run(asyncio.wait_for(main(), 10))
-    assert walked == ["venv", "venv/a.py", "venv/b.py", "venv/gone.py"]
-    assert waiting == 1, "only the file created after the walk waits for its close or for quiet"
-    assert [path for path, _at in recorded.synced[4:]] == ["venv/gone.py"]
+    at_once, waiting, then, left = asyncio.run(asyncio.wait_for(main(), 10))
+    assert at_once == ["venv", "venv/lib", "venv/link"]
+    assert waiting == {"venv/a.py": False, "venv/b.py": False, "venv/gone.py": True}
+    assert then[0] == "venv/closed.py" and sorted(then[1:3]) == ["venv/a.py", "venv/b.py"]
+    assert then[3] == "venv/gone.py"
     assert left == 0
