@@ -71,6 +71,7 @@ EVENT_FILTER = [
     FileMovedEvent,
     DirMovedEvent,
 ]
+_WANTED = frozenset(EVENT_FILTER)
 
 
 HANDOFF_CHUNK = 256
@@ -111,20 +112,30 @@ class _Handoff(FileSystemEventHandler):
         self._drain(events)
 
 
-class _Direct:
-    """The emitter's event queue, handing each event to `_Handoff` at once on the emitter's thread.
+class _Emitter(InotifyEmitter):
+    """watchdog's inotify emitter, handing each event it makes to `_Handoff` at once, on its thread.
 
-    Like watchdog's EventQueue it drops an event equal to the one before (a file written in many
-    calls makes a modify event per call)."""
+    Its own `queue_event` tests every event against the filter with a generator over the ten classes
+    (two of the five events a new file makes are folder modifications nobody asked for) and puts it on
+    a queue for an observer thread; here an exact type lookup decides and no queue is involved. Like
+    watchdog's EventQueue it drops an event equal to the one before (a file written in many calls makes
+    a modify event per call)."""
 
-    def __init__(self, handoff: _Handoff) -> None:
+    def __init__(self, handoff: _Handoff, watch: ObservedWatch, inotify_fd: InotifyFD) -> None:
+        super().__init__(
+            None,  # type: ignore[arg-type]  # no event queue: queue_event hands events on itself
+            watch,
+            timeout=DEFAULT_EMITTER_TIMEOUT,
+            event_filter=EVENT_FILTER,
+            inotify_fd=inotify_fd,
+        )
         self._handoff = handoff
-        self._last: tuple[FileSystemEvent, ObservedWatch] | None = None
+        self._last: FileSystemEvent | None = None
 
-    def put(self, item: tuple[FileSystemEvent, ObservedWatch]) -> None:
-        if item != self._last:
-            self._last = item
-            self._handoff.on_any_event(item[0])
+    def queue_event(self, event: FileSystemEvent) -> None:
+        if type(event) in _WANTED and event != self._last:
+            self._last = event
+            self._handoff.on_any_event(event)
 
 
 class Inotify:
@@ -137,13 +148,7 @@ class Inotify:
     def __init__(self, root: str, handoff: _Handoff) -> None:
         self._reader = InotifyFD()
         watch = ObservedWatch(root, recursive=True, event_filter=EVENT_FILTER)
-        self._emitter = InotifyEmitter(
-            _Direct(handoff),  # type: ignore[arg-type]  # only its put() is used
-            watch,
-            timeout=DEFAULT_EMITTER_TIMEOUT,
-            event_filter=EVENT_FILTER,
-            inotify_fd=self._reader,
-        )
+        self._emitter = _Emitter(handoff, watch, self._reader)
 
     def start(self) -> None:
         """Add a watch to every folder (a walk of the whole tree: call it off the loop), then emit."""
