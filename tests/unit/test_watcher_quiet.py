@@ -1,5 +1,5 @@
 """A file written by one long call has no events while it grows: it must not ship half written
-(replication/watcher.py, Watcher._settled and still_written)."""
+(replication/watcher.py, Watcher._look and still_written)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import asyncio
 import os
 import time
 from pathlib import Path
+from typing import Any
 
+import pytest
 from watchdog.events import FileClosedEvent, FileCreatedEvent, FileModifiedEvent
 
 from replication.exclude import ReadyMarkers
@@ -227,3 +229,35 @@ def test_a_new_folders_files_wait_for_their_close_and_its_creates_add_no_wait(tm
     assert then[0] == "venv/closed.py" and sorted(then[1:3]) == ["venv/a.py", "venv/b.py"]
     assert then[3] == "venv/gone.py"
     assert left == 0
+
+
+def test_files_whose_quiet_ends_together_are_looked_at_through_one_open_of_their_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A burst's files come a few hundred to a folder, and many reach us without a close (they closed
+    before watchdog watched their new folder): each look opened the folder again (Watcher._look)."""
+    recorded = Recorded()
+    (tmp_path / "d").mkdir()
+    old = time.time() - 10
+    for n in range(50):
+        (tmp_path / "d" / f"f{n:02d}").write_bytes(b"done")
+        os.utime(tmp_path / "d" / f"f{n:02d}", (old, old))
+
+    async def main() -> list[str]:
+        watcher = Watcher(str(tmp_path), recorded, lambda _p: False)
+        opened: list[str] = []
+        open_dir_fd = watcher._storage._open_dir_fd
+
+        def counted(rel_dir: str, **kwargs: Any) -> int:
+            opened.append(rel_dir)
+            return open_dir_fd(rel_dir, **kwargs)
+
+        monkeypatch.setattr(watcher._storage, "_open_dir_fd", counted)
+        watcher._on_events([FileModifiedEvent(str(tmp_path / "d" / f"f{n:02d}")) for n in range(50)])
+        await recorded.until(50)
+        watcher.stop()
+        return opened
+
+    opened = asyncio.run(asyncio.wait_for(main(), 10))
+    assert sorted(path for path, _at in recorded.synced) == [f"d/f{n:02d}" for n in range(50)]
+    assert opened == ["d"]
