@@ -57,6 +57,7 @@ from replication.source import OpenFolders
 log = structlog.get_logger("replication.watcher")
 
 QUIET_SECONDS = 0.2
+QUIET_NS = int(QUIET_SECONDS * 1e9)
 STALLED_SECONDS = 1.0
 COVERAGE_RECOUNT_SECONDS = 0.1
 MAX_DIRTY_SECONDS = 5.0
@@ -393,16 +394,26 @@ class Watcher:
             self.on_vanished(rel)
         return count
 
-    def _folder_made(self, rel: str) -> None:
-        """A folder was made: record it and the folders below it; its files wait for their close.
+    def _folder_appeared(self, rel: str) -> None:
+        """A folder appeared: one being filled now is listed (`_folder_made`); one whose entries last
+        changed before QUIET_SECONDS, such as a folder moved in from outside (watchdog reports it as
+        created, and its files get no events at all), is walked and its finished files recorded at once
+        (`record_tree`)."""
+        st = self._storage.lstat(rel)
+        if st is not None and stat.S_ISDIR(st.st_mode) and st.st_mtime_ns >= time.time_ns() - QUIET_NS:
+            self._folder_made(rel)
+        else:
+            self.record_tree(rel, appeared=True)
 
-        Everything in it was made after it, moments ago, so no file is looked at: `record_tree`'s lstat
-        of each file, to tell one finished long ago from one still being written, was 75 % of the
-        leader's loop time spent on events in a 20,000-file burst (its 100 folders walked as they
-        filled). A file closed before watchdog watched the folder gets no close event: its quiet time
-        ends, it is looked at once, and it ships (`_look`). Its create event, which watchdog reports
-        for what it finds in a new folder, says nothing new (`_created`). A folder moved in from outside
-        holds old files, which get no event at all: `record_tree` records those at once."""
+    def _folder_made(self, rel: str) -> None:
+        """A folder being filled: record it and the folders below it; its files wait for their close.
+
+        Its files were made moments ago, so none is looked at now: `record_tree`'s lstat of each file,
+        to tell one finished long ago from one still being written, was 75 % of the leader's loop time
+        spent on events in a 20,000-file burst (its 100 folders walked as they filled). A file closed
+        before watchdog watched the folder gets no close event: its quiet time ends, it is looked at
+        once, and it ships (`_look`). Its create event, which watchdog reports for what it finds in a
+        new folder, says nothing new (`_created`)."""
         if self._walked and len(self._walked) > MAX_WALKED:
             self._walked.clear()
         count = 0
@@ -470,7 +481,7 @@ class Watcher:
             self._settle(rel)
             self._record(rel)
         elif isinstance(event, DirCreatedEvent):
-            self._folder_made(rel)
+            self._folder_appeared(rel)
         elif isinstance(event, FileCreatedEvent):
             self._created(rel)
         elif isinstance(event, FileModifiedEvent):

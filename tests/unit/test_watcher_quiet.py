@@ -261,3 +261,31 @@ def test_files_whose_quiet_ends_together_are_looked_at_through_one_open_of_their
     opened = asyncio.run(asyncio.wait_for(main(), 10))
     assert sorted(path for path, _at in recorded.synced) == [f"d/f{n:02d}" for n in range(50)]
     assert opened == ["d"]
+
+
+def test_a_folder_moved_in_from_outside_is_recorded_at_once(tmp_path: Path) -> None:
+    """watchdog reports a folder moved in from outside the storage as created; its files get no event
+    at all. Its entries changed long ago (its mtime says so): its finished files go at once, as a walk
+    finds them, not after a quiet time each (Watcher._folder_appeared)."""
+    from watchdog.events import DirCreatedEvent
+
+    recorded = Recorded()
+    folder = tmp_path / "plugin"
+    (folder / "lib").mkdir(parents=True)
+    old = time.time() - 10
+    for name in ("a.py", "lib/b.py"):
+        (folder / name).write_bytes(b"done")
+        os.utime(folder / name, (old, old))
+    for made in (folder / "lib", folder):
+        os.utime(made, (old, old))
+
+    async def main() -> tuple[list[str], int]:
+        watcher = Watcher(str(tmp_path), recorded, lambda _p: False)
+        watcher._on_events([DirCreatedEvent(str(folder))])
+        waiting = len(watcher._dirty)
+        watcher.stop()
+        return sorted(path for path, _at in recorded.synced), waiting
+
+    at_once, waiting = asyncio.run(asyncio.wait_for(main(), 10))
+    assert at_once == ["plugin", "plugin/a.py", "plugin/lib", "plugin/lib/b.py"]
+    assert waiting == 0
