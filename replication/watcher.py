@@ -57,10 +57,12 @@ from replication.source import OpenFolders
 log = structlog.get_logger("replication.watcher")
 
 QUIET_SECONDS = 0.2
-QUIET_NS = int(QUIET_SECONDS * 1e9)
 STALLED_SECONDS = 1.0
 COVERAGE_RECOUNT_SECONDS = 0.1
 MAX_DIRTY_SECONDS = 5.0
+FILLED_SECONDS = 5.0
+"""A folder appearing with no entry changed for this long was filled elsewhere (Watcher._folder_appeared)."""
+FILLED_NS = int(FILLED_SECONDS * 1e9)
 LOOK_AGAIN_AFTER = 0.005
 """The least time between two looks at waiting files: those whose quiet ends within it go together."""
 EVENT_FILTER = [
@@ -395,12 +397,12 @@ class Watcher:
         return count
 
     def _folder_appeared(self, rel: str) -> None:
-        """A folder appeared: one being filled now is listed (`_folder_made`); one whose entries last
-        changed before QUIET_SECONDS, such as a folder moved in from outside (watchdog reports it as
+        """A folder appeared: one being filled is listed (`_folder_made`); one whose entries last changed
+        FILLED_SECONDS ago or more, such as a folder moved in from outside (watchdog reports it as
         created, and its files get no events at all), is walked and its finished files recorded at once
-        (`record_tree`)."""
+        (`record_tree`). Generous: in a burst the loop runs seconds behind the folders being made."""
         st = self._storage.lstat(rel)
-        if st is not None and stat.S_ISDIR(st.st_mode) and st.st_mtime_ns >= time.time_ns() - QUIET_NS:
+        if st is not None and stat.S_ISDIR(st.st_mode) and st.st_mtime_ns > time.time_ns() - FILLED_NS:
             self._folder_made(rel)
         else:
             self.record_tree(rel, appeared=True)
