@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from replication.exclude import ReadyMarkers
 from replication.journal import Journal
 from replication.source import SourceTree, next_batch
+from tests.support.folder_opens import folder_opens
 
 TREE = SourceTree("/nonexistent")  # the journals here are empty: nothing is measured
 
@@ -82,14 +82,7 @@ async def test_a_batch_is_measured_through_one_open_of_each_folder(
         (tmp_path / "d" / f"f{n:02d}").write_bytes(b"x" * 100)
         journal.record_sync(f"d/f{n:02d}")
     tree = SourceTree(str(tmp_path))
-    opened: list[str] = []
-    open_dir_fd = tree.storage._open_dir_fd
-
-    def counted(rel_dir: str, **kwargs: Any) -> int:
-        opened.append(rel_dir)
-        return open_dir_fd(rel_dir, **kwargs)
-
-    monkeypatch.setattr(tree.storage, "_open_dir_fd", counted)
+    opened = folder_opens(monkeypatch, tree.storage)
     batch = await next_batch(journal, 100, 1_000, tree, tree.size_of, 30.0, _no_reconcile)
     assert [change.path for change in batch] == [f"d/f{n:02d}" for n in range(10)]  # measured: 100 B each
     assert opened == ["d"]

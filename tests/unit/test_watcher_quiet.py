@@ -7,13 +7,13 @@ import asyncio
 import os
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 from watchdog.events import FileClosedEvent, FileCreatedEvent, FileModifiedEvent
 
 from replication.exclude import ReadyMarkers
 from replication.watcher import QUIET_SECONDS, Watcher, still_written
+from tests.support.folder_opens import folder_opens
 
 
 class Recorded:
@@ -245,14 +245,7 @@ def test_files_whose_quiet_ends_together_are_looked_at_through_one_open_of_their
 
     async def main() -> list[str]:
         watcher = Watcher(str(tmp_path), recorded, lambda _p: False)
-        opened: list[str] = []
-        open_dir_fd = watcher._storage._open_dir_fd
-
-        def counted(rel_dir: str, **kwargs: Any) -> int:
-            opened.append(rel_dir)
-            return open_dir_fd(rel_dir, **kwargs)
-
-        monkeypatch.setattr(watcher._storage, "_open_dir_fd", counted)
+        opened = folder_opens(monkeypatch, watcher._storage)
         watcher._on_events([FileModifiedEvent(str(tmp_path / "d" / f"f{n:02d}")) for n in range(50)])
         await recorded.until(50)
         watcher.stop()
