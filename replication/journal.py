@@ -391,9 +391,11 @@ class Journal:
         change = self._entries.pop(seq)
         self._late.pop(seq, None)
         indexed = self._unsent_sync.get(change.path)
-        if indexed is not None and indexed < seq:
+        if change.kind == "sync" and indexed is not None and indexed < seq:
             # `seq` was in a run, the newest unsent sync of its path: the index would have named it,
-            # so it names none now (an older one stays where it is, as after any rewind).
+            # so it names none now (an older one stays where it is, as after any rewind). Only a sync:
+            # a rename or delete dropped to go again (resync_first) leaves its path's sync indexed, or
+            # a delete of a folder above would leave that sync in front of it (hypothesis found it).
             self._unsent_sync.discard(change.path, indexed)
         self._unsent_sync.discard(change.path, seq)
         plugin_dir = self._markers.plugin_dir(change.path)

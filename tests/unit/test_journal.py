@@ -966,3 +966,17 @@ def test_a_seed_plan_in_chunks_looks_no_path_up_in_earlier_runs(monkeypatch: pyt
     before = lookups
     journal.record_plan([("d010/f005", None, 10)])  # already unsent: found, coalesced
     assert journal.pending == 5_050 and lookups > before
+
+
+def test_a_sync_stays_found_below_a_folder_after_a_rename_from_its_path_went_again() -> None:
+    """resync_first sends a rename again behind the folder; dropping the rename took the unsent sync of its
+    source path out of the index, and a delete of a folder above then left that sync in front of itself: the
+    replica would have deleted the file the sync had just sent (hypothesis found it, see the test above)."""
+    journal = make_journal()
+    journal.record_rename("cwd/a", f"{PLUGIN}/b")
+    journal.record_sync("cwd/a")  # a new cwd/a
+    journal.resync_first(PLUGIN)
+    journal.resync_first(PLUGIN)
+    journal.record_delete("cwd")
+    order = [(change.kind, change.path) for change in take_all(journal)]
+    assert order.index(("delete", "cwd")) < order.index(("sync", "cwd/a"))
