@@ -293,10 +293,9 @@ class StorageRoot:
                             if kind == "dir":
                                 folders.append(path)
                     for path in reversed(folders):  # popped in listing order
-                        try:
-                            stack.append((path, os.open(split_parent(path)[1], _DIR_FLAGS, dir_fd=fd)))
-                        except OSError:  # gone, or no folder any more (ELOOP: a symlink now)
-                            continue
+                        child_fd = self._open_below(fd, path)
+                        if child_fd is not None:  # else gone, or no real folder any more
+                            stack.append((path, child_fd))
                 finally:
                     os.close(fd)
         finally:
