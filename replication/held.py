@@ -25,6 +25,8 @@ from replication.paths import path_key
 
 _ALIVE = 1
 _ATTR = 2
+_HIDDEN = 4
+"""Held and sent, but no longer found as its path's unsent sync (Held.hide_older_in_runs)."""
 _NO_SIZE = -1
 
 
@@ -77,6 +79,9 @@ class _Run:
 
     def alive(self, index: int) -> bool:
         return bool(self.flags[index] & _ALIVE)
+
+    def findable(self, index: int) -> bool:
+        return self.flags[index] & (_ALIVE | _HIDDEN) == _ALIVE
 
     def change(self, index: int) -> Change:
         size = self.sizes[index]
@@ -252,20 +257,47 @@ class Held:
             if run.end - 1 <= sent_upto:
                 break
             index = run.index_of(path, key)
-            if index is not None and run.alive(index) and run.first + index > sent_upto:
+            if index is not None and run.findable(index) and run.first + index > sent_upto:
                 return run.first + index
         return None
 
-    def unsent_in_runs_under(self, path: str, sent_upto: int) -> Iterator[tuple[int, str]]:
-        """(sequence, path) of the unsent syncs held in runs at `path` or below it."""
+    def unsent_in_runs_under(
+        self, path: str, sent_upto: int, *, hidden_too: bool = False
+    ) -> Iterator[tuple[int, str]]:
+        """(sequence, path) of the unsent syncs held in runs at `path` or below it; `hidden_too`: also
+        those no longer found as their path's unsent sync (hide_older_in_runs)."""
         for run in self._runs:
             if run.end - 1 <= sent_upto:
                 continue
             for index in run.indexes_under(path):
-                if run.alive(index) and run.first + index > sent_upto:
+                if (
+                    run.alive(index) if hidden_too else run.findable(index)
+                ) and run.first + index > sent_upto:
                     yield run.first + index, run.paths[index]
 
     # -- changing ------------------------------------------------------------------------------
+    def hide_older_in_runs(self, path: str, seq: int) -> None:
+        """The syncs of `path` held in runs before `seq` are no longer found as its unsent sync (they
+        are still sent). A single older sync of a path is not indexed either (Journal._drop): after a
+        rewind left two syncs of a path and the newer one was dropped, a new sync must not coalesce into
+        the older one, which may stand before a delete of the path."""
+        if not self._in_runs.may_hold(path):
+            return
+        key = path_key(path)
+        for run in self._runs:
+            if run.first >= seq:
+                break
+            index = run.index_of(path, key)
+            if index is not None and run.first + index < seq:
+                run.flags[index] |= _HIDDEN
+
+    def find_all_again(self) -> None:
+        """Every held sync is found as its path's unsent sync again, the newest first (a rewind)."""
+        for run in self._runs:
+            for index, flags in enumerate(run.flags):
+                if flags & _HIDDEN:
+                    run.flags[index] = flags & ~_HIDDEN
+
     def forget_attr_hint(self, seq: int) -> None:
         """The sync `seq` must send content again, not attributes only."""
         change = self._single.get(seq)

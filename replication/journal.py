@@ -155,7 +155,9 @@ class Journal:
         behind = self._take_unsent(path)
         # After a rewind a path may be held twice; _take_unsent took the newer sync of each, and an
         # older one left in front would be refused again, forever: it goes too (the newer is re-sent).
-        older = [seq for seq, _found in self._entries.unsent_in_runs_under(path, self.sent_upto)]
+        older = [
+            seq for seq, _found in self._entries.unsent_in_runs_under(path, self.sent_upto, hidden_too=True)
+        ]
         moved = []
         for change in self._entries.singles():
             if change.seq <= self.sent_upto:
@@ -228,6 +230,7 @@ class Journal:
         """Send again everything after `seq` (the replica's acknowledged position)."""
         self.acknowledge(seq)
         self.sent_upto = max(self.acked, min(seq, self.sent_upto))
+        self._entries.find_all_again()
         self._unsent_sync.clear()
         self._unsent_markers.clear()
         for change in self._entries.singles():  # a run's syncs need no index entry (held.py)
@@ -398,6 +401,8 @@ class Journal:
             # a delete of a folder above would leave that sync in front of it (hypothesis found it).
             self._unsent_sync.discard(change.path, indexed)
         self._unsent_sync.discard(change.path, seq)
+        if change.kind == "sync":
+            self._entries.hide_older_in_runs(change.path, seq)  # as an older single is not indexed
         plugin_dir = self._markers.plugin_dir(change.path)
         if plugin_dir is not None and self._unsent_markers.get(plugin_dir) == seq:
             del self._unsent_markers[plugin_dir]

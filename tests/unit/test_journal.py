@@ -980,3 +980,17 @@ def test_a_sync_stays_found_below_a_folder_after_a_rename_from_its_path_went_aga
     journal.record_delete("cwd")
     order = [(change.kind, change.path) for change in take_all(journal)]
     assert order.index(("delete", "cwd")) < order.index(("sync", "cwd/a"))
+
+
+def test_after_a_rewind_a_planned_sync_does_not_take_in_a_sync_meant_for_after_a_delete() -> None:
+    """A rewind left two syncs of `cwd`, the planned one (held in a run) and a newer one; a delete of `cwd`
+    takes the newer one to go after it. Recorded again, it coalesced into the planned one, in front of the
+    delete: the replica would have deleted what it had just received (hypothesis found it)."""
+    journal = make_journal()
+    journal.record_plan([("cwd", None, None)])
+    journal.take_batch(1, 1 << 40, lambda _change: 0)
+    journal.record_sync("cwd")
+    journal.rewind(0)
+    journal.record_delete("cwd")
+    order = [(change.kind, change.path) for change in take_all(journal)]
+    assert order[-2:] == [("delete", "cwd"), ("sync", "cwd")]
